@@ -1,0 +1,132 @@
+//! The command line (DESIGN.md section 5). Flag names and defaults are a
+//! contract: tests and users depend on them.
+
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::loader::XdpAttachMode;
+
+pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/nodeport";
+
+#[derive(Parser, Debug)]
+#[command(name = "nodeport-agent", version, about = "eBPF/XDP NodePort datapath agent")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Load and attach the datapath and keep its maps in sync with the cluster.
+    Run(RunArgs),
+    /// Print what the pinned maps hold.
+    Inspect(InspectArgs),
+    /// Detach the programs and remove every pinned map and link.
+    Cleanup {
+        #[arg(long, default_value = DEFAULT_BPFFS)]
+        bpffs: PathBuf,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// This node's name, matched against endpoints' nodeName.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Read Services, EndpointSlices and Nodes from YAML files in DIR
+    /// (watched) instead of the Kubernetes API.
+    #[arg(long, value_name = "DIR")]
+    pub manifests: Option<PathBuf>,
+    /// Kubeconfig for the Kubernetes API source (else KUBECONFIG or in-cluster).
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Devices to attach to; default: the device(s) of the default route.
+    #[arg(long, value_delimiter = ',', value_name = "IF[,IF...]")]
+    pub interfaces: Vec<String>,
+    /// Node addresses that serve NodePorts: CIDRs or `primary`; default all.
+    #[arg(long, value_name = "CIDR[,CIDR...]|primary")]
+    pub nodeport_addresses: Option<String>,
+    #[arg(long, value_enum, default_value_t = XdpAttachMode::Auto)]
+    pub xdp_mode: XdpAttachMode,
+    /// bpffs directory every map and link is pinned under.
+    #[arg(long, default_value = DEFAULT_BPFFS)]
+    pub bpffs: PathBuf,
+    #[arg(long, default_value = "0.0.0.0:10256")]
+    pub healthz_bind_address: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:10249")]
+    pub metrics_bind_address: SocketAddr,
+    /// The NodePort range, as the API server's --service-node-port-range.
+    #[arg(long, default_value = "30000-32767", value_parser = parse_port_range)]
+    pub service_node_port_range: RangeInclusive<u16>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct InspectArgs {
+    #[arg(value_enum)]
+    pub what: InspectWhat,
+    #[arg(long, default_value = DEFAULT_BPFFS)]
+    pub bpffs: PathBuf,
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum InspectWhat {
+    Services,
+    Backends,
+    Conntrack,
+    Stats,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+/// Parses `A-B` with `1 <= A <= B <= 65535`.
+pub fn parse_port_range(s: &str) -> Result<RangeInclusive<u16>, String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("`{s}` is not a port range A-B"))?;
+    let a: u16 = a
+        .trim()
+        .parse()
+        .map_err(|e| format!("`{a}` is not a port: {e}"))?;
+    let b: u16 = b
+        .trim()
+        .parse()
+        .map_err(|e| format!("`{b}` is not a port: {e}"))?;
+    if a == 0 || a > b {
+        return Err(format!("`{s}` is not a port range: need 1 <= A <= B <= 65535"));
+    }
+    Ok(a..=b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_range_parses_and_rejects() {
+        assert_eq!(parse_port_range("30000-32767"), Ok(30000..=32767));
+        assert!(parse_port_range("32767-30000").is_err());
+        assert!(parse_port_range("0-10").is_err());
+        assert!(parse_port_range("30000").is_err());
+        assert!(parse_port_range("1-70000").is_err());
+    }
+
+    #[test]
+    fn run_defaults_follow_the_contract() {
+        let cli = Cli::try_parse_from(["nodeport-agent", "run", "--manifests", "/m"]).expect("parse");
+        let Command::Run(args) = cli.command else { panic!("not run") };
+        assert_eq!(args.bpffs, PathBuf::from(DEFAULT_BPFFS));
+        assert_eq!(args.healthz_bind_address.to_string(), "0.0.0.0:10256");
+        assert_eq!(args.metrics_bind_address.to_string(), "127.0.0.1:10249");
+        assert_eq!(args.service_node_port_range, 30000..=32767);
+        assert_eq!(args.xdp_mode, XdpAttachMode::Auto);
+    }
+}

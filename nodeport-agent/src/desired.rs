@@ -1,0 +1,1363 @@
+//! The desired datapath state of one node: a pure function of the cluster
+//! objects, the node's name and the node addresses that serve `NodePorts`.
+//!
+//! The result names no map ids: the reconciler assigns service and backend
+//! ids when it writes the difference into the maps.
+//!
+//! Semantics follow kube-proxy:
+//!
+//! - A Service is served unless it is `ExternalName`, headless
+//!   (`clusterIP: None`) or labelled `service.kubernetes.io/service-proxy-name`.
+//!   Every served port gets a `ClusterIP` frontend (when the Service has an IPv4
+//!   cluster IP); `NodePort` and `LoadBalancer` Services also get a `NodePort`
+//!   frontend (node address "any", port = `nodePort`) per port that has one.
+//! - Endpoints come from the IPv4 `EndpointSlices` labelled
+//!   `kubernetes.io/service-name` in the Service's namespace; only an
+//!   endpoint's first address is used. A service port takes the slice port of
+//!   the same name and protocol, whose number is the target port (so a named
+//!   `targetPort` resolves per slice). A slice without ports, or a matching
+//!   port without a number ("any port"), falls back to a numeric `targetPort`
+//!   (or `port` when `targetPort` is absent): hand-written manifests often
+//!   omit them.
+//! - Ready endpoints serve (`ready` absent means ready; `serving` absent
+//!   defers to `ready`). Without ready endpoints, endpoints that are serving
+//!   and terminating serve. Others never do. `publishNotReadyAddresses`
+//!   makes every endpoint ready.
+//! - `externalTrafficPolicy: Local` restricts the `NodePort` frontend to local
+//!   endpoints (same fallback, applied to local ones only); without any local
+//!   one the frontend drops, unless the Service has no usable endpoint
+//!   anywhere, where it rejects as every empty frontend does.
+//!   `internalTrafficPolicy: Local` does the same for the `ClusterIP` frontend.
+//! - Serving endpoints that no frontend selects (terminating while ready ones
+//!   exist) are listed in [`Desired::draining`]: their backend entries stay so
+//!   that established flows finish, as with kube-proxy, which only purges
+//!   flows of endpoints that stopped serving or went away.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use nodeport_common::{
+    BACKEND_F_LOCAL, BACKEND_F_TERMINATING, Backend, FRONTEND_F_AFFINITY, FRONTEND_F_DROP_EMPTY,
+    FRONTEND_F_LOCAL_ONLY, FrontendKey, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
+};
+
+use crate::store::{ClusterState, ObjectKey};
+
+/// Label that ties an `EndpointSlice` to its Service.
+pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
+/// Services (and slices) with this label belong to another proxy.
+pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
+/// `sessionAffinityConfig.clientIP.timeoutSeconds` when absent.
+pub const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
+
+/// What this node's datapath must hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Desired {
+    /// Node addresses that serve `NodePorts`.
+    pub node_addrs: BTreeSet<Ipv4Addr>,
+    /// Every frontend with its ordered backends (slot `i` = `backends[i]`).
+    pub frontends: BTreeMap<FrontendKey, DesiredFrontend>,
+    /// Serving endpoints no frontend selects: kept as backends without slots
+    /// so established flows drain. Sorted by address and port.
+    pub draining: Vec<DesiredBackend>,
+    /// Services with `externalTrafficPolicy: Local` and a `healthCheckNodePort`.
+    pub health_checks: BTreeMap<ObjectKey, HealthCheck>,
+    /// Frontends claimed by more than one service port (validation should
+    /// prevent it); the first in service order keeps the frontend.
+    pub conflicts: Vec<FrontendConflict>,
+}
+
+/// One frontend: a `NodePort` (`addr_be == 0`) or a `ClusterIP`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DesiredFrontend {
+    /// The service port this frontend serves (for logs and reports).
+    pub owner: ServicePortRef,
+    pub kind: FrontendKind,
+    /// `FRONTEND_F_*` bits.
+    pub flags: u32,
+    /// `ClientIP` affinity timeout in seconds; 0 without affinity.
+    pub affinity_timeout_s: u32,
+    /// Deduplicated, sorted by address then port.
+    pub backends: Vec<DesiredBackend>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FrontendKind {
+    NodePort,
+    ClusterIp,
+}
+
+/// A port of a Service, by name (empty for a single unnamed port).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServicePortRef {
+    pub service: ObjectKey,
+    pub port_name: String,
+}
+
+impl fmt::Display for ServicePortRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.port_name.is_empty() {
+            write!(f, "{}", self.service)
+        } else {
+            write!(f, "{}:{}", self.service, self.port_name)
+        }
+    }
+}
+
+/// Where a frontend sends new flows: a pod address and target port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DesiredBackend {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    /// `BACKEND_F_*` bits: `LOCAL` when the endpoint's `nodeName` is this
+    /// node, `TERMINATING` when the endpoint says it is terminating.
+    pub flags: u8,
+}
+
+impl DesiredBackend {
+    /// The backend map value (network byte order).
+    #[must_use]
+    pub fn to_backend(&self) -> Backend {
+        Backend {
+            addr_be: u32::from_ne_bytes(self.addr.octets()),
+            port_be: self.port.to_be(),
+            flags: self.flags,
+            pad: 0,
+        }
+    }
+}
+
+/// kube-proxy compatible health check of a Local-policy service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub node_port: u16,
+    /// Distinct addresses of ready endpoints on this node.
+    pub local_endpoints: usize,
+}
+
+/// Two service ports claim the same frontend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FrontendConflict {
+    pub key: FrontendKey,
+    pub kept: ServicePortRef,
+    pub dropped: ServicePortRef,
+}
+
+/// The frontend key of `addr:port/proto` (`addr` unspecified for a `NodePort`).
+#[must_use]
+pub fn frontend_key(addr: Ipv4Addr, port: u16, proto: u8) -> FrontendKey {
+    FrontendKey {
+        addr_be: u32::from_ne_bytes(addr.octets()),
+        port_be: port.to_be(),
+        proto,
+        pad: 0,
+    }
+}
+
+/// `TCP`, `UDP`, `SCTP` or the protocol number.
+#[must_use]
+pub fn proto_name(proto: u8) -> String {
+    match proto {
+        PROTO_TCP => "TCP".into(),
+        PROTO_UDP => "UDP".into(),
+        PROTO_SCTP => "SCTP".into(),
+        other => other.to_string(),
+    }
+}
+
+/// A frontend for humans: `nodePort 30080/TCP` or `10.96.0.10:80/TCP`.
+#[must_use]
+pub fn describe_frontend(key: &FrontendKey) -> String {
+    let port = u16::from_be(key.port_be);
+    let proto = proto_name(key.proto);
+    if key.addr_be == 0 {
+        format!("nodePort {port}/{proto}")
+    } else {
+        let addr = Ipv4Addr::from(key.addr_be.to_ne_bytes());
+        format!("{addr}:{port}/{proto}")
+    }
+}
+
+/// A Kubernetes protocol name (absent: TCP) as an IP protocol number.
+fn parse_protocol(protocol: Option<&str>) -> Option<u8> {
+    match protocol.unwrap_or("TCP") {
+        "TCP" => Some(PROTO_TCP),
+        "UDP" => Some(PROTO_UDP),
+        "SCTP" => Some(PROTO_SCTP),
+        _ => None,
+    }
+}
+
+/// A port number from the API (1..=65535).
+fn valid_port(n: i32) -> Option<u16> {
+    u16::try_from(n).ok().filter(|p| *p != 0)
+}
+
+/// The effective state of one endpoint for one service port.
+#[allow(clippy::struct_excessive_bools)] // Reason: the API's endpoint conditions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct EndpointState {
+    ready: bool,
+    serving: bool,
+    terminating: bool,
+    local: bool,
+}
+
+impl EndpointState {
+    /// Used as a fallback when nothing is ready.
+    fn serving_terminating(self) -> bool {
+        self.serving && self.terminating
+    }
+
+    /// The same endpoint listed twice (two slices): the better view wins, as
+    /// kube-proxy prefers the ready copy.
+    fn merge(self, other: Self) -> Self {
+        Self {
+            ready: self.ready || other.ready,
+            serving: self.serving || other.serving,
+            terminating: self.terminating && other.terminating,
+            local: self.local || other.local,
+        }
+    }
+
+    fn flags(self) -> u8 {
+        let mut flags = 0;
+        if self.local {
+            flags |= BACKEND_F_LOCAL;
+        }
+        if self.terminating {
+            flags |= BACKEND_F_TERMINATING;
+        }
+        flags
+    }
+}
+
+type Endpoints = BTreeMap<(Ipv4Addr, u16), EndpointState>;
+
+/// How a service is served, from its spec.
+#[allow(clippy::struct_excessive_bools)] // Reason: independent settings of the spec.
+struct ServiceInfo<'a> {
+    spec: &'a ServiceSpec,
+    cluster_ip: Option<Ipv4Addr>,
+    node_ports: bool,
+    external_local: bool,
+    internal_local: bool,
+    affinity_timeout_s: Option<u32>,
+    publish_not_ready: bool,
+}
+
+impl<'a> ServiceInfo<'a> {
+    /// `None` for services this proxy does not serve.
+    fn new(svc: &'a Service) -> Option<Self> {
+        if svc
+            .metadata
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key(LABEL_SERVICE_PROXY_NAME))
+        {
+            return None;
+        }
+        let spec = svc.spec.as_ref()?;
+        let node_ports = match spec.type_.as_deref().unwrap_or("ClusterIP") {
+            "ClusterIP" => false,
+            "NodePort" | "LoadBalancer" => true,
+            _ => return None,
+        };
+        if spec.cluster_ip.as_deref() == Some("None") {
+            return None;
+        }
+        let cluster_ip = spec
+            .cluster_ip
+            .iter()
+            .chain(spec.cluster_ips.iter().flatten())
+            .find_map(|ip| ip.parse::<Ipv4Addr>().ok())
+            .filter(|ip| !ip.is_unspecified());
+        let affinity_timeout_s =
+            (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+                spec.session_affinity_config
+                    .as_ref()
+                    .and_then(|c| c.client_ip.as_ref())
+                    .and_then(|c| c.timeout_seconds)
+                    .and_then(|t| u32::try_from(t).ok())
+                    .filter(|t| *t > 0)
+                    .unwrap_or(DEFAULT_AFFINITY_TIMEOUT_S)
+            });
+        Some(Self {
+            spec,
+            cluster_ip,
+            node_ports,
+            external_local: node_ports && spec.external_traffic_policy.as_deref() == Some("Local"),
+            internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
+            affinity_timeout_s,
+            publish_not_ready: spec.publish_not_ready_addresses == Some(true),
+        })
+    }
+}
+
+/// Computes what this node's datapath must hold.
+#[must_use]
+pub fn compute(state: &ClusterState, node_name: &str, node_addrs: &[Ipv4Addr]) -> Desired {
+    let mut desired = Desired {
+        node_addrs: node_addrs.iter().copied().collect(),
+        ..Desired::default()
+    };
+    let slices = slices_by_service(state);
+    // Every serving endpoint of a served port, and those some frontend selects.
+    let mut serving: BTreeMap<(Ipv4Addr, u16), u8> = BTreeMap::new();
+    let mut selected: BTreeSet<(Ipv4Addr, u16)> = BTreeSet::new();
+
+    for (key, svc) in &state.services {
+        let Some(info) = ServiceInfo::new(svc) else {
+            continue;
+        };
+        let svc_slices = slices
+            .get(&(key.namespace.as_str(), key.name.as_str()))
+            .map_or(&[][..], Vec::as_slice);
+        let mut local_ready: BTreeSet<Ipv4Addr> = BTreeSet::new();
+
+        for port in info.spec.ports.iter().flatten() {
+            let (Some(proto), Some(svc_port)) = (
+                parse_protocol(port.protocol.as_deref()),
+                valid_port(port.port),
+            ) else {
+                continue;
+            };
+            let owner = ServicePortRef {
+                service: key.clone(),
+                port_name: port.name.clone().unwrap_or_default(),
+            };
+            let endpoints = endpoints_for_port(
+                svc_slices,
+                port,
+                &owner.port_name,
+                proto,
+                node_name,
+                info.publish_not_ready,
+            );
+            for (&(addr, target), ep) in &endpoints {
+                if ep.serving || ep.ready {
+                    *serving.entry((addr, target)).or_default() |= ep.flags();
+                }
+                if ep.local && ep.ready {
+                    local_ready.insert(addr);
+                }
+            }
+
+            let mut frontends = Vec::with_capacity(2);
+            if let Some(cluster_ip) = info.cluster_ip {
+                frontends.push((
+                    frontend_key(cluster_ip, svc_port, proto),
+                    FrontendKind::ClusterIp,
+                    info.internal_local,
+                ));
+            }
+            if info.node_ports
+                && let Some(node_port) = port.node_port.and_then(valid_port)
+            {
+                frontends.push((
+                    frontend_key(Ipv4Addr::UNSPECIFIED, node_port, proto),
+                    FrontendKind::NodePort,
+                    info.external_local,
+                ));
+            }
+            for (fkey, kind, local_only) in frontends {
+                let frontend = build_frontend(&owner, kind, local_only, &info, &endpoints);
+                if let Some(existing) = desired.frontends.get(&fkey) {
+                    desired.conflicts.push(FrontendConflict {
+                        key: fkey,
+                        kept: existing.owner.clone(),
+                        dropped: owner.clone(),
+                    });
+                    continue;
+                }
+                selected.extend(frontend.backends.iter().map(|b| (b.addr, b.port)));
+                desired.frontends.insert(fkey, frontend);
+            }
+        }
+
+        if info.external_local
+            && let Some(node_port) = info.spec.health_check_node_port.and_then(valid_port)
+        {
+            desired.health_checks.insert(
+                key.clone(),
+                HealthCheck {
+                    node_port,
+                    local_endpoints: local_ready.len(),
+                },
+            );
+        }
+    }
+
+    desired.draining = serving
+        .into_iter()
+        .filter(|(k, _)| !selected.contains(k))
+        .map(|((addr, port), flags)| DesiredBackend { addr, port, flags })
+        .collect();
+    desired
+}
+
+/// One frontend of a service port: its flags and the endpoints it selects.
+fn build_frontend(
+    owner: &ServicePortRef,
+    kind: FrontendKind,
+    local_only: bool,
+    info: &ServiceInfo<'_>,
+    endpoints: &Endpoints,
+) -> DesiredFrontend {
+    let pick = |f: &dyn Fn(&EndpointState) -> bool| -> Vec<DesiredBackend> {
+        endpoints
+            .iter()
+            .filter(|(_, ep)| f(ep))
+            .map(|(&(addr, port), ep)| DesiredBackend {
+                addr,
+                port,
+                flags: ep.flags(),
+            })
+            .collect()
+    };
+    let mut flags = 0;
+    let backends = if local_only {
+        flags |= FRONTEND_F_LOCAL_ONLY;
+        let mut backends = pick(&|ep| ep.local && ep.ready);
+        if backends.is_empty() {
+            backends = pick(&|ep| ep.local && ep.serving_terminating());
+        }
+        // kube-proxy drops when endpoints exist elsewhere, and rejects when
+        // the service has none at all.
+        if backends.is_empty()
+            && endpoints
+                .values()
+                .any(|ep| ep.ready || ep.serving_terminating())
+        {
+            flags |= FRONTEND_F_DROP_EMPTY;
+        }
+        backends
+    } else {
+        let backends = pick(&|ep| ep.ready);
+        if backends.is_empty() {
+            pick(&|ep| ep.serving_terminating())
+        } else {
+            backends
+        }
+    };
+    let affinity_timeout_s = info.affinity_timeout_s.unwrap_or(0);
+    if info.affinity_timeout_s.is_some() {
+        flags |= FRONTEND_F_AFFINITY;
+    }
+    DesiredFrontend {
+        owner: owner.clone(),
+        kind,
+        flags,
+        affinity_timeout_s,
+        backends,
+    }
+}
+
+/// IPv4 `EndpointSlices` by `(namespace, service name)`.
+fn slices_by_service(state: &ClusterState) -> BTreeMap<(&str, &str), Vec<&EndpointSlice>> {
+    let mut by_service: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
+    for (key, slice) in &state.endpoint_slices {
+        if slice.address_type != "IPv4" {
+            continue;
+        }
+        let Some(labels) = slice.metadata.labels.as_ref() else {
+            continue;
+        };
+        if labels.contains_key(LABEL_SERVICE_PROXY_NAME) {
+            continue;
+        }
+        if let Some(service) = labels.get(LABEL_SERVICE_NAME) {
+            by_service
+                .entry((key.namespace.as_str(), service.as_str()))
+                .or_default()
+                .push(slice);
+        }
+    }
+    by_service
+}
+
+/// The endpoints of one service port, merged over its slices.
+fn endpoints_for_port(
+    slices: &[&EndpointSlice],
+    port: &ServicePort,
+    port_name: &str,
+    proto: u8,
+    node_name: &str,
+    publish_not_ready: bool,
+) -> Endpoints {
+    let mut endpoints = Endpoints::new();
+    for slice in slices {
+        let Some(target) = target_port(slice, port, port_name, proto) else {
+            continue;
+        };
+        for ep in &slice.endpoints {
+            let Some(addr) = ep
+                .addresses
+                .first()
+                .and_then(|a| a.parse::<Ipv4Addr>().ok())
+            else {
+                continue;
+            };
+            let cond = ep.conditions.clone().unwrap_or_default();
+            let ready = cond.ready.unwrap_or(true);
+            let state = EndpointState {
+                ready: publish_not_ready || ready,
+                serving: publish_not_ready || cond.serving.unwrap_or(ready),
+                terminating: cond.terminating.unwrap_or(false),
+                local: ep.node_name.as_deref() == Some(node_name),
+            };
+            endpoints
+                .entry((addr, target))
+                .and_modify(|s| *s = s.merge(state))
+                .or_insert(state);
+        }
+    }
+    endpoints
+}
+
+/// The target port of a service port in one slice: the number of the slice
+/// port with the same name and protocol; a numeric `targetPort` when the
+/// slice names no ports or the matching one has no number.
+fn target_port(
+    slice: &EndpointSlice,
+    port: &ServicePort,
+    port_name: &str,
+    proto: u8,
+) -> Option<u16> {
+    let numeric = || match &port.target_port {
+        None => valid_port(port.port),
+        Some(IntOrString::Int(n)) => valid_port(*n),
+        Some(IntOrString::String(_)) => None,
+    };
+    match slice.ports.as_deref() {
+        None | Some([]) => numeric(),
+        Some(ports) => {
+            let matching = ports.iter().find(|p| {
+                p.name.as_deref().unwrap_or("") == port_name
+                    && parse_protocol(p.protocol.as_deref()) == Some(proto)
+            })?;
+            match matching.port {
+                Some(n) => valid_port(n),
+                None => numeric(),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{ClientIPConfig, ServiceSpec, SessionAffinityConfig};
+    use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    const NODE: &str = "node-a";
+    const L: u8 = BACKEND_F_LOCAL;
+    const T: u8 = BACKEND_F_TERMINATING;
+
+    fn key(name: &str) -> ObjectKey {
+        ObjectKey {
+            namespace: "default".into(),
+            name: name.into(),
+        }
+    }
+
+    /// A service port: `(name, protocol, port, targetPort, nodePort)`.
+    fn sport(
+        name: &str,
+        proto: &str,
+        port: i32,
+        target: Option<IntOrString>,
+        node_port: Option<i32>,
+    ) -> ServicePort {
+        ServicePort {
+            name: (!name.is_empty()).then(|| name.to_owned()),
+            protocol: Some(proto.to_owned()),
+            port,
+            target_port: target,
+            node_port,
+            ..ServicePort::default()
+        }
+    }
+
+    #[allow(clippy::unnecessary_wraps)] // Reason: reads as a `targetPort` value.
+    fn int(n: i32) -> Option<IntOrString> {
+        Some(IntOrString::Int(n))
+    }
+
+    #[allow(clippy::unnecessary_wraps)] // Reason: reads as a `targetPort` value.
+    fn named(s: &str) -> Option<IntOrString> {
+        Some(IntOrString::String(s.to_owned()))
+    }
+
+    fn service(name: &str, type_: &str, cluster_ip: &str, ports: Vec<ServicePort>) -> Service {
+        Service {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("default".into()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(ServiceSpec {
+                type_: Some(type_.into()),
+                cluster_ip: Some(cluster_ip.into()),
+                ports: Some(ports),
+                ..ServiceSpec::default()
+            }),
+            status: None,
+        }
+    }
+
+    /// The usual `NodePort` service `web`: 80 → 8080, nodePort 30080.
+    fn web() -> Service {
+        service(
+            "web",
+            "NodePort",
+            "10.96.0.10",
+            vec![sport("", "TCP", 80, int(8080), Some(30080))],
+        )
+    }
+
+    fn with_spec(mut svc: Service, f: impl FnOnce(&mut ServiceSpec)) -> Service {
+        f(svc.spec.as_mut().unwrap());
+        svc
+    }
+
+    /// An endpoint: `(address, node, ready, serving, terminating)`.
+    fn ep(
+        addr: &str,
+        node: &str,
+        ready: Option<bool>,
+        serving: Option<bool>,
+        terminating: Option<bool>,
+    ) -> Endpoint {
+        Endpoint {
+            addresses: vec![addr.into()],
+            node_name: Some(node.into()),
+            conditions: Some(EndpointConditions {
+                ready,
+                serving,
+                terminating,
+            }),
+            ..Endpoint::default()
+        }
+    }
+
+    fn ready(addr: &str, node: &str) -> Endpoint {
+        ep(addr, node, Some(true), Some(true), Some(false))
+    }
+
+    fn terminating(addr: &str, node: &str) -> Endpoint {
+        ep(addr, node, Some(false), Some(true), Some(true))
+    }
+
+    /// A slice of service `svc` with ports `(name, protocol, port)`.
+    fn slice(svc: &str, ports: &[(&str, &str, i32)], endpoints: Vec<Endpoint>) -> EndpointSlice {
+        EndpointSlice {
+            metadata: ObjectMeta {
+                labels: Some([(LABEL_SERVICE_NAME.to_owned(), svc.to_owned())].into()),
+                ..ObjectMeta::default()
+            },
+            address_type: "IPv4".into(),
+            ports: Some(
+                ports
+                    .iter()
+                    .map(|(name, proto, port)| EndpointPort {
+                        name: (!name.is_empty()).then(|| (*name).to_owned()),
+                        protocol: Some((*proto).to_owned()),
+                        port: Some(*port),
+                        ..EndpointPort::default()
+                    })
+                    .collect(),
+            ),
+            endpoints,
+        }
+    }
+
+    fn state(services: Vec<Service>, slices: Vec<EndpointSlice>) -> ClusterState {
+        let mut st = ClusterState::default();
+        for svc in services {
+            let name = svc.metadata.name.clone().unwrap();
+            st.services.insert(key(&name), svc);
+        }
+        for (i, s) in slices.into_iter().enumerate() {
+            st.endpoint_slices.insert(key(&format!("slice-{i}")), s);
+        }
+        st
+    }
+
+    /// Expected frontend: (description, flags, affinity timeout, backends).
+    type Want = (&'static str, u32, u32, &'static [(&'static str, u16, u8)]);
+    /// A frontend as compared: (description, flags, affinity timeout, backends).
+    type Rendered = (String, u32, u32, Vec<(String, u16, u8)>);
+    /// (name, services, slices, expected frontends).
+    type Case = (&'static str, Vec<Service>, Vec<EndpointSlice>, Vec<Want>);
+
+    fn render(d: &Desired) -> Vec<Rendered> {
+        d.frontends
+            .iter()
+            .map(|(k, f)| {
+                (
+                    describe_frontend(k),
+                    f.flags,
+                    f.affinity_timeout_s,
+                    f.backends
+                        .iter()
+                        .map(|b| (b.addr.to_string(), b.port, b.flags))
+                        .collect(),
+                )
+            })
+            .collect()
+    }
+
+    fn expect(want: &[Want]) -> Vec<Rendered> {
+        let mut v: Vec<_> = want
+            .iter()
+            .map(|(d, flags, t, b)| {
+                (
+                    (*d).to_owned(),
+                    *flags,
+                    *t,
+                    b.iter()
+                        .map(|(a, p, f)| ((*a).to_owned(), *p, *f))
+                        .collect(),
+                )
+            })
+            .collect();
+        // Frontend keys order by address bytes; compare as sets.
+        v.sort();
+        v
+    }
+
+    const LOCAL_ONLY: u32 = FRONTEND_F_LOCAL_ONLY;
+    const DROP: u32 = FRONTEND_F_DROP_EMPTY;
+    const AFF: u32 = FRONTEND_F_AFFINITY;
+
+    #[test]
+    #[allow(clippy::too_many_lines)] // Reason: one table, one case per scenario.
+    fn compute_table() {
+        let two_nodes = || {
+            slice(
+                "web",
+                &[("", "TCP", 8080)],
+                vec![ready("10.244.2.5", "node-b"), ready("10.244.1.5", NODE)],
+            )
+        };
+        let local = |s: Service| with_spec(s, |s| s.external_traffic_policy = Some("Local".into()));
+        let cases: Vec<Case> = vec![
+            (
+                "NodePort, Cluster policy, endpoints on two nodes",
+                vec![web()],
+                vec![two_nodes()],
+                vec![
+                    (
+                        "nodePort 30080/TCP",
+                        0,
+                        0,
+                        &[("10.244.1.5", 8080, L), ("10.244.2.5", 8080, 0)],
+                    ),
+                    (
+                        "10.96.0.10:80/TCP",
+                        0,
+                        0,
+                        &[("10.244.1.5", 8080, L), ("10.244.2.5", 8080, 0)],
+                    ),
+                ],
+            ),
+            (
+                "Local policy with a local endpoint",
+                vec![local(web())],
+                vec![two_nodes()],
+                vec![
+                    (
+                        "nodePort 30080/TCP",
+                        LOCAL_ONLY,
+                        0,
+                        &[("10.244.1.5", 8080, L)],
+                    ),
+                    (
+                        "10.96.0.10:80/TCP",
+                        0,
+                        0,
+                        &[("10.244.1.5", 8080, L), ("10.244.2.5", 8080, 0)],
+                    ),
+                ],
+            ),
+            (
+                "Local policy without a local endpoint drops",
+                vec![local(web())],
+                vec![slice(
+                    "web",
+                    &[("", "TCP", 8080)],
+                    vec![ready("10.244.2.5", "node-b")],
+                )],
+                vec![
+                    ("nodePort 30080/TCP", LOCAL_ONLY | DROP, 0, &[]),
+                    ("10.96.0.10:80/TCP", 0, 0, &[("10.244.2.5", 8080, 0)]),
+                ],
+            ),
+            (
+                "Local policy without any endpoint rejects",
+                vec![local(web())],
+                vec![slice(
+                    "web",
+                    &[("", "TCP", 8080)],
+                    vec![ep("10.244.2.5", "node-b", Some(false), Some(false), None)],
+                )],
+                vec![
+                    ("nodePort 30080/TCP", LOCAL_ONLY, 0, &[]),
+                    ("10.96.0.10:80/TCP", 0, 0, &[]),
+                ],
+            ),
+            (
+                "Local policy falls back to local terminating, not to remote ready",
+                vec![local(web())],
+                vec![slice(
+                    "web",
+                    &[("", "TCP", 8080)],
+                    vec![
+                        terminating("10.244.1.5", NODE),
+                        ready("10.244.2.5", "node-b"),
+                    ],
+                )],
+                vec![
+                    (
+                        "nodePort 30080/TCP",
+                        LOCAL_ONLY,
+                        0,
+                        &[("10.244.1.5", 8080, L | T)],
+                    ),
+                    ("10.96.0.10:80/TCP", 0, 0, &[("10.244.2.5", 8080, 0)]),
+                ],
+            ),
+            (
+                "internalTrafficPolicy Local restricts the ClusterIP frontend",
+                vec![with_spec(web(), |s| {
+                    s.internal_traffic_policy = Some("Local".into());
+                })],
+                vec![slice(
+                    "web",
+                    &[("", "TCP", 8080)],
+                    vec![ready("10.244.2.5", "node-b")],
+                )],
+                vec![
+                    ("nodePort 30080/TCP", 0, 0, &[("10.244.2.5", 8080, 0)]),
+                    ("10.96.0.10:80/TCP", LOCAL_ONLY | DROP, 0, &[]),
+                ],
+            ),
+            (
+                "no ready endpoint: serving terminating ones serve",
+                vec![web()],
+                vec![slice(
+                    "web",
+                    &[("", "TCP", 8080)],
+                    vec![
+                        terminating("10.244.2.5", "node-b"),
+                        ep("10.244.2.6", "node-b", Some(false), Some(false), Some(true)),
+                        ep("10.244.2.7", "node-b", Some(false), Some(false), None),
+                    ],
+                )],
+                vec![
+                    ("nodePort 30080/TCP", 0, 0, &[("10.244.2.5", 8080, T)]),
+                    ("10.96.0.10:80/TCP", 0, 0, &[("10.244.2.5", 8080, T)]),
+                ],
+            ),
+            (
+                "terminating ones are not used while a ready one exists",
+                vec![web()],
+                vec![slice(
+                    "web",
+                    &[("", "TCP", 8080)],
+                    vec![
+                        terminating("10.244.2.5", "node-b"),
+                        ready("10.244.2.9", "node-b"),
+                    ],
+                )],
+                vec![
+                    ("nodePort 30080/TCP", 0, 0, &[("10.244.2.9", 8080, 0)]),
+                    ("10.96.0.10:80/TCP", 0, 0, &[("10.244.2.9", 8080, 0)]),
+                ],
+            ),
+            (
+                "not serving excluded; absent conditions mean ready; serving absent defers to ready",
+                vec![web()],
+                vec![slice(
+                    "web",
+                    &[("", "TCP", 8080)],
+                    vec![
+                        ep(
+                            "10.244.2.5",
+                            "node-b",
+                            Some(false),
+                            Some(false),
+                            Some(false),
+                        ),
+                        ep("10.244.2.6", "node-b", Some(false), None, None),
+                        ep("10.244.2.7", "node-b", None, None, None),
+                        Endpoint {
+                            addresses: vec!["10.244.2.8".into()],
+                            ..Endpoint::default()
+                        },
+                    ],
+                )],
+                vec![
+                    (
+                        "nodePort 30080/TCP",
+                        0,
+                        0,
+                        &[("10.244.2.7", 8080, 0), ("10.244.2.8", 8080, 0)],
+                    ),
+                    (
+                        "10.96.0.10:80/TCP",
+                        0,
+                        0,
+                        &[("10.244.2.7", 8080, 0), ("10.244.2.8", 8080, 0)],
+                    ),
+                ],
+            ),
+            (
+                "publishNotReadyAddresses serves every endpoint",
+                vec![with_spec(web(), |s| {
+                    s.publish_not_ready_addresses = Some(true);
+                })],
+                vec![slice(
+                    "web",
+                    &[("", "TCP", 8080)],
+                    vec![
+                        ep("10.244.2.5", "node-b", Some(false), Some(false), None),
+                        ep("10.244.1.5", NODE, Some(false), None, None),
+                        ready("10.244.2.6", "node-b"),
+                    ],
+                )],
+                vec![
+                    (
+                        "nodePort 30080/TCP",
+                        0,
+                        0,
+                        &[
+                            ("10.244.1.5", 8080, L),
+                            ("10.244.2.5", 8080, 0),
+                            ("10.244.2.6", 8080, 0),
+                        ],
+                    ),
+                    (
+                        "10.96.0.10:80/TCP",
+                        0,
+                        0,
+                        &[
+                            ("10.244.1.5", 8080, L),
+                            ("10.244.2.5", 8080, 0),
+                            ("10.244.2.6", 8080, 0),
+                        ],
+                    ),
+                ],
+            ),
+            (
+                "named targetPort resolved per slice by the service port's name",
+                vec![service(
+                    "web",
+                    "NodePort",
+                    "10.96.0.10",
+                    vec![sport("http", "TCP", 80, named("web-http"), Some(30080))],
+                )],
+                vec![
+                    slice(
+                        "web",
+                        &[("http", "TCP", 8080)],
+                        vec![ready("10.244.1.5", NODE)],
+                    ),
+                    // A second slice (another pod template) exposes it on 8081.
+                    slice(
+                        "web",
+                        &[("http", "TCP", 8081)],
+                        vec![ready("10.244.2.5", "node-b")],
+                    ),
+                    // A port of another name does not match.
+                    slice(
+                        "web",
+                        &[("admin", "TCP", 9000)],
+                        vec![ready("10.244.2.6", "node-b")],
+                    ),
+                ],
+                vec![
+                    (
+                        "nodePort 30080/TCP",
+                        0,
+                        0,
+                        &[("10.244.1.5", 8080, L), ("10.244.2.5", 8081, 0)],
+                    ),
+                    (
+                        "10.96.0.10:80/TCP",
+                        0,
+                        0,
+                        &[("10.244.1.5", 8080, L), ("10.244.2.5", 8081, 0)],
+                    ),
+                ],
+            ),
+            (
+                "numeric targetPort is used when the slice names no ports",
+                vec![web()],
+                vec![EndpointSlice {
+                    ports: None,
+                    ..slice("web", &[], vec![ready("10.244.2.5", "node-b")])
+                }],
+                vec![
+                    ("nodePort 30080/TCP", 0, 0, &[("10.244.2.5", 8080, 0)]),
+                    ("10.96.0.10:80/TCP", 0, 0, &[("10.244.2.5", 8080, 0)]),
+                ],
+            ),
+            (
+                "multi-port: each port its own nodePort and target port",
+                vec![service(
+                    "web",
+                    "NodePort",
+                    "10.96.0.10",
+                    vec![
+                        sport("http", "TCP", 80, int(8080), Some(30080)),
+                        sport("metrics", "TCP", 9090, named("prom"), Some(30090)),
+                    ],
+                )],
+                vec![slice(
+                    "web",
+                    &[("http", "TCP", 8080), ("metrics", "TCP", 9100)],
+                    vec![ready("10.244.2.5", "node-b")],
+                )],
+                vec![
+                    ("nodePort 30080/TCP", 0, 0, &[("10.244.2.5", 8080, 0)]),
+                    ("nodePort 30090/TCP", 0, 0, &[("10.244.2.5", 9100, 0)]),
+                    ("10.96.0.10:80/TCP", 0, 0, &[("10.244.2.5", 8080, 0)]),
+                    ("10.96.0.10:9090/TCP", 0, 0, &[("10.244.2.5", 9100, 0)]),
+                ],
+            ),
+            (
+                "same port number over TCP and UDP",
+                vec![service(
+                    "dns",
+                    "NodePort",
+                    "10.96.0.53",
+                    vec![
+                        sport("dns", "UDP", 53, int(5353), Some(30053)),
+                        sport("dns-tcp", "TCP", 53, int(5353), Some(30053)),
+                    ],
+                )],
+                vec![slice(
+                    "dns",
+                    &[("dns", "UDP", 5353), ("dns-tcp", "TCP", 5354)],
+                    vec![ready("10.244.2.5", "node-b")],
+                )],
+                vec![
+                    ("nodePort 30053/TCP", 0, 0, &[("10.244.2.5", 5354, 0)]),
+                    ("nodePort 30053/UDP", 0, 0, &[("10.244.2.5", 5353, 0)]),
+                    ("10.96.0.53:53/TCP", 0, 0, &[("10.244.2.5", 5354, 0)]),
+                    ("10.96.0.53:53/UDP", 0, 0, &[("10.244.2.5", 5353, 0)]),
+                ],
+            ),
+            (
+                "ClientIP affinity, default timeout",
+                vec![with_spec(web(), |s| {
+                    s.session_affinity = Some("ClientIP".into());
+                })],
+                vec![slice(
+                    "web",
+                    &[("", "TCP", 8080)],
+                    vec![ready("10.244.2.5", "node-b")],
+                )],
+                vec![
+                    (
+                        "nodePort 30080/TCP",
+                        AFF,
+                        10_800,
+                        &[("10.244.2.5", 8080, 0)],
+                    ),
+                    ("10.96.0.10:80/TCP", AFF, 10_800, &[("10.244.2.5", 8080, 0)]),
+                ],
+            ),
+            (
+                "ClientIP affinity, explicit timeout, with Local policy",
+                vec![local(with_spec(web(), |s| {
+                    s.session_affinity = Some("ClientIP".into());
+                    s.session_affinity_config = Some(SessionAffinityConfig {
+                        client_ip: Some(ClientIPConfig {
+                            timeout_seconds: Some(600),
+                        }),
+                    });
+                }))],
+                vec![slice(
+                    "web",
+                    &[("", "TCP", 8080)],
+                    vec![ready("10.244.1.5", NODE)],
+                )],
+                vec![
+                    (
+                        "nodePort 30080/TCP",
+                        AFF | LOCAL_ONLY,
+                        600,
+                        &[("10.244.1.5", 8080, L)],
+                    ),
+                    ("10.96.0.10:80/TCP", AFF, 600, &[("10.244.1.5", 8080, L)]),
+                ],
+            ),
+            (
+                "ExternalName, headless and service-proxy-name services are not served",
+                vec![
+                    with_spec(
+                        service(
+                            "ext",
+                            "ExternalName",
+                            "",
+                            vec![sport("", "TCP", 80, None, None)],
+                        ),
+                        |s| {
+                            s.cluster_ip = None;
+                            s.external_name = Some("example.com".into());
+                        },
+                    ),
+                    service(
+                        "headless",
+                        "ClusterIP",
+                        "None",
+                        vec![sport("", "TCP", 80, int(8080), None)],
+                    ),
+                    {
+                        let mut s = web();
+                        s.metadata.labels = Some(
+                            [(LABEL_SERVICE_PROXY_NAME.to_owned(), "other".to_owned())].into(),
+                        );
+                        s
+                    },
+                ],
+                vec![
+                    slice(
+                        "headless",
+                        &[("", "TCP", 8080)],
+                        vec![ready("10.244.2.5", "node-b")],
+                    ),
+                    slice(
+                        "web",
+                        &[("", "TCP", 8080)],
+                        vec![ready("10.244.2.5", "node-b")],
+                    ),
+                ],
+                vec![],
+            ),
+            (
+                "ClusterIP service: ClusterIP frontend only",
+                vec![service(
+                    "web",
+                    "ClusterIP",
+                    "10.96.0.10",
+                    vec![sport("", "TCP", 80, int(8080), Some(30080))],
+                )],
+                vec![slice(
+                    "web",
+                    &[("", "TCP", 8080)],
+                    vec![ready("10.244.2.5", "node-b")],
+                )],
+                vec![("10.96.0.10:80/TCP", 0, 0, &[("10.244.2.5", 8080, 0)])],
+            ),
+            (
+                "LoadBalancer: nodePorts served",
+                vec![service(
+                    "lb",
+                    "LoadBalancer",
+                    "10.96.0.20",
+                    vec![
+                        sport("a", "TCP", 443, int(8443), Some(31443)),
+                        // allocateLoadBalancerNodePorts: false leaves a port without one.
+                        sport("b", "TCP", 444, int(8444), None),
+                    ],
+                )],
+                vec![slice(
+                    "lb",
+                    &[("a", "TCP", 8443), ("b", "TCP", 8444)],
+                    vec![ready("10.244.2.5", "node-b")],
+                )],
+                vec![
+                    ("nodePort 31443/TCP", 0, 0, &[("10.244.2.5", 8443, 0)]),
+                    ("10.96.0.20:443/TCP", 0, 0, &[("10.244.2.5", 8443, 0)]),
+                    ("10.96.0.20:444/TCP", 0, 0, &[("10.244.2.5", 8444, 0)]),
+                ],
+            ),
+            (
+                "an endpoint in two slices once, sorted; other services' and IPv6 slices ignored",
+                vec![web()],
+                vec![
+                    slice(
+                        "web",
+                        &[("", "TCP", 8080)],
+                        vec![
+                            ready("10.244.2.5", "node-b"),
+                            ready("10.244.10.1", "node-b"),
+                        ],
+                    ),
+                    // The stale copy says terminating; the ready view wins.
+                    slice(
+                        "web",
+                        &[("", "TCP", 8080)],
+                        vec![
+                            terminating("10.244.2.5", "node-b"),
+                            ready("10.244.1.5", NODE),
+                        ],
+                    ),
+                    slice(
+                        "api",
+                        &[("", "TCP", 8080)],
+                        vec![ready("10.244.3.1", "node-b")],
+                    ),
+                    EndpointSlice {
+                        address_type: "IPv6".into(),
+                        ..slice(
+                            "web",
+                            &[("", "TCP", 8080)],
+                            vec![ready("fd00::1", "node-b")],
+                        )
+                    },
+                ],
+                vec![
+                    (
+                        "nodePort 30080/TCP",
+                        0,
+                        0,
+                        &[
+                            ("10.244.1.5", 8080, L),
+                            ("10.244.2.5", 8080, 0),
+                            ("10.244.10.1", 8080, 0),
+                        ],
+                    ),
+                    (
+                        "10.96.0.10:80/TCP",
+                        0,
+                        0,
+                        &[
+                            ("10.244.1.5", 8080, L),
+                            ("10.244.2.5", 8080, 0),
+                            ("10.244.10.1", 8080, 0),
+                        ],
+                    ),
+                ],
+            ),
+            (
+                "no cluster IP: NodePort frontend only",
+                vec![with_spec(web(), |s| s.cluster_ip = None)],
+                vec![slice(
+                    "web",
+                    &[("", "TCP", 8080)],
+                    vec![ready("10.244.2.5", "node-b")],
+                )],
+                vec![("nodePort 30080/TCP", 0, 0, &[("10.244.2.5", 8080, 0)])],
+            ),
+        ];
+
+        for (name, services, slices, want) in cases {
+            let d = compute(&state(services, slices), NODE, &[]);
+            let mut got = render(&d);
+            got.sort();
+            assert_eq!(got, expect(&want), "case: {name}");
+            assert!(d.conflicts.is_empty(), "case: {name}");
+        }
+    }
+
+    #[test]
+    fn owners_and_kinds() {
+        let svc = service(
+            "web",
+            "NodePort",
+            "10.96.0.10",
+            vec![sport("http", "TCP", 80, int(8080), Some(30080))],
+        );
+        let d = compute(&state(vec![svc], vec![]), NODE, &[]);
+        let np = &d.frontends[&frontend_key(Ipv4Addr::UNSPECIFIED, 30080, PROTO_TCP)];
+        assert_eq!(np.kind, FrontendKind::NodePort);
+        assert_eq!(np.owner.to_string(), "default/web:http");
+        assert!(np.backends.is_empty());
+        let cip = &d.frontends[&frontend_key(Ipv4Addr::new(10, 96, 0, 10), 80, PROTO_TCP)];
+        assert_eq!(cip.kind, FrontendKind::ClusterIp);
+        assert_eq!(cip.flags, 0, "an empty Cluster-policy frontend rejects");
+    }
+
+    #[test]
+    fn node_addrs_draining_and_health_checks() {
+        let svc = with_spec(web(), |s| {
+            s.external_traffic_policy = Some("Local".into());
+            s.health_check_node_port = Some(32000);
+        });
+        let sl = slice(
+            "web",
+            &[("", "TCP", 8080)],
+            vec![
+                ready("10.244.1.5", NODE),
+                ready("10.244.1.6", NODE),
+                terminating("10.244.1.7", NODE),
+                ready("10.244.2.5", "node-b"),
+                ep("10.244.2.6", "node-b", Some(false), Some(false), Some(true)),
+            ],
+        );
+        let addrs = [
+            Ipv4Addr::new(192, 168, 1, 10),
+            Ipv4Addr::new(192, 168, 1, 10),
+        ];
+        let d = compute(&state(vec![svc], vec![sl]), NODE, &addrs);
+        assert_eq!(
+            d.node_addrs,
+            BTreeSet::from([Ipv4Addr::new(192, 168, 1, 10)])
+        );
+        assert_eq!(
+            d.draining,
+            vec![DesiredBackend {
+                addr: Ipv4Addr::new(10, 244, 1, 7),
+                port: 8080,
+                flags: L | T
+            }]
+        );
+        assert_eq!(
+            d.health_checks,
+            BTreeMap::from([(
+                key("web"),
+                HealthCheck {
+                    node_port: 32000,
+                    local_endpoints: 2
+                }
+            )])
+        );
+    }
+
+    #[test]
+    fn conflicting_frontends_keep_the_first() {
+        let a = service(
+            "a",
+            "NodePort",
+            "10.96.0.1",
+            vec![sport("", "TCP", 80, int(8080), Some(30080))],
+        );
+        let b = service(
+            "b",
+            "NodePort",
+            "10.96.0.2",
+            vec![sport("", "TCP", 80, int(8080), Some(30080))],
+        );
+        let d = compute(&state(vec![b, a], vec![]), NODE, &[]);
+        assert_eq!(d.frontends.len(), 3);
+        assert_eq!(d.conflicts.len(), 1);
+        assert_eq!(d.conflicts[0].kept.service, key("a"));
+        assert_eq!(d.conflicts[0].dropped.service, key("b"));
+    }
+
+    #[test]
+    fn backend_value_is_network_order() {
+        let b = DesiredBackend {
+            addr: Ipv4Addr::new(10, 244, 1, 5),
+            port: 8080,
+            flags: L,
+        }
+        .to_backend();
+        assert_eq!(b.addr_be.to_ne_bytes(), [10, 244, 1, 5]);
+        assert_eq!(b.port_be.to_ne_bytes(), 8080u16.to_be_bytes());
+        assert_eq!(
+            describe_frontend(&frontend_key(Ipv4Addr::new(10, 96, 0, 10), 53, PROTO_UDP)),
+            "10.96.0.10:53/UDP"
+        );
+    }
+}

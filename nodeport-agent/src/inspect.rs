@@ -1,0 +1,165 @@
+//! `nodeport-agent inspect`: what the pinned maps hold, as a table or JSON.
+
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+
+use anyhow::{Context as _, Result};
+use nodeport_common::{
+    BACKEND_F_LOCAL, BACKEND_F_TERMINATING, CT_F_SNAT, FRONTEND_F_AFFINITY,
+    FRONTEND_F_DROP_EMPTY, FRONTEND_F_LOCAL_ONLY, PROTO_SCTP, PROTO_TCP, PROTO_UDP, SlotKey,
+};
+use serde_json::json;
+
+use crate::cli::{InspectArgs, InspectWhat, OutputFormat};
+use crate::maps::{MapWriter as _, bpf::BpfMaps};
+
+fn ip(addr_be: u32) -> Ipv4Addr {
+    Ipv4Addr::from(addr_be.to_ne_bytes())
+}
+
+fn proto(p: u8) -> String {
+    match p {
+        PROTO_TCP => "TCP".into(),
+        PROTO_UDP => "UDP".into(),
+        PROTO_SCTP => "SCTP".into(),
+        other => other.to_string(),
+    }
+}
+
+fn flag_names(flags: u32, table: &[(u32, &'static str)]) -> Vec<&'static str> {
+    table
+        .iter()
+        .filter(|(bit, _)| flags & bit != 0)
+        .map(|(_, n)| *n)
+        .collect()
+}
+
+pub fn inspect(args: &InspectArgs) -> Result<()> {
+    let maps = BpfMaps::open(&args.bpffs)
+        .with_context(|| format!("opening the maps pinned under {}", args.bpffs.display()))?;
+    let value = match args.what {
+        InspectWhat::Services => services(&maps)?,
+        InspectWhat::Backends => backends(&maps)?,
+        InspectWhat::Conntrack => conntrack(&maps)?,
+        InspectWhat::Stats => stats(&maps)?,
+    };
+    match args.output {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&value)?),
+        OutputFormat::Table => print!("{}", table(&value)),
+    }
+    Ok(())
+}
+
+fn services(maps: &BpfMaps) -> Result<serde_json::Value> {
+    let state = maps.read_state()?;
+    let mut rows = Vec::new();
+    for (key, fe) in &state.frontends {
+        let frontend = if key.addr_be == 0 {
+            format!("*:{}/{}", u16::from_be(key.port_be), proto(key.proto))
+        } else {
+            format!("{}:{}/{}", ip(key.addr_be), u16::from_be(key.port_be), proto(key.proto))
+        };
+        let backends: Vec<String> = (0..fe.backend_count)
+            .filter_map(|slot| {
+                let s = state.slots.get(&SlotKey { service_id: fe.service_id, slot })?;
+                let b = state.backends.get(&nodeport_common::BackendKey { backend_id: s.backend_id })?;
+                Some(format!("{}:{}", ip(b.addr_be), u16::from_be(b.port_be)))
+            })
+            .collect();
+        rows.push(json!({
+            "frontend": frontend,
+            "service_id": fe.service_id,
+            "backend_count": fe.backend_count,
+            "flags": flag_names(fe.flags, &[
+                (FRONTEND_F_LOCAL_ONLY, "local"),
+                (FRONTEND_F_AFFINITY, "affinity"),
+                (FRONTEND_F_DROP_EMPTY, "drop-empty"),
+            ]).join(","),
+            "affinity_timeout_s": fe.affinity_timeout_s,
+            "backends": backends.join(" "),
+        }));
+    }
+    Ok(serde_json::Value::Array(rows))
+}
+
+fn backends(maps: &BpfMaps) -> Result<serde_json::Value> {
+    let state = maps.read_state()?;
+    let rows = state
+        .backends
+        .iter()
+        .map(|(k, b)| {
+            json!({
+                "backend_id": k.backend_id,
+                "address": format!("{}:{}", ip(b.addr_be), u16::from_be(b.port_be)),
+                "flags": flag_names(u32::from(b.flags), &[
+                    (u32::from(BACKEND_F_LOCAL), "local"),
+                    (u32::from(BACKEND_F_TERMINATING), "terminating"),
+                ]).join(","),
+            })
+        })
+        .collect();
+    Ok(serde_json::Value::Array(rows))
+}
+
+fn conntrack(maps: &BpfMaps) -> Result<serde_json::Value> {
+    let rows = maps
+        .conntrack()?
+        .into_iter()
+        .map(|(k, e)| {
+            json!({
+                "proto": proto(k.proto),
+                "client": format!("{}:{}", ip(k.saddr_be), u16::from_be(k.sport_be)),
+                "frontend": format!("{}:{}", ip(k.daddr_be), u16::from_be(k.dport_be)),
+                "service_id": e.service_id,
+                "backend_id": e.backend_id,
+                "snat": if e.flags & CT_F_SNAT != 0 {
+                    format!("{}:{}", ip(e.snat_addr_be), u16::from_be(e.snat_port_be))
+                } else {
+                    String::from("-")
+                },
+            })
+        })
+        .collect();
+    Ok(serde_json::Value::Array(rows))
+}
+
+fn stats(maps: &BpfMaps) -> Result<serde_json::Value> {
+    let rows = maps
+        .stats()?
+        .into_iter()
+        .map(|(name, v)| json!({ "counter": name, "packets": v }))
+        .collect();
+    Ok(serde_json::Value::Array(rows))
+}
+
+/// Renders an array of flat JSON objects as an aligned text table.
+fn table(value: &serde_json::Value) -> String {
+    let Some(rows) = value.as_array() else {
+        return String::new();
+    };
+    let Some(first) = rows.first().and_then(|r| r.as_object()) else {
+        return "(empty)\n".into();
+    };
+    let cols: Vec<&String> = first.keys().collect();
+    let cell = |r: &serde_json::Value, c: &str| match &r[c] {
+        serde_json::Value::String(s) if s.is_empty() => "-".to_string(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let widths: Vec<usize> = cols
+        .iter()
+        .map(|c| rows.iter().map(|r| cell(r, c).len()).max().unwrap_or(0).max(c.len()))
+        .collect();
+    let mut out = String::new();
+    for (c, w) in cols.iter().zip(&widths) {
+        let _ = write!(out, "{:<w$}  ", c.to_uppercase());
+    }
+    out.push('\n');
+    for r in rows {
+        for (c, w) in cols.iter().zip(&widths) {
+            let _ = write!(out, "{:<w$}  ", cell(r, c));
+        }
+        out.push('\n');
+    }
+    out
+}

@@ -1,0 +1,19 @@
+//! The nodeport agent: watches Services and EndpointSlices, computes what the
+//! datapath of this node must hold and writes only the difference into the
+//! pinned BPF maps.
+//!
+//! Pipeline: [`source`] → [`store`] → [`desired`] → [`reconcile`] → [`maps`].
+
+pub mod config;
+pub mod desired;
+pub mod maps;
+pub mod reconcile;
+pub mod source;
+pub mod store;
+pub mod validate;
+pub mod cli;
+pub mod inspect;
+pub mod loader;
+pub mod neighbours;
+pub mod node_addrs;
+pub mod run;

@@ -1,0 +1,335 @@
+//! Loading the embedded datapath object: maps created (or adopted) and
+//! pinned under the bpffs root, programs attached to the node's devices
+//! with their links pinned, so the datapath keeps serving while the agent
+//! is down and a new agent takes it over.
+//!
+//! Layout under the root:
+//! - `<map name>` for every map (`frontends`, `backends`, ...);
+//! - `links/xdp-<ifname>` and `links/tc-egress-<ifname>`.
+
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{
+        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        tc::TcAttachOptions,
+        xdp::XdpLink,
+    },
+};
+use nodeport_common::{capacity, names, programs};
+use tracing::{info, warn};
+
+/// The datapath object built by `cargo xtask build-ebpf`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("NODEPORT_EBPF_OBJECT"));
+
+/// The embedded datapath object (ELF with BTF), for loading and for tests
+/// that run its programs through `BPF_PROG_TEST_RUN`.
+#[must_use]
+pub fn object() -> &'static [u8] {
+    OBJECT
+}
+
+/// `BPF_FS_MAGIC` from `linux/magic.h`.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("bpffs root {path}: {source}")]
+    Bpffs {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("loading the datapath object (maps pinned under {root})")]
+    Load {
+        root: PathBuf,
+        #[source]
+        source: aya::EbpfError,
+    },
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("program {name} is missing from the object")]
+    MissingProgram { name: &'static str },
+    #[error("attaching {what} to {iface}: {source}")]
+    Attach {
+        what: &'static str,
+        iface: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// How XDP is attached (`--xdp-mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdpAttachMode {
+    /// Native (driver) mode only.
+    Native,
+    /// Generic (skb) mode only.
+    Generic,
+    /// Native, falling back to generic with a warning.
+    Auto,
+}
+
+/// Map capacities, overriding the object's defaults.
+#[derive(Clone, Copy, Debug)]
+pub struct MapSizes {
+    pub frontends: u32,
+    pub backend_slots: u32,
+    pub backends: u32,
+    pub conntrack: u32,
+    pub rev_nat: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        Self {
+            frontends: capacity::FRONTENDS,
+            backend_slots: capacity::BACKEND_SLOTS,
+            backends: capacity::BACKENDS,
+            conntrack: capacity::CONNTRACK,
+            rev_nat: capacity::REV_NAT,
+        }
+    }
+}
+
+/// The loaded datapath; dropping it leaves maps and links pinned.
+pub struct Datapath {
+    ebpf: Ebpf,
+    root: PathBuf,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LoadError + '_ {
+    move |source| LoadError::Bpffs {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn statfs_magic(path: &Path) -> std::io::Result<i64> {
+    let c = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: zeroed statfs is a valid out-parameter.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid C string and out-pointer.
+    if unsafe { libc::statfs(c.as_ptr(), &raw mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    #[allow(clippy::useless_conversion, reason = "f_type's width differs between libcs")]
+    Ok(i64::from(st.f_type))
+}
+
+/// The standard bpffs mount point; on machines where nothing mounted it the
+/// agent mounts it there itself.
+const SYS_FS_BPF: &str = "/sys/fs/bpf";
+
+fn is_bpffs(path: &Path) -> bool {
+    statfs_magic(path).is_ok_and(|m| m == BPF_FS_MAGIC)
+}
+
+fn mount_bpffs(at: &Path) -> Result<(), LoadError> {
+    info!(at = %at.display(), "mounting bpffs");
+    let target = CString::new(at.as_os_str().as_encoded_bytes())
+        .map_err(|e| io_err(at)(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
+    // SAFETY: valid C strings; a plain bpffs mount.
+    let rc = unsafe {
+        libc::mount(
+            c"bpffs".as_ptr(),
+            target.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            c"mode=0700".as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        return Err(io_err(at)(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Makes sure `root` exists on a bpffs. When it is not on one, the agent
+/// mounts bpffs itself: on `/sys/fs/bpf` when the root lies below that
+/// standard mount point, else on `root`.
+pub fn ensure_bpffs(root: &Path) -> Result<(), LoadError> {
+    if root.exists() {
+        if !is_bpffs(root) {
+            mount_bpffs(root)?;
+        }
+        return Ok(());
+    }
+    let ancestor = root
+        .ancestors()
+        .find(|a| a.exists())
+        .unwrap_or_else(|| Path::new("/"));
+    if !is_bpffs(ancestor) {
+        let sys = Path::new(SYS_FS_BPF);
+        if root.starts_with(sys) && sys.exists() && !is_bpffs(sys) {
+            mount_bpffs(sys)?;
+        } else {
+            std::fs::create_dir_all(root).map_err(io_err(root))?;
+            return mount_bpffs(root);
+        }
+    }
+    std::fs::create_dir_all(root).map_err(io_err(root))
+}
+
+impl Datapath {
+    /// Loads the object, creating every map pinned under `root` or adopting
+    /// the ones already pinned there.
+    pub fn load(root: &Path, sizes: MapSizes) -> Result<Self, LoadError> {
+        ensure_bpffs(root)?;
+        std::fs::create_dir_all(root.join("links")).map_err(io_err(root))?;
+        let mut loader = EbpfLoader::new();
+        let pins: Vec<(&str, PathBuf)> = names::ALL.iter().map(|n| (*n, root.join(n))).collect();
+        for (name, path) in &pins {
+            loader.map_pin_path(name, path.as_path());
+        }
+        loader
+            .map_max_entries(names::FRONTENDS, sizes.frontends)
+            .map_max_entries(names::BACKEND_SLOTS, sizes.backend_slots)
+            .map_max_entries(names::BACKENDS, sizes.backends)
+            .map_max_entries(names::CONNTRACK, sizes.conntrack)
+            .map_max_entries(names::REV_NAT, sizes.rev_nat);
+        let ebpf = loader.load(OBJECT).map_err(|source| LoadError::Load {
+            root: root.to_path_buf(),
+            source,
+        })?;
+        Ok(Self {
+            ebpf,
+            root: root.to_path_buf(),
+        })
+    }
+
+    fn link_path(&self, kind: &str, iface: &str) -> PathBuf {
+        self.root.join("links").join(format!("{kind}-{iface}"))
+    }
+
+    /// Attaches the XDP program to `iface`, replacing the program of a link
+    /// pinned by an earlier agent atomically when there is one.
+    pub fn attach_xdp(&mut self, iface: &str, mode: XdpAttachMode) -> Result<(), LoadError> {
+        let pin = self.link_path("xdp", iface);
+        let attach_err = |source: Box<dyn std::error::Error + Send + Sync>| LoadError::Attach {
+            what: "XDP",
+            iface: iface.to_string(),
+            source,
+        };
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(programs::XDP_INGRESS)
+            .ok_or(LoadError::MissingProgram { name: programs::XDP_INGRESS })?
+            .try_into()
+            .map_err(|source| LoadError::Program { name: programs::XDP_INGRESS, source })?;
+        if prog.fd().is_err() {
+            prog.load()
+                .map_err(|source| LoadError::Program { name: programs::XDP_INGRESS, source })?;
+        }
+        let id = if let Ok(old) = PinnedLink::from_pin(&pin) {
+            let link = XdpLink::try_from(FdLink::from(old)).map_err(|e| attach_err(e.into()))?;
+            info!(iface, "replacing the program of the pinned XDP link");
+            prog.attach_to_link(link).map_err(|e| attach_err(e.into()))?
+        } else {
+            match mode {
+                XdpAttachMode::Native => prog.attach(iface, XdpMode::Driver),
+                XdpAttachMode::Generic => prog.attach(iface, XdpMode::Skb),
+                XdpAttachMode::Auto => prog.attach(iface, XdpMode::Driver).or_else(|e| {
+                    warn!(iface, error = %e, "native XDP unavailable, falling back to generic XDP");
+                    prog.attach(iface, XdpMode::Skb)
+                }),
+            }
+            .map_err(|e| attach_err(e.into()))?
+        };
+        let link = prog.take_link(id).map_err(|e| attach_err(e.into()))?;
+        let fd_link = FdLink::try_from(link).map_err(|e| attach_err(e.into()))?;
+        let _ = std::fs::remove_file(&pin);
+        fd_link.pin(&pin).map_err(|e| attach_err(e.into()))?;
+        Ok(())
+    }
+
+    /// Attaches the TC egress program to `iface` (tcx), adopting a pinned
+    /// link as [`Self::attach_xdp`] does.
+    pub fn attach_tc_egress(&mut self, iface: &str) -> Result<(), LoadError> {
+        let pin = self.link_path("tc-egress", iface);
+        let attach_err = |source: Box<dyn std::error::Error + Send + Sync>| LoadError::Attach {
+            what: "TC egress",
+            iface: iface.to_string(),
+            source,
+        };
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(programs::TC_EGRESS)
+            .ok_or(LoadError::MissingProgram { name: programs::TC_EGRESS })?
+            .try_into()
+            .map_err(|source| LoadError::Program { name: programs::TC_EGRESS, source })?;
+        if prog.fd().is_err() {
+            prog.load()
+                .map_err(|source| LoadError::Program { name: programs::TC_EGRESS, source })?;
+        }
+        let id = if let Ok(old) = PinnedLink::from_pin(&pin) {
+            let link = FdLink::from(old).try_into().map_err(|e: aya::programs::links::LinkError| attach_err(e.into()))?;
+            prog.attach_to_link(link).map_err(|e| attach_err(e.into()))?
+        } else {
+            prog.attach_with_options(
+                iface,
+                TcAttachType::Egress,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .map_err(|e| attach_err(e.into()))?
+        };
+        let link = prog.take_link(id).map_err(|e| attach_err(e.into()))?;
+        let fd_link = FdLink::try_from(link).map_err(|e| attach_err(e.into()))?;
+        let _ = std::fs::remove_file(&pin);
+        fd_link.pin(&pin).map_err(|e| attach_err(e.into()))?;
+        Ok(())
+    }
+
+    /// The bpffs root everything is pinned under.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+}
+
+/// Detaches every pinned link and removes every pin under `root`
+/// (`nodeport-agent cleanup`). Returns what was removed.
+pub fn cleanup(root: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    let links = root.join("links");
+    if let Ok(entries) = std::fs::read_dir(&links) {
+        for entry in entries.flatten() {
+            // Removing the pin drops the last reference: the link detaches.
+            std::fs::remove_file(entry.path())?;
+            removed.push(entry.path());
+        }
+        std::fs::remove_dir(&links)?;
+    }
+    for name in names::ALL {
+        let p = root.join(name);
+        match std::fs::remove_file(&p) {
+            Ok(()) => removed.push(p),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    // The root may be a bpffs the agent mounted itself (its parent is not
+    // a bpffs): unmount that one, never a bpffs it did not mount.
+    let parent_is_bpffs = root
+        .parent()
+        .is_some_and(|p| statfs_magic(p).is_ok_and(|m| m == BPF_FS_MAGIC));
+    if !parent_is_bpffs && statfs_magic(root).is_ok_and(|m| m == BPF_FS_MAGIC) {
+        if let Ok(c) = CString::new(root.as_os_str().as_encoded_bytes()) {
+            // SAFETY: valid C string.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+    match std::fs::remove_dir(root) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    Ok(removed)
+}

@@ -1,0 +1,29 @@
+//! `nodeport-agent`: the binary's edge. Errors become one readable report
+//! here (anyhow); everything below uses typed errors.
+
+use anyhow::Result;
+use clap::Parser as _;
+use nodeport_agent::{cli, inspect, loader, run};
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = cli::Cli::parse();
+    match cli.command {
+        cli::Command::Run(args) => run::run(&args),
+        cli::Command::Inspect(args) => inspect::inspect(&args),
+        cli::Command::Cleanup { bpffs } => {
+            let removed = loader::cleanup(&bpffs)?;
+            for p in &removed {
+                println!("removed {}", p.display());
+            }
+            println!("cleaned up {} ({} pins)", bpffs.display(), removed.len());
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! An in-memory [`MapWriter`] for tests: holds a [`MapState`], records every
+//! successful operation in order, keeps fake flows so that `purge_flows`
+//! returns a meaningful count, and can fail a chosen write.
+
+use std::collections::BTreeSet;
+
+use nodeport_common::{
+    Backend, BackendKey, Frontend, FrontendKey, NodeAddr, NodeAddrKey, Slot, SlotKey, names,
+};
+
+use super::{MapError, MapState, MapWriter};
+
+/// One successful write, as recorded by [`MemoryMaps`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    PutNodeAddr(NodeAddrKey, NodeAddr),
+    DeleteNodeAddr(NodeAddrKey),
+    PutFrontend(FrontendKey, Frontend),
+    DeleteFrontend(FrontendKey),
+    PutSlot(SlotKey, Slot),
+    DeleteSlot(SlotKey),
+    PutBackend(BackendKey, Backend),
+    DeleteBackend(BackendKey),
+    PurgeFlows(BTreeSet<u32>),
+}
+
+impl Op {
+    /// The map the operation writes (the conntrack map for purges).
+    #[must_use]
+    pub fn map(&self) -> &'static str {
+        match self {
+            Self::PutNodeAddr(..) | Self::DeleteNodeAddr(_) => names::NODE_ADDRS,
+            Self::PutFrontend(..) | Self::DeleteFrontend(_) => names::FRONTENDS,
+            Self::PutSlot(..) | Self::DeleteSlot(_) => names::BACKEND_SLOTS,
+            Self::PutBackend(..) | Self::DeleteBackend(_) => names::BACKENDS,
+            Self::PurgeFlows(_) => names::CONNTRACK,
+        }
+    }
+
+    /// `put`, `delete` or `purge`.
+    #[must_use]
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Self::PutNodeAddr(..)
+            | Self::PutFrontend(..)
+            | Self::PutSlot(..)
+            | Self::PutBackend(..) => "put",
+            Self::DeleteNodeAddr(_)
+            | Self::DeleteFrontend(_)
+            | Self::DeleteSlot(_)
+            | Self::DeleteBackend(_) => "delete",
+            Self::PurgeFlows(_) => "purge",
+        }
+    }
+
+    fn key(&self) -> String {
+        match self {
+            Self::PutNodeAddr(k, _) | Self::DeleteNodeAddr(k) => format!("{k:?}"),
+            Self::PutFrontend(k, _) | Self::DeleteFrontend(k) => format!("{k:?}"),
+            Self::PutSlot(k, _) | Self::DeleteSlot(k) => format!("{k:?}"),
+            Self::PutBackend(k, _) | Self::DeleteBackend(k) => format!("{k:?}"),
+            Self::PurgeFlows(ids) => format!("backend ids {ids:?}"),
+        }
+    }
+}
+
+/// The error an injected failure reports.
+#[derive(Debug, thiserror::Error)]
+#[error("injected failure")]
+pub struct InjectedFailure;
+
+type FailWhen = Box<dyn FnMut(&Op) -> bool + Send>;
+
+/// Service maps in memory, with an operation log and failure injection.
+#[derive(Default)]
+pub struct MemoryMaps {
+    /// What the maps hold.
+    pub state: MapState,
+    /// Every successful write, in order.
+    pub ops: Vec<Op>,
+    /// Fake established flows, one backend id each.
+    flows: Vec<u32>,
+    /// Writes left before the injected failure (1 = the next write fails).
+    fail_in: Option<usize>,
+    fail_when: Option<FailWhen>,
+}
+
+impl std::fmt::Debug for MemoryMaps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryMaps")
+            .field("state", &self.state)
+            .field("ops", &self.ops)
+            .field("flows", &self.flows)
+            .field("fail_in", &self.fail_in)
+            .field("fail_when", &self.fail_when.is_some())
+            .finish()
+    }
+}
+
+impl MemoryMaps {
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Maps that already hold `state` (as pinned maps found on start).
+    #[must_use]
+    pub fn with_state(state: MapState) -> Self {
+        Self {
+            state,
+            ..Self::default()
+        }
+    }
+
+    /// Returns and clears the operation log.
+    pub fn take_ops(&mut self) -> Vec<Op> {
+        std::mem::take(&mut self.ops)
+    }
+
+    /// Makes the `n`-th write from now fail once (1 = the next one). Reads
+    /// never fail; a failed write changes nothing and is not logged.
+    pub fn fail_nth_write(&mut self, n: usize) {
+        self.fail_in = Some(n.max(1));
+    }
+
+    /// Makes the first write matching `pred` fail once.
+    pub fn fail_when(&mut self, pred: impl FnMut(&Op) -> bool + Send + 'static) {
+        self.fail_when = Some(Box::new(pred));
+    }
+
+    /// Records an established flow to `backend_id`.
+    pub fn add_flow(&mut self, backend_id: u32) {
+        self.flows.push(backend_id);
+    }
+
+    /// How many fake flows go to `backend_id`.
+    #[must_use]
+    pub fn flows_to(&self, backend_id: u32) -> usize {
+        self.flows.iter().filter(|id| **id == backend_id).count()
+    }
+
+    /// Checks the injected failures, then applies and logs `op`.
+    fn write(&mut self, op: Op) -> Result<(), MapError> {
+        let mut fail = false;
+        if let Some(n) = self.fail_in {
+            if n <= 1 {
+                self.fail_in = None;
+                fail = true;
+            } else {
+                self.fail_in = Some(n - 1);
+            }
+        }
+        if !fail
+            && let Some(pred) = self.fail_when.as_mut()
+            && pred(&op)
+        {
+            self.fail_when = None;
+            fail = true;
+        }
+        if fail {
+            return Err(MapError {
+                map: op.map(),
+                op: op.verb(),
+                key: op.key(),
+                source: Box::new(InjectedFailure),
+            });
+        }
+        match &op {
+            Op::PutNodeAddr(k, v) => {
+                self.state.node_addrs.insert(*k, *v);
+            }
+            Op::DeleteNodeAddr(k) => {
+                self.state.node_addrs.remove(k);
+            }
+            Op::PutFrontend(k, v) => {
+                self.state.frontends.insert(*k, *v);
+            }
+            Op::DeleteFrontend(k) => {
+                self.state.frontends.remove(k);
+            }
+            Op::PutSlot(k, v) => {
+                self.state.slots.insert(*k, *v);
+            }
+            Op::DeleteSlot(k) => {
+                self.state.slots.remove(k);
+            }
+            Op::PutBackend(k, v) => {
+                self.state.backends.insert(*k, *v);
+            }
+            Op::DeleteBackend(k) => {
+                self.state.backends.remove(k);
+            }
+            Op::PurgeFlows(ids) => self.flows.retain(|id| !ids.contains(id)),
+        }
+        self.ops.push(op);
+        Ok(())
+    }
+}
+
+impl MapWriter for MemoryMaps {
+    fn put_node_addr(&mut self, key: NodeAddrKey, value: NodeAddr) -> Result<(), MapError> {
+        self.write(Op::PutNodeAddr(key, value))
+    }
+
+    fn delete_node_addr(&mut self, key: NodeAddrKey) -> Result<(), MapError> {
+        self.write(Op::DeleteNodeAddr(key))
+    }
+
+    fn put_frontend(&mut self, key: FrontendKey, value: Frontend) -> Result<(), MapError> {
+        self.write(Op::PutFrontend(key, value))
+    }
+
+    fn delete_frontend(&mut self, key: FrontendKey) -> Result<(), MapError> {
+        self.write(Op::DeleteFrontend(key))
+    }
+
+    fn put_slot(&mut self, key: SlotKey, value: Slot) -> Result<(), MapError> {
+        self.write(Op::PutSlot(key, value))
+    }
+
+    fn delete_slot(&mut self, key: SlotKey) -> Result<(), MapError> {
+        self.write(Op::DeleteSlot(key))
+    }
+
+    fn put_backend(&mut self, key: BackendKey, value: Backend) -> Result<(), MapError> {
+        self.write(Op::PutBackend(key, value))
+    }
+
+    fn delete_backend(&mut self, key: BackendKey) -> Result<(), MapError> {
+        self.write(Op::DeleteBackend(key))
+    }
+
+    fn purge_flows(
+        &mut self,
+        backend_ids: &std::collections::BTreeSet<u32>,
+    ) -> Result<usize, MapError> {
+        let before = self.flows.len();
+        self.write(Op::PurgeFlows(backend_ids.clone()))?;
+        Ok(before - self.flows.len())
+    }
+
+    fn read_state(&self) -> Result<MapState, MapError> {
+        Ok(self.state.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_log_and_fail_on_demand() {
+        let mut m = MemoryMaps::new();
+        let k = BackendKey { backend_id: 1 };
+        let v = Backend {
+            addr_be: 1,
+            port_be: 2,
+            flags: 0,
+            pad: 0,
+        };
+        m.put_backend(k, v).unwrap();
+        m.delete_backend(BackendKey { backend_id: 9 }).unwrap();
+        assert_eq!(
+            m.take_ops(),
+            vec![
+                Op::PutBackend(k, v),
+                Op::DeleteBackend(BackendKey { backend_id: 9 })
+            ]
+        );
+
+        m.fail_nth_write(2);
+        m.delete_backend(k).unwrap();
+        let err = m.put_backend(k, v).unwrap_err();
+        assert_eq!((err.map, err.op), (names::BACKENDS, "put"));
+        assert!(
+            m.state.backends.is_empty(),
+            "a failed write changes nothing"
+        );
+        assert_eq!(m.take_ops(), vec![Op::DeleteBackend(k)]);
+        m.put_backend(k, v).unwrap();
+
+        m.fail_when(|op| matches!(op, Op::PutSlot(..)));
+        m.put_backend(k, v).unwrap();
+        assert!(
+            m.put_slot(
+                SlotKey {
+                    service_id: 1,
+                    slot: 0
+                },
+                Slot { backend_id: 1 }
+            )
+            .is_err()
+        );
+        m.put_slot(
+            SlotKey {
+                service_id: 1,
+                slot: 0,
+            },
+            Slot { backend_id: 1 },
+        )
+        .unwrap();
+        assert_eq!(m.read_state().unwrap().slots.len(), 1);
+    }
+
+    #[test]
+    fn purge_counts_flows() {
+        let mut m = MemoryMaps::new();
+        for id in [1, 1, 2, 3] {
+            m.add_flow(id);
+        }
+        assert_eq!(m.purge_flows(&BTreeSet::from([1, 3])).unwrap(), 3);
+        assert_eq!((m.flows_to(1), m.flows_to(2)), (0, 1));
+        assert_eq!(m.purge_flows(&BTreeSet::from([1])).unwrap(), 0);
+    }
+}

@@ -1,0 +1,1074 @@
+//! The differ: writes into the maps only what separates them from the
+//! desired state, in an order that never lets the datapath see a dangling
+//! reference.
+//!
+//! Ids. A backend id names one `(pod address, target port)`; its flags are
+//! the value (merged over every frontend that uses it), so a backend that
+//! turns terminating keeps its id and its established flows. A service id
+//! names one frontend key for as long as that frontend exists. Ids found in
+//! the maps are adopted; new ones come from a counter that starts above every
+//! id seen and skips ids in use, so a freed id is not handed out again soon
+//! (flow and affinity state may still name it). Id 0 is never allocated.
+//!
+//! Order of one [`Reconciler::apply`]:
+//!
+//! 1. put new node addresses;
+//! 2. put new or changed backends;
+//! 3. put new or changed slots (a frontend's slots exist before its count
+//!    covers them);
+//! 4. put new or changed frontends (raises counts; a shrinking frontend's
+//!    count drops here, before its surplus slots go);
+//! 5. delete frontends no longer wanted;
+//! 6. delete slots no longer wanted (of deleted or shrunk frontends);
+//! 7. delete backends no longer wanted, then purge the flows that still name
+//!    them;
+//! 8. delete node addresses no longer wanted.
+//!
+//! The reconciler's view of the maps is updated after every successful
+//! write, so when a write fails the next `apply` redoes exactly what is
+//! missing. A purge that failed is retried by the next `apply`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use nodeport_common::{
+    Backend, BackendKey, Frontend, FrontendKey, NODE_ADDR_F_NODEPORT, NodeAddr, NodeAddrKey, Slot,
+    SlotKey,
+};
+
+use crate::desired::{Desired, ServicePortRef, describe_frontend};
+use crate::maps::{MapError, MapState, MapWriter};
+use crate::store::ObjectKey;
+
+/// A map write that failed, with the object it was for.
+#[derive(Debug, thiserror::Error)]
+#[error("{object}: {op} on map {map} failed", op = .source.op, map = .source.map)]
+pub struct ReconcileError {
+    /// What the write was for, e.g. `service default/web:http (nodePort 30080/TCP)`.
+    pub object: String,
+    #[source]
+    pub source: MapError,
+}
+
+impl ReconcileError {
+    /// The map the failed write was for.
+    #[must_use]
+    pub fn map(&self) -> &'static str {
+        self.source.map
+    }
+
+    /// The failed operation (`put`, `delete`, `purge`).
+    #[must_use]
+    pub fn op(&self) -> &'static str {
+        self.source.op
+    }
+}
+
+/// What one [`Reconciler::apply`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// Entries written (any map).
+    pub puts: usize,
+    /// Entries deleted (any map).
+    pub deletes: usize,
+    /// Backends whose flows were purged.
+    pub purged_backends: usize,
+    /// Flows purged.
+    pub purged_flows: usize,
+    /// Services whose frontends, slots or backends were written.
+    pub changed_services: BTreeSet<ObjectKey>,
+    /// Frontends removed that no known service owned (found in the maps on
+    /// start and no longer wanted).
+    pub unowned_frontends_removed: usize,
+}
+
+impl ApplyReport {
+    /// Nothing was written.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.puts == 0 && self.deletes == 0 && self.purged_backends == 0
+    }
+}
+
+/// A backend's identity: pod address and target port.
+type BackendAddr = (Ipv4Addr, u16);
+
+fn backend_addr(b: Backend) -> BackendAddr {
+    (
+        Ipv4Addr::from(b.addr_be.to_ne_bytes()),
+        u16::from_be(b.port_be),
+    )
+}
+
+fn node_addr_key(addr: Ipv4Addr) -> NodeAddrKey {
+    NodeAddrKey {
+        addr_be: u32::from_ne_bytes(addr.octets()),
+    }
+}
+
+/// Keeps the maps equal to the desired state; see the module docs.
+#[derive(Debug, Clone, Default)]
+pub struct Reconciler {
+    /// What the maps hold, as far as successful writes tell.
+    current: MapState,
+    /// Backend ids by identity: those in the maps, plus any allocated by an
+    /// apply that failed before writing them.
+    backend_ids: BTreeMap<BackendAddr, u32>,
+    /// Service ids by frontend, likewise.
+    service_ids: BTreeMap<FrontendKey, u32>,
+    /// Who owns each frontend, for reports and errors.
+    owners: BTreeMap<FrontendKey, ServicePortRef>,
+    next_backend_id: u32,
+    next_service_id: u32,
+    /// Deleted backends whose flows are still to be purged.
+    pending_purge: BTreeSet<u32>,
+}
+
+/// The map contents one apply aims at, with ids assigned.
+struct Plan {
+    node_addrs: BTreeMap<NodeAddrKey, NodeAddr>,
+    backends: BTreeMap<BackendKey, Backend>,
+    /// First service using each backend id (none: draining only).
+    backend_owner: BTreeMap<u32, Option<ServicePortRef>>,
+    frontends: BTreeMap<FrontendKey, Frontend>,
+    slots: BTreeMap<SlotKey, Slot>,
+    /// Service id → frontend, for naming slots (deleted frontends included).
+    slot_frontends: BTreeMap<u32, FrontendKey>,
+}
+
+impl Reconciler {
+    /// Starts from what the maps hold (after an agent restart): their ids
+    /// are kept for every frontend and backend that stays.
+    #[must_use]
+    pub fn adopt(current: MapState) -> Self {
+        let mut backend_ids = BTreeMap::new();
+        // Ascending ids: of duplicate entries the lowest id is kept, the
+        // others are deleted by the next apply.
+        for (k, v) in &current.backends {
+            backend_ids.entry(backend_addr(*v)).or_insert(k.backend_id);
+        }
+        let mut service_ids = BTreeMap::new();
+        let mut seen = BTreeSet::new();
+        for (k, v) in &current.frontends {
+            // Two frontends sharing a service id would share slots: the
+            // second gets a fresh id.
+            if seen.insert(v.service_id) {
+                service_ids.insert(*k, v.service_id);
+            }
+        }
+        let max_backend = current
+            .backends
+            .keys()
+            .map(|k| k.backend_id)
+            .chain(current.slots.values().map(|s| s.backend_id))
+            .max()
+            .unwrap_or(0);
+        let max_service = current
+            .frontends
+            .values()
+            .map(|f| f.service_id)
+            .chain(current.slots.keys().map(|k| k.service_id))
+            .max()
+            .unwrap_or(0);
+        Self {
+            current,
+            backend_ids,
+            service_ids,
+            owners: BTreeMap::new(),
+            next_backend_id: max_backend.wrapping_add(1).max(1),
+            next_service_id: max_service.wrapping_add(1).max(1),
+            pending_purge: BTreeSet::new(),
+        }
+    }
+
+    /// Starts over from what `maps` hold now (e.g. after writes whose outcome
+    /// is unknown). Known owners are kept.
+    pub fn resync(&mut self, maps: &dyn MapWriter) -> Result<(), MapError> {
+        let owners = std::mem::take(&mut self.owners);
+        let pending = std::mem::take(&mut self.pending_purge);
+        let (next_backend, next_service) = (self.next_backend_id, self.next_service_id);
+        *self = Self::adopt(maps.read_state()?);
+        self.owners = owners;
+        self.pending_purge = pending;
+        self.next_backend_id = self.next_backend_id.max(next_backend);
+        self.next_service_id = self.next_service_id.max(next_service);
+        Ok(())
+    }
+
+    /// What the maps hold, as far as the reconciler knows.
+    #[must_use]
+    pub fn state(&self) -> &MapState {
+        &self.current
+    }
+
+    /// The service id of a frontend, if it has one.
+    #[must_use]
+    pub fn service_id(&self, key: &FrontendKey) -> Option<u32> {
+        self.service_ids.get(key).copied()
+    }
+
+    /// The backend id of `addr:port`, if it has one.
+    #[must_use]
+    pub fn backend_id(&self, addr: Ipv4Addr, port: u16) -> Option<u32> {
+        self.backend_ids.get(&(addr, port)).copied()
+    }
+
+    /// Writes the difference between the maps and `desired` into `w`.
+    pub fn apply(
+        &mut self,
+        desired: &Desired,
+        w: &mut dyn MapWriter,
+    ) -> Result<ApplyReport, ReconcileError> {
+        for (k, f) in &desired.frontends {
+            self.owners.insert(*k, f.owner.clone());
+        }
+        let plan = self.plan(desired);
+        let mut report = ApplyReport::default();
+        self.write_puts(&plan, w, &mut report)?;
+        self.write_removals(&plan, w, &mut report)?;
+
+        // Everything is written: forget ids and owners of what is gone.
+        let current = &self.current;
+        self.service_ids
+            .retain(|k, _| current.frontends.contains_key(k));
+        self.owners.retain(|k, _| current.frontends.contains_key(k));
+        self.backend_ids.retain(|_, id| {
+            current
+                .backends
+                .contains_key(&BackendKey { backend_id: *id })
+        });
+        Ok(report)
+    }
+
+    /// Steps 1-4: node addresses, backends, slots, frontends.
+    fn write_puts(
+        &mut self,
+        plan: &Plan,
+        w: &mut dyn MapWriter,
+        report: &mut ApplyReport,
+    ) -> Result<(), ReconcileError> {
+        // 1. New node addresses.
+        for (k, v) in &plan.node_addrs {
+            if self.current.node_addrs.get(k) != Some(v) {
+                let object = || format!("node address {}", Ipv4Addr::from(k.addr_be.to_ne_bytes()));
+                w.put_node_addr(*k, *v).map_err(err(object))?;
+                self.current.node_addrs.insert(*k, *v);
+                report.puts += 1;
+            }
+        }
+
+        // 2. Backends.
+        for (k, v) in &plan.backends {
+            if self.current.backends.get(k) != Some(v) {
+                let owner = plan
+                    .backend_owner
+                    .get(&k.backend_id)
+                    .and_then(Option::as_ref);
+                let object = || {
+                    let (addr, port) = backend_addr(*v);
+                    match owner {
+                        Some(o) => format!("backend {addr}:{port} of service {o}"),
+                        None => format!("backend {addr}:{port} (draining)"),
+                    }
+                };
+                w.put_backend(*k, *v).map_err(err(object))?;
+                self.current.backends.insert(*k, *v);
+                report.puts += 1;
+                if let Some(o) = owner {
+                    report.changed_services.insert(o.service.clone());
+                }
+            }
+        }
+
+        // 3. Slots, before the counts that cover them.
+        for (k, v) in &plan.slots {
+            if self.current.slots.get(k) != Some(v) {
+                let object = || self.slot_object(*k, &plan.slot_frontends);
+                w.put_slot(*k, *v).map_err(err(object))?;
+                self.current.slots.insert(*k, *v);
+                report.puts += 1;
+                self.note_changed(plan.slot_frontends.get(&k.service_id), report);
+            }
+        }
+
+        // 4. Frontends: raise (or lower) counts, set flags.
+        for (k, v) in &plan.frontends {
+            if self.current.frontends.get(k) != Some(v) {
+                let object = || self.frontend_object(*k);
+                w.put_frontend(*k, *v).map_err(err(object))?;
+                self.current.frontends.insert(*k, *v);
+                report.puts += 1;
+                self.note_changed(Some(k), report);
+            }
+        }
+        Ok(())
+    }
+
+    /// Steps 5-8: frontends, slots, backends (and their flows), node addresses.
+    fn write_removals(
+        &mut self,
+        plan: &Plan,
+        w: &mut dyn MapWriter,
+        report: &mut ApplyReport,
+    ) -> Result<(), ReconcileError> {
+        // 5. Frontends no longer wanted.
+        let gone: Vec<FrontendKey> = self
+            .current
+            .frontends
+            .keys()
+            .filter(|k| !plan.frontends.contains_key(k))
+            .copied()
+            .collect();
+        for k in gone {
+            let object = || self.frontend_object(k);
+            w.delete_frontend(k).map_err(err(object))?;
+            self.current.frontends.remove(&k);
+            report.deletes += 1;
+            if self.owners.contains_key(&k) {
+                self.note_changed(Some(&k), report);
+            } else {
+                report.unowned_frontends_removed += 1;
+            }
+        }
+
+        // 6. Slots no longer wanted.
+        let gone: Vec<SlotKey> = self
+            .current
+            .slots
+            .keys()
+            .filter(|k| !plan.slots.contains_key(k))
+            .copied()
+            .collect();
+        for k in gone {
+            let object = || self.slot_object(k, &plan.slot_frontends);
+            w.delete_slot(k).map_err(err(object))?;
+            self.current.slots.remove(&k);
+            report.deletes += 1;
+            self.note_changed(plan.slot_frontends.get(&k.service_id), report);
+        }
+
+        // 7. Backends no longer wanted, then their flows.
+        let gone: Vec<(BackendKey, Backend)> = self
+            .current
+            .backends
+            .iter()
+            .filter(|(k, _)| !plan.backends.contains_key(k))
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        for (k, v) in gone {
+            let object = || {
+                let (addr, port) = backend_addr(v);
+                format!("backend {addr}:{port} (no longer used)")
+            };
+            w.delete_backend(k).map_err(err(object))?;
+            self.current.backends.remove(&k);
+            self.backend_ids.retain(|_, id| *id != k.backend_id);
+            self.pending_purge.insert(k.backend_id);
+            report.deletes += 1;
+        }
+        if !self.pending_purge.is_empty() {
+            let ids = &self.pending_purge;
+            let object = || format!("flows of removed backends {ids:?}");
+            let purged = w.purge_flows(ids).map_err(err(object))?;
+            report.purged_backends = self.pending_purge.len();
+            report.purged_flows = purged;
+            self.pending_purge.clear();
+        }
+
+        // 8. Node addresses no longer wanted.
+        let gone: Vec<NodeAddrKey> = self
+            .current
+            .node_addrs
+            .keys()
+            .filter(|k| !plan.node_addrs.contains_key(k))
+            .copied()
+            .collect();
+        for k in gone {
+            let object = || format!("node address {}", Ipv4Addr::from(k.addr_be.to_ne_bytes()));
+            w.delete_node_addr(k).map_err(err(object))?;
+            self.current.node_addrs.remove(&k);
+            report.deletes += 1;
+        }
+        Ok(())
+    }
+
+    /// Assigns ids and lays out the map contents `desired` asks for.
+    fn plan(&mut self, desired: &Desired) -> Plan {
+        // Every backend with merged flags and its first owner.
+        let mut wanted: BTreeMap<BackendAddr, (u8, Option<&ServicePortRef>)> = BTreeMap::new();
+        for f in desired.frontends.values() {
+            for b in &f.backends {
+                let e = wanted
+                    .entry((b.addr, b.port))
+                    .or_insert((0, Some(&f.owner)));
+                e.0 |= b.flags;
+            }
+        }
+        for b in &desired.draining {
+            wanted.entry((b.addr, b.port)).or_insert((0, None)).0 |= b.flags;
+        }
+
+        let mut backends = BTreeMap::new();
+        let mut backend_owner = BTreeMap::new();
+        let mut id_of: BTreeMap<BackendAddr, u32> = BTreeMap::new();
+        for (&(addr, port), &(flags, owner)) in &wanted {
+            let id = if let Some(id) = self.backend_ids.get(&(addr, port)) {
+                *id
+            } else {
+                let id = self.alloc_backend_id();
+                self.backend_ids.insert((addr, port), id);
+                id
+            };
+            id_of.insert((addr, port), id);
+            backends.insert(
+                BackendKey { backend_id: id },
+                Backend {
+                    addr_be: u32::from_ne_bytes(addr.octets()),
+                    port_be: port.to_be(),
+                    flags,
+                    pad: 0,
+                },
+            );
+            backend_owner.insert(id, owner.cloned());
+        }
+
+        let mut frontends = BTreeMap::new();
+        let mut slots = BTreeMap::new();
+        for (k, f) in &desired.frontends {
+            let service_id = if let Some(id) = self.service_ids.get(k) {
+                *id
+            } else {
+                let id = self.alloc_service_id();
+                self.service_ids.insert(*k, id);
+                id
+            };
+            for (slot, b) in (0u32..).zip(&f.backends) {
+                slots.insert(
+                    SlotKey { service_id, slot },
+                    Slot {
+                        backend_id: id_of[&(b.addr, b.port)],
+                    },
+                );
+            }
+            frontends.insert(
+                *k,
+                Frontend {
+                    service_id,
+                    backend_count: u32::try_from(f.backends.len()).unwrap_or(u32::MAX),
+                    flags: f.flags,
+                    affinity_timeout_s: f.affinity_timeout_s,
+                },
+            );
+        }
+
+        let node_addrs = desired
+            .node_addrs
+            .iter()
+            .map(|a| {
+                (
+                    node_addr_key(*a),
+                    NodeAddr {
+                        flags: NODE_ADDR_F_NODEPORT,
+                    },
+                )
+            })
+            .collect();
+
+        let slot_frontends = self
+            .current
+            .frontends
+            .iter()
+            .map(|(k, v)| (v.service_id, *k))
+            .chain(frontends.iter().map(|(k, v)| (v.service_id, *k)))
+            .collect();
+        Plan {
+            node_addrs,
+            backends,
+            backend_owner,
+            frontends,
+            slots,
+            slot_frontends,
+        }
+    }
+
+    fn alloc_backend_id(&mut self) -> u32 {
+        let in_use: BTreeSet<u32> = self
+            .backend_ids
+            .values()
+            .copied()
+            .chain(self.current.backends.keys().map(|k| k.backend_id))
+            .chain(self.pending_purge.iter().copied())
+            .collect();
+        next_free(&mut self.next_backend_id, &in_use)
+    }
+
+    fn alloc_service_id(&mut self) -> u32 {
+        let in_use: BTreeSet<u32> = self
+            .service_ids
+            .values()
+            .copied()
+            .chain(self.current.frontends.values().map(|f| f.service_id))
+            .chain(self.current.slots.keys().map(|k| k.service_id))
+            .collect();
+        next_free(&mut self.next_service_id, &in_use)
+    }
+
+    fn frontend_object(&self, key: FrontendKey) -> String {
+        match self.owners.get(&key) {
+            Some(owner) => format!("service {owner} ({})", describe_frontend(&key)),
+            None => format!("frontend {} (no known service)", describe_frontend(&key)),
+        }
+    }
+
+    fn slot_object(&self, key: SlotKey, frontends: &BTreeMap<u32, FrontendKey>) -> String {
+        match frontends.get(&key.service_id) {
+            Some(fk) => format!("slot {} of {}", key.slot, self.frontend_object(*fk)),
+            None => format!(
+                "slot {} of service id {} (no frontend)",
+                key.slot, key.service_id
+            ),
+        }
+    }
+
+    fn note_changed(&self, key: Option<&FrontendKey>, report: &mut ApplyReport) {
+        if let Some(owner) = key.and_then(|k| self.owners.get(k)) {
+            report.changed_services.insert(owner.service.clone());
+        }
+    }
+}
+
+/// The first id at or after `*next` (skipping 0) not in `in_use`; advances `*next`.
+fn next_free(next: &mut u32, in_use: &BTreeSet<u32>) -> u32 {
+    loop {
+        let id = (*next).max(1);
+        *next = id.wrapping_add(1);
+        if !in_use.contains(&id) {
+            return id;
+        }
+    }
+}
+
+/// Wraps a map error with the object the write was for.
+fn err(object: impl FnOnce() -> String) -> impl FnOnce(MapError) -> ReconcileError {
+    move |source| ReconcileError {
+        object: object(),
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::{DesiredBackend, DesiredFrontend, FrontendKind, frontend_key};
+    use crate::maps::memory::{MemoryMaps, Op};
+    use nodeport_common::{
+        BACKEND_F_LOCAL, BACKEND_F_TERMINATING, FRONTEND_F_AFFINITY, PROTO_TCP, names,
+    };
+
+    const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 10);
+
+    fn np(port: u16) -> FrontendKey {
+        frontend_key(Ipv4Addr::UNSPECIFIED, port, PROTO_TCP)
+    }
+
+    fn cip(last: u8, port: u16) -> FrontendKey {
+        frontend_key(Ipv4Addr::new(10, 96, 0, last), port, PROTO_TCP)
+    }
+
+    /// Backend `10.244.<node>.<last>:8080`; node 1 is this node.
+    fn be(node: u8, last: u8) -> DesiredBackend {
+        DesiredBackend {
+            addr: Ipv4Addr::new(10, 244, node, last),
+            port: 8080,
+            flags: if node == 1 { BACKEND_F_LOCAL } else { 0 },
+        }
+    }
+
+    fn frontend(service: &str, kind: FrontendKind, backends: &[DesiredBackend]) -> DesiredFrontend {
+        DesiredFrontend {
+            owner: ServicePortRef {
+                service: ObjectKey {
+                    namespace: "default".into(),
+                    name: service.into(),
+                },
+                port_name: String::new(),
+            },
+            kind,
+            flags: 0,
+            affinity_timeout_s: 0,
+            backends: backends.to_vec(),
+        }
+    }
+
+    /// Service `web` (nodePort 30080, `ClusterIP` 10.96.0.10:80) with `backends`.
+    fn web(backends: &[DesiredBackend]) -> Desired {
+        let mut d = Desired {
+            node_addrs: BTreeSet::from([NODE_IP]),
+            ..Desired::default()
+        };
+        d.frontends
+            .insert(np(30080), frontend("web", FrontendKind::NodePort, backends));
+        d.frontends.insert(
+            cip(10, 80),
+            frontend("web", FrontendKind::ClusterIp, backends),
+        );
+        d
+    }
+
+    /// `web` plus service `api` (nodePort 30081) with `api_backends`.
+    fn web_and_api(backends: &[DesiredBackend], api_backends: &[DesiredBackend]) -> Desired {
+        let mut d = web(backends);
+        d.frontends.insert(
+            np(30081),
+            frontend("api", FrontendKind::NodePort, api_backends),
+        );
+        d
+    }
+
+    /// Ops in a compact form: `put backend 1=10.244.1.5:8080/1`.
+    fn render(ops: &[Op]) -> Vec<String> {
+        let b = |v: &Backend| {
+            let (a, p) = backend_addr(*v);
+            format!("{a}:{p}/{}", v.flags)
+        };
+        ops.iter()
+            .map(|op| match op {
+                Op::PutNodeAddr(k, _) => {
+                    format!("put addr {}", Ipv4Addr::from(k.addr_be.to_ne_bytes()))
+                }
+                Op::DeleteNodeAddr(k) => {
+                    format!("delete addr {}", Ipv4Addr::from(k.addr_be.to_ne_bytes()))
+                }
+                Op::PutBackend(k, v) => format!("put backend {}={}", k.backend_id, b(v)),
+                Op::DeleteBackend(k) => format!("delete backend {}", k.backend_id),
+                Op::PutSlot(k, v) => {
+                    format!("put slot {}/{}={}", k.service_id, k.slot, v.backend_id)
+                }
+                Op::DeleteSlot(k) => format!("delete slot {}/{}", k.service_id, k.slot),
+                Op::PutFrontend(k, v) => format!(
+                    "put frontend {}=svc{} n{} f{}",
+                    describe_frontend(k),
+                    v.service_id,
+                    v.backend_count,
+                    v.flags
+                ),
+                Op::DeleteFrontend(k) => format!("delete frontend {}", describe_frontend(k)),
+                Op::PurgeFlows(ids) => format!("purge {ids:?}"),
+            })
+            .collect()
+    }
+
+    fn run(r: &mut Reconciler, d: &Desired, m: &mut MemoryMaps) -> (ApplyReport, Vec<String>) {
+        let report = r.apply(d, m).expect("apply");
+        assert_eq!(
+            r.state(),
+            &m.state,
+            "the reconciler's view matches the maps"
+        );
+        (report, render(&m.take_ops()))
+    }
+
+    fn web_key() -> ObjectKey {
+        ObjectKey {
+            namespace: "default".into(),
+            name: "web".into(),
+        }
+    }
+
+    #[test]
+    fn first_apply_writes_in_order_and_second_writes_nothing() {
+        let mut m = MemoryMaps::new();
+        let mut r = Reconciler::default();
+        let d = web(&[be(1, 5), be(2, 5)]);
+        let (report, ops) = run(&mut r, &d, &mut m);
+        // The NodePort key (address 0) sorts first: service id 1.
+        assert_eq!(
+            ops,
+            [
+                "put addr 192.168.1.10",
+                "put backend 1=10.244.1.5:8080/1",
+                "put backend 2=10.244.2.5:8080/0",
+                "put slot 1/0=1",
+                "put slot 1/1=2",
+                "put slot 2/0=1",
+                "put slot 2/1=2",
+                "put frontend nodePort 30080/TCP=svc1 n2 f0",
+                "put frontend 10.96.0.10:80/TCP=svc2 n2 f0",
+            ]
+        );
+        assert_eq!((report.puts, report.deletes), (9, 0));
+        assert_eq!(report.changed_services, BTreeSet::from([web_key()]));
+
+        let (report, ops) = run(&mut r, &d, &mut m);
+        assert!(ops.is_empty(), "{ops:?}");
+        assert!(report.is_empty());
+        assert!(report.changed_services.is_empty());
+    }
+
+    #[test]
+    fn removing_an_endpoint_lowers_count_then_deletes_slot_then_backend_and_purges() {
+        let mut m = MemoryMaps::new();
+        let mut r = Reconciler::default();
+        run(&mut r, &web(&[be(1, 5), be(2, 5), be(2, 6)]), &mut m);
+        m.add_flow(1);
+        m.add_flow(1);
+        m.add_flow(2);
+
+        // 10.244.1.5 (id 1) goes away: the others move up a slot.
+        let (report, ops) = run(&mut r, &web(&[be(2, 5), be(2, 6)]), &mut m);
+        assert_eq!(
+            ops,
+            [
+                "put slot 1/0=2",
+                "put slot 1/1=3",
+                "put slot 2/0=2",
+                "put slot 2/1=3",
+                "put frontend nodePort 30080/TCP=svc1 n2 f0",
+                "put frontend 10.96.0.10:80/TCP=svc2 n2 f0",
+                "delete slot 1/2",
+                "delete slot 2/2",
+                "delete backend 1",
+                "purge {1}",
+            ]
+        );
+        assert_eq!((report.purged_backends, report.purged_flows), (1, 2));
+        assert_eq!((m.flows_to(1), m.flows_to(2)), (0, 1));
+        assert_eq!(r.backend_id(Ipv4Addr::new(10, 244, 1, 5), 8080), None);
+
+        // The last one that sits at the end: no slot moves.
+        let (_, ops) = run(&mut r, &web(&[be(2, 5)]), &mut m);
+        assert_eq!(
+            ops,
+            [
+                "put frontend nodePort 30080/TCP=svc1 n1 f0",
+                "put frontend 10.96.0.10:80/TCP=svc2 n1 f0",
+                "delete slot 1/1",
+                "delete slot 2/1",
+                "delete backend 3",
+                "purge {3}",
+            ]
+        );
+    }
+
+    #[test]
+    fn adding_an_endpoint_writes_backend_then_slots_then_count() {
+        let mut m = MemoryMaps::new();
+        let mut r = Reconciler::default();
+        run(&mut r, &web(&[be(2, 5)]), &mut m);
+        let (_, ops) = run(&mut r, &web(&[be(2, 5), be(2, 6)]), &mut m);
+        assert_eq!(
+            ops,
+            [
+                "put backend 2=10.244.2.6:8080/0",
+                "put slot 1/1=2",
+                "put slot 2/1=2",
+                "put frontend nodePort 30080/TCP=svc1 n2 f0",
+                "put frontend 10.96.0.10:80/TCP=svc2 n2 f0",
+            ]
+        );
+    }
+
+    #[test]
+    fn deleting_a_service_deletes_frontends_then_slots_then_backends() {
+        let mut m = MemoryMaps::new();
+        let mut r = Reconciler::default();
+        run(
+            &mut r,
+            &web_and_api(&[be(1, 5), be(2, 5)], &[be(2, 9)]),
+            &mut m,
+        );
+        m.add_flow(1);
+        m.add_flow(3);
+
+        let mut d = web_and_api(&[], &[be(2, 9)]);
+        d.frontends.remove(&np(30080));
+        d.frontends.remove(&cip(10, 80));
+        let (report, ops) = run(&mut r, &d, &mut m);
+        assert_eq!(
+            ops,
+            [
+                "delete frontend nodePort 30080/TCP",
+                "delete frontend 10.96.0.10:80/TCP",
+                "delete slot 1/0",
+                "delete slot 1/1",
+                "delete slot 3/0",
+                "delete slot 3/1",
+                "delete backend 1",
+                "delete backend 2",
+                "purge {1, 2}",
+            ]
+        );
+        assert_eq!(report.changed_services, BTreeSet::from([web_key()]));
+        assert_eq!(report.purged_flows, 1);
+        assert_eq!(m.flows_to(3), 1, "api's flows stay");
+    }
+
+    #[test]
+    fn shared_backend_stays_while_used() {
+        let mut m = MemoryMaps::new();
+        let mut r = Reconciler::default();
+        run(&mut r, &web_and_api(&[be(2, 5)], &[be(2, 5)]), &mut m);
+        let mut d = web_and_api(&[], &[be(2, 5)]);
+        d.frontends.remove(&np(30080));
+        d.frontends.remove(&cip(10, 80));
+        let (_, ops) = run(&mut r, &d, &mut m);
+        assert_eq!(
+            ops,
+            [
+                "delete frontend nodePort 30080/TCP",
+                "delete frontend 10.96.0.10:80/TCP",
+                "delete slot 1/0",
+                "delete slot 3/0",
+            ]
+        );
+    }
+
+    #[test]
+    fn ready_to_terminating_keeps_id_and_flows() {
+        let mut m = MemoryMaps::new();
+        let mut r = Reconciler::default();
+        run(&mut r, &web(&[be(2, 5), be(2, 6)]), &mut m);
+        m.add_flow(1);
+
+        // 10.244.2.5 terminates while 10.244.2.6 is ready: unselected, draining.
+        let mut d = web(&[be(2, 6)]);
+        d.draining = vec![DesiredBackend {
+            flags: BACKEND_F_TERMINATING,
+            ..be(2, 5)
+        }];
+        let (report, ops) = run(&mut r, &d, &mut m);
+        assert_eq!(
+            ops,
+            [
+                "put backend 1=10.244.2.5:8080/2",
+                "put slot 1/0=2",
+                "put slot 2/0=2",
+                "put frontend nodePort 30080/TCP=svc1 n1 f0",
+                "put frontend 10.96.0.10:80/TCP=svc2 n1 f0",
+                "delete slot 1/1",
+                "delete slot 2/1",
+            ]
+        );
+        assert_eq!(report.purged_flows, 0);
+        assert_eq!(m.flows_to(1), 1);
+
+        // It stops serving: now it goes, and its flows with it.
+        let (_, ops) = run(&mut r, &web(&[be(2, 6)]), &mut m);
+        assert_eq!(ops, ["delete backend 1", "purge {1}"]);
+        assert_eq!(m.flows_to(1), 0);
+    }
+
+    #[test]
+    fn flags_and_node_addresses_change_in_place() {
+        let mut m = MemoryMaps::new();
+        let mut r = Reconciler::default();
+        run(&mut r, &web(&[be(2, 5)]), &mut m);
+
+        let mut d = web(&[be(2, 5)]);
+        let f = d.frontends.get_mut(&np(30080)).unwrap();
+        f.flags = FRONTEND_F_AFFINITY;
+        f.affinity_timeout_s = 60;
+        d.node_addrs = BTreeSet::from([Ipv4Addr::new(192, 168, 1, 11)]);
+        let (_, ops) = run(&mut r, &d, &mut m);
+        assert_eq!(
+            ops,
+            [
+                "put addr 192.168.1.11",
+                "put frontend nodePort 30080/TCP=svc1 n1 f2",
+                "delete addr 192.168.1.10",
+            ]
+        );
+    }
+
+    #[test]
+    fn adopt_keeps_ids_and_writes_nothing() {
+        let mut m = MemoryMaps::new();
+        let mut r = Reconciler::default();
+        // Build ids that are not simply 1..n: create, then remove some.
+        run(
+            &mut r,
+            &web_and_api(&[be(1, 5), be(2, 5)], &[be(2, 9)]),
+            &mut m,
+        );
+        let d = web(&[be(2, 5), be(2, 7)]);
+        run(&mut r, &d, &mut m);
+
+        // Agent restart: a new reconciler learns from the maps.
+        let mut adopted = Reconciler::adopt(m.read_state().unwrap());
+        let (report, ops) = run(&mut adopted, &d, &mut m);
+        assert!(ops.is_empty(), "{ops:?}");
+        assert!(report.is_empty());
+        for k in d.frontends.keys() {
+            assert_eq!(adopted.service_id(k), r.service_id(k));
+        }
+        for b in [be(2, 5), be(2, 7)] {
+            assert_eq!(
+                adopted.backend_id(b.addr, b.port),
+                r.backend_id(b.addr, b.port)
+            );
+        }
+
+        // New ids do not collide with adopted (or recently freed) ones.
+        let (_, ops) = run(
+            &mut adopted,
+            &web_and_api(&[be(2, 5), be(2, 7)], &[be(3, 1)]),
+            &mut m,
+        );
+        assert_eq!(
+            ops,
+            [
+                "put backend 5=10.244.3.1:8080/0",
+                "put slot 4/0=5",
+                "put frontend nodePort 30081/TCP=svc4 n1 f0",
+            ]
+        );
+    }
+
+    #[test]
+    fn adopt_removes_orphans() {
+        let mut m = MemoryMaps::new();
+        let mut r = Reconciler::default();
+        let d = web(&[be(2, 5)]);
+        run(&mut r, &d, &mut m);
+        // Leftovers of a crashed agent: a slot without frontend, an unused
+        // backend, and a duplicate of a used one.
+        let mut st = m.read_state().unwrap();
+        st.slots.insert(
+            SlotKey {
+                service_id: 9,
+                slot: 0,
+            },
+            Slot { backend_id: 7 },
+        );
+        let stray = DesiredBackend {
+            addr: Ipv4Addr::new(10, 244, 9, 9),
+            ..be(2, 5)
+        };
+        st.backends
+            .insert(BackendKey { backend_id: 7 }, stray.to_backend());
+        st.backends
+            .insert(BackendKey { backend_id: 8 }, be(2, 5).to_backend());
+        let mut m = MemoryMaps::with_state(st.clone());
+        m.add_flow(7);
+        let mut adopted = Reconciler::adopt(st);
+        let (report, ops) = run(&mut adopted, &d, &mut m);
+        assert_eq!(
+            ops,
+            [
+                "delete slot 9/0",
+                "delete backend 7",
+                "delete backend 8",
+                "purge {7, 8}"
+            ]
+        );
+        assert_eq!(report.purged_flows, 1);
+        assert_eq!(report.unowned_frontends_removed, 0);
+
+        // A frontend nobody wants any more, owner unknown after restart.
+        let mut adopted = Reconciler::adopt(m.read_state().unwrap());
+        let mut d2 = d.clone();
+        d2.frontends.remove(&cip(10, 80));
+        let (report, ops) = run(&mut adopted, &d2, &mut m);
+        assert_eq!(
+            ops,
+            ["delete frontend 10.96.0.10:80/TCP", "delete slot 2/0"]
+        );
+        assert_eq!(report.unowned_frontends_removed, 1);
+    }
+
+    #[test]
+    fn injected_failure_names_map_and_service_and_next_apply_converges() {
+        let mut m = MemoryMaps::new();
+        let mut r = Reconciler::default();
+        run(&mut r, &web(&[be(2, 5)]), &mut m);
+        m.fail_when(|op| matches!(op, Op::PutFrontend(..)));
+        let e = r.apply(&web(&[be(2, 5), be(2, 6)]), &mut m).unwrap_err();
+        assert_eq!((e.map(), e.op()), (names::FRONTENDS, "put"));
+        let msg = e.to_string();
+        assert!(
+            msg.contains(names::FRONTENDS) && msg.contains("default/web"),
+            "{msg}"
+        );
+        assert_eq!(
+            msg,
+            format!(
+                "service default/web (nodePort 30080/TCP): put on map {} failed",
+                names::FRONTENDS
+            )
+        );
+        assert_eq!(r.state(), &m.state);
+
+        m.take_ops();
+        let (_, ops) = run(&mut r, &web(&[be(2, 5), be(2, 6)]), &mut m);
+        assert_eq!(
+            ops,
+            [
+                "put frontend nodePort 30080/TCP=svc1 n2 f0",
+                "put frontend 10.96.0.10:80/TCP=svc2 n2 f0",
+            ]
+        );
+    }
+
+    /// Fails every write of a sequence of applies in turn and checks that
+    /// the next apply always converges to what an undisturbed run reaches.
+    #[test]
+    fn any_failed_write_is_retried() {
+        let steps = [
+            web_and_api(&[be(1, 5), be(2, 5)], &[be(2, 9)]),
+            web(&[be(2, 6)]),
+            Desired::default(),
+            web_and_api(&[be(1, 1)], &[be(1, 1), be(2, 2)]),
+        ];
+        let mut reference = MemoryMaps::new();
+        let mut ref_r = Reconciler::default();
+        let mut expected = Vec::new();
+        let mut writes = 0;
+        for d in &steps {
+            ref_r.apply(d, &mut reference).unwrap();
+            writes += reference.take_ops().len();
+            expected.push(reference.state.clone());
+        }
+
+        for n in 1..=writes {
+            let mut m = MemoryMaps::new();
+            let mut r = Reconciler::default();
+            m.fail_nth_write(n);
+            let mut failed = 0;
+            for (i, d) in steps.iter().enumerate() {
+                for _ in 0..5 {
+                    m.add_flow(1);
+                }
+                if let Err(e) = r.apply(d, &mut m) {
+                    failed += 1;
+                    assert!(!e.object.is_empty());
+                    assert_eq!(r.state(), &m.state, "n={n}: view stays consistent");
+                    r.apply(d, &mut m)
+                        .unwrap_or_else(|e| panic!("n={n}: retry failed: {e}"));
+                }
+                assert_eq!(m.state, expected[i], "n={n}, step {i}");
+                let again = r.apply(d, &mut m).unwrap();
+                assert!(again.is_empty(), "n={n}, step {i}: {again:?}");
+            }
+            assert_eq!(failed, 1, "n={n}");
+        }
+    }
+
+    #[test]
+    fn failed_purge_is_retried() {
+        let mut m = MemoryMaps::new();
+        let mut r = Reconciler::default();
+        run(&mut r, &web(&[be(2, 5), be(2, 6)]), &mut m);
+        m.add_flow(2);
+        m.fail_when(|op| matches!(op, Op::PurgeFlows(_)));
+        let e = r.apply(&web(&[be(2, 5)]), &mut m).unwrap_err();
+        assert_eq!(e.op(), "purge");
+        assert_eq!(m.flows_to(2), 1);
+        m.take_ops();
+        let (report, ops) = run(&mut r, &web(&[be(2, 5)]), &mut m);
+        assert_eq!(ops, ["purge {2}"]);
+        assert_eq!(report.purged_flows, 1);
+        // The id is not handed out again right away.
+        let (_, ops) = run(&mut r, &web(&[be(2, 5), be(2, 7)]), &mut m);
+        assert_eq!(ops[0], "put backend 3=10.244.2.7:8080/0");
+    }
+}

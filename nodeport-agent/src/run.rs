@@ -1,0 +1,191 @@
+//! `nodeport-agent run`: load and attach the datapath, then keep its maps
+//! equal to what the cluster asks for. One loop: scan the source, recompute
+//! the desired state when anything changed, and let the reconciler write the
+//! difference. A failed write is logged and retried on the next tick; the
+//! datapath keeps serving what it has meanwhile.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use nodeport_common::BACKEND_F_LOCAL;
+use tracing::{error, info, warn};
+
+use crate::cli::RunArgs;
+use crate::config::{InterfaceAddr, NodePortAddresses};
+use crate::desired::{self, Desired};
+use crate::loader::{Datapath, MapSizes};
+use crate::maps::{MapWriter as _, bpf::BpfMaps};
+use crate::reconcile::Reconciler;
+use crate::source::manifests::ManifestsSource;
+use crate::store::ClusterState;
+use crate::{neighbours, node_addrs};
+
+/// How often the source is scanned and the node's addresses re-read.
+const TICK: Duration = Duration::from_millis(200);
+/// How often the next hops of remote backends are refreshed.
+const NEIGHBOUR_REFRESH: Duration = Duration::from_secs(30);
+
+fn node_name(args: &RunArgs) -> Result<String> {
+    if let Some(n) = &args.node_name {
+        return Ok(n.clone());
+    }
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .context("reading the hostname for the default --node-name")?;
+    Ok(name.trim().to_string())
+}
+
+fn interfaces(args: &RunArgs) -> Result<Vec<String>> {
+    if !args.interfaces.is_empty() {
+        return Ok(args.interfaces.clone());
+    }
+    let devs = node_addrs::default_route_devices().context("reading /proc/net/route")?;
+    if devs.is_empty() {
+        bail!("no default route to pick devices from: pass --interfaces");
+    }
+    Ok(devs)
+}
+
+/// The node's addresses, the primary one being the first address of the
+/// first default-route device (or of the first attached device).
+fn interface_addrs(primary_dev: &str) -> Result<Vec<InterfaceAddr>> {
+    let all = node_addrs::local_ipv4().context("listing the node's addresses")?;
+    let primary = all.iter().find(|a| a.iface == primary_dev).map(|a| a.addr);
+    Ok(all
+        .iter()
+        .map(|a| InterfaceAddr {
+            addr: a.addr,
+            primary: Some(a.addr) == primary,
+        })
+        .collect())
+}
+
+fn remote_backends(desired: &Desired) -> BTreeSet<Ipv4Addr> {
+    desired
+        .frontends
+        .values()
+        .flat_map(|f| f.backends.iter())
+        .filter(|b| b.flags & BACKEND_F_LOCAL == 0)
+        .map(|b| b.addr)
+        .collect()
+}
+
+pub fn run(args: &RunArgs) -> Result<()> {
+    let node = node_name(args)?;
+    let Some(dir) = args.manifests.clone() else {
+        bail!(
+            "the Kubernetes API source is not available in this build; pass --manifests DIR{}",
+            args.kubeconfig
+                .as_ref()
+                .map(|k| format!(" (--kubeconfig {} was given)", k.display()))
+                .unwrap_or_default()
+        );
+    };
+    let selection: NodePortAddresses = match &args.nodeport_addresses {
+        Some(s) => s
+            .parse()
+            .with_context(|| format!("--nodeport-addresses {s}"))?,
+        None => NodePortAddresses::All,
+    };
+    let ifaces = interfaces(args)?;
+    let primary_dev = node_addrs::default_route_devices()
+        .ok()
+        .and_then(|d| d.into_iter().next())
+        .unwrap_or_else(|| ifaces[0].clone());
+
+    let mut datapath = Datapath::load(&args.bpffs, MapSizes::default())?;
+    for iface in &ifaces {
+        datapath.attach_xdp(iface, args.xdp_mode)?;
+        datapath.attach_tc_egress(iface)?;
+        info!(iface, "attached XDP ingress and TC egress");
+    }
+    let mut maps = BpfMaps::open(datapath.root())?;
+    let mut reconciler = Reconciler::adopt(maps.read_state()?);
+    let mut source = ManifestsSource::new(dir.clone(), args.service_node_port_range.clone());
+    info!(node = %node, manifests = %dir.display(), bpffs = %args.bpffs.display(), "agent started");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        signal_flag(sig, &stop);
+    }
+
+    let mut cluster = ClusterState::default();
+    let mut addrs: Vec<Ipv4Addr> = Vec::new();
+    let mut dirty = true;
+    let mut ready = false;
+    let mut last_warm = Instant::now();
+    let mut remote = BTreeSet::new();
+    while !stop.load(Ordering::Relaxed) {
+        match source.scan() {
+            Ok(Some(state)) => {
+                cluster = state;
+                dirty = true;
+            }
+            Ok(None) => {}
+            Err(e) => warn!(error = %e, "reading the manifests failed; serving the last known state"),
+        }
+        match interface_addrs(&primary_dev) {
+            Ok(a) => {
+                let selected = selection.select(&a);
+                if selected != addrs {
+                    addrs = selected;
+                    dirty = true;
+                }
+            }
+            Err(e) => warn!(error = %e, "reading node addresses failed"),
+        }
+        if dirty {
+            let desired = desired::compute(&cluster, &node, &addrs);
+            for c in &desired.conflicts {
+                warn!(conflict = ?c, "frontend claimed twice");
+            }
+            match reconciler.apply(&desired, &mut maps) {
+                Ok(report) => {
+                    dirty = false;
+                    if !report.is_empty() {
+                        info!(
+                            puts = report.puts,
+                            deletes = report.deletes,
+                            purged_flows = report.purged_flows,
+                            services = report.changed_services.len(),
+                            "datapath updated"
+                        );
+                    }
+                    let now_remote = remote_backends(&desired);
+                    if now_remote != remote {
+                        remote = now_remote;
+                        neighbours::warm(&remote);
+                    }
+                    if !ready {
+                        ready = true;
+                        info!(frontends = desired.frontends.len(), node_addrs = addrs.len(), "datapath ready");
+                    }
+                }
+                Err(e) => error!(error = %e, "writing the datapath maps failed; retrying"),
+            }
+        }
+        if last_warm.elapsed() >= NEIGHBOUR_REFRESH {
+            last_warm = Instant::now();
+            neighbours::warm(&remote);
+        }
+        std::thread::sleep(TICK);
+    }
+    info!("stopping; programs and maps stay pinned and keep serving (`nodeport-agent cleanup` removes them)");
+    Ok(())
+}
+
+/// Sets `flag` when `sig` arrives.
+fn signal_flag(sig: libc::c_int, flag: &Arc<AtomicBool>) {
+    static FLAG: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+    extern "C" fn on_signal(_: libc::c_int) {
+        if let Some(f) = FLAG.get() {
+            f.store(true, Ordering::Relaxed);
+        }
+    }
+    let _ = FLAG.set(Arc::clone(flag));
+    // SAFETY: the handler only stores to an atomic.
+    unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
+}

@@ -1,0 +1,508 @@
+//! The real XDP and TC programs run through `BPF_PROG_TEST_RUN`: table-driven
+//! input frames with their exact expected output and verdict. Every
+//! rewritten frame's checksums are also verified by recomputation.
+//!
+//! Needs root (loading BPF programs). Each test runs in its own network
+//! namespace (unshared by the test's thread) so that FIB lookups see a small
+//! topology the test builds: node address 10.200.0.11 on device `np0`, a
+//! neighbouring node 10.200.0.12 routing pod CIDR 10.244.2.0/24, and the
+//! client 10.200.0.2.
+
+mod support;
+
+use std::net::Ipv4Addr;
+use std::process::Command;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData},
+    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
+};
+use nodeport_agent::loader;
+use nodeport_common::{
+    BACKEND_F_LOCAL, Backend, BackendKey, CtEntry, FRONTEND_F_DROP_EMPTY, FlowKey, Frontend,
+    FrontendKey, NODE_ADDR_F_NODEPORT, NodeAddr, NodeAddrKey, PROTO_TCP, PROTO_UDP, RevNat,
+    SNAT_PORT_MAX, SNAT_PORT_MIN, Slot, SlotKey, flow_hash, names, programs,
+};
+use support::frames::{CLIENT_MAC, Frame, NODE_MAC, TCP_ACK, TCP_PSH, TCP_SYN, assert_checksums};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_UNSPEC: u32 = u32::MAX;
+
+const CLIENT: [u8; 4] = [10, 200, 0, 2];
+const NODE: [u8; 4] = [10, 200, 0, 11];
+const OTHER_NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x12];
+const LOCAL_POD: [u8; 4] = [10, 244, 1, 10];
+const REMOTE_POD: [u8; 4] = [10, 244, 2, 10];
+const NODE_PORT: u16 = 31000;
+const EMPTY_PORT: u16 = 31002;
+const DROP_PORT: u16 = 31003;
+
+fn be(a: [u8; 4]) -> u32 {
+    u32::from_ne_bytes(a)
+}
+
+fn sh(cmd: &str) {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("run sh");
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The programs loaded (maps unpinned, private to the test) in a fresh
+/// network namespace of the calling thread.
+struct Fixture {
+    ebpf: Ebpf,
+    ifindex: u32,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        // SAFETY: geteuid has no preconditions.
+        assert!(
+            unsafe { libc::geteuid() } == 0,
+            "datapath tests load BPF programs and need root: run them as root, e.g. `cargo xtask test`"
+        );
+        // SAFETY: moves only this thread into a new network namespace.
+        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare(CLONE_NEWNET)");
+        sh("ip link set lo up \
+            && ip link add np0 address 02:00:00:00:00:11 type veth peer name np1 \
+            && ip link set np1 up \
+            && ip link set np0 up \
+            && ip addr add 10.200.0.11/24 dev np0 \
+            && ip neigh add 10.200.0.12 lladdr 02:00:00:00:00:12 dev np0 nud permanent \
+            && ip neigh add 10.200.0.2 lladdr 02:00:00:00:00:02 dev np0 nud permanent \
+            && ip route add 10.244.2.0/24 via 10.200.0.12 \
+            && echo 1 > /proc/sys/net/ipv4/ip_forward");
+        let name = std::ffi::CString::new("np0").unwrap();
+        // SAFETY: valid C string.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        assert_ne!(ifindex, 0, "np0 has no ifindex");
+
+        let mut ebpf = EbpfLoader::new()
+            .load(loader::object())
+            .expect("loading the datapath object");
+        let xdp: &mut Xdp = ebpf
+            .program_mut(programs::XDP_INGRESS)
+            .expect("XDP program in object")
+            .try_into()
+            .expect("XDP program type");
+        xdp.load().expect("the verifier accepts the XDP program");
+        let tc: &mut SchedClassifier = ebpf
+            .program_mut(programs::TC_EGRESS)
+            .expect("TC program in object")
+            .try_into()
+            .expect("TC program type");
+        tc.load().expect("the verifier accepts the TC program");
+        let mut f = Self { ebpf, ifindex };
+        f.node_addr(NODE);
+        f
+    }
+
+    fn map<K: aya::Pod, V: aya::Pod>(&mut self, name: &str) -> HashMap<&mut MapData, K, V> {
+        HashMap::try_from(self.ebpf.map_mut(name).expect("map in object")).expect("hash map")
+    }
+
+    fn node_addr(&mut self, addr: [u8; 4]) {
+        self.map::<NodeAddrKey, NodeAddr>(names::NODE_ADDRS)
+            .insert(NodeAddrKey { addr_be: be(addr) }, NodeAddr { flags: NODE_ADDR_F_NODEPORT }, 0)
+            .expect("node addr");
+    }
+
+    /// A NodePort frontend with the given backends (id, addr, port, flags).
+    fn service(&mut self, service_id: u32, node_port: u16, proto: u8, flags: u32, backends: &[(u32, [u8; 4], u16, u8)]) {
+        for (slot, (id, addr, port, bflags)) in backends.iter().enumerate() {
+            self.map::<BackendKey, Backend>(names::BACKENDS)
+                .insert(
+                    BackendKey { backend_id: *id },
+                    Backend { addr_be: be(*addr), port_be: port.to_be(), flags: *bflags, pad: 0 },
+                    0,
+                )
+                .expect("backend");
+            self.map::<SlotKey, Slot>(names::BACKEND_SLOTS)
+                .insert(SlotKey { service_id, slot: slot as u32 }, Slot { backend_id: *id }, 0)
+                .expect("slot");
+        }
+        self.map::<FrontendKey, Frontend>(names::FRONTENDS)
+            .insert(
+                FrontendKey { addr_be: 0, port_be: node_port.to_be(), proto, pad: 0 },
+                Frontend {
+                    service_id,
+                    backend_count: backends.len() as u32,
+                    flags,
+                    affinity_timeout_s: 0,
+                },
+                0,
+            )
+            .expect("frontend");
+    }
+
+    fn run(&self, prog: &str, input: &[u8], with_ctx: bool) -> (u32, Vec<u8>) {
+        let mut out = vec![0u8; 4096];
+        let ctx: [u32; 6] = [0, input.len() as u32, 0, self.ifindex, 0, 0];
+        let ctx_bytes: Vec<u8> = ctx.iter().flat_map(|v| v.to_ne_bytes()).collect();
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(input);
+        opts.data_out = Some(&mut out);
+        if with_ctx {
+            opts.ctx_in = Some(&ctx_bytes);
+        }
+        let r = match prog {
+            programs::XDP_INGRESS => {
+                let p: &Xdp = self.ebpf.program(prog).unwrap().try_into().unwrap();
+                p.test_run(opts)
+            }
+            _ => {
+                let p: &SchedClassifier = self.ebpf.program(prog).unwrap().try_into().unwrap();
+                p.test_run(opts)
+            }
+        }
+        .expect("BPF_PROG_TEST_RUN");
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
+    }
+
+    fn xdp(&self, input: &[u8]) -> (u32, Vec<u8>) {
+        self.run(programs::XDP_INGRESS, input, true)
+    }
+
+    fn tc(&self, input: &[u8]) -> (u32, Vec<u8>) {
+        self.run(programs::TC_EGRESS, input, false)
+    }
+
+    /// Non-zero counters, by name, summed over CPUs.
+    fn stats(&mut self) -> Vec<(&'static str, u64)> {
+        let m: aya::maps::PerCpuArray<&mut MapData, u64> =
+            aya::maps::PerCpuArray::try_from(self.ebpf.map_mut(names::STATS).expect("stats map"))
+                .expect("per-CPU array");
+        nodeport_common::stat::NAMES
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (*n, m.get(&(i as u32), 0).expect("counter").iter().sum::<u64>()))
+            .filter(|(_, v)| *v > 0)
+            .collect()
+    }
+
+    fn conntrack(&mut self) -> Vec<(FlowKey, CtEntry)> {
+        let m: HashMap<&mut MapData, FlowKey, CtEntry> = self.map(names::CONNTRACK);
+        m.iter().map(|r| r.expect("conntrack entry")).collect()
+    }
+
+    fn rev_nat(&mut self) -> Vec<(FlowKey, RevNat)> {
+        let m: HashMap<&mut MapData, FlowKey, RevNat> = self.map(names::REV_NAT);
+        m.iter().map(|r| r.expect("rev nat entry")).collect()
+    }
+}
+
+fn in_fixture(test: impl FnOnce(&mut Fixture) + Send + 'static) {
+    // A thread of its own, so unshare() never touches the harness's thread.
+    std::thread::spawn(move || {
+        let mut f = Fixture::new();
+        test(&mut f);
+    })
+    .join()
+    .unwrap_or_else(|e| std::panic::resume_unwind(e));
+}
+
+fn flow(f: &Frame) -> FlowKey {
+    FlowKey {
+        saddr_be: be(f.saddr.octets()),
+        daddr_be: be(f.daddr.octets()),
+        sport_be: f.sport.to_be(),
+        dport_be: f.dport.to_be(),
+        proto: f.proto,
+        pad: [0; 3],
+    }
+}
+
+/// Frames the program must pass untouched.
+#[test]
+fn packets_that_are_not_ours_pass_untouched() {
+    in_fixture(|f| {
+        f.service(1, NODE_PORT, PROTO_TCP, 0, &[(1, LOCAL_POD, 80, BACKEND_F_LOCAL)]);
+        let mut arp = Vec::new();
+        arp.extend_from_slice(&[0xff; 6]);
+        arp.extend_from_slice(&CLIENT_MAC);
+        arp.extend_from_slice(&0x0806u16.to_be_bytes());
+        arp.extend_from_slice(&[0u8; 28]);
+        let mut ipv6 = Frame::tcp(CLIENT, 40000, NODE, NODE_PORT).bytes();
+        ipv6[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+        let fragment = Frame { frag: 0x2000, ..Frame::tcp(CLIENT, 40000, NODE, NODE_PORT) };
+        let later_fragment = Frame { frag: 0x0010, ..Frame::tcp(CLIENT, 40000, NODE, NODE_PORT) };
+        let full = Frame::tcp(CLIENT, 40000, NODE, NODE_PORT).bytes();
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("ARP", arp),
+            ("IPv6 ethertype", ipv6),
+            ("not a NodePort", Frame::tcp(CLIENT, 40000, NODE, 22).bytes()),
+            ("NodePort on another protocol", Frame::udp(CLIENT, 40000, NODE, NODE_PORT).bytes()),
+            ("not a node address", Frame::tcp(CLIENT, 40000, [10, 200, 0, 99], NODE_PORT).bytes()),
+            ("ICMP", {
+                let mut b = Frame::tcp(CLIENT, 40000, NODE, NODE_PORT).bytes();
+                b[23] = 1;
+                b
+            }),
+            ("first fragment", fragment.bytes()),
+            ("later fragment", later_fragment.bytes()),
+            // (BPF_PROG_TEST_RUN refuses XDP input shorter than an Ethernet header.)
+            ("Ethernet header only", full[..14].to_vec()),
+            ("truncated IPv4", full[..14 + 12].to_vec()),
+            ("truncated TCP", full[..14 + 20 + 10].to_vec()),
+            ("IP options (not served)", Frame { ip_options: vec![1, 1, 1, 0], ..Frame::tcp(CLIENT, 40000, NODE, NODE_PORT) }.bytes()),
+            ("IHL below 5", {
+                let mut b = full.clone();
+                b[14] = 0x44;
+                b
+            }),
+            ("IHL beyond the frame", {
+                let mut b = full[..14 + 24].to_vec();
+                b[14] = 0x4f;
+                b
+            }),
+        ];
+        for (name, input) in cases {
+            let (rc, out) = f.xdp(&input);
+            assert_eq!(rc, XDP_PASS, "{name}: verdict");
+            assert_eq!(out, input, "{name}: frame must be untouched");
+        }
+        assert!(f.conntrack().is_empty(), "no flow state for foreign packets");
+    });
+}
+
+/// NodePort → local backend: DNAT, client address kept, XDP_PASS; the
+/// reply is translated back at TC egress.
+#[test]
+fn local_backend_dnat_and_reply() {
+    in_fixture(|f| {
+        f.service(1, NODE_PORT, PROTO_TCP, 0, &[(7, LOCAL_POD, 8080, BACKEND_F_LOCAL)]);
+        f.service(2, NODE_PORT, PROTO_UDP, 0, &[(8, LOCAL_POD, 5353, BACKEND_F_LOCAL)]);
+        let cases = vec![
+            ("TCP SYN", Frame::tcp(CLIENT, 40000, NODE, NODE_PORT), 8080u16),
+            (
+                "TCP with payload",
+                Frame { tcp_flags: TCP_ACK | TCP_PSH, seq: 7, ack: 99, payload: b"GET / HTTP/1.1\r\n\r\n".to_vec(), ..Frame::tcp(CLIENT, 40001, NODE, NODE_PORT) },
+                8080,
+            ),
+            ("UDP", Frame::udp(CLIENT, 40002, NODE, NODE_PORT), 5353),
+            ("UDP without checksum", Frame { udp_no_checksum: true, ..Frame::udp(CLIENT, 40003, NODE, NODE_PORT) }, 5353),
+            ("TTL 1 (the stack forwards it)", Frame { ttl: 1, ..Frame::tcp(CLIENT, 40005, NODE, NODE_PORT) }, 8080),
+        ];
+        for (name, input, target) in cases {
+            let (rc, out) = f.xdp(&input.bytes());
+            assert_eq!(rc, XDP_PASS, "{name}: verdict");
+            let want = Frame { daddr: LOCAL_POD.into(), dport: target, ..input.clone() };
+            assert_eq!(out, want.bytes(), "{name}: DNAT output");
+            assert_checksums(&out);
+
+            // The pod's reply leaves through the device: source back to the NodePort.
+            let reply = Frame {
+                saddr: LOCAL_POD.into(),
+                sport: target,
+                daddr: input.saddr,
+                dport: input.sport,
+                src_mac: NODE_MAC,
+                dst_mac: CLIENT_MAC,
+                tcp_flags: TCP_SYN | TCP_ACK,
+                ip_options: Vec::new(),
+                ..input.clone()
+            };
+            let (rc, out) = f.tc(&reply.bytes());
+            assert_eq!(rc, TC_ACT_OK, "{name}: TC verdict");
+            let want = Frame { saddr: NODE.into(), sport: NODE_PORT, ..reply };
+            assert_eq!(out, want.bytes(), "{name}: reverse NAT output");
+            assert_checksums(&out);
+        }
+        let ct = f.conntrack();
+        assert_eq!(ct.len(), 5, "one flow per case");
+        assert!(ct.iter().all(|(_, e)| e.snat_addr_be == 0), "local flows are not SNATed");
+    });
+}
+
+/// A TC packet that is no reply of ours continues untouched.
+#[test]
+fn tc_passes_unrelated_packets() {
+    in_fixture(|f| {
+        let input = Frame::tcp(LOCAL_POD, 8080, CLIENT, 40000).bytes();
+        let (rc, out) = f.tc(&input);
+        assert_eq!(rc, TC_ACT_UNSPEC);
+        assert_eq!(out, input);
+    });
+}
+
+/// NodePort → backend on another node: DNAT + SNAT to an allocated port,
+/// next-hop MACs from the FIB, TTL decremented, XDP_TX; the backend's reply
+/// is translated back to NodePort → client and sent out again.
+#[test]
+fn remote_backend_snat_forward_and_reply() {
+    in_fixture(|f| {
+        f.service(1, NODE_PORT, PROTO_TCP, 0, &[(9, REMOTE_POD, 80, 0)]);
+        f.service(2, NODE_PORT, PROTO_UDP, 0, &[(10, REMOTE_POD, 53, 0)]);
+        for input in [Frame::tcp(CLIENT, 40000, NODE, NODE_PORT), Frame::udp(CLIENT, 40001, NODE, NODE_PORT)] {
+            let name = if input.proto == PROTO_TCP { "TCP" } else { "UDP" };
+            let span = u32::from(SNAT_PORT_MAX - SNAT_PORT_MIN) + 1;
+            let snat_port = SNAT_PORT_MIN + (flow_hash(&flow(&input)) % span) as u16;
+            let (rc, out) = f.xdp(&input.bytes());
+            assert_eq!(rc, XDP_TX, "{name}: verdict (counters: {:?})", f.stats());
+            let target = if input.proto == PROTO_TCP { 80 } else { 53 };
+            let want = Frame {
+                src_mac: NODE_MAC,
+                dst_mac: OTHER_NODE_MAC,
+                saddr: NODE.into(),
+                sport: snat_port,
+                daddr: REMOTE_POD.into(),
+                dport: target,
+                ttl: input.ttl - 1,
+                ..input.clone()
+            };
+            assert_eq!(out, want.bytes(), "{name}: forwarded frame");
+            assert_checksums(&out);
+
+            let reply = Frame {
+                src_mac: OTHER_NODE_MAC,
+                dst_mac: NODE_MAC,
+                saddr: REMOTE_POD.into(),
+                sport: target,
+                daddr: NODE.into(),
+                dport: snat_port,
+                ttl: 63,
+                tcp_flags: TCP_SYN | TCP_ACK,
+                ..input.clone()
+            };
+            let (rc, out) = f.xdp(&reply.bytes());
+            assert_eq!(rc, XDP_TX, "{name}: reply verdict");
+            let want = Frame {
+                src_mac: NODE_MAC,
+                dst_mac: CLIENT_MAC,
+                saddr: NODE.into(),
+                sport: NODE_PORT,
+                daddr: CLIENT.into(),
+                dport: input.sport,
+                ttl: 62,
+                ..reply
+            };
+            assert_eq!(out, want.bytes(), "{name}: reply to the client");
+            assert_checksums(&out);
+
+            // The flow keeps its backend and SNAT port.
+            let again = Frame { tcp_flags: TCP_ACK, seq: 1001, ack: 5, ..input.clone() };
+            let (rc, out) = f.xdp(&again.bytes());
+            assert_eq!(rc, XDP_TX, "{name}: established verdict");
+            assert_eq!(&out[34..36], &snat_port.to_be_bytes(), "{name}: same SNAT port");
+        }
+        assert_eq!(f.rev_nat().len(), 2, "one reverse entry per SNATed flow");
+    });
+}
+
+/// A TTL that would expire on a forwarded packet: dropped, not forwarded.
+#[test]
+fn remote_backend_ttl_expiry_drops() {
+    in_fixture(|f| {
+        f.service(1, NODE_PORT, PROTO_TCP, 0, &[(9, REMOTE_POD, 80, 0)]);
+        let input = Frame { ttl: 1, ..Frame::tcp(CLIENT, 40000, NODE, NODE_PORT) };
+        let (rc, _) = f.xdp(&input.bytes());
+        assert_eq!(rc, XDP_DROP);
+    });
+}
+
+/// New flows spread over every slot; an established flow keeps its backend
+/// when the slots change under it.
+#[test]
+fn backend_choice_spreads_and_sticks() {
+    in_fixture(|f| {
+        let backends = [
+            (1, [10, 244, 1, 10], 80, BACKEND_F_LOCAL),
+            (2, [10, 244, 1, 11], 80, BACKEND_F_LOCAL),
+            (3, [10, 244, 1, 12], 80, BACKEND_F_LOCAL),
+        ];
+        f.service(1, NODE_PORT, PROTO_TCP, 0, &backends);
+        let mut seen = std::collections::BTreeSet::new();
+        for port in 40000..40060 {
+            let (rc, out) = f.xdp(&Frame::tcp(CLIENT, port, NODE, NODE_PORT).bytes());
+            assert_eq!(rc, XDP_PASS);
+            seen.insert(Ipv4Addr::new(out[30], out[31], out[32], out[33]));
+        }
+        assert_eq!(seen.len(), 3, "60 flows reach every backend: {seen:?}");
+
+        let first = Frame::tcp(CLIENT, 40000, NODE, NODE_PORT);
+        let (_, out) = f.xdp(&first.bytes());
+        let chosen = out[30..34].to_vec();
+        // Reverse the slot order: a new flow hash would now pick differently.
+        f.service(1, NODE_PORT, PROTO_TCP, 0, &[backends[2], backends[1], backends[0]]);
+        let (_, out) = f.xdp(&Frame { tcp_flags: TCP_ACK, ..first }.bytes());
+        assert_eq!(out[30..34].to_vec(), chosen, "established flow keeps its backend");
+    });
+}
+
+/// No endpoints: TCP is answered with a RST, UDP with ICMP port unreachable;
+/// `externalTrafficPolicy: Local` without local endpoints drops.
+#[test]
+fn empty_service_rejects() {
+    in_fixture(|f| {
+        f.service(1, EMPTY_PORT, PROTO_TCP, 0, &[]);
+        f.service(2, EMPTY_PORT, PROTO_UDP, 0, &[]);
+        f.service(3, DROP_PORT, PROTO_TCP, FRONTEND_F_DROP_EMPTY, &[]);
+
+        let syn = Frame { seq: 5000, ..Frame::tcp(CLIENT, 40000, NODE, EMPTY_PORT) };
+        let (rc, out) = f.xdp(&syn.bytes());
+        assert_eq!(rc, XDP_TX, "SYN: verdict");
+        let want = Frame {
+            src_mac: NODE_MAC,
+            dst_mac: CLIENT_MAC,
+            saddr: NODE.into(),
+            daddr: CLIENT.into(),
+            sport: EMPTY_PORT,
+            dport: 40000,
+            seq: 0,
+            ack: 5001,
+            tcp_flags: 0x04 | TCP_ACK,
+            ip_id: 0,
+            frag: 0,
+            ..syn.clone()
+        };
+        let mut want = want.bytes();
+        want[48..50].copy_from_slice(&[0, 0]); // window 0
+        let c = nodeport_common::checksum::l4_ipv4(NODE, CLIENT, PROTO_TCP, &{
+            let mut seg = want[34..54].to_vec();
+            seg[16] = 0;
+            seg[17] = 0;
+            seg
+        });
+        want[50..52].copy_from_slice(&c.to_be_bytes());
+        assert_eq!(out, want, "RST bytes");
+        assert_checksums(&out);
+
+        let data = Frame { tcp_flags: TCP_ACK | TCP_PSH, seq: 1, ack: 777, payload: vec![0; 100], ..Frame::tcp(CLIENT, 40001, NODE, EMPTY_PORT) };
+        let (rc, out) = f.xdp(&data.bytes());
+        assert_eq!(rc, XDP_TX, "ACK: verdict");
+        assert_eq!(out.len(), 54, "payload trimmed");
+        assert_eq!(u32::from_be_bytes(out[38..42].try_into().unwrap()), 777, "RST seq = their ACK");
+        assert_eq!(out[47], 0x04, "RST only");
+        assert_checksums(&out);
+
+        let rst = Frame { tcp_flags: 0x04, ..Frame::tcp(CLIENT, 40002, NODE, EMPTY_PORT) };
+        let (rc, _) = f.xdp(&rst.bytes());
+        assert_eq!(rc, XDP_DROP, "a RST is never answered");
+
+        let udp = Frame::udp(CLIENT, 40003, NODE, EMPTY_PORT);
+        let input = udp.bytes();
+        let (rc, out) = f.xdp(&input);
+        assert_eq!(rc, XDP_TX, "UDP: verdict");
+        assert_eq!(out.len(), 14 + 20 + 8 + 28, "ICMP length");
+        assert_eq!(&out[0..6], &CLIENT_MAC);
+        assert_eq!(&out[6..12], &NODE_MAC);
+        assert_eq!(out[23], 1, "ICMP");
+        assert_eq!(&out[26..30], &NODE);
+        assert_eq!(&out[30..34], &CLIENT);
+        assert_eq!(&out[34..36], &[3, 3], "port unreachable");
+        assert_eq!(&out[42..70], &input[14..42], "quotes the datagram's IP header and 8 bytes");
+        assert_checksums(&out);
+
+        let (rc, _) = f.xdp(&Frame::tcp(CLIENT, 40004, NODE, DROP_PORT).bytes());
+        assert_eq!(rc, XDP_DROP, "Local policy without local endpoints drops");
+        assert!(f.conntrack().is_empty(), "rejected flows leave no state");
+    });
+}

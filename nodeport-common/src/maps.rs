@@ -1,0 +1,359 @@
+//! Keys and values of every datapath map, their pin names and the constants
+//! that give meaning to flag and counter fields.
+//!
+//! Lookup chain for a new flow: [`FrontendKey`] → [`Frontend`] (service id,
+//! backend count) → [`SlotKey`] (service id, slot) → [`Slot`] (backend id) →
+//! [`BackendKey`] → [`Backend`] (pod address and port). Established flows are
+//! found in the conntrack map by [`FlowKey`]; replies are translated back by
+//! the reverse-NAT map, keyed by the reply's own [`FlowKey`].
+
+use core::mem::{offset_of, size_of};
+
+/// IP protocol numbers the datapath serves.
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_SCTP: u8 = 132;
+
+/// Map names: the BTF map names in the object file, the kernel's map names
+/// (at most 15 bytes) and the pin names under the bpffs root.
+pub mod names {
+    pub const NODE_ADDRS: &str = "node_addrs";
+    pub const FRONTENDS: &str = "frontends";
+    pub const BACKEND_SLOTS: &str = "backend_slots";
+    pub const BACKENDS: &str = "backends";
+    pub const CONNTRACK: &str = "conntrack";
+    pub const REV_NAT: &str = "rev_nat";
+    pub const STATS: &str = "stats";
+
+    /// Every map, in the order the agent creates and pins them.
+    pub const ALL: [&str; 7] = [
+        NODE_ADDRS,
+        FRONTENDS,
+        BACKEND_SLOTS,
+        BACKENDS,
+        CONNTRACK,
+        REV_NAT,
+        STATS,
+    ];
+}
+
+/// Program names (the functions in `nodeport-ebpf`).
+pub mod programs {
+    pub const XDP_INGRESS: &str = "nodeport_xdp";
+    pub const TC_EGRESS: &str = "nodeport_tc_egress";
+}
+
+/// Default capacities; the agent may override them at load time.
+pub mod capacity {
+    pub const NODE_ADDRS: u32 = 256;
+    pub const FRONTENDS: u32 = 65_536;
+    pub const BACKEND_SLOTS: u32 = 1_048_576;
+    pub const BACKENDS: u32 = 262_144;
+    pub const CONNTRACK: u32 = 262_144;
+    pub const REV_NAT: u32 = 262_144;
+}
+
+/// Source ports the datapath allocates when it SNATs a flow to a backend on
+/// another node. They lie above Linux's default ephemeral range
+/// (32768-60999) and the NodePort range, so they collide with neither.
+pub const SNAT_PORT_MIN: u16 = 61_000;
+pub const SNAT_PORT_MAX: u16 = 65_535;
+
+/// Key of the node-address map: an IPv4 address that serves NodePorts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeAddrKey {
+    pub addr_be: u32,
+}
+
+/// Value of the node-address map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeAddr {
+    /// `NODE_ADDR_F_*` bits.
+    pub flags: u32,
+}
+
+/// The address serves NodePorts (it was selected by `--nodeport-addresses`).
+pub const NODE_ADDR_F_NODEPORT: u32 = 1;
+
+/// Key of the frontend map. `addr_be == 0` is a NodePort on any node address;
+/// a set address is a ClusterIP (or other fixed) frontend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FrontendKey {
+    pub addr_be: u32,
+    pub port_be: u16,
+    pub proto: u8,
+    pub pad: u8,
+}
+
+/// Value of the frontend map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Frontend {
+    /// Identifies the service port; the slots are keyed by it.
+    pub service_id: u32,
+    /// Number of valid slots, `0..backend_count`. Zero: reject.
+    pub backend_count: u32,
+    /// `FRONTEND_F_*` bits.
+    pub flags: u32,
+    /// ClientIP affinity timeout in seconds (used with `FRONTEND_F_AFFINITY`).
+    pub affinity_timeout_s: u32,
+}
+
+/// `externalTrafficPolicy: Local`: only local backends, client IP kept.
+pub const FRONTEND_F_LOCAL_ONLY: u32 = 1;
+/// `sessionAffinity: ClientIP`.
+pub const FRONTEND_F_AFFINITY: u32 = 1 << 1;
+/// A NodePort with `externalTrafficPolicy: Local` and no local endpoint:
+/// drop instead of rejecting, as kube-proxy does.
+pub const FRONTEND_F_DROP_EMPTY: u32 = 1 << 2;
+
+/// Key of the backend-slot map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SlotKey {
+    pub service_id: u32,
+    pub slot: u32,
+}
+
+/// Value of the backend-slot map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Slot {
+    pub backend_id: u32,
+}
+
+/// Key of the backend map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendKey {
+    pub backend_id: u32,
+}
+
+/// Value of the backend map: where a chosen flow goes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Backend {
+    pub addr_be: u32,
+    pub port_be: u16,
+    /// `BACKEND_F_*` bits.
+    pub flags: u8,
+    pub pad: u8,
+}
+
+/// The backend's pod runs on this node: DNAT only, client IP preserved.
+pub const BACKEND_F_LOCAL: u8 = 1;
+/// The endpoint is terminating (served only as a fallback).
+pub const BACKEND_F_TERMINATING: u8 = 1 << 1;
+
+/// A flow's 5-tuple as seen in one direction (network byte order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    pub saddr_be: u32,
+    pub daddr_be: u32,
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub proto: u8,
+    pub pad: [u8; 3],
+}
+
+/// Conntrack value, keyed by the client's original [`FlowKey`]
+/// (client → node address : nodePort).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtEntry {
+    pub backend_id: u32,
+    pub service_id: u32,
+    /// Source address written when the flow is SNATed (remote backend);
+    /// zero when the client address is preserved.
+    pub snat_addr_be: u32,
+    pub snat_port_be: u16,
+    /// `CT_F_*` bits.
+    pub flags: u8,
+    pub pad: u8,
+    /// `bpf_ktime_get_ns` of the last packet seen.
+    pub last_seen_ns: u64,
+}
+
+/// The flow was SNATed to reach a backend on another node.
+pub const CT_F_SNAT: u8 = 1;
+
+/// Reverse-NAT value, keyed by the reply's [`FlowKey`] (backend → client, or
+/// backend → node address : allocated port): the addresses and ports the
+/// reply must carry when it leaves the node.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RevNat {
+    pub saddr_be: u32,
+    pub daddr_be: u32,
+    pub sport_be: u16,
+    pub dport_be: u16,
+}
+
+/// Indices of the per-CPU counter array: one per verdict reason.
+pub mod stat {
+    /// Not IPv4, not to a node address / frontend: passed untouched.
+    pub const PASS_NOT_SERVICE: u32 = 0;
+    /// Non-first fragment or fragmented datagram: passed untouched.
+    pub const PASS_FRAGMENT: u32 = 1;
+    /// Headers shorter than they claim: passed to the stack, which drops them.
+    pub const PASS_TRUNCATED: u32 = 2;
+    /// New or established flow to a local backend: DNAT and pass.
+    pub const DNAT_LOCAL: u32 = 3;
+    /// Flow to a backend on another node: DNAT + SNAT, sent out again.
+    pub const FORWARD_REMOTE: u32 = 4;
+    /// Reply of a remote backend, translated back and sent to the client.
+    pub const REPLY_REMOTE: u32 = 5;
+    /// Reply of a local backend translated at TC egress.
+    pub const REPLY_LOCAL: u32 = 6;
+    /// Frontend without endpoints: rejected with TCP RST / ICMP unreachable.
+    pub const REJECT_NO_BACKEND: u32 = 7;
+    /// Frontend with `externalTrafficPolicy: Local` and no local endpoint.
+    pub const DROP_NO_LOCAL_BACKEND: u32 = 8;
+    /// A slot or backend entry was missing (an update in progress).
+    pub const DROP_BACKEND_MISSING: u32 = 9;
+    /// No route or neighbour for the backend's next hop.
+    pub const DROP_FIB: u32 = 10;
+    /// TTL would expire on the forwarded packet.
+    pub const DROP_TTL: u32 = 11;
+    /// No free SNAT port for the (node, backend) pair.
+    pub const DROP_SNAT_EXHAUSTED: u32 = 12;
+    /// A map update failed.
+    pub const DROP_MAP_UPDATE: u32 = 13;
+    /// A packet-resizing helper failed.
+    pub const DROP_ADJUST: u32 = 14;
+    /// A reject (RST / ICMP) could not be formed from this packet.
+    pub const DROP_REJECT_UNSUPPORTED: u32 = 15;
+    /// IPv4 header with options: passed untouched.
+    pub const PASS_IP_OPTIONS: u32 = 16;
+
+    /// Number of counters.
+    pub const COUNT: u32 = 17;
+
+    /// Human-readable names, indexed by counter.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "pass_not_service",
+        "pass_fragment",
+        "pass_truncated",
+        "dnat_local",
+        "forward_remote",
+        "reply_remote",
+        "reply_local",
+        "reject_no_backend",
+        "drop_no_local_backend",
+        "drop_backend_missing",
+        "drop_fib",
+        "drop_ttl",
+        "drop_snat_exhausted",
+        "drop_map_update",
+        "drop_adjust",
+        "drop_reject_unsupported",
+        "pass_ip_options",
+    ];
+}
+
+// Layout guarantees: both sides and the BTF of the built object agree on these.
+const _: () = {
+    assert!(size_of::<NodeAddrKey>() == 4);
+    assert!(size_of::<NodeAddr>() == 4);
+    assert!(size_of::<FrontendKey>() == 8);
+    assert!(offset_of!(FrontendKey, port_be) == 4);
+    assert!(offset_of!(FrontendKey, proto) == 6);
+    assert!(size_of::<Frontend>() == 16);
+    assert!(offset_of!(Frontend, backend_count) == 4);
+    assert!(offset_of!(Frontend, flags) == 8);
+    assert!(size_of::<SlotKey>() == 8);
+    assert!(size_of::<Slot>() == 4);
+    assert!(size_of::<BackendKey>() == 4);
+    assert!(size_of::<Backend>() == 8);
+    assert!(offset_of!(Backend, port_be) == 4);
+    assert!(offset_of!(Backend, flags) == 6);
+    assert!(size_of::<FlowKey>() == 16);
+    assert!(offset_of!(FlowKey, sport_be) == 8);
+    assert!(offset_of!(FlowKey, proto) == 12);
+    assert!(size_of::<CtEntry>() == 24);
+    assert!(offset_of!(CtEntry, snat_port_be) == 12);
+    assert!(offset_of!(CtEntry, last_seen_ns) == 16);
+    assert!(size_of::<RevNat>() == 12);
+    assert!(offset_of!(RevNat, sport_be) == 8);
+};
+
+/// Expected `(size, [(field, offset)])` of every map type, for checking
+/// against the BTF of the built object.
+pub const LAYOUTS: &[(&str, usize, &[(&str, usize)])] = &[
+    ("NodeAddrKey", size_of::<NodeAddrKey>(), &[("addr_be", 0)]),
+    ("NodeAddr", size_of::<NodeAddr>(), &[("flags", 0)]),
+    (
+        "FrontendKey",
+        size_of::<FrontendKey>(),
+        &[("addr_be", 0), ("port_be", 4), ("proto", 6), ("pad", 7)],
+    ),
+    (
+        "Frontend",
+        size_of::<Frontend>(),
+        &[
+            ("service_id", 0),
+            ("backend_count", 4),
+            ("flags", 8),
+            ("affinity_timeout_s", 12),
+        ],
+    ),
+    ("SlotKey", size_of::<SlotKey>(), &[("service_id", 0), ("slot", 4)]),
+    ("Slot", size_of::<Slot>(), &[("backend_id", 0)]),
+    ("BackendKey", size_of::<BackendKey>(), &[("backend_id", 0)]),
+    (
+        "Backend",
+        size_of::<Backend>(),
+        &[("addr_be", 0), ("port_be", 4), ("flags", 6), ("pad", 7)],
+    ),
+    (
+        "FlowKey",
+        size_of::<FlowKey>(),
+        &[
+            ("saddr_be", 0),
+            ("daddr_be", 4),
+            ("sport_be", 8),
+            ("dport_be", 10),
+            ("proto", 12),
+            ("pad", 13),
+        ],
+    ),
+    (
+        "CtEntry",
+        size_of::<CtEntry>(),
+        &[
+            ("backend_id", 0),
+            ("service_id", 4),
+            ("snat_addr_be", 8),
+            ("snat_port_be", 12),
+            ("flags", 14),
+            ("pad", 15),
+            ("last_seen_ns", 16),
+        ],
+    ),
+    (
+        "RevNat",
+        size_of::<RevNat>(),
+        &[("saddr_be", 0), ("daddr_be", 4), ("sport_be", 8), ("dport_be", 10)],
+    ),
+];
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are `#[repr(C)]`, contain only integers and have
+    // explicit padding fields, so every bit pattern is a valid value.
+    unsafe impl aya::Pod for super::NodeAddrKey {}
+    unsafe impl aya::Pod for super::NodeAddr {}
+    unsafe impl aya::Pod for super::FrontendKey {}
+    unsafe impl aya::Pod for super::Frontend {}
+    unsafe impl aya::Pod for super::SlotKey {}
+    unsafe impl aya::Pod for super::Slot {}
+    unsafe impl aya::Pod for super::BackendKey {}
+    unsafe impl aya::Pod for super::Backend {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::CtEntry {}
+    unsafe impl aya::Pod for super::RevNat {}
+}

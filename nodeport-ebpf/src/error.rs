@@ -1,0 +1,112 @@
+//! Outcomes of the programs: a [`Verdict`] on success, an [`Error`] on
+//! failure. Both become the program's return code and bump one per-CPU
+//! counter (never a per-packet log line).
+
+use aya_ebpf::bindings::{TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action};
+use nodeport_common::stat;
+
+use crate::maps::count;
+
+/// What to do with a packet the program handled, and which counter says so.
+#[derive(Clone, Copy)]
+pub struct Verdict {
+    pub action: u32,
+    pub stat: u32,
+}
+
+impl Verdict {
+    #[inline(always)]
+    pub const fn new(action: u32, stat: u32) -> Self {
+        Self { action, stat }
+    }
+
+    /// Not ours: let the stack have it, untouched.
+    #[inline(always)]
+    pub const fn not_ours() -> Self {
+        Self::new(xdp_action::XDP_PASS, stat::PASS_NOT_SERVICE)
+    }
+
+    #[inline(always)]
+    pub fn finish(self) -> u32 {
+        count(self.stat);
+        self.action
+    }
+
+    /// TC: `XDP_PASS` maps to "continue" so other programs still see the
+    /// packet; anything the TC program rewrote is `TC_ACT_OK`.
+    #[inline(always)]
+    pub fn finish_tc(self) -> i32 {
+        count(self.stat);
+        if self.stat == stat::PASS_NOT_SERVICE {
+            TC_ACT_UNSPEC
+        } else {
+            TC_ACT_OK
+        }
+    }
+}
+
+/// Why a packet could not be handled as intended.
+#[derive(Clone, Copy)]
+pub enum Error {
+    /// A header is shorter than it claims: the stack gets it and drops it.
+    Truncated,
+    /// A fragment: not served, the stack gets it untouched.
+    Fragment,
+    /// An IPv4 header with options: not served, passed untouched.
+    IpOptions,
+    /// A frontend's slot or backend vanished (an update is in progress).
+    BackendMissing,
+    /// No route or neighbour towards the next hop.
+    Fib,
+    /// The TTL would expire on a packet the datapath forwards.
+    Ttl,
+    /// No free SNAT port.
+    SnatExhausted,
+    /// A map update failed.
+    MapUpdate,
+    /// A packet-resizing helper failed.
+    Adjust,
+    /// A reject could not be built from this packet.
+    RejectUnsupported,
+    /// `externalTrafficPolicy: Local` without a local endpoint.
+    NoLocalBackend,
+}
+
+impl Error {
+    #[inline(always)]
+    const fn stat(self) -> u32 {
+        match self {
+            Self::Truncated => stat::PASS_TRUNCATED,
+            Self::Fragment => stat::PASS_FRAGMENT,
+            Self::IpOptions => stat::PASS_IP_OPTIONS,
+            Self::BackendMissing => stat::DROP_BACKEND_MISSING,
+            Self::Fib => stat::DROP_FIB,
+            Self::Ttl => stat::DROP_TTL,
+            Self::SnatExhausted => stat::DROP_SNAT_EXHAUSTED,
+            Self::MapUpdate => stat::DROP_MAP_UPDATE,
+            Self::Adjust => stat::DROP_ADJUST,
+            Self::RejectUnsupported => stat::DROP_REJECT_UNSUPPORTED,
+            Self::NoLocalBackend => stat::DROP_NO_LOCAL_BACKEND,
+        }
+    }
+
+    /// A truncated packet is passed (the stack validates and drops it);
+    /// every other failure is a drop.
+    #[inline(always)]
+    pub fn finish_xdp(self) -> u32 {
+        count(self.stat());
+        match self {
+            Self::Truncated | Self::Fragment | Self::IpOptions => xdp_action::XDP_PASS,
+            _ => xdp_action::XDP_DROP,
+        }
+    }
+
+    #[inline(always)]
+    pub fn finish_tc(self) -> i32 {
+        count(self.stat());
+        match self {
+            Self::Truncated | Self::Fragment | Self::IpOptions => TC_ACT_UNSPEC,
+            _ => TC_ACT_SHOT,
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! The nodeport datapath: XDP ingress on the node's external devices and TC
+//! egress on the same devices.
+//!
+//! Where things live:
+//! - [`packet`]: bounds-checked packet access (`ptr_at`), the only way to
+//!   touch packet bytes;
+//! - [`headers`]: Ethernet / IPv4 / TCP / UDP layouts and the parser;
+//! - [`maps`]: the BTF maps;
+//! - [`select`]: choosing a backend for a new flow;
+//! - [`nat`]: address and port rewrites with checksum updates (XDP);
+//! - [`reject`]: TCP RST / ICMP port unreachable for services without endpoints;
+//! - [`ingress`]: the XDP program's logic; [`egress`]: the TC program's logic;
+//! - [`error`]: how a failure becomes a verdict and a counter.
+#![no_std]
+#![no_main]
+
+mod egress;
+mod error;
+mod headers;
+mod ingress;
+mod maps;
+mod nat;
+mod packet;
+mod reject;
+mod select;
+
+use aya_ebpf::{
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+
+/// XDP ingress: NodePort frontends, conntrack, DNAT/SNAT and replies of
+/// backends on other nodes.
+#[xdp]
+pub fn nodeport_xdp(ctx: XdpContext) -> u32 {
+    match ingress::try_ingress(&ctx) {
+        Ok(v) => v.finish(),
+        Err(e) => e.finish_xdp(),
+    }
+}
+
+/// TC egress: translates replies of local backends back to the NodePort.
+#[classifier]
+pub fn nodeport_tc_egress(ctx: TcContext) -> i32 {
+    match egress::try_egress(&ctx) {
+        Ok(v) => v.finish_tc(),
+        Err(e) => e.finish_tc(),
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any reachable panic path; this is never executed.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

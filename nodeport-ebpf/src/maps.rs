@@ -1,0 +1,82 @@
+//! The datapath's BTF maps. Capacities here are defaults; the agent sets the
+//! real sizes at load time, creates and pins every map under its bpffs root.
+
+use aya_ebpf::{
+    btf_maps::{HashMap, LruHashMap, PerCpuArray},
+    macros::btf_map,
+};
+use nodeport_common::{
+    Backend, BackendKey, CtEntry, FlowKey, Frontend, FrontendKey, NodeAddr, NodeAddrKey, RevNat,
+    Slot, SlotKey, capacity, stat,
+};
+
+/// Node addresses that serve NodePorts.
+#[btf_map(name = "node_addrs")]
+pub static NODE_ADDRS: HashMap<NodeAddrKey, NodeAddr, { capacity::NODE_ADDRS as usize }> =
+    HashMap::new();
+
+/// (addr, port, proto) → service id, backend count, flags.
+#[btf_map(name = "frontends")]
+pub static FRONTENDS: HashMap<FrontendKey, Frontend, { capacity::FRONTENDS as usize }> =
+    HashMap::new();
+
+/// (service id, slot) → backend id.
+#[btf_map(name = "backend_slots")]
+pub static BACKEND_SLOTS: HashMap<SlotKey, Slot, { capacity::BACKEND_SLOTS as usize }> =
+    HashMap::new();
+
+/// Backend id → pod address and port.
+#[btf_map(name = "backends")]
+pub static BACKENDS: HashMap<BackendKey, Backend, { capacity::BACKENDS as usize }> =
+    HashMap::new();
+
+/// Client tuple → chosen backend and NAT state.
+#[btf_map(name = "conntrack")]
+pub static CONNTRACK: LruHashMap<FlowKey, CtEntry, { capacity::CONNTRACK as usize }> =
+    LruHashMap::new();
+
+/// Reply tuple → the tuple the reply must carry on its way to the client.
+#[btf_map(name = "rev_nat")]
+pub static REV_NAT: LruHashMap<FlowKey, RevNat, { capacity::REV_NAT as usize }> =
+    LruHashMap::new();
+
+/// Per-CPU counters, one per verdict reason (`nodeport_common::stat`).
+#[btf_map(name = "stats")]
+pub static STATS: PerCpuArray<u64, { stat::COUNT as usize }> = PerCpuArray::new();
+
+/// Bumps one counter.
+#[inline(always)]
+pub fn count(index: u32) {
+    if let Some(p) = STATS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot of this CPU; programs do not migrate mid-run.
+        unsafe { *p += 1 };
+    }
+}
+
+/// Whether `addr_be` is a node address selected to serve NodePorts.
+#[inline(always)]
+pub fn is_node_addr(addr_be: u32) -> bool {
+    NODE_ADDRS.get_ptr(NodeAddrKey { addr_be }).is_some()
+}
+
+#[inline(always)]
+pub fn frontend(key: FrontendKey) -> Option<Frontend> {
+    // SAFETY: the value is copied out at once.
+    FRONTENDS.get_ptr(key).map(|p| unsafe { *p })
+}
+
+#[inline(always)]
+pub fn backend(backend_id: u32) -> Option<Backend> {
+    BACKENDS
+        .get_ptr(BackendKey { backend_id })
+        // SAFETY: the value is copied out at once.
+        .map(|p| unsafe { *p })
+}
+
+#[inline(always)]
+pub fn slot(service_id: u32, slot: u32) -> Option<u32> {
+    BACKEND_SLOTS
+        .get_ptr(SlotKey { service_id, slot })
+        // SAFETY: the value is copied out at once.
+        .map(|p| unsafe { (*p).backend_id })
+}

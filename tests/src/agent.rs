@@ -1,0 +1,410 @@
+//! `nodeport-agent` processes, one per node namespace, as a `DaemonSet`
+//! would run them.
+//!
+//! An agent is started with
+//! `nsenter --net=/run/netns/<node ns> <agent> run --node-name nodeN
+//! --manifests DIR --interfaces eth0 --bpffs /sys/fs/bpf/<cluster>/nodeN
+//! --healthz-bind-address 127.0.0.1:P --metrics-bind-address 127.0.0.1:Q`,
+//! stdout and stderr going to a log file in the cluster's temporary directory.
+//! It is ready once it logs a line containing [`READY_MARKER`].
+
+use std::ffi::OsString;
+use std::fs::OpenOptions;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus, Stdio};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::netns::Netns;
+use crate::util::{describe, read_lossy, sibling_of_deps, tail};
+
+/// The agent logs a line containing this once programs are attached and the
+/// maps hold the desired state.
+pub const READY_MARKER: &str = "datapath ready";
+
+/// How long [`Agent::wait_ready`] waits.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long [`Agent::stop`] waits after SIGTERM before SIGKILL.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Lines of the log printed when a test panics while an agent runs.
+const LOG_LINES_ON_PANIC: usize = 60;
+
+/// The `nodeport-agent` binary: env `NODEPORT_AGENT_BIN`, else
+/// `<target>/<profile>/nodeport-agent` next to the test executable's `deps/`.
+#[must_use]
+pub fn agent_binary() -> PathBuf {
+    let path = std::env::var_os("NODEPORT_AGENT_BIN")
+        .map_or_else(|| sibling_of_deps("nodeport-agent"), PathBuf::from);
+    check_agent_binary(&path);
+    path
+}
+
+fn check_agent_binary(path: &Path) {
+    assert!(
+        path.is_file(),
+        "nodeport-agent not found at {}: build it with `cargo build -p nodeport-agent` \
+         (same profile as the tests), or set NODEPORT_AGENT_BIN",
+        path.display()
+    );
+}
+
+/// How to start an agent beyond the fixed arguments.
+#[derive(Debug, Clone, Default)]
+pub struct AgentOptions {
+    /// `--manifests DIR`.
+    pub manifests_dir: PathBuf,
+    /// Appended after the standard arguments (e.g. `--xdp-mode`, `generic`).
+    pub extra_args: Vec<OsString>,
+    /// Another binary than [`agent_binary`].
+    pub binary: Option<PathBuf>,
+    /// Extra environment variables. `RUST_LOG` defaults to `info` when
+    /// neither this nor the test's environment sets it, and `NO_COLOR=1`.
+    pub env: Vec<(OsString, OsString)>,
+}
+
+impl AgentOptions {
+    #[must_use]
+    pub fn new(manifests_dir: &Path) -> AgentOptions {
+        AgentOptions {
+            manifests_dir: manifests_dir.to_owned(),
+            ..AgentOptions::default()
+        }
+    }
+
+    #[must_use]
+    pub fn arg(mut self, arg: impl Into<OsString>) -> AgentOptions {
+        self.extra_args.push(arg.into());
+        self
+    }
+
+    #[must_use]
+    pub fn binary(mut self, path: impl Into<PathBuf>) -> AgentOptions {
+        self.binary = Some(path.into());
+        self
+    }
+
+    #[must_use]
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> AgentOptions {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+}
+
+/// A running agent. It borrows the cluster so it cannot outlive its node
+/// namespace; dropping it stops it (SIGTERM, then SIGKILL).
+#[derive(Debug)]
+pub struct Agent<'c> {
+    ns: &'c Netns,
+    node_index: usize,
+    node_name: String,
+    bpffs: PathBuf,
+    healthz: SocketAddr,
+    metrics: SocketAddr,
+    log_path: PathBuf,
+    command_line: String,
+    pid: u32,
+    child: Mutex<Option<Child>>,
+}
+
+/// Everything [`Agent::spawn`] needs from the cluster.
+pub(crate) struct AgentSetup<'c> {
+    pub ns: &'c Netns,
+    pub node_index: usize,
+    pub node_name: String,
+    pub bpffs: PathBuf,
+    pub log_path: PathBuf,
+}
+
+impl<'c> Agent<'c> {
+    pub(crate) fn spawn(setup: AgentSetup<'c>, options: &AgentOptions) -> Agent<'c> {
+        let binary = options.binary.clone().unwrap_or_else(agent_binary);
+        check_agent_binary(&binary);
+        let (healthz, metrics) = free_local_ports(setup.ns);
+
+        let log = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&setup.log_path)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", setup.log_path.display()));
+        let log_err = log
+            .try_clone()
+            .unwrap_or_else(|e| panic!("cannot dup log fd: {e}"));
+
+        let mut cmd = setup.ns.command(&binary);
+        cmd.arg("run")
+            .arg("--node-name")
+            .arg(&setup.node_name)
+            .arg("--manifests")
+            .arg(&options.manifests_dir)
+            .arg("--interfaces")
+            .arg("eth0")
+            .arg("--bpffs")
+            .arg(&setup.bpffs)
+            .arg("--healthz-bind-address")
+            .arg(healthz.to_string())
+            .arg("--metrics-bind-address")
+            .arg(metrics.to_string())
+            .args(&options.extra_args)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .env("NO_COLOR", "1");
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info");
+        }
+        for (k, v) in &options.env {
+            cmd.env(k, v);
+        }
+        let command_line = describe(&cmd);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot spawn {command_line}: {e}"));
+        Agent {
+            ns: setup.ns,
+            node_index: setup.node_index,
+            node_name: setup.node_name,
+            bpffs: setup.bpffs,
+            healthz,
+            metrics,
+            log_path: setup.log_path,
+            command_line,
+            pid: child.id(),
+            child: Mutex::new(Some(child)),
+        }
+    }
+
+    /// The node namespace the agent runs in (e.g. to query its health or
+    /// metrics endpoints, which listen on the node's loopback).
+    #[must_use]
+    pub fn netns(&self) -> &'c Netns {
+        self.ns
+    }
+
+    /// 1-based node index.
+    #[must_use]
+    pub fn node_index(&self) -> usize {
+        self.node_index
+    }
+
+    /// `nodeN`, the agent's `--node-name`.
+    #[must_use]
+    pub fn node_name(&self) -> &str {
+        &self.node_name
+    }
+
+    /// The agent's `--bpffs` directory.
+    #[must_use]
+    pub fn bpffs(&self) -> &Path {
+        &self.bpffs
+    }
+
+    /// `--healthz-bind-address`, on the node namespace's loopback.
+    #[must_use]
+    pub fn healthz_addr(&self) -> SocketAddr {
+        self.healthz
+    }
+
+    /// `--metrics-bind-address`, on the node namespace's loopback.
+    #[must_use]
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics
+    }
+
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The command line the agent was started with.
+    #[must_use]
+    pub fn command_line(&self) -> &str {
+        &self.command_line
+    }
+
+    #[must_use]
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// Everything the agent has written to stdout and stderr so far.
+    #[must_use]
+    pub fn log(&self) -> String {
+        read_lossy(&self.log_path)
+    }
+
+    /// The current length of the log in bytes, to wait for something logged
+    /// after this point with [`Agent::wait_for_log_since`].
+    #[must_use]
+    pub fn log_mark(&self) -> usize {
+        self.log().len()
+    }
+
+    /// Waits until the log contains `pattern` (a substring); panics with the
+    /// log if it does not within `timeout` or if the agent exits first.
+    pub fn wait_for_log(&self, pattern: &str, timeout: Duration) {
+        self.wait_for_log_since(0, pattern, timeout);
+    }
+
+    /// Like [`Agent::wait_for_log`], only looking at the log after `mark`
+    /// (from [`Agent::log_mark`]).
+    pub fn wait_for_log_since(&self, mark: usize, pattern: &str, timeout: Duration) {
+        if let Err(problem) = self.try_wait_for_log_since(mark, pattern, timeout) {
+            let log = self.log();
+            panic!(
+                "agent {} (pid {}): {problem}\ncommand: {}\nlog {}, last lines:\n{}",
+                self.node_name,
+                self.pid,
+                self.command_line,
+                self.log_path.display(),
+                tail(&log, LOG_LINES_ON_PANIC)
+            );
+        }
+    }
+
+    /// Whether `pattern` shows up in the log after `mark` within `timeout`,
+    /// without panicking. `Err` says why not (timeout or exit).
+    pub fn try_wait_for_log_since(
+        &self,
+        mark: usize,
+        pattern: &str,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            // Check for an exit before reading, so a final line is not missed.
+            let exited = self.exit_status();
+            let log = self.log();
+            if log.get(mark..).is_some_and(|s| s.contains(pattern)) {
+                return Ok(());
+            }
+            if let Some(status) = exited {
+                return Err(format!("exited ({status}) before logging {pattern:?}"));
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("did not log {pattern:?} within {timeout:?}"));
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for [`READY_MARKER`] (up to [`READY_TIMEOUT`]).
+    pub fn wait_ready(&self) {
+        self.wait_for_log(READY_MARKER, READY_TIMEOUT);
+    }
+
+    /// The exit status, if the agent has exited.
+    #[must_use]
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        let mut child = self.lock_child();
+        match child.as_mut()?.try_wait() {
+            Ok(status) => status,
+            Err(e) => panic!("waiting for agent {}: {e}", self.node_name),
+        }
+    }
+
+    #[must_use]
+    pub fn is_running(&self) -> bool {
+        let mut child = self.lock_child();
+        child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// SIGTERM, then SIGKILL after [`STOP_GRACE`]; returns the exit status.
+    pub fn stop(self) -> ExitStatus {
+        self.terminate(STOP_GRACE)
+            .unwrap_or_else(|| panic!("agent {} was already stopped", self.node_name))
+    }
+
+    /// SIGKILL, as a crash would; returns the exit status.
+    pub fn kill(self) -> ExitStatus {
+        let mut child = self
+            .lock_child()
+            .take()
+            .unwrap_or_else(|| panic!("agent {} was already stopped", self.node_name));
+        let _ = child.kill();
+        child
+            .wait()
+            .unwrap_or_else(|e| panic!("waiting for agent {}: {e}", self.node_name))
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGHUP`) to the agent.
+    pub fn signal(&self, signal: libc::c_int) {
+        let child = self.lock_child();
+        assert!(child.is_some(), "agent {} is stopped", self.node_name);
+        let pid = libc::pid_t::try_from(self.pid).expect("pid fits pid_t");
+        // SAFETY: the child has not been reaped (we hold it), so the pid is ours.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert!(
+            rc == 0,
+            "kill({pid}, {signal}): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+
+    fn terminate(&self, grace: Duration) -> Option<ExitStatus> {
+        let mut child = self.lock_child().take()?;
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+            // SAFETY: the child has not been reaped, so the pid is ours.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!(
+            "nodeport-tests: agent {} did not exit {grace:?} after SIGTERM; killing it",
+            self.node_name
+        );
+        let _ = child.kill();
+        child.wait().ok()
+    }
+
+    fn lock_child(&self) -> MutexGuard<'_, Option<Child>> {
+        self.child.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Drop for Agent<'_> {
+    fn drop(&mut self) {
+        let panicking = thread::panicking();
+        // While unwinding, do not wait long for a graceful exit.
+        let grace = if panicking {
+            Duration::from_secs(2)
+        } else {
+            STOP_GRACE
+        };
+        self.terminate(grace);
+        if panicking {
+            eprintln!(
+                "---- agent {} log ({}), last lines ----\n{}",
+                self.node_name,
+                self.log_path.display(),
+                tail(&self.log(), LOG_LINES_ON_PANIC)
+            );
+        }
+    }
+}
+
+/// Two distinct free TCP ports on 127.0.0.1 inside `ns`.
+fn free_local_ports(ns: &Netns) -> (SocketAddr, SocketAddr) {
+    ns.run(|| {
+        let bind = || {
+            TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+                .unwrap_or_else(|e| panic!("cannot bind 127.0.0.1:0: {e}"))
+        };
+        let (a, b) = (bind(), bind());
+        let addr = |l: &TcpListener| l.local_addr().unwrap_or_else(|e| panic!("local_addr: {e}"));
+        (addr(&a), addr(&b))
+    })
+}
