@@ -12,6 +12,7 @@ pub mod source;
 pub mod store;
 pub mod validate;
 pub mod cli;
+pub mod devices;
 pub mod inspect;
 pub mod loader;
 pub mod neighbours;

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
-use nodeport_common::BACKEND_F_LOCAL;
+use nodeport_common::{BACKEND_F_LOCAL, DEVICE_F_REDIRECT_TX, Device, DeviceKey};
 use tracing::{error, info, warn};
 
 use crate::cli::RunArgs;
@@ -22,7 +22,7 @@ use crate::maps::{MapWriter as _, bpf::BpfMaps};
 use crate::reconcile::Reconciler;
 use crate::source::manifests::ManifestsSource;
 use crate::store::ClusterState;
-use crate::{neighbours, node_addrs};
+use crate::{devices, neighbours, node_addrs};
 
 /// How often the source is scanned and the node's addresses re-read.
 const TICK: Duration = Duration::from_millis(200);
@@ -101,8 +101,12 @@ pub fn run(args: &RunArgs) -> Result<()> {
         datapath.attach_xdp(iface, args.xdp_mode)?;
         datapath.attach_tc_egress(iface)?;
         info!(iface, "attached XDP ingress and TC egress");
+        enable_forwarding(iface);
     }
     let mut maps = BpfMaps::open(datapath.root())?;
+    for iface in &ifaces {
+        configure_device(&mut maps, iface)?;
+    }
     let mut reconciler = Reconciler::adopt(maps.read_state()?);
     let mut source = ManifestsSource::new(dir.clone(), args.service_node_port_range.clone());
     info!(node = %node, manifests = %dir.display(), bpffs = %args.bpffs.display(), "agent started");
@@ -175,6 +179,32 @@ pub fn run(args: &RunArgs) -> Result<()> {
     }
     info!("stopping; programs and maps stay pinned and keep serving (`nodeport-agent cleanup` removes them)");
     Ok(())
+}
+
+/// Tells the datapath how to transmit on `iface`: veth devices get
+/// redirect-to-self instead of `XDP_TX` (see `DEVICE_F_REDIRECT_TX`).
+fn configure_device(maps: &mut BpfMaps, iface: &str) -> Result<()> {
+    let ifindex = devices::ifindex(iface).with_context(|| format!("device {iface}"))?;
+    let driver = devices::driver(iface).unwrap_or_default();
+    let flags = if driver == "veth" { DEVICE_F_REDIRECT_TX } else { 0 };
+    maps.put_device(DeviceKey { ifindex }, Device { flags })?;
+    info!(iface, ifindex, driver, redirect_tx = flags != 0, "device configured");
+    Ok(())
+}
+
+/// The datapath forwards packets between the node's devices and its pods
+/// (and `bpf_fib_lookup` refuses to answer otherwise): make sure IPv4
+/// forwarding is on for a device it serves.
+fn enable_forwarding(iface: &str) {
+    let path = format!("/proc/sys/net/ipv4/conf/{iface}/forwarding");
+    match std::fs::read_to_string(&path) {
+        Ok(v) if v.trim() == "1" => {}
+        Ok(_) => match std::fs::write(&path, "1") {
+            Ok(()) => info!(iface, "enabled IPv4 forwarding"),
+            Err(e) => warn!(iface, error = %e, "IPv4 forwarding is off and cannot be enabled; NodePorts to other nodes will fail"),
+        },
+        Err(e) => warn!(iface, error = %e, "cannot read the IPv4 forwarding setting"),
+    }
 }
 
 /// Sets `flag` when `sig` arrives.

@@ -20,7 +20,7 @@ use aya::{
 };
 use nodeport_agent::loader;
 use nodeport_common::{
-    BACKEND_F_LOCAL, Backend, BackendKey, CtEntry, FRONTEND_F_DROP_EMPTY, FlowKey, Frontend,
+    BACKEND_F_LOCAL, Backend, BackendKey, CtEntry, DEVICE_F_REDIRECT_TX, Device, DeviceKey, FRONTEND_F_DROP_EMPTY, FlowKey, Frontend,
     FrontendKey, NODE_ADDR_F_NODEPORT, NodeAddr, NodeAddrKey, PROTO_TCP, PROTO_UDP, RevNat,
     SNAT_PORT_MAX, SNAT_PORT_MIN, Slot, SlotKey, flow_hash, names, programs,
 };
@@ -29,6 +29,7 @@ use support::frames::{CLIENT_MAC, Frame, NODE_MAC, TCP_ACK, TCP_PSH, TCP_SYN, as
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
+const XDP_REDIRECT: u32 = 4;
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_UNSPEC: u32 = u32::MAX;
 
@@ -394,6 +395,25 @@ fn remote_backend_snat_forward_and_reply() {
             assert_eq!(&out[34..36], &snat_port.to_be_bytes(), "{name}: same SNAT port");
         }
         assert_eq!(f.rev_nat().len(), 2, "one reverse entry per SNATed flow");
+    });
+}
+
+/// On a device flagged for it (veth), packets going back out of the
+/// ingress device are redirected to it instead of `XDP_TX`ed.
+#[test]
+fn redirect_tx_devices_use_a_redirect() {
+    in_fixture(|f| {
+        f.service(1, NODE_PORT, PROTO_TCP, 0, &[(9, REMOTE_POD, 80, 0)]);
+        f.service(2, EMPTY_PORT, PROTO_TCP, 0, &[]);
+        let ifindex = f.ifindex;
+        f.map::<DeviceKey, Device>(names::DEVICES)
+            .insert(DeviceKey { ifindex }, Device { flags: DEVICE_F_REDIRECT_TX }, 0)
+            .expect("device");
+        let (rc, out) = f.xdp(&Frame::tcp(CLIENT, 40000, NODE, NODE_PORT).bytes());
+        assert_eq!(rc, XDP_REDIRECT, "forward to a remote backend");
+        assert_checksums(&out);
+        let (rc, _) = f.xdp(&Frame::tcp(CLIENT, 40001, NODE, EMPTY_PORT).bytes());
+        assert_eq!(rc, XDP_REDIRECT, "reject");
     });
 }
 

@@ -24,9 +24,10 @@ pub mod names {
     pub const CONNTRACK: &str = "conntrack";
     pub const REV_NAT: &str = "rev_nat";
     pub const STATS: &str = "stats";
+    pub const DEVICES: &str = "devices";
 
     /// Every map, in the order the agent creates and pins them.
-    pub const ALL: [&str; 7] = [
+    pub const ALL: [&str; 8] = [
         NODE_ADDRS,
         FRONTENDS,
         BACKEND_SLOTS,
@@ -34,6 +35,7 @@ pub mod names {
         CONNTRACK,
         REV_NAT,
         STATS,
+        DEVICES,
     ];
 }
 
@@ -46,6 +48,7 @@ pub mod programs {
 /// Default capacities; the agent may override them at load time.
 pub mod capacity {
     pub const NODE_ADDRS: u32 = 256;
+    pub const DEVICES: u32 = 64;
     pub const FRONTENDS: u32 = 65_536;
     pub const BACKEND_SLOTS: u32 = 1_048_576;
     pub const BACKENDS: u32 = 262_144;
@@ -76,6 +79,26 @@ pub struct NodeAddr {
 
 /// The address serves NodePorts (it was selected by `--nodeport-addresses`).
 pub const NODE_ADDR_F_NODEPORT: u32 = 1;
+
+/// Key of the device map: a device the programs are attached to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeviceKey {
+    pub ifindex: u32,
+}
+
+/// Value of the device map: how the datapath transmits on this device.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Device {
+    /// `DEVICE_F_*` bits.
+    pub flags: u32,
+}
+
+/// Send packets back out of this device with `bpf_redirect` to itself
+/// instead of `XDP_TX`. A veth's `XDP_TX` only wakes its peer when the peer
+/// runs an XDP program itself; a redirect flushes the peer in any case.
+pub const DEVICE_F_REDIRECT_TX: u32 = 1;
 
 /// Key of the frontend map. `addr_be == 0` is a NodePort on any node address;
 /// a set address is a ClusterIP (or other fixed) frontend.
@@ -259,6 +282,8 @@ pub mod stat {
 const _: () = {
     assert!(size_of::<NodeAddrKey>() == 4);
     assert!(size_of::<NodeAddr>() == 4);
+    assert!(size_of::<DeviceKey>() == 4);
+    assert!(size_of::<Device>() == 4);
     assert!(size_of::<FrontendKey>() == 8);
     assert!(offset_of!(FrontendKey, port_be) == 4);
     assert!(offset_of!(FrontendKey, proto) == 6);
@@ -286,6 +311,8 @@ const _: () = {
 pub const LAYOUTS: &[(&str, usize, &[(&str, usize)])] = &[
     ("NodeAddrKey", size_of::<NodeAddrKey>(), &[("addr_be", 0)]),
     ("NodeAddr", size_of::<NodeAddr>(), &[("flags", 0)]),
+    ("DeviceKey", size_of::<DeviceKey>(), &[("ifindex", 0)]),
+    ("Device", size_of::<Device>(), &[("flags", 0)]),
     (
         "FrontendKey",
         size_of::<FrontendKey>(),
@@ -347,6 +374,8 @@ mod pod {
     // explicit padding fields, so every bit pattern is a valid value.
     unsafe impl aya::Pod for super::NodeAddrKey {}
     unsafe impl aya::Pod for super::NodeAddr {}
+    unsafe impl aya::Pod for super::DeviceKey {}
+    unsafe impl aya::Pod for super::Device {}
     unsafe impl aya::Pod for super::FrontendKey {}
     unsafe impl aya::Pod for super::Frontend {}
     unsafe impl aya::Pod for super::SlotKey {}

@@ -26,6 +26,19 @@ impl Verdict {
         Self::new(xdp_action::XDP_PASS, stat::PASS_NOT_SERVICE)
     }
 
+    /// Send the packet back out of the device it arrived on: `XDP_TX`, or a
+    /// redirect to the same device where the device asks for it.
+    #[inline(always)]
+    pub fn transmit(ingress_ifindex: u32, stat: u32) -> Self {
+        if crate::maps::redirect_tx(ingress_ifindex) {
+            // SAFETY: plain helper call; the result is an XDP action.
+            let action = unsafe { aya_ebpf::helpers::bpf_redirect(ingress_ifindex, 0) } as u32;
+            Self::new(action, stat)
+        } else {
+            Self::new(xdp_action::XDP_TX, stat)
+        }
+    }
+
     #[inline(always)]
     pub fn finish(self) -> u32 {
         count(self.stat);

@@ -268,7 +268,7 @@ fn forward(ctx: &XdpContext, p: &Parsed, new: &Tuple, stat: u32) -> Result<Verdi
     pkt.write::<[u8; 6]>(0, params.dmac)?;
     pkt.write::<[u8; 6]>(6, params.smac)?;
     if params.ifindex == ctx.ingress_ifindex() as u32 {
-        return Ok(Verdict::new(xdp_action::XDP_TX, stat));
+        return Ok(Verdict::transmit(params.ifindex, stat));
     }
     // SAFETY: plain helper call; the result is an XDP action.
     let action = unsafe { bpf_redirect(params.ifindex, 0) } as u32;

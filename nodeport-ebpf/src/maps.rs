@@ -6,7 +6,7 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use nodeport_common::{
-    Backend, BackendKey, CtEntry, FlowKey, Frontend, FrontendKey, NodeAddr, NodeAddrKey, RevNat,
+    Backend, BackendKey, CtEntry, DEVICE_F_REDIRECT_TX, Device, DeviceKey, FlowKey, Frontend, FrontendKey, NodeAddr, NodeAddrKey, RevNat,
     Slot, SlotKey, capacity, stat,
 };
 
@@ -39,6 +39,10 @@ pub static CONNTRACK: LruHashMap<FlowKey, CtEntry, { capacity::CONNTRACK as usiz
 #[btf_map(name = "rev_nat")]
 pub static REV_NAT: LruHashMap<FlowKey, RevNat, { capacity::REV_NAT as usize }> =
     LruHashMap::new();
+
+/// Devices the programs are attached to → how to transmit on them.
+#[btf_map(name = "devices")]
+pub static DEVICES: HashMap<DeviceKey, Device, { capacity::DEVICES as usize }> = HashMap::new();
 
 /// Per-CPU counters, one per verdict reason (`nodeport_common::stat`).
 #[btf_map(name = "stats")]
@@ -79,4 +83,14 @@ pub fn slot(service_id: u32, slot: u32) -> Option<u32> {
         .get_ptr(SlotKey { service_id, slot })
         // SAFETY: the value is copied out at once.
         .map(|p| unsafe { (*p).backend_id })
+}
+
+/// Whether packets sent back out of `ifindex` must be redirected to it
+/// rather than `XDP_TX`ed (see `DEVICE_F_REDIRECT_TX`).
+#[inline(always)]
+pub fn redirect_tx(ifindex: u32) -> bool {
+    DEVICES
+        .get_ptr(DeviceKey { ifindex })
+        // SAFETY: the value is read at once.
+        .is_some_and(|p| unsafe { (*p).flags } & DEVICE_F_REDIRECT_TX != 0)
 }

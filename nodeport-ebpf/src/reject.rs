@@ -3,7 +3,6 @@
 //! and sent back out of the ingress device.
 
 use aya_ebpf::{
-    bindings::xdp_action,
     helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
@@ -124,7 +123,7 @@ fn tcp_rst(ctx: &XdpContext, p: &Parsed) -> Result<Verdict, Error> {
     pkt.write(ETH_LEN, ip)?;
     pkt.write(ETH_LEN + IPV4_MIN_LEN, tcp)?;
     trim_to(ctx, ETH_LEN + IPV4_MIN_LEN + TCP_MIN_LEN)?;
-    Ok(Verdict::new(xdp_action::XDP_TX, stat::REJECT_NO_BACKEND))
+    Ok(Verdict::transmit(ctx.ingress_ifindex() as u32, stat::REJECT_NO_BACKEND))
 }
 
 fn icmp_port_unreachable(ctx: &XdpContext, p: &Parsed) -> Result<Verdict, Error> {
@@ -161,5 +160,5 @@ fn icmp_port_unreachable(ctx: &XdpContext, p: &Parsed) -> Result<Verdict, Error>
     pkt.write(12, ETH_P_IP.to_be())?;
     pkt.write(ETH_LEN, ip)?;
     pkt.write(ETH_LEN + IPV4_MIN_LEN, icmp)?;
-    Ok(Verdict::new(xdp_action::XDP_TX, stat::REJECT_NO_BACKEND))
+    Ok(Verdict::transmit(ctx.ingress_ifindex() as u32, stat::REJECT_NO_BACKEND))
 }

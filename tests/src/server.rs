@@ -77,6 +77,8 @@ pub struct ServerSpec {
     pub udp: Vec<u16>,
     /// TCP ports that answer the line and then echo until EOF.
     pub tcp_echo: Vec<u16>,
+    /// Address to bind instead of all addresses.
+    pub bind: Option<std::net::IpAddr>,
 }
 
 impl ServerSpec {
@@ -87,7 +89,14 @@ impl ServerSpec {
             tcp: Vec::new(),
             udp: Vec::new(),
             tcp_echo: Vec::new(),
+            bind: None,
         }
+    }
+
+    #[must_use]
+    pub fn bind(mut self, addr: std::net::IpAddr) -> ServerSpec {
+        self.bind = Some(addr);
+        self
     }
 
     #[must_use]
@@ -110,6 +119,10 @@ impl ServerSpec {
 
     fn args(&self) -> Vec<String> {
         let mut args = vec!["--name".to_owned(), self.name.clone()];
+        if let Some(addr) = self.bind {
+            args.push("--bind".to_owned());
+            args.push(addr.to_string());
+        }
         for (flag, ports) in [
             ("--tcp", &self.tcp),
             ("--udp", &self.udp),

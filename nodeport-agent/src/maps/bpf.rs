@@ -7,7 +7,7 @@ use std::path::Path;
 
 use aya::maps::{HashMap, Map, MapData, PerCpuArray};
 use nodeport_common::{
-    Backend, BackendKey, CtEntry, FlowKey, Frontend, FrontendKey, NodeAddr, NodeAddrKey, RevNat,
+    Backend, BackendKey, CtEntry, Device, DeviceKey, FlowKey, Frontend, FrontendKey, NodeAddr, NodeAddrKey, RevNat,
     Slot, SlotKey, names, stat,
 };
 
@@ -49,6 +49,7 @@ pub struct BpfMaps {
     backends: HashMap<MapData, BackendKey, Backend>,
     conntrack: HashMap<MapData, FlowKey, CtEntry>,
     rev_nat: HashMap<MapData, FlowKey, RevNat>,
+    devices: HashMap<MapData, DeviceKey, Device>,
     stats: PerCpuArray<MapData, u64>,
 }
 
@@ -67,8 +68,16 @@ impl BpfMaps {
             backends: open(root, names::BACKENDS)?,
             conntrack: open(root, names::CONNTRACK)?,
             rev_nat: open(root, names::REV_NAT)?,
+            devices: open(root, names::DEVICES)?,
             stats,
         })
+    }
+
+    /// Records how the datapath transmits on a device it is attached to.
+    pub fn put_device(&mut self, key: DeviceKey, value: Device) -> Result<(), MapError> {
+        self.devices
+            .insert(key, value, 0)
+            .map_err(err(names::DEVICES, "update", key))
     }
 
     /// Every conntrack entry.

@@ -46,6 +46,11 @@ use crate::validate::{self, AddressType, Candidate, DEFAULT_NAMESPACE, NodePortA
 /// same modification time.
 const RACY_WINDOW: Duration = Duration::from_secs(3);
 
+/// A file that was just emptied is most likely being rewritten in place
+/// (truncated, then written): its objects stay until it has been empty this
+/// long, so that a scan between the two steps does not withdraw them.
+const EMPTY_GRACE: Duration = Duration::from_millis(500);
+
 /// How serious a [`Problem`] is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Severity {
@@ -325,6 +330,17 @@ impl ManifestsSource {
             kind: e.kind(),
             message: e.to_string(),
         });
+        let just_emptied = matches!(&content, Ok(bytes) if bytes.is_empty())
+            && old.as_ref().is_some_and(|old| !old.last_good.is_empty())
+            && signature
+                .and_then(|s| s.modified)
+                .and_then(|modified| read_at.duration_since(modified).ok())
+                .is_none_or(|age| age < EMPTY_GRACE);
+        if just_emptied && let Some(old) = old {
+            // Keep the old entry (and its old signature, so that the file is
+            // looked at again on the next scan).
+            return (old, false);
+        }
         let last_good = match old {
             Some(mut old) if old.content == content => {
                 old.path = path;
@@ -579,7 +595,8 @@ impl ManifestsSource {
     }
 
     /// Logs the problems that are new since the last report, and those that went away.
-    fn report(&mut self, problems: Vec<Problem>) {
+    fn report(&mut self, mut problems: Vec<Problem>) {
+        problems.sort_by(|a, b| (&a.file, a.document).cmp(&(&b.file, b.document)));
         let current: BTreeSet<Problem> = problems.iter().cloned().collect();
         for problem in problems.iter().filter(|p| !self.reported.contains(*p)) {
             let file = problem.file.display();
@@ -1286,6 +1303,63 @@ metadata:
         dir.write("notes.txt", "hello");
         dir.write(".hidden.yaml", "not: [valid");
         assert!(source.scan().expect("scan").is_none());
+    }
+
+    #[test]
+    fn a_file_emptied_for_a_rewrite_keeps_its_objects_briefly() {
+        let dir = TempDir::new();
+        dir.write("svc.yaml", &service("web", Some(30080)));
+        let mut source = dir.source();
+        scan(&mut source);
+
+        // Caught between truncate and write: nothing changes yet.
+        dir.write("svc.yaml", "");
+        assert!(source.scan().expect("scan").is_none());
+        dir.write("svc.yaml", &service("web", Some(30081)));
+        assert_eq!(node_port(&scan(&mut source), "web"), Some(30081));
+
+        // Empty for longer than the grace period: the objects go.
+        dir.write("svc.yaml", "");
+        assert!(source.scan().expect("scan").is_none());
+        let file = fs::File::options()
+            .write(true)
+            .open(dir.0.join("svc.yaml"))
+            .expect("open");
+        file.set_modified(SystemTime::now() - EMPTY_GRACE * 2)
+            .expect("set mtime");
+        let state = scan(&mut source);
+        assert!(state.services.is_empty());
+        assert!(source.problems().is_empty());
+    }
+
+    #[test]
+    fn recently_modified_files_are_not_trusted_on_metadata_alone() {
+        let modified = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let signature = Signature {
+            len: 10,
+            modified: Some(modified),
+            inode: 1,
+            device: 1,
+            ctime: (1_000_000, 0),
+        };
+        let mut entry = FileEntry {
+            path: PathBuf::from("x.yaml"),
+            signature: Some(signature),
+            read_at: modified + Duration::from_millis(1),
+            content: Ok(Vec::new()),
+            parsed: Parsed::Documents(Vec::new()),
+            last_good: BTreeMap::new(),
+        };
+        // Read in the same timestamp tick as the write: could hide a rewrite.
+        assert!(!entry.unchanged(Some(&signature)));
+        entry.read_at = modified + RACY_WINDOW;
+        assert!(entry.unchanged(Some(&signature)));
+        let grown = Signature {
+            len: 11,
+            ..signature
+        };
+        assert!(!entry.unchanged(Some(&grown)));
+        assert!(!entry.unchanged(None));
     }
 
     #[test]

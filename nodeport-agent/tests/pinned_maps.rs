@@ -1,0 +1,139 @@
+//! The loader's pins: every map pinned under the bpffs root with BTF, so
+//! `bpftool map dump pinned` prints field names; a second load adopts the
+//! pinned maps (their contents survive); `cleanup` removes every pin. And
+//! the BTF of the built object agrees with `nodeport_common`'s layouts.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+
+use nodeport_agent::loader::{self, Datapath, MapSizes};
+use nodeport_agent::maps::{MapWriter as _, bpf::BpfMaps};
+use nodeport_common::{Frontend, FrontendKey, LAYOUTS, PROTO_TCP, names};
+
+fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert!(
+        unsafe { libc::geteuid() } == 0,
+        "these tests load BPF programs and pin maps, which needs root: run them as root, e.g. `cargo xtask test`"
+    );
+}
+
+fn bpftool(args: &[&str]) -> String {
+    let out = Command::new("bpftool")
+        .args(args)
+        .output()
+        .expect("bpftool is installed (`cargo xtask test` installs it)");
+    assert!(
+        out.status.success(),
+        "bpftool {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A unique bpffs root, removed (with its pins) on drop.
+struct Root(PathBuf);
+impl Root {
+    fn new() -> Self {
+        let mut b = [0u8; 4];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+            .expect("urandom");
+        Self(PathBuf::from(format!("/sys/fs/bpf/np-test-{:08x}", u32::from_ne_bytes(b))))
+    }
+}
+impl Drop for Root {
+    fn drop(&mut self) {
+        let _ = loader::cleanup(&self.0);
+    }
+}
+
+#[test]
+fn maps_are_pinned_with_field_names_and_adopted_on_reload() {
+    require_root();
+    let root = Root::new();
+    let key = FrontendKey { addr_be: 0, port_be: 31000u16.to_be(), proto: PROTO_TCP, pad: 0 };
+    let value = Frontend { service_id: 7, backend_count: 2, flags: 0, affinity_timeout_s: 0 };
+    {
+        let _dp = Datapath::load(&root.0, MapSizes::default()).expect("load and pin");
+        let mut maps = BpfMaps::open(&root.0).expect("open pinned maps");
+        maps.put_frontend(key, value).expect("write frontend");
+    }
+    for name in names::ALL {
+        assert!(root.0.join(name).exists(), "map {name} is pinned");
+    }
+
+    let dump = bpftool(&["map", "dump", "pinned", &root.0.join(names::FRONTENDS).to_string_lossy()]);
+    for field in ["addr_be", "port_be", "proto", "service_id", "backend_count", "flags", "affinity_timeout_s"] {
+        assert!(dump.contains(&format!("\"{field}\"")), "bpftool dump names field {field}:\n{dump}");
+    }
+
+    // A new load adopts the pinned maps: the entry is still there.
+    let _dp = Datapath::load(&root.0, MapSizes::default()).expect("reload");
+    let maps = BpfMaps::open(&root.0).expect("reopen");
+    let state = maps.read_state().expect("read state");
+    assert_eq!(state.frontends.get(&key), Some(&value), "pinned map adopted, contents kept");
+    drop(maps);
+
+    let removed = loader::cleanup(&root.0).expect("cleanup");
+    assert!(removed.len() >= names::ALL.len(), "cleanup removed every map pin: {removed:?}");
+    assert!(!root.0.exists(), "cleanup removed the root");
+}
+
+/// Parses `bpftool btf dump file … format raw` into struct → (size, field → byte offset).
+fn btf_structs(raw: &str) -> BTreeMap<String, (usize, BTreeMap<String, usize>)> {
+    let mut out = BTreeMap::new();
+    let mut current: Option<String> = None;
+    for line in raw.lines() {
+        if line.starts_with('[') {
+            current = None;
+            if let Some(rest) = line.split("STRUCT '").nth(1) {
+                let name = rest.split('\'').next().unwrap_or_default().to_string();
+                let size = rest
+                    .split("size=")
+                    .nth(1)
+                    .and_then(|s| s.split_whitespace().next())
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
+                out.insert(name.clone(), (size, BTreeMap::new()));
+                current = Some(name);
+            }
+        } else if let Some(name) = &current {
+            let t = line.trim();
+            if let (Some(field), Some(bits)) = (
+                t.strip_prefix('\'').and_then(|s| s.split('\'').next()),
+                t.split("bits_offset=").nth(1).and_then(|s| s.split_whitespace().next()),
+            ) {
+                let bits: usize = bits.parse().expect("bits_offset");
+                out.get_mut(name).expect("struct").1.insert(field.to_string(), bits / 8);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn btf_of_the_object_matches_the_shared_layouts() {
+    let dir = std::env::temp_dir().join(format!("np-btf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let obj = dir.join("nodeport.o");
+    std::fs::write(&obj, loader::object()).expect("write object");
+    let raw = bpftool(&["btf", "dump", "file", &obj.to_string_lossy(), "format", "raw"]);
+    let _ = std::fs::remove_dir_all(&dir);
+    let structs = btf_structs(&raw);
+    for (name, size, fields) in LAYOUTS {
+        let (btf_size, btf_fields) = structs
+            .get(*name)
+            .unwrap_or_else(|| panic!("struct {name} is missing from the object's BTF"));
+        assert_eq!(btf_size, size, "size of {name}");
+        for (field, offset) in *fields {
+            assert_eq!(
+                btf_fields.get(*field),
+                Some(offset),
+                "offset of {name}.{field} (BTF has {btf_fields:?})"
+            );
+        }
+        assert_eq!(btf_fields.len(), fields.len(), "field count of {name}: {btf_fields:?}");
+    }
+}
