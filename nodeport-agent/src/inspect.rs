@@ -43,9 +43,15 @@ pub fn inspect(args: &InspectArgs) -> Result<()> {
         InspectWhat::Conntrack => conntrack(&maps)?,
         InspectWhat::Stats => stats(&maps)?,
     };
+    let columns: &[&str] = match args.what {
+        InspectWhat::Services => &["frontend", "service_id", "backend_count", "flags", "affinity_timeout_s", "backends"],
+        InspectWhat::Backends => &["backend_id", "address", "flags"],
+        InspectWhat::Conntrack => &["proto", "client", "frontend", "service_id", "backend_id", "snat"],
+        InspectWhat::Stats => &["counter", "packets"],
+    };
     match args.output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&value)?),
-        OutputFormat::Table => print!("{}", table(&value)),
+        OutputFormat::Table => print!("{}", table(&value, columns)),
     }
     Ok(())
 }
@@ -133,14 +139,13 @@ fn stats(maps: &BpfMaps) -> Result<serde_json::Value> {
 }
 
 /// Renders an array of flat JSON objects as an aligned text table.
-fn table(value: &serde_json::Value) -> String {
+fn table(value: &serde_json::Value, cols: &[&str]) -> String {
     let Some(rows) = value.as_array() else {
         return String::new();
     };
-    let Some(first) = rows.first().and_then(|r| r.as_object()) else {
+    if rows.is_empty() {
         return "(empty)\n".into();
-    };
-    let cols: Vec<&String> = first.keys().collect();
+    }
     let cell = |r: &serde_json::Value, c: &str| match &r[c] {
         serde_json::Value::String(s) if s.is_empty() => "-".to_string(),
         serde_json::Value::String(s) => s.clone(),

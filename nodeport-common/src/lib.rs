@@ -6,6 +6,9 @@
 //! on the bytes and `bpftool map dump` prints field names from BTF. Fields that
 //! hold network byte order end in `_be`.
 #![no_std]
+// Reason: these helpers run in the BPF programs, where every call must be
+// inlined (BPF-to-BPF calls cost and constrain the verifier).
+#![allow(clippy::inline_always)]
 
 pub mod checksum;
 pub mod hash;

@@ -19,7 +19,7 @@ const TOOL_PACKAGES: &[(&str, &str)] = &[
     ("nsenter", "util-linux"),
 ];
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc_geteuid() == 0 }
 }
