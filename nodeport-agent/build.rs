@@ -18,19 +18,29 @@ fn target_dir(out_dir: &Path) -> Option<PathBuf> {
 fn main() {
     println!("cargo:rerun-if-env-changed=NODEPORT_EBPF_OBJECT");
     if let Some(object) = std::env::var_os("NODEPORT_EBPF_OBJECT") {
-        println!("cargo:rustc-env=NODEPORT_EBPF_OBJECT={}", Path::new(&object).display());
+        println!(
+            "cargo:rustc-env=NODEPORT_EBPF_OBJECT={}",
+            Path::new(&object).display()
+        );
         return;
     }
-    let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let manifest =
+        PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let workspace = manifest.parent().expect("workspace root").to_path_buf();
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR"));
     let target = target_dir(&out_dir).unwrap_or_else(|| workspace.join("target"));
-    for dir in ["nodeport-ebpf/src", "nodeport-ebpf/Cargo.toml", "nodeport-common/src"] {
+    for dir in [
+        "nodeport-ebpf/src",
+        "nodeport-ebpf/Cargo.toml",
+        "nodeport-common/src",
+    ] {
         println!("cargo:rerun-if-changed={}", workspace.join(dir).display());
     }
 
-    let home = std::env::var_os("CARGO_HOME")
-        .map_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo"), PathBuf::from);
+    let home = std::env::var_os("CARGO_HOME").map_or_else(
+        || PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo"),
+        PathBuf::from,
+    );
     let path = format!(
         "{}:{}",
         home.join("bin").display(),
@@ -42,7 +52,9 @@ fn main() {
         Ok(s) => panic!(
             "building the eBPF programs failed ({s}); run `cargo xtask build-ebpf`, which installs a missing toolchain (nightly + rust-src, bpf-linker with LLVM 22) and shows the full error"
         ),
-        Err(e) => panic!("cannot run rustup to build the eBPF programs ({e}); run `cargo xtask build-ebpf`"),
+        Err(e) => panic!(
+            "cannot run rustup to build the eBPF programs ({e}); run `cargo xtask build-ebpf`"
+        ),
     }
     let object = ebpf_command::object_path(&target);
     println!("cargo:rustc-env=NODEPORT_EBPF_OBJECT={}", object.display());

@@ -12,7 +12,11 @@ use crate::loader::XdpAttachMode;
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/nodeport";
 
 #[derive(Parser, Debug)]
-#[command(name = "nodeport-agent", version, about = "eBPF/XDP NodePort datapath agent")]
+#[command(
+    name = "nodeport-agent",
+    version,
+    about = "eBPF/XDP NodePort datapath agent"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -36,7 +40,7 @@ pub struct RunArgs {
     /// This node's name, matched against endpoints' nodeName.
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
-    /// Read Services, EndpointSlices and Nodes from YAML files in DIR
+    /// Read Services, `EndpointSlices` and Nodes from YAML files in DIR
     /// (watched) instead of the Kubernetes API.
     #[arg(long, value_name = "DIR")]
     pub manifests: Option<PathBuf>,
@@ -46,7 +50,7 @@ pub struct RunArgs {
     /// Devices to attach to; default: the device(s) of the default route.
     #[arg(long, value_delimiter = ',', value_name = "IF[,IF...]")]
     pub interfaces: Vec<String>,
-    /// Node addresses that serve NodePorts: CIDRs or `primary`; default all.
+    /// Node addresses that serve `NodePorts`: CIDRs or `primary`; default all.
     #[arg(long, value_name = "CIDR[,CIDR...]|primary")]
     pub nodeport_addresses: Option<String>,
     #[arg(long, value_enum, default_value_t = XdpAttachMode::Auto)]
@@ -58,7 +62,7 @@ pub struct RunArgs {
     pub healthz_bind_address: SocketAddr,
     #[arg(long, default_value = "127.0.0.1:10249")]
     pub metrics_bind_address: SocketAddr,
-    /// The NodePort range, as the API server's --service-node-port-range.
+    /// The `NodePort` range, as the API server's --service-node-port-range.
     #[arg(long, default_value = "30000-32767", value_parser = parse_port_range)]
     pub service_node_port_range: RangeInclusive<u16>,
 }
@@ -101,7 +105,9 @@ pub fn parse_port_range(s: &str) -> Result<RangeInclusive<u16>, String> {
         .parse()
         .map_err(|e| format!("`{b}` is not a port: {e}"))?;
     if a == 0 || a > b {
-        return Err(format!("`{s}` is not a port range: need 1 <= A <= B <= 65535"));
+        return Err(format!(
+            "`{s}` is not a port range: need 1 <= A <= B <= 65535"
+        ));
     }
     Ok(a..=b)
 }
@@ -121,8 +127,11 @@ mod tests {
 
     #[test]
     fn run_defaults_follow_the_contract() {
-        let cli = Cli::try_parse_from(["nodeport-agent", "run", "--manifests", "/m"]).expect("parse");
-        let Command::Run(args) = cli.command else { panic!("not run") };
+        let cli =
+            Cli::try_parse_from(["nodeport-agent", "run", "--manifests", "/m"]).expect("parse");
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
         assert_eq!(args.bpffs, PathBuf::from(DEFAULT_BPFFS));
         assert_eq!(args.healthz_bind_address.to_string(), "0.0.0.0:10256");
         assert_eq!(args.metrics_bind_address.to_string(), "127.0.0.1:10249");

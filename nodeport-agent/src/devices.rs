@@ -38,7 +38,10 @@ pub fn ifindex(iface: &str) -> io::Result<u32> {
 /// The kernel driver behind `iface` (`veth`, `mlx5_core`, ...).
 pub fn driver(iface: &str) -> io::Result<String> {
     if iface.len() >= libc::IFNAMSIZ {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "interface name too long"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "interface name too long",
+        ));
     }
     // SAFETY: a plain datagram socket for the ioctl.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
@@ -51,7 +54,7 @@ pub fn driver(iface: &str) -> io::Result<String> {
     // SAFETY: as above.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in req.ifr_name.iter_mut().zip(iface.bytes()) {
-        *dst = src as libc::c_char;
+        *dst = src.cast_signed();
     }
     req.ifr_ifru.ifru_data = (&raw mut info).cast();
     // SAFETY: ifreq points at a live DrvInfo for the duration of the call.
@@ -62,7 +65,11 @@ pub fn driver(iface: &str) -> io::Result<String> {
     if rc < 0 {
         return Err(err);
     }
-    let end = info.driver.iter().position(|&b| b == 0).unwrap_or(info.driver.len());
+    let end = info
+        .driver
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(info.driver.len());
     Ok(String::from_utf8_lossy(&info.driver[..end]).into_owned())
 }
 

@@ -5,8 +5,8 @@ use std::net::Ipv4Addr;
 
 use anyhow::{Context as _, Result};
 use nodeport_common::{
-    BACKEND_F_LOCAL, BACKEND_F_TERMINATING, CT_F_SNAT, FRONTEND_F_AFFINITY,
-    FRONTEND_F_DROP_EMPTY, FRONTEND_F_LOCAL_ONLY, PROTO_SCTP, PROTO_TCP, PROTO_UDP, SlotKey,
+    BACKEND_F_LOCAL, BACKEND_F_TERMINATING, CT_F_SNAT, FRONTEND_F_AFFINITY, FRONTEND_F_DROP_EMPTY,
+    FRONTEND_F_LOCAL_ONLY, PROTO_SCTP, PROTO_TCP, PROTO_UDP, SlotKey,
 };
 use serde_json::json;
 
@@ -44,9 +44,23 @@ pub fn inspect(args: &InspectArgs) -> Result<()> {
         InspectWhat::Stats => stats(&maps)?,
     };
     let columns: &[&str] = match args.what {
-        InspectWhat::Services => &["frontend", "service_id", "backend_count", "flags", "affinity_timeout_s", "backends"],
+        InspectWhat::Services => &[
+            "frontend",
+            "service_id",
+            "backend_count",
+            "flags",
+            "affinity_timeout_s",
+            "backends",
+        ],
         InspectWhat::Backends => &["backend_id", "address", "flags"],
-        InspectWhat::Conntrack => &["proto", "client", "frontend", "service_id", "backend_id", "snat"],
+        InspectWhat::Conntrack => &[
+            "proto",
+            "client",
+            "frontend",
+            "service_id",
+            "backend_id",
+            "snat",
+        ],
         InspectWhat::Stats => &["counter", "packets"],
     };
     match args.output {
@@ -63,12 +77,22 @@ fn services(maps: &BpfMaps) -> Result<serde_json::Value> {
         let frontend = if key.addr_be == 0 {
             format!("*:{}/{}", u16::from_be(key.port_be), proto(key.proto))
         } else {
-            format!("{}:{}/{}", ip(key.addr_be), u16::from_be(key.port_be), proto(key.proto))
+            format!(
+                "{}:{}/{}",
+                ip(key.addr_be),
+                u16::from_be(key.port_be),
+                proto(key.proto)
+            )
         };
         let backends: Vec<String> = (0..fe.backend_count)
             .filter_map(|slot| {
-                let s = state.slots.get(&SlotKey { service_id: fe.service_id, slot })?;
-                let b = state.backends.get(&nodeport_common::BackendKey { backend_id: s.backend_id })?;
+                let s = state.slots.get(&SlotKey {
+                    service_id: fe.service_id,
+                    slot,
+                })?;
+                let b = state.backends.get(&nodeport_common::BackendKey {
+                    backend_id: s.backend_id,
+                })?;
                 Some(format!("{}:{}", ip(b.addr_be), u16::from_be(b.port_be)))
             })
             .collect();
@@ -153,7 +177,13 @@ fn table(value: &serde_json::Value, cols: &[&str]) -> String {
     };
     let widths: Vec<usize> = cols
         .iter()
-        .map(|c| rows.iter().map(|r| cell(r, c).len()).max().unwrap_or(0).max(c.len()))
+        .map(|c| {
+            rows.iter()
+                .map(|r| cell(r, c).len())
+                .max()
+                .unwrap_or(0)
+                .max(c.len())
+        })
         .collect();
     let mut out = String::new();
     for (c, w) in cols.iter().zip(&widths) {

@@ -1,20 +1,20 @@
-//! The nodeport agent: watches Services and EndpointSlices, computes what the
+//! The nodeport agent: watches Services and `EndpointSlices`, computes what the
 //! datapath of this node must hold and writes only the difference into the
 //! pinned BPF maps.
 //!
 //! Pipeline: [`source`] → [`store`] → [`desired`] → [`reconcile`] → [`maps`].
 
+pub mod cli;
 pub mod config;
 pub mod desired;
-pub mod maps;
-pub mod reconcile;
-pub mod source;
-pub mod store;
-pub mod validate;
-pub mod cli;
 pub mod devices;
 pub mod inspect;
 pub mod loader;
+pub mod maps;
 pub mod neighbours;
 pub mod node_addrs;
+pub mod reconcile;
 pub mod run;
+pub mod source;
+pub mod store;
+pub mod validate;

@@ -47,7 +47,7 @@ pub enum LoadError {
     Load {
         root: PathBuf,
         #[source]
-        source: aya::EbpfError,
+        source: Box<aya::EbpfError>,
     },
     #[error("program {name}: {source}")]
     Program {
@@ -121,7 +121,10 @@ fn statfs_magic(path: &Path) -> std::io::Result<i64> {
     if unsafe { libc::statfs(c.as_ptr(), &raw mut st) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    #[allow(clippy::useless_conversion, reason = "f_type's width differs between libcs")]
+    #[allow(
+        clippy::useless_conversion,
+        reason = "f_type's width differs between libcs"
+    )]
     Ok(i64::from(st.f_type))
 }
 
@@ -198,7 +201,7 @@ impl Datapath {
             .map_max_entries(names::REV_NAT, sizes.rev_nat);
         let ebpf = loader.load(OBJECT).map_err(|source| LoadError::Load {
             root: root.to_path_buf(),
-            source,
+            source: Box::new(source),
         })?;
         Ok(Self {
             ebpf,
@@ -222,17 +225,25 @@ impl Datapath {
         let prog: &mut Xdp = self
             .ebpf
             .program_mut(programs::XDP_INGRESS)
-            .ok_or(LoadError::MissingProgram { name: programs::XDP_INGRESS })?
+            .ok_or(LoadError::MissingProgram {
+                name: programs::XDP_INGRESS,
+            })?
             .try_into()
-            .map_err(|source| LoadError::Program { name: programs::XDP_INGRESS, source })?;
+            .map_err(|source| LoadError::Program {
+                name: programs::XDP_INGRESS,
+                source,
+            })?;
         if prog.fd().is_err() {
-            prog.load()
-                .map_err(|source| LoadError::Program { name: programs::XDP_INGRESS, source })?;
+            prog.load().map_err(|source| LoadError::Program {
+                name: programs::XDP_INGRESS,
+                source,
+            })?;
         }
         let id = if let Ok(old) = PinnedLink::from_pin(&pin) {
             let link = XdpLink::try_from(FdLink::from(old)).map_err(|e| attach_err(e.into()))?;
             info!(iface, "replacing the program of the pinned XDP link");
-            prog.attach_to_link(link).map_err(|e| attach_err(e.into()))?
+            prog.attach_to_link(link)
+                .map_err(|e| attach_err(e.into()))?
         } else {
             match mode {
                 XdpAttachMode::Native => prog.attach(iface, XdpMode::Driver),
@@ -263,16 +274,26 @@ impl Datapath {
         let prog: &mut SchedClassifier = self
             .ebpf
             .program_mut(programs::TC_EGRESS)
-            .ok_or(LoadError::MissingProgram { name: programs::TC_EGRESS })?
+            .ok_or(LoadError::MissingProgram {
+                name: programs::TC_EGRESS,
+            })?
             .try_into()
-            .map_err(|source| LoadError::Program { name: programs::TC_EGRESS, source })?;
+            .map_err(|source| LoadError::Program {
+                name: programs::TC_EGRESS,
+                source,
+            })?;
         if prog.fd().is_err() {
-            prog.load()
-                .map_err(|source| LoadError::Program { name: programs::TC_EGRESS, source })?;
+            prog.load().map_err(|source| LoadError::Program {
+                name: programs::TC_EGRESS,
+                source,
+            })?;
         }
         let id = if let Ok(old) = PinnedLink::from_pin(&pin) {
-            let link = FdLink::from(old).try_into().map_err(|e: aya::programs::links::LinkError| attach_err(e.into()))?;
-            prog.attach_to_link(link).map_err(|e| attach_err(e.into()))?
+            let link = FdLink::from(old)
+                .try_into()
+                .map_err(|e: aya::programs::links::LinkError| attach_err(e.into()))?;
+            prog.attach_to_link(link)
+                .map_err(|e| attach_err(e.into()))?
         } else {
             prog.attach_with_options(
                 iface,
@@ -289,6 +310,7 @@ impl Datapath {
     }
 
     /// The bpffs root everything is pinned under.
+    #[must_use]
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -320,11 +342,12 @@ pub fn cleanup(root: &Path) -> std::io::Result<Vec<PathBuf>> {
     let parent_is_bpffs = root
         .parent()
         .is_some_and(|p| statfs_magic(p).is_ok_and(|m| m == BPF_FS_MAGIC));
-    if !parent_is_bpffs && statfs_magic(root).is_ok_and(|m| m == BPF_FS_MAGIC) {
-        if let Ok(c) = CString::new(root.as_os_str().as_encoded_bytes()) {
-            // SAFETY: valid C string.
-            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-        }
+    if !parent_is_bpffs
+        && statfs_magic(root).is_ok_and(|m| m == BPF_FS_MAGIC)
+        && let Ok(c) = CString::new(root.as_os_str().as_encoded_bytes())
+    {
+        // SAFETY: valid C string.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
     }
     match std::fs::remove_dir(root) {
         Ok(()) => {}

@@ -36,6 +36,10 @@ pub fn local_ipv4() -> std::io::Result<Vec<LocalAddr>> {
             continue;
         }
         // SAFETY: AF_INET addresses are sockaddr_in.
+        #[allow(
+            clippy::cast_ptr_alignment,
+            reason = "getifaddrs returns properly aligned sockaddr_in for AF_INET"
+        )]
         let sin = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in>() };
         let addr = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
         // SAFETY: ifa_name is a NUL-terminated string owned by the list.

@@ -20,7 +20,7 @@ use crate::desired::{self, Desired};
 use crate::loader::{Datapath, MapSizes};
 use crate::maps::{MapWriter as _, bpf::BpfMaps};
 use crate::reconcile::Reconciler;
-use crate::source::manifests::ManifestsSource;
+use crate::source::{Source, manifests::ManifestsSource};
 use crate::store::ClusterState;
 use crate::{devices, neighbours, node_addrs};
 
@@ -107,78 +107,121 @@ pub fn run(args: &RunArgs) -> Result<()> {
     for iface in &ifaces {
         configure_device(&mut maps, iface)?;
     }
-    let mut reconciler = Reconciler::adopt(maps.read_state()?);
-    let mut source = ManifestsSource::new(dir.clone(), args.service_node_port_range.clone());
-    info!(node = %node, manifests = %dir.display(), bpffs = %args.bpffs.display(), "agent started");
+    let reconciler = Reconciler::adopt(maps.read_state()?);
+    let source = ManifestsSource::new(dir, args.service_node_port_range.clone());
+    info!(node = %node, source = %source.describe(), bpffs = %args.bpffs.display(), "agent started");
 
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [libc::SIGTERM, libc::SIGINT] {
         signal_flag(sig, &stop);
     }
-
-    let mut cluster = ClusterState::default();
-    let mut addrs: Vec<Ipv4Addr> = Vec::new();
-    let mut dirty = true;
-    let mut ready = false;
-    let mut last_warm = Instant::now();
-    let mut remote = BTreeSet::new();
+    let mut sync = Sync {
+        node,
+        selection,
+        primary_dev,
+        source: Box::new(source),
+        maps,
+        reconciler,
+        cluster: ClusterState::default(),
+        addrs: Vec::new(),
+        dirty: true,
+        ready: false,
+        remote: BTreeSet::new(),
+        last_warm: Instant::now(),
+    };
     while !stop.load(Ordering::Relaxed) {
-        match source.scan() {
+        sync.tick();
+        std::thread::sleep(TICK);
+    }
+    info!(
+        "stopping; programs and maps stay pinned and keep serving (`nodeport-agent cleanup` removes them)"
+    );
+    Ok(())
+}
+
+/// The agent's loop state: what it last read and what it last wrote.
+struct Sync {
+    node: String,
+    selection: NodePortAddresses,
+    primary_dev: String,
+    source: Box<dyn Source>,
+    maps: BpfMaps,
+    reconciler: Reconciler,
+    cluster: ClusterState,
+    addrs: Vec<Ipv4Addr>,
+    /// Something changed (or the last write failed): recompute and apply.
+    dirty: bool,
+    ready: bool,
+    /// Remote backend addresses whose next hops are kept resolved.
+    remote: BTreeSet<Ipv4Addr>,
+    last_warm: Instant,
+}
+
+impl Sync {
+    /// One pass: read the source and the node's addresses, and when
+    /// anything changed, write the difference into the maps.
+    fn tick(&mut self) {
+        match self.source.poll() {
             Ok(Some(state)) => {
-                cluster = state;
-                dirty = true;
+                self.cluster = state;
+                self.dirty = true;
             }
             Ok(None) => {}
-            Err(e) => warn!(error = %e, "reading the manifests failed; serving the last known state"),
+            Err(e) => warn!(error = %e, "reading the source failed; serving the last known state"),
         }
-        match interface_addrs(&primary_dev) {
+        match interface_addrs(&self.primary_dev) {
             Ok(a) => {
-                let selected = selection.select(&a);
-                if selected != addrs {
-                    addrs = selected;
-                    dirty = true;
+                let selected = self.selection.select(&a);
+                if selected != self.addrs {
+                    self.addrs = selected;
+                    self.dirty = true;
                 }
             }
             Err(e) => warn!(error = %e, "reading node addresses failed"),
         }
-        if dirty {
-            let desired = desired::compute(&cluster, &node, &addrs);
-            for c in &desired.conflicts {
-                warn!(conflict = ?c, "frontend claimed twice");
-            }
-            match reconciler.apply(&desired, &mut maps) {
-                Ok(report) => {
-                    dirty = false;
-                    if !report.is_empty() {
-                        info!(
-                            puts = report.puts,
-                            deletes = report.deletes,
-                            purged_flows = report.purged_flows,
-                            services = report.changed_services.len(),
-                            "datapath updated"
-                        );
-                    }
-                    let now_remote = remote_backends(&desired);
-                    if now_remote != remote {
-                        remote = now_remote;
-                        neighbours::warm(&remote);
-                    }
-                    if !ready {
-                        ready = true;
-                        info!(frontends = desired.frontends.len(), node_addrs = addrs.len(), "datapath ready");
-                    }
-                }
-                Err(e) => error!(error = %e, "writing the datapath maps failed; retrying"),
-            }
+        if self.dirty {
+            self.apply();
         }
-        if last_warm.elapsed() >= NEIGHBOUR_REFRESH {
-            last_warm = Instant::now();
-            neighbours::warm(&remote);
+        if self.last_warm.elapsed() >= NEIGHBOUR_REFRESH {
+            self.last_warm = Instant::now();
+            neighbours::warm(&self.remote);
         }
-        std::thread::sleep(TICK);
     }
-    info!("stopping; programs and maps stay pinned and keep serving (`nodeport-agent cleanup` removes them)");
-    Ok(())
+
+    fn apply(&mut self) {
+        let desired = desired::compute(&self.cluster, &self.node, &self.addrs);
+        for c in &desired.conflicts {
+            warn!(conflict = ?c, "frontend claimed twice");
+        }
+        match self.reconciler.apply(&desired, &mut self.maps) {
+            Ok(report) => {
+                self.dirty = false;
+                if !report.is_empty() {
+                    info!(
+                        puts = report.puts,
+                        deletes = report.deletes,
+                        purged_flows = report.purged_flows,
+                        services = report.changed_services.len(),
+                        "datapath updated"
+                    );
+                }
+                let remote = remote_backends(&desired);
+                if remote != self.remote {
+                    self.remote = remote;
+                    neighbours::warm(&self.remote);
+                }
+                if !self.ready {
+                    self.ready = true;
+                    info!(
+                        frontends = desired.frontends.len(),
+                        node_addrs = self.addrs.len(),
+                        "datapath ready"
+                    );
+                }
+            }
+            Err(e) => error!(error = %e, "writing the datapath maps failed; retrying"),
+        }
+    }
 }
 
 /// Tells the datapath how to transmit on `iface`: veth devices get
@@ -186,9 +229,19 @@ pub fn run(args: &RunArgs) -> Result<()> {
 fn configure_device(maps: &mut BpfMaps, iface: &str) -> Result<()> {
     let ifindex = devices::ifindex(iface).with_context(|| format!("device {iface}"))?;
     let driver = devices::driver(iface).unwrap_or_default();
-    let flags = if driver == "veth" { DEVICE_F_REDIRECT_TX } else { 0 };
+    let flags = if driver == "veth" {
+        DEVICE_F_REDIRECT_TX
+    } else {
+        0
+    };
     maps.put_device(DeviceKey { ifindex }, Device { flags })?;
-    info!(iface, ifindex, driver, redirect_tx = flags != 0, "device configured");
+    info!(
+        iface,
+        ifindex,
+        driver,
+        redirect_tx = flags != 0,
+        "device configured"
+    );
     Ok(())
 }
 
@@ -201,7 +254,9 @@ fn enable_forwarding(iface: &str) {
         Ok(v) if v.trim() == "1" => {}
         Ok(_) => match std::fs::write(&path, "1") {
             Ok(()) => info!(iface, "enabled IPv4 forwarding"),
-            Err(e) => warn!(iface, error = %e, "IPv4 forwarding is off and cannot be enabled; NodePorts to other nodes will fail"),
+            Err(e) => {
+                warn!(iface, error = %e, "IPv4 forwarding is off and cannot be enabled; NodePorts to other nodes will fail");
+            }
         },
         Err(e) => warn!(iface, error = %e, "cannot read the IPv4 forwarding setting"),
     }

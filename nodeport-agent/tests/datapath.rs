@@ -20,9 +20,10 @@ use aya::{
 };
 use nodeport_agent::loader;
 use nodeport_common::{
-    BACKEND_F_LOCAL, Backend, BackendKey, CtEntry, DEVICE_F_REDIRECT_TX, Device, DeviceKey, FRONTEND_F_DROP_EMPTY, FlowKey, Frontend,
-    FrontendKey, NODE_ADDR_F_NODEPORT, NodeAddr, NodeAddrKey, PROTO_TCP, PROTO_UDP, RevNat,
-    SNAT_PORT_MAX, SNAT_PORT_MIN, Slot, SlotKey, flow_hash, names, programs,
+    BACKEND_F_LOCAL, Backend, BackendKey, CtEntry, DEVICE_F_REDIRECT_TX, Device, DeviceKey,
+    FRONTEND_F_DROP_EMPTY, FlowKey, Frontend, FrontendKey, NODE_ADDR_F_NODEPORT, NodeAddr,
+    NodeAddrKey, PROTO_TCP, PROTO_UDP, RevNat, SNAT_PORT_MAX, SNAT_PORT_MIN, Slot, SlotKey,
+    flow_hash, names, programs,
 };
 use support::frames::{CLIENT_MAC, Frame, NODE_MAC, TCP_ACK, TCP_PSH, TCP_SYN, assert_checksums};
 
@@ -47,7 +48,11 @@ fn be(a: [u8; 4]) -> u32 {
 }
 
 fn sh(cmd: &str) {
-    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("run sh");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .expect("run sh");
     assert!(
         out.status.success(),
         "`{cmd}` failed: {}",
@@ -70,7 +75,11 @@ impl Fixture {
             "datapath tests load BPF programs and need root: run them as root, e.g. `cargo xtask test`"
         );
         // SAFETY: moves only this thread into a new network namespace.
-        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare(CLONE_NEWNET)");
+        assert_eq!(
+            unsafe { libc::unshare(libc::CLONE_NEWNET) },
+            0,
+            "unshare(CLONE_NEWNET)"
+        );
         sh("ip link set lo up \
             && ip link add np0 address 02:00:00:00:00:11 type veth peer name np1 \
             && ip link set np1 up \
@@ -111,27 +120,57 @@ impl Fixture {
 
     fn node_addr(&mut self, addr: [u8; 4]) {
         self.map::<NodeAddrKey, NodeAddr>(names::NODE_ADDRS)
-            .insert(NodeAddrKey { addr_be: be(addr) }, NodeAddr { flags: NODE_ADDR_F_NODEPORT }, 0)
+            .insert(
+                NodeAddrKey { addr_be: be(addr) },
+                NodeAddr {
+                    flags: NODE_ADDR_F_NODEPORT,
+                },
+                0,
+            )
             .expect("node addr");
     }
 
     /// A NodePort frontend with the given backends (id, addr, port, flags).
-    fn service(&mut self, service_id: u32, node_port: u16, proto: u8, flags: u32, backends: &[(u32, [u8; 4], u16, u8)]) {
+    fn service(
+        &mut self,
+        service_id: u32,
+        node_port: u16,
+        proto: u8,
+        flags: u32,
+        backends: &[(u32, [u8; 4], u16, u8)],
+    ) {
         for (slot, (id, addr, port, bflags)) in backends.iter().enumerate() {
             self.map::<BackendKey, Backend>(names::BACKENDS)
                 .insert(
                     BackendKey { backend_id: *id },
-                    Backend { addr_be: be(*addr), port_be: port.to_be(), flags: *bflags, pad: 0 },
+                    Backend {
+                        addr_be: be(*addr),
+                        port_be: port.to_be(),
+                        flags: *bflags,
+                        pad: 0,
+                    },
                     0,
                 )
                 .expect("backend");
             self.map::<SlotKey, Slot>(names::BACKEND_SLOTS)
-                .insert(SlotKey { service_id, slot: slot as u32 }, Slot { backend_id: *id }, 0)
+                .insert(
+                    SlotKey {
+                        service_id,
+                        slot: slot as u32,
+                    },
+                    Slot { backend_id: *id },
+                    0,
+                )
                 .expect("slot");
         }
         self.map::<FrontendKey, Frontend>(names::FRONTENDS)
             .insert(
-                FrontendKey { addr_be: 0, port_be: node_port.to_be(), proto, pad: 0 },
+                FrontendKey {
+                    addr_be: 0,
+                    port_be: node_port.to_be(),
+                    proto,
+                    pad: 0,
+                },
                 Frontend {
                     service_id,
                     backend_count: backends.len() as u32,
@@ -153,15 +192,12 @@ impl Fixture {
         if with_ctx {
             opts.ctx_in = Some(&ctx_bytes);
         }
-        let r = match prog {
-            programs::XDP_INGRESS => {
-                let p: &Xdp = self.ebpf.program(prog).unwrap().try_into().unwrap();
-                p.test_run(opts)
-            }
-            _ => {
-                let p: &SchedClassifier = self.ebpf.program(prog).unwrap().try_into().unwrap();
-                p.test_run(opts)
-            }
+        let r = if prog == programs::XDP_INGRESS {
+            let p: &Xdp = self.ebpf.program(prog).unwrap().try_into().unwrap();
+            p.test_run(opts)
+        } else {
+            let p: &SchedClassifier = self.ebpf.program(prog).unwrap().try_into().unwrap();
+            p.test_run(opts)
         }
         .expect("BPF_PROG_TEST_RUN");
         out.truncate(r.data_size_out as usize);
@@ -184,7 +220,12 @@ impl Fixture {
         nodeport_common::stat::NAMES
             .iter()
             .enumerate()
-            .map(|(i, n)| (*n, m.get(&(i as u32), 0).expect("counter").iter().sum::<u64>()))
+            .map(|(i, n)| {
+                (
+                    *n,
+                    m.get(&(i as u32), 0).expect("counter").iter().sum::<u64>(),
+                )
+            })
             .filter(|(_, v)| *v > 0)
             .collect()
     }
@@ -225,7 +266,13 @@ fn flow(f: &Frame) -> FlowKey {
 #[test]
 fn packets_that_are_not_ours_pass_untouched() {
     in_fixture(|f| {
-        f.service(1, NODE_PORT, PROTO_TCP, 0, &[(1, LOCAL_POD, 80, BACKEND_F_LOCAL)]);
+        f.service(
+            1,
+            NODE_PORT,
+            PROTO_TCP,
+            0,
+            &[(1, LOCAL_POD, 80, BACKEND_F_LOCAL)],
+        );
         let mut arp = Vec::new();
         arp.extend_from_slice(&[0xff; 6]);
         arp.extend_from_slice(&CLIENT_MAC);
@@ -233,15 +280,30 @@ fn packets_that_are_not_ours_pass_untouched() {
         arp.extend_from_slice(&[0u8; 28]);
         let mut ipv6 = Frame::tcp(CLIENT, 40000, NODE, NODE_PORT).bytes();
         ipv6[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
-        let fragment = Frame { frag: 0x2000, ..Frame::tcp(CLIENT, 40000, NODE, NODE_PORT) };
-        let later_fragment = Frame { frag: 0x0010, ..Frame::tcp(CLIENT, 40000, NODE, NODE_PORT) };
+        let fragment = Frame {
+            frag: 0x2000,
+            ..Frame::tcp(CLIENT, 40000, NODE, NODE_PORT)
+        };
+        let later_fragment = Frame {
+            frag: 0x0010,
+            ..Frame::tcp(CLIENT, 40000, NODE, NODE_PORT)
+        };
         let full = Frame::tcp(CLIENT, 40000, NODE, NODE_PORT).bytes();
         let cases: Vec<(&str, Vec<u8>)> = vec![
             ("ARP", arp),
             ("IPv6 ethertype", ipv6),
-            ("not a NodePort", Frame::tcp(CLIENT, 40000, NODE, 22).bytes()),
-            ("NodePort on another protocol", Frame::udp(CLIENT, 40000, NODE, NODE_PORT).bytes()),
-            ("not a node address", Frame::tcp(CLIENT, 40000, [10, 200, 0, 99], NODE_PORT).bytes()),
+            (
+                "not a NodePort",
+                Frame::tcp(CLIENT, 40000, NODE, 22).bytes(),
+            ),
+            (
+                "NodePort on another protocol",
+                Frame::udp(CLIENT, 40000, NODE, NODE_PORT).bytes(),
+            ),
+            (
+                "not a node address",
+                Frame::tcp(CLIENT, 40000, [10, 200, 0, 99], NODE_PORT).bytes(),
+            ),
             ("ICMP", {
                 let mut b = Frame::tcp(CLIENT, 40000, NODE, NODE_PORT).bytes();
                 b[23] = 1;
@@ -253,7 +315,14 @@ fn packets_that_are_not_ours_pass_untouched() {
             ("Ethernet header only", full[..14].to_vec()),
             ("truncated IPv4", full[..14 + 12].to_vec()),
             ("truncated TCP", full[..14 + 20 + 10].to_vec()),
-            ("IP options (not served)", Frame { ip_options: vec![1, 1, 1, 0], ..Frame::tcp(CLIENT, 40000, NODE, NODE_PORT) }.bytes()),
+            (
+                "IP options (not served)",
+                Frame {
+                    ip_options: vec![1, 1, 1, 0],
+                    ..Frame::tcp(CLIENT, 40000, NODE, NODE_PORT)
+                }
+                .bytes(),
+            ),
             ("IHL below 5", {
                 let mut b = full.clone();
                 b[14] = 0x44;
@@ -270,7 +339,10 @@ fn packets_that_are_not_ours_pass_untouched() {
             assert_eq!(rc, XDP_PASS, "{name}: verdict");
             assert_eq!(out, input, "{name}: frame must be untouched");
         }
-        assert!(f.conntrack().is_empty(), "no flow state for foreign packets");
+        assert!(
+            f.conntrack().is_empty(),
+            "no flow state for foreign packets"
+        );
     });
 }
 
@@ -279,23 +351,63 @@ fn packets_that_are_not_ours_pass_untouched() {
 #[test]
 fn local_backend_dnat_and_reply() {
     in_fixture(|f| {
-        f.service(1, NODE_PORT, PROTO_TCP, 0, &[(7, LOCAL_POD, 8080, BACKEND_F_LOCAL)]);
-        f.service(2, NODE_PORT, PROTO_UDP, 0, &[(8, LOCAL_POD, 5353, BACKEND_F_LOCAL)]);
+        f.service(
+            1,
+            NODE_PORT,
+            PROTO_TCP,
+            0,
+            &[(7, LOCAL_POD, 8080, BACKEND_F_LOCAL)],
+        );
+        f.service(
+            2,
+            NODE_PORT,
+            PROTO_UDP,
+            0,
+            &[(8, LOCAL_POD, 5353, BACKEND_F_LOCAL)],
+        );
         let cases = vec![
-            ("TCP SYN", Frame::tcp(CLIENT, 40000, NODE, NODE_PORT), 8080u16),
+            (
+                "TCP SYN",
+                Frame::tcp(CLIENT, 40000, NODE, NODE_PORT),
+                8080u16,
+            ),
             (
                 "TCP with payload",
-                Frame { tcp_flags: TCP_ACK | TCP_PSH, seq: 7, ack: 99, payload: b"GET / HTTP/1.1\r\n\r\n".to_vec(), ..Frame::tcp(CLIENT, 40001, NODE, NODE_PORT) },
+                Frame {
+                    tcp_flags: TCP_ACK | TCP_PSH,
+                    seq: 7,
+                    ack: 99,
+                    payload: b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+                    ..Frame::tcp(CLIENT, 40001, NODE, NODE_PORT)
+                },
                 8080,
             ),
             ("UDP", Frame::udp(CLIENT, 40002, NODE, NODE_PORT), 5353),
-            ("UDP without checksum", Frame { udp_no_checksum: true, ..Frame::udp(CLIENT, 40003, NODE, NODE_PORT) }, 5353),
-            ("TTL 1 (the stack forwards it)", Frame { ttl: 1, ..Frame::tcp(CLIENT, 40005, NODE, NODE_PORT) }, 8080),
+            (
+                "UDP without checksum",
+                Frame {
+                    udp_no_checksum: true,
+                    ..Frame::udp(CLIENT, 40003, NODE, NODE_PORT)
+                },
+                5353,
+            ),
+            (
+                "TTL 1 (the stack forwards it)",
+                Frame {
+                    ttl: 1,
+                    ..Frame::tcp(CLIENT, 40005, NODE, NODE_PORT)
+                },
+                8080,
+            ),
         ];
         for (name, input, target) in cases {
             let (rc, out) = f.xdp(&input.bytes());
             assert_eq!(rc, XDP_PASS, "{name}: verdict");
-            let want = Frame { daddr: LOCAL_POD.into(), dport: target, ..input.clone() };
+            let want = Frame {
+                daddr: LOCAL_POD.into(),
+                dport: target,
+                ..input.clone()
+            };
             assert_eq!(out, want.bytes(), "{name}: DNAT output");
             assert_checksums(&out);
 
@@ -313,13 +425,20 @@ fn local_backend_dnat_and_reply() {
             };
             let (rc, out) = f.tc(&reply.bytes());
             assert_eq!(rc, TC_ACT_OK, "{name}: TC verdict");
-            let want = Frame { saddr: NODE.into(), sport: NODE_PORT, ..reply };
+            let want = Frame {
+                saddr: NODE.into(),
+                sport: NODE_PORT,
+                ..reply
+            };
             assert_eq!(out, want.bytes(), "{name}: reverse NAT output");
             assert_checksums(&out);
         }
         let ct = f.conntrack();
         assert_eq!(ct.len(), 5, "one flow per case");
-        assert!(ct.iter().all(|(_, e)| e.snat_addr_be == 0), "local flows are not SNATed");
+        assert!(
+            ct.iter().all(|(_, e)| e.snat_addr_be == 0),
+            "local flows are not SNATed"
+        );
     });
 }
 
@@ -342,8 +461,15 @@ fn remote_backend_snat_forward_and_reply() {
     in_fixture(|f| {
         f.service(1, NODE_PORT, PROTO_TCP, 0, &[(9, REMOTE_POD, 80, 0)]);
         f.service(2, NODE_PORT, PROTO_UDP, 0, &[(10, REMOTE_POD, 53, 0)]);
-        for input in [Frame::tcp(CLIENT, 40000, NODE, NODE_PORT), Frame::udp(CLIENT, 40001, NODE, NODE_PORT)] {
-            let name = if input.proto == PROTO_TCP { "TCP" } else { "UDP" };
+        for input in [
+            Frame::tcp(CLIENT, 40000, NODE, NODE_PORT),
+            Frame::udp(CLIENT, 40001, NODE, NODE_PORT),
+        ] {
+            let name = if input.proto == PROTO_TCP {
+                "TCP"
+            } else {
+                "UDP"
+            };
             let span = u32::from(SNAT_PORT_MAX - SNAT_PORT_MIN) + 1;
             let snat_port = SNAT_PORT_MIN + (flow_hash(&flow(&input)) % span) as u16;
             let (rc, out) = f.xdp(&input.bytes());
@@ -389,10 +515,19 @@ fn remote_backend_snat_forward_and_reply() {
             assert_checksums(&out);
 
             // The flow keeps its backend and SNAT port.
-            let again = Frame { tcp_flags: TCP_ACK, seq: 1001, ack: 5, ..input.clone() };
+            let again = Frame {
+                tcp_flags: TCP_ACK,
+                seq: 1001,
+                ack: 5,
+                ..input.clone()
+            };
             let (rc, out) = f.xdp(&again.bytes());
             assert_eq!(rc, XDP_TX, "{name}: established verdict");
-            assert_eq!(&out[34..36], &snat_port.to_be_bytes(), "{name}: same SNAT port");
+            assert_eq!(
+                &out[34..36],
+                &snat_port.to_be_bytes(),
+                "{name}: same SNAT port"
+            );
         }
         assert_eq!(f.rev_nat().len(), 2, "one reverse entry per SNATed flow");
     });
@@ -407,7 +542,13 @@ fn redirect_tx_devices_use_a_redirect() {
         f.service(2, EMPTY_PORT, PROTO_TCP, 0, &[]);
         let ifindex = f.ifindex;
         f.map::<DeviceKey, Device>(names::DEVICES)
-            .insert(DeviceKey { ifindex }, Device { flags: DEVICE_F_REDIRECT_TX }, 0)
+            .insert(
+                DeviceKey { ifindex },
+                Device {
+                    flags: DEVICE_F_REDIRECT_TX,
+                },
+                0,
+            )
             .expect("device");
         let (rc, out) = f.xdp(&Frame::tcp(CLIENT, 40000, NODE, NODE_PORT).bytes());
         assert_eq!(rc, XDP_REDIRECT, "forward to a remote backend");
@@ -422,7 +563,10 @@ fn redirect_tx_devices_use_a_redirect() {
 fn remote_backend_ttl_expiry_drops() {
     in_fixture(|f| {
         f.service(1, NODE_PORT, PROTO_TCP, 0, &[(9, REMOTE_POD, 80, 0)]);
-        let input = Frame { ttl: 1, ..Frame::tcp(CLIENT, 40000, NODE, NODE_PORT) };
+        let input = Frame {
+            ttl: 1,
+            ..Frame::tcp(CLIENT, 40000, NODE, NODE_PORT)
+        };
         let (rc, _) = f.xdp(&input.bytes());
         assert_eq!(rc, XDP_DROP);
     });
@@ -451,9 +595,25 @@ fn backend_choice_spreads_and_sticks() {
         let (_, out) = f.xdp(&first.bytes());
         let chosen = out[30..34].to_vec();
         // Reverse the slot order: a new flow hash would now pick differently.
-        f.service(1, NODE_PORT, PROTO_TCP, 0, &[backends[2], backends[1], backends[0]]);
-        let (_, out) = f.xdp(&Frame { tcp_flags: TCP_ACK, ..first }.bytes());
-        assert_eq!(out[30..34].to_vec(), chosen, "established flow keeps its backend");
+        f.service(
+            1,
+            NODE_PORT,
+            PROTO_TCP,
+            0,
+            &[backends[2], backends[1], backends[0]],
+        );
+        let (_, out) = f.xdp(
+            &Frame {
+                tcp_flags: TCP_ACK,
+                ..first
+            }
+            .bytes(),
+        );
+        assert_eq!(
+            out[30..34].to_vec(),
+            chosen,
+            "established flow keeps its backend"
+        );
     });
 }
 
@@ -466,7 +626,10 @@ fn empty_service_rejects() {
         f.service(2, EMPTY_PORT, PROTO_UDP, 0, &[]);
         f.service(3, DROP_PORT, PROTO_TCP, FRONTEND_F_DROP_EMPTY, &[]);
 
-        let syn = Frame { seq: 5000, ..Frame::tcp(CLIENT, 40000, NODE, EMPTY_PORT) };
+        let syn = Frame {
+            seq: 5000,
+            ..Frame::tcp(CLIENT, 40000, NODE, EMPTY_PORT)
+        };
         let (rc, out) = f.xdp(&syn.bytes());
         assert_eq!(rc, XDP_TX, "SYN: verdict");
         let want = Frame {
@@ -495,15 +658,28 @@ fn empty_service_rejects() {
         assert_eq!(out, want, "RST bytes");
         assert_checksums(&out);
 
-        let data = Frame { tcp_flags: TCP_ACK | TCP_PSH, seq: 1, ack: 777, payload: vec![0; 100], ..Frame::tcp(CLIENT, 40001, NODE, EMPTY_PORT) };
+        let data = Frame {
+            tcp_flags: TCP_ACK | TCP_PSH,
+            seq: 1,
+            ack: 777,
+            payload: vec![0; 100],
+            ..Frame::tcp(CLIENT, 40001, NODE, EMPTY_PORT)
+        };
         let (rc, out) = f.xdp(&data.bytes());
         assert_eq!(rc, XDP_TX, "ACK: verdict");
         assert_eq!(out.len(), 54, "payload trimmed");
-        assert_eq!(u32::from_be_bytes(out[38..42].try_into().unwrap()), 777, "RST seq = their ACK");
+        assert_eq!(
+            u32::from_be_bytes(out[38..42].try_into().unwrap()),
+            777,
+            "RST seq = their ACK"
+        );
         assert_eq!(out[47], 0x04, "RST only");
         assert_checksums(&out);
 
-        let rst = Frame { tcp_flags: 0x04, ..Frame::tcp(CLIENT, 40002, NODE, EMPTY_PORT) };
+        let rst = Frame {
+            tcp_flags: 0x04,
+            ..Frame::tcp(CLIENT, 40002, NODE, EMPTY_PORT)
+        };
         let (rc, _) = f.xdp(&rst.bytes());
         assert_eq!(rc, XDP_DROP, "a RST is never answered");
 
@@ -518,7 +694,11 @@ fn empty_service_rejects() {
         assert_eq!(&out[26..30], &NODE);
         assert_eq!(&out[30..34], &CLIENT);
         assert_eq!(&out[34..36], &[3, 3], "port unreachable");
-        assert_eq!(&out[42..70], &input[14..42], "quotes the datagram's IP header and 8 bytes");
+        assert_eq!(
+            &out[42..70],
+            &input[14..42],
+            "quotes the datagram's IP header and 8 bytes"
+        );
         assert_checksums(&out);
 
         let (rc, _) = f.xdp(&Frame::tcp(CLIENT, 40004, NODE, DROP_PORT).bytes());

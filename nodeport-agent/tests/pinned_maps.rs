@@ -40,7 +40,10 @@ impl Root {
         std::fs::File::open("/dev/urandom")
             .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
             .expect("urandom");
-        Self(PathBuf::from(format!("/sys/fs/bpf/np-test-{:08x}", u32::from_ne_bytes(b))))
+        Self(PathBuf::from(format!(
+            "/sys/fs/bpf/np-test-{:08x}",
+            u32::from_ne_bytes(b)
+        )))
     }
 }
 impl Drop for Root {
@@ -53,8 +56,18 @@ impl Drop for Root {
 fn maps_are_pinned_with_field_names_and_adopted_on_reload() {
     require_root();
     let root = Root::new();
-    let key = FrontendKey { addr_be: 0, port_be: 31000u16.to_be(), proto: PROTO_TCP, pad: 0 };
-    let value = Frontend { service_id: 7, backend_count: 2, flags: 0, affinity_timeout_s: 0 };
+    let key = FrontendKey {
+        addr_be: 0,
+        port_be: 31000u16.to_be(),
+        proto: PROTO_TCP,
+        pad: 0,
+    };
+    let value = Frontend {
+        service_id: 7,
+        backend_count: 2,
+        flags: 0,
+        affinity_timeout_s: 0,
+    };
     {
         let _dp = Datapath::load(&root.0, MapSizes::default()).expect("load and pin");
         let mut maps = BpfMaps::open(&root.0).expect("open pinned maps");
@@ -64,20 +77,43 @@ fn maps_are_pinned_with_field_names_and_adopted_on_reload() {
         assert!(root.0.join(name).exists(), "map {name} is pinned");
     }
 
-    let dump = bpftool(&["map", "dump", "pinned", &root.0.join(names::FRONTENDS).to_string_lossy()]);
-    for field in ["addr_be", "port_be", "proto", "service_id", "backend_count", "flags", "affinity_timeout_s"] {
-        assert!(dump.contains(&format!("\"{field}\"")), "bpftool dump names field {field}:\n{dump}");
+    let dump = bpftool(&[
+        "map",
+        "dump",
+        "pinned",
+        &root.0.join(names::FRONTENDS).to_string_lossy(),
+    ]);
+    for field in [
+        "addr_be",
+        "port_be",
+        "proto",
+        "service_id",
+        "backend_count",
+        "flags",
+        "affinity_timeout_s",
+    ] {
+        assert!(
+            dump.contains(&format!("\"{field}\"")),
+            "bpftool dump names field {field}:\n{dump}"
+        );
     }
 
     // A new load adopts the pinned maps: the entry is still there.
     let _dp = Datapath::load(&root.0, MapSizes::default()).expect("reload");
     let maps = BpfMaps::open(&root.0).expect("reopen");
     let state = maps.read_state().expect("read state");
-    assert_eq!(state.frontends.get(&key), Some(&value), "pinned map adopted, contents kept");
+    assert_eq!(
+        state.frontends.get(&key),
+        Some(&value),
+        "pinned map adopted, contents kept"
+    );
     drop(maps);
 
     let removed = loader::cleanup(&root.0).expect("cleanup");
-    assert!(removed.len() >= names::ALL.len(), "cleanup removed every map pin: {removed:?}");
+    assert!(
+        removed.len() >= names::ALL.len(),
+        "cleanup removed every map pin: {removed:?}"
+    );
     assert!(!root.0.exists(), "cleanup removed the root");
 }
 
@@ -103,10 +139,15 @@ fn btf_structs(raw: &str) -> BTreeMap<String, (usize, BTreeMap<String, usize>)> 
             let t = line.trim();
             if let (Some(field), Some(bits)) = (
                 t.strip_prefix('\'').and_then(|s| s.split('\'').next()),
-                t.split("bits_offset=").nth(1).and_then(|s| s.split_whitespace().next()),
+                t.split("bits_offset=")
+                    .nth(1)
+                    .and_then(|s| s.split_whitespace().next()),
             ) {
                 let bits: usize = bits.parse().expect("bits_offset");
-                out.get_mut(name).expect("struct").1.insert(field.to_string(), bits / 8);
+                out.get_mut(name)
+                    .expect("struct")
+                    .1
+                    .insert(field.to_string(), bits / 8);
             }
         }
     }
@@ -119,7 +160,14 @@ fn btf_of_the_object_matches_the_shared_layouts() {
     std::fs::create_dir_all(&dir).expect("temp dir");
     let obj = dir.join("nodeport.o");
     std::fs::write(&obj, loader::object()).expect("write object");
-    let raw = bpftool(&["btf", "dump", "file", &obj.to_string_lossy(), "format", "raw"]);
+    let raw = bpftool(&[
+        "btf",
+        "dump",
+        "file",
+        &obj.to_string_lossy(),
+        "format",
+        "raw",
+    ]);
     let _ = std::fs::remove_dir_all(&dir);
     let structs = btf_structs(&raw);
     for (name, size, fields) in LAYOUTS {
@@ -134,6 +182,10 @@ fn btf_of_the_object_matches_the_shared_layouts() {
                 "offset of {name}.{field} (BTF has {btf_fields:?})"
             );
         }
-        assert_eq!(btf_fields.len(), fields.len(), "field count of {name}: {btf_fields:?}");
+        assert_eq!(
+            btf_fields.len(),
+            fields.len(),
+            "field count of {name}: {btf_fields:?}"
+        );
     }
 }

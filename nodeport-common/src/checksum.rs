@@ -24,11 +24,7 @@ pub const fn fold(mut sum: u32) -> u16 {
 #[inline(always)]
 #[must_use]
 pub const fn update(check: u16, old: [u16; 2], new: [u16; 2]) -> u16 {
-    let sum = (!check) as u32
-        + (!old[0]) as u32
-        + (!old[1]) as u32
-        + new[0] as u32
-        + new[1] as u32;
+    let sum = (!check) as u32 + (!old[0]) as u32 + (!old[1]) as u32 + new[0] as u32 + new[1] as u32;
     !fold(sum)
 }
 

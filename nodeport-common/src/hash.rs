@@ -39,7 +39,10 @@ mod tests {
                 };
                 seen[(flow_hash(&k) % slots) as usize] += 1;
             }
-            assert!(seen[..slots as usize].iter().all(|&n| n >= 5), "{slots} slots: {seen:?}");
+            assert!(
+                seen[..slots as usize].iter().all(|&n| n >= 5),
+                "{slots} slots: {seen:?}"
+            );
         }
     }
 }

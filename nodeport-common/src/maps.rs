@@ -58,11 +58,11 @@ pub mod capacity {
 
 /// Source ports the datapath allocates when it SNATs a flow to a backend on
 /// another node. They lie above Linux's default ephemeral range
-/// (32768-60999) and the NodePort range, so they collide with neither.
+/// (32768-60999) and the `NodePort` range, so they collide with neither.
 pub const SNAT_PORT_MIN: u16 = 61_000;
 pub const SNAT_PORT_MAX: u16 = 65_535;
 
-/// Key of the node-address map: an IPv4 address that serves NodePorts.
+/// Key of the node-address map: an IPv4 address that serves `NodePorts`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodeAddrKey {
@@ -77,7 +77,7 @@ pub struct NodeAddr {
     pub flags: u32,
 }
 
-/// The address serves NodePorts (it was selected by `--nodeport-addresses`).
+/// The address serves `NodePorts` (it was selected by `--nodeport-addresses`).
 pub const NODE_ADDR_F_NODEPORT: u32 = 1;
 
 /// Key of the device map: a device the programs are attached to.
@@ -100,8 +100,8 @@ pub struct Device {
 /// runs an XDP program itself; a redirect flushes the peer in any case.
 pub const DEVICE_F_REDIRECT_TX: u32 = 1;
 
-/// Key of the frontend map. `addr_be == 0` is a NodePort on any node address;
-/// a set address is a ClusterIP (or other fixed) frontend.
+/// Key of the frontend map. `addr_be == 0` is a `NodePort` on any node address;
+/// a set address is a `ClusterIP` (or other fixed) frontend.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FrontendKey {
@@ -121,7 +121,7 @@ pub struct Frontend {
     pub backend_count: u32,
     /// `FRONTEND_F_*` bits.
     pub flags: u32,
-    /// ClientIP affinity timeout in seconds (used with `FRONTEND_F_AFFINITY`).
+    /// `ClientIP` affinity timeout in seconds (used with `FRONTEND_F_AFFINITY`).
     pub affinity_timeout_s: u32,
 }
 
@@ -129,7 +129,7 @@ pub struct Frontend {
 pub const FRONTEND_F_LOCAL_ONLY: u32 = 1;
 /// `sessionAffinity: ClientIP`.
 pub const FRONTEND_F_AFFINITY: u32 = 1 << 1;
-/// A NodePort with `externalTrafficPolicy: Local` and no local endpoint:
+/// A `NodePort` with `externalTrafficPolicy: Local` and no local endpoint:
 /// drop instead of rejecting, as kube-proxy does.
 pub const FRONTEND_F_DROP_EMPTY: u32 = 1 << 2;
 
@@ -190,7 +190,7 @@ pub struct FlowKey {
 pub struct CtEntry {
     pub backend_id: u32,
     pub service_id: u32,
-    /// Source address written when the flow is SNATed (remote backend);
+    /// Source address written when the flow is `SNATed` (remote backend);
     /// zero when the client address is preserved.
     pub snat_addr_be: u32,
     pub snat_port_be: u16,
@@ -201,7 +201,7 @@ pub struct CtEntry {
     pub last_seen_ns: u64,
 }
 
-/// The flow was SNATed to reach a backend on another node.
+/// The flow was `SNATed` to reach a backend on another node.
 pub const CT_F_SNAT: u8 = 1;
 
 /// Reverse-NAT value, keyed by the reply's [`FlowKey`] (backend → client, or
@@ -306,9 +306,12 @@ const _: () = {
     assert!(offset_of!(RevNat, sport_be) == 8);
 };
 
-/// Expected `(size, [(field, offset)])` of every map type, for checking
-/// against the BTF of the built object.
-pub const LAYOUTS: &[(&str, usize, &[(&str, usize)])] = &[
+/// A struct's name, size and `(field, offset)` list.
+pub type Layout = (&'static str, usize, &'static [(&'static str, usize)]);
+
+/// Expected layout of every map type, for checking against the BTF of the
+/// built object.
+pub const LAYOUTS: &[Layout] = &[
     ("NodeAddrKey", size_of::<NodeAddrKey>(), &[("addr_be", 0)]),
     ("NodeAddr", size_of::<NodeAddr>(), &[("flags", 0)]),
     ("DeviceKey", size_of::<DeviceKey>(), &[("ifindex", 0)]),
@@ -328,7 +331,11 @@ pub const LAYOUTS: &[(&str, usize, &[(&str, usize)])] = &[
             ("affinity_timeout_s", 12),
         ],
     ),
-    ("SlotKey", size_of::<SlotKey>(), &[("service_id", 0), ("slot", 4)]),
+    (
+        "SlotKey",
+        size_of::<SlotKey>(),
+        &[("service_id", 0), ("slot", 4)],
+    ),
     ("Slot", size_of::<Slot>(), &[("backend_id", 0)]),
     ("BackendKey", size_of::<BackendKey>(), &[("backend_id", 0)]),
     (
@@ -364,7 +371,12 @@ pub const LAYOUTS: &[(&str, usize, &[(&str, usize)])] = &[
     (
         "RevNat",
         size_of::<RevNat>(),
-        &[("saddr_be", 0), ("daddr_be", 4), ("sport_be", 8), ("dport_be", 10)],
+        &[
+            ("saddr_be", 0),
+            ("daddr_be", 4),
+            ("sport_be", 8),
+            ("dport_be", 10),
+        ],
     ),
 ];
 

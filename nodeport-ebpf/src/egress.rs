@@ -54,20 +54,54 @@ pub fn try_egress(ctx: &TcContext) -> Result<Verdict, Error> {
 
 #[inline(always)]
 fn rewrite(ctx: &TcContext, p: &Parsed, rev: &RevNat) -> Result<(), Error> {
-    let udp = if p.proto == PROTO_UDP { BPF_F_MARK_MANGLED_0 } else { 0 };
+    let udp = if p.proto == PROTO_UDP {
+        BPF_F_MARK_MANGLED_0
+    } else {
+        0
+    };
     let ip_check = (p.l3 + ip::CHECK) as u32;
     let l4_check = p.l4_check as u32;
     if rev.saddr_be != p.saddr_be {
-        set_addr(ctx, p.l3 + ip::SADDR, p.saddr_be, rev.saddr_be, ip_check, l4_check, udp)?;
+        set_addr(
+            ctx,
+            p.l3 + ip::SADDR,
+            p.saddr_be,
+            rev.saddr_be,
+            ip_check,
+            l4_check,
+            udp,
+        )?;
     }
     if rev.daddr_be != p.daddr_be {
-        set_addr(ctx, p.l3 + ip::DADDR, p.daddr_be, rev.daddr_be, ip_check, l4_check, udp)?;
+        set_addr(
+            ctx,
+            p.l3 + ip::DADDR,
+            p.daddr_be,
+            rev.daddr_be,
+            ip_check,
+            l4_check,
+            udp,
+        )?;
     }
     if rev.sport_be != p.sport_be {
-        set_port(ctx, p.l4 + l4::SPORT, p.sport_be, rev.sport_be, l4_check, udp)?;
+        set_port(
+            ctx,
+            p.l4 + l4::SPORT,
+            p.sport_be,
+            rev.sport_be,
+            l4_check,
+            udp,
+        )?;
     }
     if rev.dport_be != p.dport_be {
-        set_port(ctx, p.l4 + l4::DPORT, p.dport_be, rev.dport_be, l4_check, udp)?;
+        set_port(
+            ctx,
+            p.l4 + l4::DPORT,
+            p.dport_be,
+            rev.dport_be,
+            l4_check,
+            udp,
+        )?;
     }
     Ok(())
 }

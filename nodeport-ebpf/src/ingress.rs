@@ -4,10 +4,10 @@
 //! rejects for frontends without endpoints.
 
 use aya_ebpf::{
+    EbpfContext as _,
     bindings::{BPF_ANY, BPF_NOEXIST, bpf_fib_lookup, xdp_action},
     helpers::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_ns, bpf_redirect},
     programs::XdpContext,
-    EbpfContext as _,
 };
 use nodeport_common::{
     BACKEND_F_LOCAL, Backend, CT_F_SNAT, CtEntry, FRONTEND_F_DROP_EMPTY, FlowKey, Frontend,
@@ -80,11 +80,12 @@ fn service(
     if let Some(ct) = CONNTRACK.get_ptr_mut(flow) {
         // SAFETY: pointer from a successful lookup; copied, then one field written.
         let entry = unsafe { *ct };
-        if entry.service_id == fe.service_id {
-            if let Some(backend) = maps::backend(entry.backend_id) {
-                unsafe { (*ct).last_seen_ns = now };
-                return translate(ctx, p, flow, &backend, &entry, false);
-            }
+        if entry.service_id == fe.service_id
+            && let Some(backend) = maps::backend(entry.backend_id)
+        {
+            // SAFETY: as above.
+            unsafe { (*ct).last_seen_ns = now };
+            return translate(ctx, p, flow, &backend, &entry, false);
         }
     }
 
@@ -217,7 +218,11 @@ fn alloc_snat_port(p: &Parsed, flow: &FlowKey, backend: &Backend) -> Result<u16,
         if REV_NAT.insert(key, rev, u64::from(BPF_NOEXIST)).is_ok() {
             return Ok(port.to_be());
         }
-        port = if port == SNAT_PORT_MAX { SNAT_PORT_MIN } else { port + 1 };
+        port = if port == SNAT_PORT_MAX {
+            SNAT_PORT_MIN
+        } else {
+            port + 1
+        };
     }
     Err(Error::SnatExhausted)
 }

@@ -32,6 +32,10 @@ use aya_ebpf::{
 /// XDP ingress: NodePort frontends, conntrack, DNAT/SNAT and replies of
 /// backends on other nodes.
 #[xdp]
+#[allow(
+    clippy::needless_pass_by_value,
+    reason = "the program macro fixes the signature"
+)]
 pub fn nodeport_xdp(ctx: XdpContext) -> u32 {
     match ingress::try_ingress(&ctx) {
         Ok(v) => v.finish(),
@@ -41,6 +45,10 @@ pub fn nodeport_xdp(ctx: XdpContext) -> u32 {
 
 /// TC egress: translates replies of local backends back to the NodePort.
 #[classifier]
+#[allow(
+    clippy::needless_pass_by_value,
+    reason = "the program macro fixes the signature"
+)]
 pub fn nodeport_tc_egress(ctx: TcContext) -> i32 {
     match egress::try_egress(&ctx) {
         Ok(v) => v.finish_tc(),

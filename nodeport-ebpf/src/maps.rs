@@ -6,8 +6,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use nodeport_common::{
-    Backend, BackendKey, CtEntry, DEVICE_F_REDIRECT_TX, Device, DeviceKey, FlowKey, Frontend, FrontendKey, NodeAddr, NodeAddrKey, RevNat,
-    Slot, SlotKey, capacity, stat,
+    Backend, BackendKey, CtEntry, DEVICE_F_REDIRECT_TX, Device, DeviceKey, FlowKey, Frontend,
+    FrontendKey, NodeAddr, NodeAddrKey, RevNat, Slot, SlotKey, capacity, stat,
 };
 
 /// Node addresses that serve NodePorts.
@@ -27,8 +27,7 @@ pub static BACKEND_SLOTS: HashMap<SlotKey, Slot, { capacity::BACKEND_SLOTS as us
 
 /// Backend id → pod address and port.
 #[btf_map(name = "backends")]
-pub static BACKENDS: HashMap<BackendKey, Backend, { capacity::BACKENDS as usize }> =
-    HashMap::new();
+pub static BACKENDS: HashMap<BackendKey, Backend, { capacity::BACKENDS as usize }> = HashMap::new();
 
 /// Client tuple → chosen backend and NAT state.
 #[btf_map(name = "conntrack")]
@@ -37,8 +36,7 @@ pub static CONNTRACK: LruHashMap<FlowKey, CtEntry, { capacity::CONNTRACK as usiz
 
 /// Reply tuple → the tuple the reply must carry on its way to the client.
 #[btf_map(name = "rev_nat")]
-pub static REV_NAT: LruHashMap<FlowKey, RevNat, { capacity::REV_NAT as usize }> =
-    LruHashMap::new();
+pub static REV_NAT: LruHashMap<FlowKey, RevNat, { capacity::REV_NAT as usize }> = LruHashMap::new();
 
 /// Devices the programs are attached to → how to transmit on them.
 #[btf_map(name = "devices")]

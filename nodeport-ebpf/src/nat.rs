@@ -16,6 +16,7 @@ use crate::{
 
 /// The four translatable fields of a flow, network order.
 #[derive(Clone, Copy)]
+#[allow(clippy::struct_field_names, reason = "the suffix names the byte order")]
 pub struct Tuple {
     pub saddr_be: u32,
     pub daddr_be: u32,

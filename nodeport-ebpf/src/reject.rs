@@ -123,7 +123,10 @@ fn tcp_rst(ctx: &XdpContext, p: &Parsed) -> Result<Verdict, Error> {
     pkt.write(ETH_LEN, ip)?;
     pkt.write(ETH_LEN + IPV4_MIN_LEN, tcp)?;
     trim_to(ctx, ETH_LEN + IPV4_MIN_LEN + TCP_MIN_LEN)?;
-    Ok(Verdict::transmit(ctx.ingress_ifindex() as u32, stat::REJECT_NO_BACKEND))
+    Ok(Verdict::transmit(
+        ctx.ingress_ifindex() as u32,
+        stat::REJECT_NO_BACKEND,
+    ))
 }
 
 fn icmp_port_unreachable(ctx: &XdpContext, p: &Parsed) -> Result<Verdict, Error> {
@@ -160,5 +163,8 @@ fn icmp_port_unreachable(ctx: &XdpContext, p: &Parsed) -> Result<Verdict, Error>
     pkt.write(12, ETH_P_IP.to_be())?;
     pkt.write(ETH_LEN, ip)?;
     pkt.write(ETH_LEN + IPV4_MIN_LEN, icmp)?;
-    Ok(Verdict::transmit(ctx.ingress_ifindex() as u32, stat::REJECT_NO_BACKEND))
+    Ok(Verdict::transmit(
+        ctx.ingress_ifindex() as u32,
+        stat::REJECT_NO_BACKEND,
+    ))
 }

@@ -11,18 +11,20 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use nodeport_tests::cluster::{CLIENT_ADDR, node_addr, pod_addr, pod_name};
-use nodeport_tests::{Agent, Answer, Cluster, ClusterConfig, ConnectResult, ServerSpec, eventually};
+use nodeport_tests::{
+    Agent, Answer, Cluster, ClusterConfig, ConnectResult, ServerSpec, eventually,
+};
 
 /// TCP and UDP port every pod serves (and answers with its name).
 const POD_PORT: u16 = 8080;
 /// A second pod port, for multi-port services.
 const POD_PORT_2: u16 = 8081;
 
-/// One endpoint of an EndpointSlice: (node index, pod index, ready).
+/// One endpoint of an `EndpointSlice`: (node index, pod index, ready).
 type Ep = (usize, usize, bool);
 
-/// A Service of type NodePort with the given ports
-/// `(name, protocol, port, targetPort, nodePort)` and one EndpointSlice.
+/// A Service of type `NodePort` with the given ports
+/// `(name, protocol, port, targetPort, nodePort)` and one `EndpointSlice`.
 fn service(name: &str, ports: &[(&str, &str, u16, u16, u16)], endpoints: &[Ep]) -> String {
     let mut y = format!(
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  type: NodePort\n  ports:\n"
@@ -42,7 +44,10 @@ fn endpoint_slice(name: &str, ports: &[(&str, &str, u16, u16, u16)], endpoints: 
         "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-x1\n  namespace: default\n  labels:\n    kubernetes.io/service-name: {name}\naddressType: IPv4\nports:\n"
     );
     for (pname, proto, _, target, _) in ports {
-        let _ = write!(y, "  - name: {pname}\n    protocol: {proto}\n    port: {target}\n");
+        let _ = write!(
+            y,
+            "  - name: {pname}\n    protocol: {proto}\n    port: {target}\n"
+        );
     }
     y.push_str("endpoints:\n");
     if endpoints.is_empty() {
@@ -86,8 +91,21 @@ fn datapath_state(c: &Cluster) -> String {
     let mut out = String::new();
     for node in 1..=c.nodes().len() {
         for what in ["stats", "conntrack"] {
-            let o = c.agent_cli(node, &["inspect", what, "--bpffs", &c.node_bpffs(node).to_string_lossy()]);
-            let _ = write!(out, "\n--- node{node} {what} ---\n{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+            let o = c.agent_cli(
+                node,
+                &[
+                    "inspect",
+                    what,
+                    "--bpffs",
+                    &c.node_bpffs(node).to_string_lossy(),
+                ],
+            );
+            let _ = write!(
+                out,
+                "\n--- node{node} {what} ---\n{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
         }
     }
     out
@@ -96,7 +114,11 @@ fn datapath_state(c: &Cluster) -> String {
 fn tcp(c: &Cluster, node: usize, port: u16) -> Answer {
     let r = c.client().tcp_request(node_addr(node), port);
     if let Err(e) = &r {
-        panic!("TCP to node{node} {}:{port}: {e}{}", node_addr(node), datapath_state(c));
+        panic!(
+            "TCP to node{node} {}:{port}: {e}{}",
+            node_addr(node),
+            datapath_state(c)
+        );
     }
     answer(r, "TCP")
 }
@@ -104,7 +126,11 @@ fn tcp(c: &Cluster, node: usize, port: u16) -> Answer {
 fn udp(c: &Cluster, node: usize, port: u16) -> Answer {
     let r = c.client().udp_request(node_addr(node), port, None);
     if let Err(e) = &r {
-        panic!("UDP to node{node} {}:{port}: {e}{}", node_addr(node), datapath_state(c));
+        panic!(
+            "UDP to node{node} {}:{port}: {e}{}",
+            node_addr(node),
+            datapath_state(c)
+        );
     }
     answer(r, "UDP")
 }
@@ -117,7 +143,7 @@ fn within(limit: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration 
     start.elapsed()
 }
 
-/// (a) Every node IP serves the NodePort, TCP and UDP; the replies come
+/// (a) Every node IP serves the `NodePort`, TCP and UDP; the replies come
 /// from nodeIP:nodePort (connected sockets accept nothing else); over 60
 /// new connections every endpoint answers.
 #[test]
@@ -128,7 +154,10 @@ fn nodeport_serves_on_every_node_ip_tcp_and_udp() {
         "echo.yaml",
         &service(
             "echo",
-            &[("tcp", "TCP", 80, POD_PORT, 31080), ("udp", "UDP", 80, POD_PORT, 31080)],
+            &[
+                ("tcp", "TCP", 80, POD_PORT, 31080),
+                ("udp", "UDP", 80, POD_PORT, 31080),
+            ],
             &all,
         ),
     );
@@ -150,13 +179,31 @@ fn nodeport_serves_on_every_node_ip_tcp_and_udp() {
         assert_eq!(a.local_port, POD_PORT);
         seen_udp.insert(a.server);
     }
-    assert!(seen_udp.len() >= 3, "UDP flows spread over endpoints: {seen_udp:?}");
+    assert!(
+        seen_udp.len() >= 3,
+        "UDP flows spread over endpoints: {seen_udp:?}"
+    );
 
     // `inspect` reads the pinned maps.
-    let out = c.agent_cli(1, &["inspect", "services", "--bpffs", &c.node_bpffs(1).to_string_lossy()]);
+    let out = c.agent_cli(
+        1,
+        &[
+            "inspect",
+            "services",
+            "--bpffs",
+            &c.node_bpffs(1).to_string_lossy(),
+        ],
+    );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "inspect failed: {}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("*:31080/TCP") && text.contains("*:31080/UDP"), "inspect services:\n{text}");
+    assert!(
+        out.status.success(),
+        "inspect failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("*:31080/TCP") && text.contains("*:31080/UDP"),
+        "inspect services:\n{text}"
+    );
 }
 
 /// (b) An endpoint only on node 2: through node 1 it is reached with SNAT
@@ -168,7 +215,10 @@ fn remote_backend_is_reached_with_snat_and_local_keeps_client_ip() {
         "remote.yaml",
         &service(
             "remote",
-            &[("tcp", "TCP", 80, POD_PORT, 31081), ("udp", "UDP", 80, POD_PORT, 31081)],
+            &[
+                ("tcp", "TCP", 80, POD_PORT, 31081),
+                ("udp", "UDP", 80, POD_PORT, 31081),
+            ],
             &[(2, 1, true)],
         ),
     );
@@ -202,7 +252,11 @@ fn multi_port_service_reaches_each_target_port() {
     for node in [1, 2] {
         for _ in 0..4 {
             assert_eq!(tcp(&c, node, 31000).local_port, 80, "http nodePort → 80");
-            assert_eq!(tcp(&c, node, 31001).local_port, 8080, "metrics nodePort → 8080");
+            assert_eq!(
+                tcp(&c, node, 31001).local_port,
+                8080,
+                "metrics nodePort → 8080"
+            );
         }
     }
 }
@@ -213,42 +267,69 @@ fn multi_port_service_reaches_each_target_port() {
 fn endpoint_and_service_changes_apply_within_a_second() {
     let c = cluster();
     let ports = [("tcp", "TCP", 80, POD_PORT, 31082)];
-    c.manifests().write("svc.yaml", &service("svc", &ports, &[(1, 1, true), (2, 1, true)]));
+    c.manifests().write(
+        "svc.yaml",
+        &service("svc", &ports, &[(1, 1, true), (2, 1, true)]),
+    );
     c.manifests().write(
         "other.yaml",
-        &service("other", &[("tcp", "TCP", 80, POD_PORT_2, 31083)], &[(1, 2, true)]),
+        &service(
+            "other",
+            &[("tcp", "TCP", 80, POD_PORT_2, 31083)],
+            &[(1, 2, true)],
+        ),
     );
     let _agents = agents(&c);
     let other_ok = |c: &Cluster| {
         for node in [1, 2] {
-            assert_eq!(tcp(c, node, 31083).server, pod_name(1, 2), "other service keeps serving");
+            assert_eq!(
+                tcp(c, node, 31083).server,
+                pod_name(1, 2),
+                "other service keeps serving"
+            );
         }
     };
     other_ok(&c);
 
     // Remove node2-pod1: within 1 s no new connection reaches it.
-    c.manifests().write("svc.yaml", &service("svc", &ports, &[(1, 1, true)]));
-    let took = within(Duration::from_secs(1), "removed endpoint stops receiving", || {
-        (0..10).all(|i| tcp(&c, 1 + i % 2, 31082).server == pod_name(1, 1))
-    });
+    c.manifests()
+        .write("svc.yaml", &service("svc", &ports, &[(1, 1, true)]));
+    let took = within(
+        Duration::from_secs(1),
+        "removed endpoint stops receiving",
+        || (0..10).all(|i| tcp(&c, 1 + i % 2, 31082).server == pod_name(1, 1)),
+    );
     eprintln!("endpoint removal applied in {took:?}");
     for i in 0..30 {
-        assert_eq!(tcp(&c, 1 + i % 2, 31082).server, pod_name(1, 1), "no new connection to the removed endpoint");
+        assert_eq!(
+            tcp(&c, 1 + i % 2, 31082).server,
+            pod_name(1, 1),
+            "no new connection to the removed endpoint"
+        );
     }
     other_ok(&c);
 
     // Add node2-pod2: it gets traffic.
-    c.manifests().write("svc.yaml", &service("svc", &ports, &[(1, 1, true), (2, 2, true)]));
-    let took = within(Duration::from_secs(2), "added endpoint receives traffic", || {
-        (0..20).any(|i| tcp(&c, 1 + i % 2, 31082).server == pod_name(2, 2))
-    });
+    c.manifests().write(
+        "svc.yaml",
+        &service("svc", &ports, &[(1, 1, true), (2, 2, true)]),
+    );
+    let took = within(
+        Duration::from_secs(2),
+        "added endpoint receives traffic",
+        || (0..20).any(|i| tcp(&c, 1 + i % 2, 31082).server == pod_name(2, 2)),
+    );
     eprintln!("endpoint addition applied in {took:?}");
     other_ok(&c);
 
     // Delete the Service: its nodePort is refused.
     c.manifests().remove("svc.yaml");
     within(Duration::from_secs(1), "deleted service refused", || {
-        [1, 2].iter().all(|n| c.client().tcp_connect_result(node_addr(*n), 31082).is_refused())
+        [1, 2].iter().all(|n| {
+            c.client()
+                .tcp_connect_result(node_addr(*n), 31082)
+                .is_refused()
+        })
     });
     other_ok(&c);
 }
@@ -262,7 +343,10 @@ fn service_without_endpoints_is_rejected() {
         "empty.yaml",
         &service(
             "empty",
-            &[("tcp", "TCP", 80, POD_PORT, 31084), ("udp", "UDP", 80, POD_PORT, 31084)],
+            &[
+                ("tcp", "TCP", 80, POD_PORT, 31084),
+                ("udp", "UDP", 80, POD_PORT, 31084),
+            ],
             &[],
         ),
     );
@@ -270,13 +354,35 @@ fn service_without_endpoints_is_rejected() {
     for node in [1, 2] {
         let start = Instant::now();
         let r = c.client().tcp_connect_result(node_addr(node), 31084);
-        assert!(matches!(r, ConnectResult::Refused), "TCP to an empty service via node{node}: {r:?}");
-        assert!(start.elapsed() < Duration::from_millis(500), "refused at once, took {:?}", start.elapsed());
-        let e = c.client().udp_request(node_addr(node), 31084, None).expect_err("UDP must fail");
-        assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "ICMP port unreachable via node{node}: {e}");
+        assert!(
+            matches!(r, ConnectResult::Refused),
+            "TCP to an empty service via node{node}: {r:?}"
+        );
+        assert!(
+            start.elapsed() < Duration::from_millis(500),
+            "refused at once, took {:?}",
+            start.elapsed()
+        );
+        let e = c
+            .client()
+            .udp_request(node_addr(node), 31084, None)
+            .expect_err("UDP must fail");
+        assert_eq!(
+            e.kind(),
+            ErrorKind::ConnectionRefused,
+            "ICMP port unreachable via node{node}: {e}"
+        );
     }
     // The datapath answered, not the node's stack.
-    let out = c.agent_cli(1, &["inspect", "stats", "--bpffs", &c.node_bpffs(1).to_string_lossy()]);
+    let out = c.agent_cli(
+        1,
+        &[
+            "inspect",
+            "stats",
+            "--bpffs",
+            &c.node_bpffs(1).to_string_lossy(),
+        ],
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     let rejected = text
         .lines()
@@ -288,18 +394,27 @@ fn service_without_endpoints_is_rejected() {
     drop(agents);
 }
 
-/// (f) Traffic that is not for a NodePort, and NodePort numbers on
-/// addresses that do not serve NodePorts, reach the node untouched.
+/// (f) Traffic that is not for a `NodePort`, and `NodePort` numbers on
+/// addresses that do not serve `NodePorts`, reach the node untouched.
 #[test]
 fn other_traffic_is_untouched() {
     let c = cluster();
     c.manifests().write(
         "svc.yaml",
-        &service("svc", &[("tcp", "TCP", 80, POD_PORT, 31085), ("udp", "UDP", 80, POD_PORT, 31085)], &[(1, 1, true)]),
+        &service(
+            "svc",
+            &[
+                ("tcp", "TCP", 80, POD_PORT, 31085),
+                ("udp", "UDP", 80, POD_PORT, 31085),
+            ],
+            &[(1, 1, true)],
+        ),
     );
     // A second address on node 1 that --nodeport-addresses leaves out.
     let extra = Ipv4Addr::new(10, 200, 0, 111);
-    c.node(1).netns().ip(&["addr", "add", "10.200.0.111/24", "dev", "eth0"]);
+    c.node(1)
+        .netns()
+        .ip(&["addr", "add", "10.200.0.111/24", "dev", "eth0"]);
     let opts1 = nodeport_tests::AgentOptions {
         manifests_dir: c.manifests().dir().to_path_buf(),
         extra_args: vec!["--nodeport-addresses".into(), "10.200.0.11/32".into()],
@@ -309,20 +424,41 @@ fn other_traffic_is_untouched() {
     a1.wait_ready();
     // Ordinary servers in node 1's namespace: one on a non-NodePort port,
     // one on the NodePort number but bound to the unselected address.
-    let _s1 = c.start_server(c.node(1).netns(), &ServerSpec::new("node1-host").tcp(&[2222]).udp(&[2222]));
+    let _s1 = c.start_server(
+        c.node(1).netns(),
+        &ServerSpec::new("node1-host").tcp(&[2222]).udp(&[2222]),
+    );
     let _s2 = c.start_server(
         c.node(1).netns(),
-        &ServerSpec::new("node1-extra").tcp(&[31085]).udp(&[31085]).bind(extra.into()),
+        &ServerSpec::new("node1-extra")
+            .tcp(&[31085])
+            .udp(&[31085])
+            .bind(extra.into()),
     );
     for _ in 0..3 {
-        let a = answer(c.client().tcp_request(node_addr(1), 2222), "TCP to a non-NodePort port");
+        let a = answer(
+            c.client().tcp_request(node_addr(1), 2222),
+            "TCP to a non-NodePort port",
+        );
         assert_eq!(a.server, "node1-host");
         assert_eq!(a.peer.ip(), CLIENT_ADDR);
-        let a = answer(c.client().udp_request(node_addr(1), 2222, None), "UDP to a non-NodePort port");
+        let a = answer(
+            c.client().udp_request(node_addr(1), 2222, None),
+            "UDP to a non-NodePort port",
+        );
         assert_eq!(a.server, "node1-host");
-        let a = answer(c.client().tcp_request(extra, 31085), "TCP to an unselected address");
-        assert_eq!(a.server, "node1-extra", "not translated on an address outside --nodeport-addresses");
-        let a = answer(c.client().udp_request(extra, 31085, None), "UDP to an unselected address");
+        let a = answer(
+            c.client().tcp_request(extra, 31085),
+            "TCP to an unselected address",
+        );
+        assert_eq!(
+            a.server, "node1-extra",
+            "not translated on an address outside --nodeport-addresses"
+        );
+        let a = answer(
+            c.client().udp_request(extra, 31085, None),
+            "UDP to an unselected address",
+        );
         assert_eq!(a.server, "node1-extra");
         // …while the selected address serves the NodePort.
         assert_eq!(tcp(&c, 1, 31085).server, pod_name(1, 1));
@@ -336,15 +472,42 @@ fn other_traffic_is_untouched() {
 #[test]
 fn bad_manifests_are_reported_and_change_nothing() {
     let c = cluster();
-    c.manifests().write("good.yaml", &service("good", &[("tcp", "TCP", 80, POD_PORT, 31086)], &[(1, 1, true)]));
+    c.manifests().write(
+        "good.yaml",
+        &service(
+            "good",
+            &[("tcp", "TCP", 80, POD_PORT, 31086)],
+            &[(1, 1, true)],
+        ),
+    );
     let agents = agents(&c);
     assert_eq!(tcp(&c, 1, 31086).server, pod_name(1, 1));
     let mark = agents[0].log_mark();
 
-    c.manifests().write("range.yaml", &service("range", &[("tcp", "TCP", 80, POD_PORT, 40000)], &[(2, 1, true)]));
-    c.manifests().write("dup.yaml", &service("dup", &[("tcp", "TCP", 80, POD_PORT, 31086)], &[(2, 1, true)]));
-    c.manifests().write("broken.yaml", "apiVersion: v1\nkind: Service\nmetadata: [unclosed\n");
-    c.manifests().write("deploy.yaml", "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n");
+    c.manifests().write(
+        "range.yaml",
+        &service(
+            "range",
+            &[("tcp", "TCP", 80, POD_PORT, 40000)],
+            &[(2, 1, true)],
+        ),
+    );
+    c.manifests().write(
+        "dup.yaml",
+        &service(
+            "dup",
+            &[("tcp", "TCP", 80, POD_PORT, 31086)],
+            &[(2, 1, true)],
+        ),
+    );
+    c.manifests().write(
+        "broken.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: [unclosed\n",
+    );
+    c.manifests().write(
+        "deploy.yaml",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n",
+    );
 
     for (file, reason) in [
         ("range.yaml", "40000"),
@@ -364,8 +527,17 @@ fn bad_manifests_are_reported_and_change_nothing() {
     }
     for _ in 0..10 {
         for node in [1, 2] {
-            assert_eq!(tcp(&c, node, 31086).server, pod_name(1, 1), "the good service keeps its nodePort");
+            assert_eq!(
+                tcp(&c, node, 31086).server,
+                pod_name(1, 1),
+                "the good service keeps its nodePort"
+            );
         }
     }
-    assert!(c.client().tcp_connect_result(node_addr(1), 40000).is_refused(), "out-of-range port not served");
+    assert!(
+        c.client()
+            .tcp_connect_result(node_addr(1), 40000)
+            .is_refused(),
+        "out-of-range port not served"
+    );
 }

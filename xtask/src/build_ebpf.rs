@@ -20,7 +20,10 @@ pub fn build() -> Result<PathBuf> {
         &util::target_dir(),
         &toolchain::path_with_cargo_bin(),
     );
-    eprintln!("build-ebpf: building nodeport-ebpf for {}", ebpf_command::BPF_TARGET);
+    eprintln!(
+        "build-ebpf: building nodeport-ebpf for {}",
+        ebpf_command::BPF_TARGET
+    );
     util::run(&mut cmd).context("building the eBPF programs")?;
     let object = object_path();
     eprintln!("build-ebpf: {}", object.display());

@@ -22,14 +22,27 @@ pub fn object_path(target_dir: &Path) -> PathBuf {
 pub fn command(workspace: &Path, target_dir: &Path, path_env: &str) -> Command {
     let mut cmd = Command::new("rustup");
     cmd.current_dir(workspace.join("nodeport-ebpf"))
-        .args(["run", "nightly", "cargo", "build", "--release", "-Z", "build-std=core"])
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "build",
+            "--release",
+            "-Z",
+            "build-std=core",
+        ])
         .args(["--target", BPF_TARGET])
         .arg("--target-dir")
         .arg(target_dir.join("ebpf"))
         .env("PATH", path_env)
         .env(
             "CARGO_ENCODED_RUSTFLAGS",
-            ["--cfg=bpf_target_arch=\"x86_64\"", "-Cdebuginfo=2", "-Clink-arg=--btf"].join("\x1f"),
+            [
+                "--cfg=bpf_target_arch=\"x86_64\"",
+                "-Cdebuginfo=2",
+                "-Clink-arg=--btf",
+            ]
+            .join("\x1f"),
         );
     // The outer cargo's settings must not leak into the nightly build.
     for key in [

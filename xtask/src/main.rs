@@ -30,7 +30,7 @@ enum Cmd {
         args: Vec<String>,
     },
     /// Bring up a namespace test cluster serving the example manifests and
-    /// show traffic flowing through the NodePort (as root).
+    /// show traffic flowing through the `NodePort` (as root).
     Demo {
         /// Manifests directory to serve (default: examples/nginx-service).
         #[arg(long)]

@@ -3,7 +3,8 @@
 //! (unit tests, `BPF_PROG_TEST_RUN` datapath tests, end-to-end tests on the
 //! namespace cluster).
 
-use std::process::Command;
+use std::io::{BufRead as _, BufReader};
+use std::process::{Command, Stdio};
 
 use anyhow::{Result, bail};
 
@@ -45,9 +46,68 @@ pub fn prepare(what: &str) -> Result<()> {
 pub fn run(extra: &[String]) -> Result<()> {
     prepare("test")?;
     eprintln!("test: running the workspace's tests");
-    util::run(
-        Command::new("cargo")
-            .args(["test", "--workspace", "--no-fail-fast"])
-            .args(extra),
-    )
+    let mut child = Command::new("cargo")
+        .args(["test", "--workspace", "--all-targets", "--no-fail-fast"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut totals = Totals::default();
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines() {
+            let line = line?;
+            println!("{line}");
+            totals.add(&line);
+        }
+    }
+    let status = child.wait()?;
+    // One closing line over every test binary of the run.
+    println!("{} passed, {} failed", totals.passed, totals.failed);
+    if !status.success() {
+        bail!("cargo test failed with {status}");
+    }
+    if totals.passed == 0 {
+        bail!("no test ran");
+    }
+    Ok(())
+}
+
+/// Test counts summed over the `test result:` lines of every test binary.
+#[derive(Default)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+}
+
+impl Totals {
+    fn add(&mut self, line: &str) {
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(kind), Some(n)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(n) = n.parse::<u64>() else { continue };
+            match kind {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                _ => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Totals;
+
+    #[test]
+    fn sums_cargo_test_result_lines() {
+        let mut t = Totals::default();
+        t.add("test result: ok. 61 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.01s");
+        t.add("test result: FAILED. 5 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.38s");
+        t.add("running 3 tests");
+        assert_eq!((t.passed, t.failed), (66, 2));
+    }
 }

@@ -9,7 +9,12 @@ use anyhow::{Context as _, Result, bail};
 use crate::util::{run, which};
 
 /// Debian packages of LLVM 22 that bpf-linker links against.
-const LLVM_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev"];
+const LLVM_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// Tools the tests, the demo and the benchmarks run, by Debian package.
 const TOOL_PACKAGES: &[(&str, &str)] = &[
@@ -30,6 +35,7 @@ unsafe extern "C" {
 }
 
 fn apt_install(packages: &[&str]) -> Result<()> {
+    static UPDATED: std::sync::Once = std::sync::Once::new();
     if !is_root() {
         bail!(
             "missing Debian packages {}: install them as root (apt-get install {}) or run this command as root",
@@ -37,8 +43,10 @@ fn apt_install(packages: &[&str]) -> Result<()> {
             packages.join(" ")
         );
     }
-    eprintln!("toolchain: installing Debian packages: {}", packages.join(" "));
-    static UPDATED: std::sync::Once = std::sync::Once::new();
+    eprintln!(
+        "toolchain: installing Debian packages: {}",
+        packages.join(" ")
+    );
     let mut update_result = Ok(());
     UPDATED.call_once(|| {
         update_result = run(Command::new("apt-get").args(["update", "-q"]));
@@ -84,7 +92,13 @@ pub fn ensure_ebpf() -> Result<()> {
         .context("rustup component list")?;
     if !String::from_utf8_lossy(&components.stdout).contains("rust-src") {
         eprintln!("toolchain: adding rust-src to the nightly toolchain");
-        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
 
     if which("bpf-linker").is_none() && !cargo_bin("bpf-linker").exists() {

@@ -7,8 +7,8 @@ use std::path::Path;
 
 use aya::maps::{HashMap, Map, MapData, PerCpuArray};
 use nodeport_common::{
-    Backend, BackendKey, CtEntry, Device, DeviceKey, FlowKey, Frontend, FrontendKey, NodeAddr, NodeAddrKey, RevNat,
-    Slot, SlotKey, names, stat,
+    Backend, BackendKey, CtEntry, Device, DeviceKey, FlowKey, Frontend, FrontendKey, NodeAddr,
+    NodeAddrKey, RevNat, Slot, SlotKey, names, stat,
 };
 
 use super::{MapError, MapState, MapWriter};
@@ -60,7 +60,9 @@ impl BpfMaps {
         let stats = MapData::from_pin(&stats_path)
             .map_err(err(names::STATS, "open", &stats_path))
             .and_then(|d| Map::from_map_data(d).map_err(err(names::STATS, "open", names::STATS)))
-            .and_then(|m| PerCpuArray::try_from(m).map_err(err(names::STATS, "open", names::STATS)))?;
+            .and_then(|m| {
+                PerCpuArray::try_from(m).map_err(err(names::STATS, "open", names::STATS))
+            })?;
         Ok(Self {
             node_addrs: open(root, names::NODE_ADDRS)?,
             frontends: open(root, names::FRONTENDS)?,
@@ -128,10 +130,38 @@ macro_rules! put_delete {
 }
 
 impl MapWriter for BpfMaps {
-    put_delete!(put_node_addr, delete_node_addr, node_addrs, names::NODE_ADDRS, NodeAddrKey, NodeAddr);
-    put_delete!(put_frontend, delete_frontend, frontends, names::FRONTENDS, FrontendKey, Frontend);
-    put_delete!(put_slot, delete_slot, slots, names::BACKEND_SLOTS, SlotKey, Slot);
-    put_delete!(put_backend, delete_backend, backends, names::BACKENDS, BackendKey, Backend);
+    put_delete!(
+        put_node_addr,
+        delete_node_addr,
+        node_addrs,
+        names::NODE_ADDRS,
+        NodeAddrKey,
+        NodeAddr
+    );
+    put_delete!(
+        put_frontend,
+        delete_frontend,
+        frontends,
+        names::FRONTENDS,
+        FrontendKey,
+        Frontend
+    );
+    put_delete!(
+        put_slot,
+        delete_slot,
+        slots,
+        names::BACKEND_SLOTS,
+        SlotKey,
+        Slot
+    );
+    put_delete!(
+        put_backend,
+        delete_backend,
+        backends,
+        names::BACKENDS,
+        BackendKey,
+        Backend
+    );
 
     fn purge_flows(&mut self, backend_ids: &BTreeSet<u32>) -> Result<usize, MapError> {
         if backend_ids.is_empty() {
@@ -160,7 +190,13 @@ impl MapWriter for BpfMaps {
         // A reverse entry belongs to a purged flow when it turns a reply into
         // exactly that flow's frontend → client packet.
         for (key, rev) in self.rev_nat()? {
-            if flows.contains(&(rev.daddr_be, rev.dport_be, rev.saddr_be, rev.sport_be, key.proto)) {
+            if flows.contains(&(
+                rev.daddr_be,
+                rev.dport_be,
+                rev.saddr_be,
+                rev.sport_be,
+                key.proto,
+            )) {
                 match self.rev_nat.remove(&key) {
                     Ok(()) => {}
                     Err(e) if absent(&e) => {}
@@ -183,16 +219,16 @@ impl MapWriter for BpfMaps {
                 .iter()
                 .collect::<Result<_, _>>()
                 .map_err(err(names::FRONTENDS, "iterate", ()))?,
-            slots: self
-                .slots
-                .iter()
-                .collect::<Result<_, _>>()
-                .map_err(err(names::BACKEND_SLOTS, "iterate", ()))?,
-            backends: self
-                .backends
-                .iter()
-                .collect::<Result<_, _>>()
-                .map_err(err(names::BACKENDS, "iterate", ()))?,
+            slots: self.slots.iter().collect::<Result<_, _>>().map_err(err(
+                names::BACKEND_SLOTS,
+                "iterate",
+                (),
+            ))?,
+            backends: self.backends.iter().collect::<Result<_, _>>().map_err(err(
+                names::BACKENDS,
+                "iterate",
+                (),
+            ))?,
         })
     }
 }

@@ -15,3 +15,25 @@ pub enum SourceError {
         source: std::io::Error,
     },
 }
+
+/// A source of cluster objects: the manifests directory today, the
+/// Kubernetes API next. The agent's loop polls it; everything after it (store
+/// → desired state → reconcile) is the same whatever the source.
+pub trait Source {
+    /// The complete current state when anything changed since the last
+    /// call (the first call always returns it), `None` when nothing did.
+    fn poll(&mut self) -> Result<Option<crate::store::ClusterState>, SourceError>;
+
+    /// What this source reads, for logs.
+    fn describe(&self) -> String;
+}
+
+impl Source for manifests::ManifestsSource {
+    fn poll(&mut self) -> Result<Option<crate::store::ClusterState>, SourceError> {
+        self.scan()
+    }
+
+    fn describe(&self) -> String {
+        format!("manifests in {}", self.dir().display())
+    }
+}

@@ -130,7 +130,11 @@ pub fn assert_checksums(frame: &[u8]) {
     assert!(frame.len() >= 34, "frame too short: {}", frame.len());
     let ihl = usize::from(frame[14] & 0x0f) * 4;
     let ip = &frame[14..14 + ihl];
-    assert_eq!(checksum::compute(ip), 0, "IPv4 header checksum wrong: {frame:02x?}");
+    assert_eq!(
+        checksum::compute(ip),
+        0,
+        "IPv4 header checksum wrong: {frame:02x?}"
+    );
     let tot = usize::from(u16::from_be_bytes([frame[16], frame[17]]));
     let l4 = &frame[14 + ihl..14 + tot];
     let src: [u8; 4] = frame[26..30].try_into().unwrap();
