@@ -43,6 +43,8 @@ pub mod names {
 pub mod programs {
     pub const XDP_INGRESS: &str = "nodeport_xdp";
     pub const TC_EGRESS: &str = "nodeport_tc_egress";
+    /// `XDP_PASS` only: the baseline the benchmarks compare against.
+    pub const XDP_PASS_BASELINE: &str = "nodeport_xdp_pass";
 }
 
 /// Default capacities; the agent may override them at load time.
