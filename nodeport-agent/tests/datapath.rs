@@ -21,9 +21,9 @@ use aya::{
 use nodeport_agent::loader;
 use nodeport_common::{
     BACKEND_F_LOCAL, Backend, BackendKey, CtEntry, DEVICE_F_REDIRECT_TX, Device, DeviceKey,
-    FRONTEND_F_DROP_EMPTY, FlowKey, Frontend, FrontendKey, NODE_ADDR_F_NODEPORT, NodeAddr,
-    NodeAddrKey, PROTO_TCP, PROTO_UDP, RevNat, SNAT_PORT_MAX, SNAT_PORT_MIN, Slot, SlotKey,
-    flow_hash, names, programs,
+    FRONTEND_F_AFFINITY, FRONTEND_F_DROP_EMPTY, FlowKey, Frontend, FrontendKey,
+    NODE_ADDR_F_NODEPORT, NodeAddr, NodeAddrKey, PROTO_TCP, PROTO_UDP, RevNat, SNAT_PORT_MAX,
+    SNAT_PORT_MIN, Slot, SlotKey, flow_hash, names, programs,
 };
 use support::frames::{CLIENT_MAC, Frame, NODE_MAC, TCP_ACK, TCP_PSH, TCP_SYN, assert_checksums};
 
@@ -139,6 +139,19 @@ impl Fixture {
         flags: u32,
         backends: &[(u32, [u8; 4], u16, u8)],
     ) {
+        self.service_with_affinity(service_id, node_port, proto, flags, 0, backends);
+    }
+
+    /// As [`Self::service`], with a ClientIP affinity timeout.
+    fn service_with_affinity(
+        &mut self,
+        service_id: u32,
+        node_port: u16,
+        proto: u8,
+        flags: u32,
+        affinity_timeout_s: u32,
+        backends: &[(u32, [u8; 4], u16, u8)],
+    ) {
         for (slot, (id, addr, port, bflags)) in backends.iter().enumerate() {
             self.map::<BackendKey, Backend>(names::BACKENDS)
                 .insert(
@@ -175,7 +188,7 @@ impl Fixture {
                     service_id,
                     backend_count: backends.len() as u32,
                     flags,
-                    affinity_timeout_s: 0,
+                    affinity_timeout_s,
                 },
                 0,
             )
@@ -613,6 +626,76 @@ fn backend_choice_spreads_and_sticks() {
             out[30..34].to_vec(),
             chosen,
             "established flow keeps its backend"
+        );
+    });
+}
+
+/// ClientIP affinity: every new flow of a client goes to one backend while
+/// the entry is fresh and its slot still names that backend; without
+/// affinity (or once it timed out) flows spread again.
+#[test]
+fn client_ip_affinity_sticks_and_ends() {
+    in_fixture(|f| {
+        let backends = [
+            (1, [10, 244, 1, 10], 80, BACKEND_F_LOCAL),
+            (2, [10, 244, 1, 11], 80, BACKEND_F_LOCAL),
+            (3, [10, 244, 1, 12], 80, BACKEND_F_LOCAL),
+        ];
+        f.service_with_affinity(
+            1,
+            NODE_PORT,
+            PROTO_TCP,
+            FRONTEND_F_AFFINITY,
+            10_800,
+            &backends,
+        );
+        let dst = |f: &Fixture, client: [u8; 4], port: u16| {
+            let (rc, out) = f.xdp(&Frame::tcp(client, port, NODE, NODE_PORT).bytes());
+            assert_eq!(rc, XDP_PASS);
+            Ipv4Addr::new(out[30], out[31], out[32], out[33])
+        };
+        let first = dst(f, CLIENT, 40000);
+        for port in 40001..40030 {
+            assert_eq!(
+                dst(f, CLIENT, port),
+                first,
+                "every flow of the client sticks"
+            );
+        }
+        let mut others = std::collections::BTreeSet::new();
+        for c in 3..40u8 {
+            others.insert(dst(f, [10, 200, 0, c], 40000));
+        }
+        assert_eq!(others.len(), 3, "other clients spread: {others:?}");
+
+        // The backend leaves the slots (the others take them): affinity ends.
+        let remaining: Vec<_> = backends
+            .iter()
+            .copied()
+            .filter(|b| Ipv4Addr::from(b.1) != first)
+            .collect();
+        f.service_with_affinity(
+            1,
+            NODE_PORT,
+            PROTO_TCP,
+            FRONTEND_F_AFFINITY,
+            10_800,
+            &remaining,
+        );
+        let moved = dst(f, CLIENT, 41000);
+        assert_ne!(moved, first, "affinity ends with the backend's slot");
+        for port in 41001..41010 {
+            assert_eq!(dst(f, CLIENT, port), moved, "new affinity sticks");
+        }
+
+        // A timeout of 0 keeps nothing: flows spread.
+        f.service_with_affinity(1, NODE_PORT, PROTO_TCP, FRONTEND_F_AFFINITY, 0, &backends);
+        let spread: std::collections::BTreeSet<_> =
+            (42000..42060).map(|p| dst(f, CLIENT, p)).collect();
+        assert_eq!(
+            spread.len(),
+            3,
+            "expired affinity does not hold: {spread:?}"
         );
     });
 }

@@ -25,9 +25,10 @@ pub mod names {
     pub const REV_NAT: &str = "rev_nat";
     pub const STATS: &str = "stats";
     pub const DEVICES: &str = "devices";
+    pub const AFFINITY: &str = "affinity";
 
     /// Every map, in the order the agent creates and pins them.
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 9] = [
         NODE_ADDRS,
         FRONTENDS,
         BACKEND_SLOTS,
@@ -36,6 +37,7 @@ pub mod names {
         REV_NAT,
         STATS,
         DEVICES,
+        AFFINITY,
     ];
 }
 
@@ -56,6 +58,7 @@ pub mod capacity {
     pub const BACKENDS: u32 = 262_144;
     pub const CONNTRACK: u32 = 262_144;
     pub const REV_NAT: u32 = 262_144;
+    pub const AFFINITY: u32 = 65_536;
 }
 
 /// Source ports the datapath allocates when it SNATs a flow to a backend on
@@ -206,6 +209,26 @@ pub struct CtEntry {
 /// The flow was `SNATed` to reach a backend on another node.
 pub const CT_F_SNAT: u8 = 1;
 
+/// Key of the ClientIP session-affinity map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AffinityKey {
+    pub service_id: u32,
+    pub client_addr_be: u32,
+}
+
+/// Value of the session-affinity map: the client's backend and when the
+/// client last opened a flow to it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Affinity {
+    pub backend_id: u32,
+    /// The slot the backend was found in; the entry holds only while that
+    /// slot still names the backend (endpoints removed or reordered end it).
+    pub slot: u32,
+    pub last_used_ns: u64,
+}
+
 /// Reverse-NAT value, keyed by the reply's [`FlowKey`] (backend → client, or
 /// backend → node address : allocated port): the addresses and ports the
 /// reply must carry when it leaves the node.
@@ -305,6 +328,9 @@ const _: () = {
     assert!(offset_of!(CtEntry, snat_port_be) == 12);
     assert!(offset_of!(CtEntry, last_seen_ns) == 16);
     assert!(size_of::<RevNat>() == 12);
+    assert!(size_of::<AffinityKey>() == 8);
+    assert!(size_of::<Affinity>() == 16);
+    assert!(offset_of!(Affinity, last_used_ns) == 8);
     assert!(offset_of!(RevNat, sport_be) == 8);
 };
 
@@ -371,6 +397,16 @@ pub const LAYOUTS: &[Layout] = &[
         ],
     ),
     (
+        "AffinityKey",
+        size_of::<AffinityKey>(),
+        &[("service_id", 0), ("client_addr_be", 4)],
+    ),
+    (
+        "Affinity",
+        size_of::<Affinity>(),
+        &[("backend_id", 0), ("slot", 4), ("last_used_ns", 8)],
+    ),
+    (
         "RevNat",
         size_of::<RevNat>(),
         &[
@@ -399,4 +435,6 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::CtEntry {}
     unsafe impl aya::Pod for super::RevNat {}
+    unsafe impl aya::Pod for super::AffinityKey {}
+    unsafe impl aya::Pod for super::Affinity {}
 }

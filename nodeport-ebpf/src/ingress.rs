@@ -95,7 +95,7 @@ fn service(
         }
         return reject::reject(ctx, p);
     }
-    let (backend_id, backend) = select::pick(fe, flow)?;
+    let (backend_id, backend) = select::pick(fe, flow, now)?;
     let mut entry = CtEntry {
         backend_id,
         service_id: fe.service_id,

@@ -59,7 +59,10 @@ pub fn nodeport_tc_egress(ctx: TcContext) -> i32 {
 /// The trivial program: `XDP_PASS` and nothing else. The benchmarks run it
 /// beside the datapath to report its cost as a ratio.
 #[xdp]
-#[allow(clippy::needless_pass_by_value, reason = "the program macro fixes the signature")]
+#[allow(
+    clippy::needless_pass_by_value,
+    reason = "the program macro fixes the signature"
+)]
 pub fn nodeport_xdp_pass(_ctx: XdpContext) -> u32 {
     aya_ebpf::bindings::xdp_action::XDP_PASS
 }

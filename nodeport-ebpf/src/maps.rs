@@ -6,8 +6,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use nodeport_common::{
-    Backend, BackendKey, CtEntry, DEVICE_F_REDIRECT_TX, Device, DeviceKey, FlowKey, Frontend,
-    FrontendKey, NodeAddr, NodeAddrKey, RevNat, Slot, SlotKey, capacity, stat,
+    Affinity, AffinityKey, Backend, BackendKey, CtEntry, DEVICE_F_REDIRECT_TX, Device, DeviceKey,
+    FlowKey, Frontend, FrontendKey, NodeAddr, NodeAddrKey, RevNat, Slot, SlotKey, capacity, stat,
 };
 
 /// Node addresses that serve NodePorts.
@@ -37,6 +37,11 @@ pub static CONNTRACK: LruHashMap<FlowKey, CtEntry, { capacity::CONNTRACK as usiz
 /// Reply tuple → the tuple the reply must carry on its way to the client.
 #[btf_map(name = "rev_nat")]
 pub static REV_NAT: LruHashMap<FlowKey, RevNat, { capacity::REV_NAT as usize }> = LruHashMap::new();
+
+/// (service id, client address) → backend, for `sessionAffinity: ClientIP`.
+#[btf_map(name = "affinity")]
+pub static AFFINITY: LruHashMap<AffinityKey, Affinity, { capacity::AFFINITY as usize }> =
+    LruHashMap::new();
 
 /// Devices the programs are attached to → how to transmit on them.
 #[btf_map(name = "devices")]

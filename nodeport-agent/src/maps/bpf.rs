@@ -7,8 +7,8 @@ use std::path::Path;
 
 use aya::maps::{HashMap, Map, MapData, PerCpuArray};
 use nodeport_common::{
-    Backend, BackendKey, CtEntry, Device, DeviceKey, FlowKey, Frontend, FrontendKey, NodeAddr,
-    NodeAddrKey, RevNat, Slot, SlotKey, names, stat,
+    Affinity, AffinityKey, Backend, BackendKey, CtEntry, Device, DeviceKey, FlowKey, Frontend,
+    FrontendKey, NodeAddr, NodeAddrKey, RevNat, Slot, SlotKey, names, stat,
 };
 
 use super::{MapError, MapState, MapWriter};
@@ -50,6 +50,7 @@ pub struct BpfMaps {
     conntrack: HashMap<MapData, FlowKey, CtEntry>,
     rev_nat: HashMap<MapData, FlowKey, RevNat>,
     devices: HashMap<MapData, DeviceKey, Device>,
+    affinity: HashMap<MapData, AffinityKey, Affinity>,
     stats: PerCpuArray<MapData, u64>,
 }
 
@@ -71,6 +72,7 @@ impl BpfMaps {
             conntrack: open(root, names::CONNTRACK)?,
             rev_nat: open(root, names::REV_NAT)?,
             devices: open(root, names::DEVICES)?,
+            affinity: open(root, names::AFFINITY)?,
             stats,
         })
     }
@@ -202,6 +204,21 @@ impl MapWriter for BpfMaps {
                     Err(e) if absent(&e) => {}
                     Err(e) => return Err(err(names::REV_NAT, "delete", key)(e)),
                 }
+            }
+        }
+        // ClientIP affinity to a purged backend ends with it.
+        let stuck: Vec<AffinityKey> = self
+            .affinity
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, a)| backend_ids.contains(&a.backend_id))
+            .map(|(k, _)| k)
+            .collect();
+        for key in stuck {
+            match self.affinity.remove(&key) {
+                Ok(()) => {}
+                Err(e) if absent(&e) => {}
+                Err(e) => return Err(err(names::AFFINITY, "delete", key)(e)),
             }
         }
         Ok(doomed.len())
