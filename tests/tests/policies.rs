@@ -1,0 +1,367 @@
+//! End-to-end tests of the NodePort behaviours kube-proxy has: traffic
+//! policies, session affinity, endpoint conditions, ports by name,
+//! LoadBalancer nodePorts, type changes, `--nodeport-addresses primary` and
+//! stale UDP flows. Real traffic on the namespace test cluster; the pods
+//! report which pod answered and the client address they saw.
+//!
+//! Needs root. Run with `cargo xtask test`.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::io;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use nodeport_tests::cluster::{CLIENT_ADDR, node_addr, pod_name};
+use nodeport_tests::{
+    Agent, AgentOptions, Answer, Cluster, ClusterConfig, ConnectResult, eventually,
+};
+use support::yaml::{Endpoint, Port, Service, Target, service_with_slice, slice};
+
+const POD_PORT: u16 = 8080;
+const NAMED_PORT: u16 = 8081;
+
+fn cluster() -> Cluster {
+    Cluster::with_config(ClusterConfig {
+        nodes: 2,
+        pods_per_node: 2,
+        pod_tcp_ports: vec![POD_PORT, NAMED_PORT],
+        pod_udp_ports: vec![POD_PORT],
+        ..ClusterConfig::default()
+    })
+}
+
+fn agents_with<'c>(c: &'c Cluster, extra: &[&str]) -> Vec<Agent<'c>> {
+    let agents: Vec<Agent<'c>> = (1..=c.nodes().len())
+        .map(|i| {
+            c.start_agent_with(
+                i,
+                &AgentOptions {
+                    manifests_dir: c.manifests().dir().to_path_buf(),
+                    extra_args: extra.iter().map(Into::into).collect(),
+                    ..Default::default()
+                },
+            )
+        })
+        .collect();
+    for a in &agents {
+        a.wait_ready();
+    }
+    agents
+}
+
+fn agents(c: &Cluster) -> Vec<Agent<'_>> {
+    agents_with(c, &[])
+}
+
+fn parse(r: io::Result<String>, what: &str) -> Answer {
+    let line = r.unwrap_or_else(|e| panic!("{what}: {e}"));
+    line.parse().unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+fn tcp(c: &Cluster, node: usize, port: u16) -> Answer {
+    parse(
+        c.client().tcp_request(node_addr(node), port),
+        &format!("TCP via node{node}:{port}"),
+    )
+}
+
+/// Who answers `n` new TCP connections through `node`.
+fn servers(c: &Cluster, node: usize, port: u16, n: usize) -> BTreeSet<String> {
+    (0..n).map(|_| tcp(c, node, port).server).collect()
+}
+
+/// As [`servers`], `None` when any connection fails (while converging).
+fn try_servers(c: &Cluster, node: usize, port: u16, n: usize) -> Option<BTreeSet<String>> {
+    (0..n)
+        .map(|_| {
+            c.client()
+                .tcp_request(node_addr(node), port)
+                .ok()
+                .and_then(|l| l.parse::<Answer>().ok())
+                .map(|a| a.server)
+        })
+        .collect()
+}
+
+/// Waits (at most 3 s) until `f` holds.
+fn converges(what: &str, mut f: impl FnMut() -> bool) {
+    eventually(Duration::from_secs(3), || f().then_some(()))
+        .unwrap_or_else(|| panic!("{what}: not within 3 s"));
+}
+
+fn dropped(c: &Cluster, node: usize, port: u16) -> bool {
+    c.client()
+        .with_timeout(Duration::from_millis(600))
+        .tcp_connect_result(node_addr(node), port)
+        .is_timed_out()
+}
+
+/// `externalTrafficPolicy: Local`: only local endpoints serve, the client
+/// address is kept, a node without local endpoints drops; switching the
+/// policy live works both ways.
+#[test]
+fn external_traffic_policy_local_and_live_switch() {
+    let c = cluster();
+    let ports = [("tcp", "TCP", POD_PORT)];
+    let eps = [Endpoint::ready(2, 1)];
+    let mut svc = Service::node_port("local", vec![Port::tcp("tcp", 80, POD_PORT, 31090)]);
+    svc.external_traffic_policy = Some("Local");
+    c.manifests()
+        .write("local.yaml", &service_with_slice(&svc, &ports, &eps));
+    let _agents = agents(&c);
+
+    for _ in 0..5 {
+        let a = tcp(&c, 2, 31090);
+        assert_eq!(a.server, pod_name(2, 1));
+        assert_eq!(a.peer.ip(), CLIENT_ADDR, "Local keeps the client address");
+    }
+    assert!(
+        dropped(&c, 1, 31090),
+        "a node without local endpoints drops (kube-proxy does)"
+    );
+
+    svc.external_traffic_policy = Some("Cluster");
+    c.manifests()
+        .write("local.yaml", &service_with_slice(&svc, &ports, &eps));
+    converges("Cluster serves through node 1", || {
+        c.client().tcp_request(node_addr(1), 31090).is_ok()
+    });
+    let a = tcp(&c, 1, 31090);
+    assert_eq!(a.server, pod_name(2, 1));
+    assert_eq!(a.peer.ip(), node_addr(1), "Cluster SNATs to the node");
+
+    svc.external_traffic_policy = Some("Local");
+    c.manifests()
+        .write("local.yaml", &service_with_slice(&svc, &ports, &eps));
+    converges("Local drops again on node 1", || dropped(&c, 1, 31090));
+    assert_eq!(tcp(&c, 2, 31090).peer.ip(), CLIENT_ADDR);
+}
+
+/// `sessionAffinity: ClientIP`: one client sticks to one backend; switching
+/// affinity off spreads it again, on makes it stick again.
+#[test]
+fn session_affinity_client_ip_sticks_and_switches_live() {
+    let c = cluster();
+    let ports = [("tcp", "TCP", POD_PORT)];
+    let eps = [
+        Endpoint::ready(1, 1),
+        Endpoint::ready(1, 2),
+        Endpoint::ready(2, 1),
+        Endpoint::ready(2, 2),
+    ];
+    let mut svc = Service::node_port("sticky", vec![Port::tcp("tcp", 80, POD_PORT, 31091)]);
+    svc.affinity_timeout = Some(10_800);
+    c.manifests()
+        .write("sticky.yaml", &service_with_slice(&svc, &ports, &eps));
+    let _agents = agents(&c);
+
+    for node in [1, 2] {
+        let s = servers(&c, node, 31091, 20);
+        assert_eq!(s.len(), 1, "ClientIP affinity via node{node}: {s:?}");
+    }
+
+    svc.affinity_timeout = None;
+    c.manifests()
+        .write("sticky.yaml", &service_with_slice(&svc, &ports, &eps));
+    converges("affinity off spreads the client", || {
+        try_servers(&c, 1, 31091, 20).is_some_and(|s| s.len() >= 2)
+    });
+
+    svc.affinity_timeout = Some(60);
+    c.manifests()
+        .write("sticky.yaml", &service_with_slice(&svc, &ports, &eps));
+    converges("affinity on again", || {
+        try_servers(&c, 1, 31091, 20).is_some_and(|s| s.len() == 1)
+    });
+}
+
+/// Ready endpoints serve; with none ready, serving-and-terminating ones do;
+/// not-serving ones never do; `publishNotReadyAddresses` serves them all.
+#[test]
+fn endpoint_conditions_decide_who_serves() {
+    let c = cluster();
+    let ports = [("tcp", "TCP", POD_PORT)];
+    let mut svc = Service::node_port("cond", vec![Port::tcp("tcp", 80, POD_PORT, 31092)]);
+    let write = |svc: &Service, eps: &[Endpoint]| {
+        c.manifests()
+            .write("cond.yaml", &service_with_slice(svc, &ports, eps));
+    };
+    write(&svc, &[Endpoint::ready(1, 1), Endpoint::not_ready(2, 1)]);
+    let _agents = agents(&c);
+    let only = |who: &str| BTreeSet::from([who.to_string()]);
+
+    assert_eq!(
+        servers(&c, 1, 31092, 20),
+        only(&pod_name(1, 1)),
+        "ready serves, not ready does not"
+    );
+    assert_eq!(servers(&c, 2, 31092, 20), only(&pod_name(1, 1)));
+
+    // No ready endpoint: the serving, terminating one takes the traffic.
+    write(
+        &svc,
+        &[Endpoint::terminating(1, 1), Endpoint::not_ready(2, 1)],
+    );
+    converges("terminating fallback", || {
+        c.client().tcp_request(node_addr(2), 31092).is_ok()
+    });
+    assert_eq!(
+        servers(&c, 2, 31092, 10),
+        only(&pod_name(1, 1)),
+        "terminating fallback"
+    );
+
+    // Nothing serving: rejected.
+    write(
+        &svc,
+        &[Endpoint::not_ready(1, 1), Endpoint::not_ready(2, 1)],
+    );
+    converges("no serving endpoint rejects", || {
+        matches!(
+            c.client().tcp_connect_result(node_addr(1), 31092),
+            ConnectResult::Refused
+        )
+    });
+
+    // publishNotReadyAddresses: every endpoint serves whatever its conditions.
+    svc.publish_not_ready = true;
+    write(
+        &svc,
+        &[Endpoint::not_ready(1, 1), Endpoint::not_ready(2, 1)],
+    );
+    converges("publishNotReadyAddresses serves all", || {
+        try_servers(&c, 1, 31092, 30).is_some_and(|s| s.len() == 2)
+    });
+}
+
+/// A named targetPort is resolved from the EndpointSlice's ports; a
+/// LoadBalancer's nodePort is served; a Service changed to ClusterIP stops
+/// answering on its old nodePort.
+#[test]
+fn named_target_port_load_balancer_and_type_change() {
+    let c = cluster();
+    let named = Service::node_port(
+        "named",
+        vec![Port {
+            target: Target::Name("web"),
+            ..Port::tcp("http", 80, 0, 31093)
+        }],
+    );
+    // The slice carries the service port's name with the container's number.
+    c.manifests().write(
+        "named.yaml",
+        &service_with_slice(
+            &named,
+            &[("http", "TCP", NAMED_PORT)],
+            &[Endpoint::ready(1, 1), Endpoint::ready(2, 1)],
+        ),
+    );
+    let mut lb = Service::node_port("lb", vec![Port::tcp("tcp", 80, POD_PORT, 31094)]);
+    lb.kind = "LoadBalancer";
+    let lb_slice = [("tcp", "TCP", POD_PORT)];
+    let lb_eps = [Endpoint::ready(2, 2)];
+    c.manifests()
+        .write("lb.yaml", &service_with_slice(&lb, &lb_slice, &lb_eps));
+    let _agents = agents(&c);
+
+    for node in [1, 2] {
+        assert_eq!(
+            tcp(&c, node, 31093).local_port,
+            NAMED_PORT,
+            "named targetPort via node{node}"
+        );
+        assert_eq!(
+            tcp(&c, node, 31094).server,
+            pod_name(2, 2),
+            "LoadBalancer nodePort via node{node}"
+        );
+    }
+
+    lb.kind = "ClusterIP";
+    c.manifests()
+        .write("lb.yaml", &service_with_slice(&lb, &lb_slice, &lb_eps));
+    converges("ClusterIP no longer answers on the old nodePort", || {
+        [1, 2].iter().all(|n| {
+            c.client()
+                .tcp_connect_result(node_addr(*n), 31094)
+                .is_refused()
+        })
+    });
+    assert_eq!(
+        tcp(&c, 1, 31093).local_port,
+        NAMED_PORT,
+        "the other service is untouched"
+    );
+}
+
+/// `--nodeport-addresses primary`: only the primary address serves.
+#[test]
+fn nodeport_addresses_primary_serves_only_the_primary_address() {
+    let c = cluster();
+    c.manifests().write(
+        "svc.yaml",
+        &service_with_slice(
+            &Service::node_port("svc", vec![Port::tcp("tcp", 80, POD_PORT, 31095)]),
+            &[("tcp", "TCP", POD_PORT)],
+            &[Endpoint::ready(1, 1)],
+        ),
+    );
+    let secondary = Ipv4Addr::new(10, 200, 0, 111);
+    c.node(1)
+        .netns()
+        .ip(&["addr", "add", "10.200.0.111/24", "dev", "eth0"]);
+    let _agents = agents_with(&c, &["--nodeport-addresses", "primary"]);
+    assert_eq!(
+        tcp(&c, 1, 31095).server,
+        pod_name(1, 1),
+        "the primary address serves"
+    );
+    assert!(
+        c.client().tcp_connect_result(secondary, 31095).is_refused(),
+        "a secondary address is left to the stack (nothing listens there)"
+    );
+}
+
+/// A UDP client with a fixed source port reaches the new backend on its
+/// next packet once its backend is gone (no blackhole of stale flows).
+#[test]
+fn stale_udp_flow_moves_to_the_new_backend_at_once() {
+    let c = cluster();
+    let svc = Service::node_port("dns", vec![Port::udp("udp", 53, POD_PORT, 31096)]);
+    let ports = [("udp", "UDP", POD_PORT)];
+    c.manifests().write(
+        "dns.yaml",
+        &service_with_slice(&svc, &ports, &[Endpoint::ready(1, 1)]),
+    );
+    let agents = agents(&c);
+    let from = Some(45_000);
+    for node in [1, 2] {
+        let a = parse(
+            c.client().udp_request(node_addr(node), 31096, from),
+            "UDP before",
+        );
+        assert_eq!(a.server, pod_name(1, 1));
+    }
+
+    let mark = agents[0].log_mark();
+    c.manifests().write(
+        "dns.yaml",
+        &format!(
+            "{}---\n{}",
+            svc.yaml(),
+            slice("dns", &ports, &[Endpoint::ready(2, 2)])
+        ),
+    );
+    agents[0].wait_for_log_since(mark, "datapath updated", Duration::from_secs(2));
+    for node in [1, 2] {
+        converges("the same client port reaches the new backend", || {
+            c.client()
+                .udp_request(node_addr(node), 31096, from)
+                .ok()
+                .and_then(|l| l.parse::<Answer>().ok())
+                .is_some_and(|a| a.server == pod_name(2, 2))
+        });
+    }
+}
