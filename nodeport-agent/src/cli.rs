@@ -58,6 +58,12 @@ pub struct RunArgs {
     /// bpffs directory every map and link is pinned under.
     #[arg(long, default_value = DEFAULT_BPFFS)]
     pub bpffs: PathBuf,
+    /// cgroup v2 directory whose processes (the node's and its pods') get
+    /// socket-level load balancing: their connections to a NodePort on this
+    /// node or a ClusterIP go straight to a backend (this is how hairpin
+    /// traffic is served). Default: the cgroup v2 root; `none` disables it.
+    #[arg(long, value_name = "DIR|none")]
+    pub cgroup_root: Option<PathBuf>,
     #[arg(long, default_value = "0.0.0.0:10256")]
     pub healthz_bind_address: SocketAddr,
     #[arg(long, default_value = "127.0.0.1:10249")]

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
         tc::TcAttachOptions,
         xdp::XdpLink,
@@ -110,6 +110,11 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LoadError + '_ {
         path: path.to_path_buf(),
         source,
     }
+}
+
+/// The filesystem magic number of `path` (`statfs(2)`'s `f_type`).
+pub fn fs_magic(path: &Path) -> std::io::Result<i64> {
+    statfs_magic(path)
 }
 
 fn statfs_magic(path: &Path) -> std::io::Result<i64> {
@@ -306,6 +311,47 @@ impl Datapath {
         let fd_link = FdLink::try_from(link).map_err(|e| attach_err(e.into()))?;
         let _ = std::fs::remove_file(&pin);
         fd_link.pin(&pin).map_err(|e| attach_err(e.into()))?;
+        Ok(())
+    }
+
+    /// Attaches the socket-LB programs (`connect4`, `sendmsg4`, `recvmsg4`)
+    /// to the cgroup v2 directory `cgroup`, so connections started by its
+    /// processes (the node's, its pods') to a frontend go to a backend
+    /// directly. A link pinned by an earlier agent is replaced after the new
+    /// one is attached, so no connect() goes untranslated in between.
+    pub fn attach_socket_lb(&mut self, cgroup: &Path) -> Result<(), LoadError> {
+        let attach_err = |source: Box<dyn std::error::Error + Send + Sync>| LoadError::Attach {
+            what: "socket LB",
+            iface: cgroup.display().to_string(),
+            source,
+        };
+        let dir = std::fs::File::open(cgroup).map_err(|e| attach_err(e.into()))?;
+        for name in [
+            programs::SOCK_CONNECT4,
+            programs::SOCK_SENDMSG4,
+            programs::SOCK_RECVMSG4,
+        ] {
+            let pin = self.link_path("cgroup", name);
+            let prog: &mut CgroupSockAddr = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(LoadError::MissingProgram { name })?
+                .try_into()
+                .map_err(|source| LoadError::Program { name, source })?;
+            if prog.fd().is_err() {
+                prog.load()
+                    .map_err(|source| LoadError::Program { name, source })?;
+            }
+            let id = prog
+                .attach(&dir, CgroupAttachMode::Single)
+                .map_err(|e| attach_err(e.into()))?;
+            let link = prog.take_link(id).map_err(|e| attach_err(e.into()))?;
+            let fd_link = FdLink::try_from(link).map_err(|e| attach_err(e.into()))?;
+            // A bpf_link never excludes others on the cgroup; the old link (if
+            // any) goes only now: removing its pin detaches it.
+            let _ = std::fs::remove_file(&pin);
+            fd_link.pin(&pin).map_err(|e| attach_err(e.into()))?;
+        }
         Ok(())
     }
 

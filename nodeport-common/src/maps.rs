@@ -26,9 +26,10 @@ pub mod names {
     pub const STATS: &str = "stats";
     pub const DEVICES: &str = "devices";
     pub const AFFINITY: &str = "affinity";
+    pub const SOCK_REV: &str = "sock_rev";
 
     /// Every map, in the order the agent creates and pins them.
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 10] = [
         NODE_ADDRS,
         FRONTENDS,
         BACKEND_SLOTS,
@@ -38,6 +39,7 @@ pub mod names {
         STATS,
         DEVICES,
         AFFINITY,
+        SOCK_REV,
     ];
 }
 
@@ -47,6 +49,11 @@ pub mod programs {
     pub const TC_EGRESS: &str = "nodeport_tc_egress";
     /// `XDP_PASS` only: the baseline the benchmarks compare against.
     pub const XDP_PASS_BASELINE: &str = "nodeport_xdp_pass";
+    /// Socket-level load balancing for traffic that starts on the node or
+    /// in its pods (cgroup `connect4`, `sendmsg4`, `recvmsg4`).
+    pub const SOCK_CONNECT4: &str = "nodeport_connect4";
+    pub const SOCK_SENDMSG4: &str = "nodeport_sendmsg4";
+    pub const SOCK_RECVMSG4: &str = "nodeport_recvmsg4";
 }
 
 /// Default capacities; the agent may override them at load time.
@@ -59,6 +66,7 @@ pub mod capacity {
     pub const CONNTRACK: u32 = 262_144;
     pub const REV_NAT: u32 = 262_144;
     pub const AFFINITY: u32 = 65_536;
+    pub const SOCK_REV: u32 = 65_536;
 }
 
 /// Source ports the datapath allocates when it SNATs a flow to a backend on
@@ -229,6 +237,27 @@ pub struct Affinity {
     pub last_used_ns: u64,
 }
 
+/// Key of the socket reverse map: a UDP socket (by cookie) and the backend
+/// its datagrams were sent to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SockRevKey {
+    pub cookie: u64,
+    pub addr_be: u32,
+    pub port_be: u16,
+    pub pad: u16,
+}
+
+/// Value of the socket reverse map: the service address the application
+/// sent to, reported back as the source of the backend's replies.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockRev {
+    pub addr_be: u32,
+    pub port_be: u16,
+    pub pad: u16,
+}
+
 /// Reverse-NAT value, keyed by the reply's [`FlowKey`] (backend → client, or
 /// backend → node address : allocated port): the addresses and ports the
 /// reply must carry when it leaves the node.
@@ -277,9 +306,13 @@ pub mod stat {
     pub const DROP_REJECT_UNSUPPORTED: u32 = 15;
     /// IPv4 header with options: passed untouched.
     pub const PASS_IP_OPTIONS: u32 = 16;
+    /// A socket's destination translated from a frontend to a backend.
+    pub const SOCK_TRANSLATED: u32 = 17;
+    /// A UDP reply's source translated back to the service address.
+    pub const SOCK_REPLY: u32 = 18;
 
     /// Number of counters.
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = 19;
 
     /// Human-readable names, indexed by counter.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -300,6 +333,8 @@ pub mod stat {
         "drop_adjust",
         "drop_reject_unsupported",
         "pass_ip_options",
+        "sock_translated",
+        "sock_reply",
     ];
 }
 
@@ -329,6 +364,8 @@ const _: () = {
     assert!(offset_of!(CtEntry, last_seen_ns) == 16);
     assert!(size_of::<RevNat>() == 12);
     assert!(size_of::<AffinityKey>() == 8);
+    assert!(size_of::<SockRevKey>() == 16);
+    assert!(size_of::<SockRev>() == 8);
     assert!(size_of::<Affinity>() == 16);
     assert!(offset_of!(Affinity, last_used_ns) == 8);
     assert!(offset_of!(RevNat, sport_be) == 8);
@@ -407,6 +444,16 @@ pub const LAYOUTS: &[Layout] = &[
         &[("backend_id", 0), ("slot", 4), ("last_used_ns", 8)],
     ),
     (
+        "SockRevKey",
+        size_of::<SockRevKey>(),
+        &[("cookie", 0), ("addr_be", 8), ("port_be", 12), ("pad", 14)],
+    ),
+    (
+        "SockRev",
+        size_of::<SockRev>(),
+        &[("addr_be", 0), ("port_be", 4), ("pad", 6)],
+    ),
+    (
         "RevNat",
         size_of::<RevNat>(),
         &[
@@ -436,5 +483,7 @@ mod pod {
     unsafe impl aya::Pod for super::CtEntry {}
     unsafe impl aya::Pod for super::RevNat {}
     unsafe impl aya::Pod for super::AffinityKey {}
+    unsafe impl aya::Pod for super::SockRevKey {}
+    unsafe impl aya::Pod for super::SockRev {}
     unsafe impl aya::Pod for super::Affinity {}
 }

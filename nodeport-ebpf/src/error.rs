@@ -45,6 +45,14 @@ impl Verdict {
         self.action
     }
 
+    /// Socket hooks: the call always goes ahead (1); the counter tells what
+    /// was done.
+    #[inline(always)]
+    pub fn finish_sock(self) -> i32 {
+        count(self.stat);
+        1
+    }
+
     /// TC: `XDP_PASS` maps to "continue" so other programs still see the
     /// packet; anything the TC program rewrote is `TC_ACT_OK`.
     #[inline(always)]
@@ -112,6 +120,14 @@ impl Error {
             Self::Truncated | Self::Fragment | Self::IpOptions => xdp_action::XDP_PASS,
             _ => xdp_action::XDP_DROP,
         }
+    }
+
+    /// Socket hooks never fail the call: a failure leaves the address as
+    /// the application gave it.
+    #[inline(always)]
+    pub fn finish_sock(self) -> i32 {
+        count(self.stat());
+        1
     }
 
     #[inline(always)]

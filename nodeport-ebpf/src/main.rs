@@ -23,10 +23,11 @@ mod nat;
 mod packet;
 mod reject;
 mod select;
+mod sock_lb;
 
 use aya_ebpf::{
-    macros::{classifier, xdp},
-    programs::{TcContext, XdpContext},
+    macros::{cgroup_sock_addr, classifier, xdp},
+    programs::{SockAddrContext, TcContext, XdpContext},
 };
 
 /// XDP ingress: NodePort frontends, conntrack, DNAT/SNAT and replies of
@@ -54,6 +55,36 @@ pub fn nodeport_tc_egress(ctx: TcContext) -> i32 {
         Ok(v) => v.finish_tc(),
         Err(e) => e.finish_tc(),
     }
+}
+
+/// Socket LB, `connect()` of TCP and UDP sockets. Always allows the call.
+#[cgroup_sock_addr(connect4)]
+#[allow(
+    clippy::needless_pass_by_value,
+    reason = "the program macro fixes the signature"
+)]
+pub fn nodeport_connect4(ctx: SockAddrContext) -> i32 {
+    sock_lb::try_translate(&ctx).map_or_else(error::Error::finish_sock, error::Verdict::finish_sock)
+}
+
+/// Socket LB, `sendmsg()` of unconnected UDP sockets.
+#[cgroup_sock_addr(sendmsg4)]
+#[allow(
+    clippy::needless_pass_by_value,
+    reason = "the program macro fixes the signature"
+)]
+pub fn nodeport_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock_lb::try_translate(&ctx).map_or_else(error::Error::finish_sock, error::Verdict::finish_sock)
+}
+
+/// Socket LB, `recvmsg()` of UDP sockets: replies come from the service.
+#[cgroup_sock_addr(recvmsg4)]
+#[allow(
+    clippy::needless_pass_by_value,
+    reason = "the program macro fixes the signature"
+)]
+pub fn nodeport_recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock_lb::try_reverse(&ctx).map_or_else(error::Error::finish_sock, error::Verdict::finish_sock)
 }
 
 /// The trivial program: `XDP_PASS` and nothing else. The benchmarks run it

@@ -7,7 +7,8 @@ use aya_ebpf::{
 };
 use nodeport_common::{
     Affinity, AffinityKey, Backend, BackendKey, CtEntry, DEVICE_F_REDIRECT_TX, Device, DeviceKey,
-    FlowKey, Frontend, FrontendKey, NodeAddr, NodeAddrKey, RevNat, Slot, SlotKey, capacity, stat,
+    FlowKey, Frontend, FrontendKey, NodeAddr, NodeAddrKey, RevNat, Slot, SlotKey, SockRev,
+    SockRevKey, capacity, stat,
 };
 
 /// Node addresses that serve NodePorts.
@@ -41,6 +42,11 @@ pub static REV_NAT: LruHashMap<FlowKey, RevNat, { capacity::REV_NAT as usize }> 
 /// (service id, client address) → backend, for `sessionAffinity: ClientIP`.
 #[btf_map(name = "affinity")]
 pub static AFFINITY: LruHashMap<AffinityKey, Affinity, { capacity::AFFINITY as usize }> =
+    LruHashMap::new();
+
+/// (UDP socket, backend) → the service address its application sent to.
+#[btf_map(name = "sock_rev")]
+pub static SOCK_REV: LruHashMap<SockRevKey, SockRev, { capacity::SOCK_REV as usize }> =
     LruHashMap::new();
 
 /// Devices the programs are attached to → how to transmit on them.

@@ -57,6 +57,18 @@ pub fn pick(fe: &Frontend, flow: &FlowKey, now_ns: u64) -> Result<(u32, Backend)
     Ok((backend_id, backend))
 }
 
+/// Picks a backend for a socket (no packet, so no 5-tuple yet): a random
+/// slot, as kube-proxy's iptables rules do.
+#[inline(always)]
+pub fn pick_random(fe: &Frontend) -> Result<(u32, Backend), Error> {
+    if fe.backend_count == 0 {
+        return Err(Error::BackendMissing);
+    }
+    // SAFETY: plain helper call.
+    let r = unsafe { aya_ebpf::helpers::bpf_get_prandom_u32() };
+    by_slot(fe, r % fe.backend_count)
+}
+
 #[inline(always)]
 fn by_slot(fe: &Frontend, slot: u32) -> Result<(u32, Backend), Error> {
     let backend_id = maps::slot(fe.service_id, slot).ok_or(Error::BackendMissing)?;

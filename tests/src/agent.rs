@@ -116,6 +116,8 @@ pub(crate) struct AgentSetup<'c> {
     pub node_index: usize,
     pub node_name: String,
     pub bpffs: PathBuf,
+    /// The node's cgroup, for the socket-LB programs.
+    pub cgroup: PathBuf,
     pub log_path: PathBuf,
 }
 
@@ -144,6 +146,8 @@ impl<'c> Agent<'c> {
             .arg("eth0")
             .arg("--bpffs")
             .arg(&setup.bpffs)
+            .arg("--cgroup-root")
+            .arg(&setup.cgroup)
             .arg("--healthz-bind-address")
             .arg(healthz.to_string())
             .arg("--metrics-bind-address")

@@ -34,6 +34,7 @@ use std::sync::Once;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::agent::{Agent, AgentOptions, AgentSetup, agent_binary};
+use crate::cgroup::Cgroups;
 use crate::client::Client;
 use crate::manifests::Manifests;
 use crate::netns::Netns;
@@ -209,6 +210,7 @@ pub struct Cluster {
     config: ClusterConfig,
     manifests: Manifests,
     spawned: AtomicUsize,
+    cgroups: Cgroups,
     bpffs: DirGuard,
     temp: DirGuard,
 }
@@ -261,6 +263,7 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", logs.display()));
         let manifests = Manifests::create(temp.path().join("manifests"));
         let bpffs = DirGuard::create(Path::new(crate::BPFFS_ROOT).join(&id), false);
+        let cgroups = Cgroups::create(&id, config.nodes);
         let offload = config.tx_checksum_offload;
 
         let lan = Netns::create(&format!("{id}-lan"));
@@ -325,6 +328,7 @@ impl Cluster {
             config,
             manifests,
             spawned: AtomicUsize::new(0),
+            cgroups,
             bpffs,
             temp,
         };
@@ -447,6 +451,45 @@ impl Cluster {
         self.bpffs.path()
     }
 
+    /// Node `i`'s cgroup: its agent's `--cgroup-root`, where the processes
+    /// standing for its pods run.
+    #[must_use]
+    pub fn node_cgroup(&self, i: usize) -> &Path {
+        self.cgroups.node(i)
+    }
+
+    /// A command that runs `program` inside pod `k` of node `i`: in the
+    /// pod's network namespace and the node's cgroup, as a process of that
+    /// pod would (its connections get the node's socket load balancing).
+    #[must_use]
+    pub fn pod_command(&self, i: usize, k: usize, program: impl AsRef<OsStr>) -> Command {
+        let mut cmd = self.pod(i, k).netns().command(program);
+        crate::cgroup::join_on_exec(&mut cmd, self.node_cgroup(i));
+        cmd
+    }
+
+    /// `np-client tcp|udp ADDR PORT` run inside pod `k` of node `i`: the
+    /// answer line, or the client's error.
+    pub fn pod_request(
+        &self,
+        i: usize,
+        k: usize,
+        proto: &str,
+        addr: Ipv4Addr,
+        port: u16,
+    ) -> Result<String, String> {
+        let out = self
+            .pod_command(i, k, crate::server::client_binary())
+            .args([proto, &addr.to_string(), &port.to_string()])
+            .output()
+            .map_err(|e| format!("cannot run np-client: {e}"))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
+    }
+
     /// `/sys/fs/bpf/<id>/nodeI`, node `i`'s `--bpffs`.
     #[must_use]
     pub fn node_bpffs(&self, i: usize) -> PathBuf {
@@ -487,6 +530,7 @@ impl Cluster {
             node_index: i,
             node_name: node.name.clone(),
             bpffs: self.node_bpffs(i),
+            cgroup: self.node_cgroup(i).to_path_buf(),
             log_path: self
                 .logs_dir()
                 .join(format!("agent-{}-{}.log", node.name, self.next_seq())),

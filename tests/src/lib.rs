@@ -17,6 +17,7 @@
 //! that tears it down on drop, also when a test panics.
 
 pub mod agent;
+pub mod cgroup;
 pub mod client;
 pub mod cluster;
 pub mod manifests;

@@ -158,6 +158,20 @@ pub fn podserver_binary() -> PathBuf {
     path
 }
 
+/// The `np-client` binary: env `NODEPORT_CLIENT_BIN`, else next to the
+/// test executable's `deps/` directory.
+#[must_use]
+pub fn client_binary() -> PathBuf {
+    let path = std::env::var_os("NODEPORT_CLIENT_BIN")
+        .map_or_else(|| sibling_of_deps("np-client"), PathBuf::from);
+    assert!(
+        path.is_file(),
+        "np-client not found at {}: build it with `cargo build -p nodeport-tests --bins`, or set NODEPORT_CLIENT_BIN",
+        path.display()
+    );
+    path
+}
+
 /// A running `np-podserver`, killed on drop.
 #[derive(Debug)]
 pub struct PodServer {

@@ -431,9 +431,10 @@ exec sleep 600"#,
     let log = agent.log();
     let expected = format!(
         "argv: run --node-name node1 --manifests {} --interfaces eth0 --bpffs {}/node1 \
-         --healthz-bind-address {} --metrics-bind-address {} --xdp-mode native",
+         --cgroup-root {} --healthz-bind-address {} --metrics-bind-address {} --xdp-mode native",
         manifests.display(),
         cluster.bpffs_dir().display(),
+        cluster.node_cgroup(1).display(),
         agent.healthz_addr(),
         agent.metrics_addr()
     );

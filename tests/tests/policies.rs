@@ -365,3 +365,65 @@ fn stale_udp_flow_moves_to_the_new_backend_at_once() {
         });
     }
 }
+
+/// Hairpin: a pod reaches its own Service through its node's address and
+/// nodePort, and gets answers from itself and from the other endpoint; its
+/// connections to another node's nodePort and to the ClusterIP work too.
+/// Socket load balancing points the pod's sockets at a backend before any
+/// packet leaves it, so no hairpin NAT is involved.
+#[test]
+fn hairpin_pod_reaches_its_own_service() {
+    let c = cluster();
+    let mut svc = Service::node_port(
+        "hair",
+        vec![
+            Port::tcp("tcp", 80, POD_PORT, 31097),
+            Port::udp("udp", 80, POD_PORT, 31097),
+        ],
+    );
+    svc.cluster_ip = Some("10.96.0.30");
+    c.manifests().write(
+        "hair.yaml",
+        &service_with_slice(
+            &svc,
+            &[("tcp", "TCP", POD_PORT), ("udp", "UDP", POD_PORT)],
+            &[Endpoint::ready(1, 1), Endpoint::ready(2, 1)],
+        ),
+    );
+    let _agents = agents(&c);
+    let me = pod_name(1, 1);
+    let answer = |proto: &str, addr: Ipv4Addr, port: u16| -> Answer {
+        let line = c
+            .pod_request(1, 1, proto, addr, port)
+            .unwrap_or_else(|e| panic!("{proto} from {me} to {addr}:{port}: {e}"));
+        line.parse()
+            .unwrap_or_else(|e| panic!("{proto} answer: {e}"))
+    };
+
+    let mut seen = BTreeSet::new();
+    for _ in 0..24 {
+        let a = answer("tcp", node_addr(1), 31097);
+        assert_eq!(a.local_port, POD_PORT);
+        seen.insert(a.server);
+    }
+    assert_eq!(
+        seen,
+        BTreeSet::from([me.clone(), pod_name(2, 1)]),
+        "the pod is answered by itself and by the other endpoint"
+    );
+    let a = answer("udp", node_addr(1), 31097);
+    assert!(
+        [me.clone(), pod_name(2, 1)].contains(&a.server),
+        "UDP hairpin: {a:?}"
+    );
+    let a = answer("tcp", node_addr(2), 31097);
+    assert!(
+        [me.clone(), pod_name(2, 1)].contains(&a.server),
+        "another node's nodePort: {a:?}"
+    );
+    let a = answer("tcp", Ipv4Addr::new(10, 96, 0, 30), 80);
+    assert!(
+        [me.clone(), pod_name(2, 1)].contains(&a.server),
+        "the ClusterIP: {a:?}"
+    );
+}

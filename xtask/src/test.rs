@@ -39,6 +39,7 @@ pub fn prepare(what: &str) -> Result<()> {
     unsafe {
         std::env::set_var("NODEPORT_AGENT_BIN", debug.join("nodeport-agent"));
         std::env::set_var("NODEPORT_PODSERVER_BIN", debug.join("np-podserver"));
+        std::env::set_var("NODEPORT_CLIENT_BIN", debug.join("np-client"));
     }
     Ok(())
 }

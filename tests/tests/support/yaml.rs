@@ -50,6 +50,7 @@ pub struct Service {
     pub external_traffic_policy: Option<&'static str>,
     pub affinity_timeout: Option<u32>,
     pub publish_not_ready: bool,
+    pub cluster_ip: Option<&'static str>,
     pub ports: Vec<Port>,
 }
 
@@ -61,6 +62,7 @@ impl Service {
             external_traffic_policy: None,
             affinity_timeout: None,
             publish_not_ready: false,
+            cluster_ip: None,
             ports,
         }
     }
@@ -70,6 +72,9 @@ impl Service {
             "apiVersion: v1\nkind: Service\nmetadata:\n  name: {}\n  namespace: default\nspec:\n  type: {}\n",
             self.name, self.kind
         );
+        if let Some(ip) = self.cluster_ip {
+            let _ = writeln!(y, "  clusterIP: {ip}");
+        }
         if let Some(p) = self.external_traffic_policy {
             let _ = writeln!(y, "  externalTrafficPolicy: {p}");
         }
