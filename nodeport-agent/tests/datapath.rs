@@ -20,8 +20,8 @@ use aya::{
 };
 use nodeport_agent::loader;
 use nodeport_common::{
-    BACKEND_F_LOCAL, Backend, BackendKey, CtEntry, DEVICE_F_REDIRECT_TX, Device, DeviceKey,
-    FRONTEND_F_AFFINITY, FRONTEND_F_DROP_EMPTY, FlowKey, Frontend, FrontendKey,
+    BACKEND_F_LOCAL, Backend, BackendKey, CT_F_CLOSING, CT_F_SNAT, CtEntry, DEVICE_F_REDIRECT_TX,
+    Device, DeviceKey, FRONTEND_F_AFFINITY, FRONTEND_F_DROP_EMPTY, FlowKey, Frontend, FrontendKey,
     NODE_ADDR_F_NODEPORT, NodeAddr, NodeAddrKey, PROTO_TCP, PROTO_UDP, RevNat, SNAT_PORT_MAX,
     SNAT_PORT_MIN, Slot, SlotKey, flow_hash, names, programs,
 };
@@ -568,6 +568,137 @@ fn redirect_tx_devices_use_a_redirect() {
         assert_checksums(&out);
         let (rc, _) = f.xdp(&Frame::tcp(CLIENT, 40001, NODE, EMPTY_PORT).bytes());
         assert_eq!(rc, XDP_REDIRECT, "reject");
+    });
+}
+
+fn monotonic_ns() -> u64 {
+    // SAFETY: zeroed timespec is a valid out-parameter.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: valid out-pointer; CLOCK_MONOTONIC is bpf_ktime_get_ns's clock.
+    assert_eq!(
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) },
+        0
+    );
+    ts.tv_sec.cast_unsigned() * 1_000_000_000 + ts.tv_nsec.cast_unsigned()
+}
+
+/// SNAT ports held by live flows are never taken; a port whose flow closed
+/// (FIN/RST seen) a while ago, or whose flow state is gone, is reused, and
+/// the stale flow's conntrack entry goes with it.
+#[test]
+#[allow(clippy::too_many_lines, reason = "one scenario, step by step")]
+fn snat_ports_of_live_flows_are_kept_and_of_closed_flows_reused() {
+    in_fixture(|f| {
+        f.service(1, NODE_PORT, PROTO_TCP, 0, &[(9, REMOTE_POD, 80, 0)]);
+        let span = u32::from(SNAT_PORT_MAX - SNAT_PORT_MIN) + 1;
+        let newcomer = Frame::tcp(CLIENT, 50000, NODE, NODE_PORT);
+        let first = SNAT_PORT_MIN + (flow_hash(&flow(&newcomer)) % span) as u16;
+        let probe = |i: u16| {
+            let p = u32::from(first) + u32::from(i);
+            if p > u32::from(SNAT_PORT_MAX) {
+                (p - span) as u16
+            } else {
+                p as u16
+            }
+        };
+        // Every port the newcomer may probe is held by a live flow.
+        let now = monotonic_ns();
+        let holder = |i: u16| FlowKey {
+            saddr_be: be([10, 200, 1, i as u8]),
+            daddr_be: be(NODE),
+            sport_be: 40000u16.to_be(),
+            dport_be: NODE_PORT.to_be(),
+            proto: PROTO_TCP,
+            pad: [0; 3],
+        };
+        for i in 0..16u16 {
+            let port = probe(i);
+            f.map::<FlowKey, RevNat>(names::REV_NAT)
+                .insert(
+                    FlowKey {
+                        saddr_be: be(REMOTE_POD),
+                        daddr_be: be(NODE),
+                        sport_be: 80u16.to_be(),
+                        dport_be: port.to_be(),
+                        proto: PROTO_TCP,
+                        pad: [0; 3],
+                    },
+                    RevNat {
+                        saddr_be: be(NODE),
+                        daddr_be: holder(i).saddr_be,
+                        sport_be: NODE_PORT.to_be(),
+                        dport_be: 40000u16.to_be(),
+                    },
+                    0,
+                )
+                .expect("rev entry");
+            f.map::<FlowKey, CtEntry>(names::CONNTRACK)
+                .insert(
+                    holder(i),
+                    CtEntry {
+                        backend_id: 9,
+                        service_id: 1,
+                        snat_addr_be: be(NODE),
+                        snat_port_be: port.to_be(),
+                        flags: CT_F_SNAT,
+                        pad: 0,
+                        last_seen_ns: now,
+                    },
+                    0,
+                )
+                .expect("conntrack entry");
+        }
+        let (rc, _) = f.xdp(&newcomer.bytes());
+        assert_eq!(rc, XDP_DROP, "no port free: dropped ({:?})", f.stats());
+        assert!(
+            f.stats().contains(&("drop_snat_exhausted", 1)),
+            "{:?}",
+            f.stats()
+        );
+
+        // The flow on probe port 3 closed (FIN seen) 3 s ago: its port is free.
+        f.map::<FlowKey, CtEntry>(names::CONNTRACK)
+            .insert(
+                holder(3),
+                CtEntry {
+                    backend_id: 9,
+                    service_id: 1,
+                    snat_addr_be: be(NODE),
+                    snat_port_be: probe(3).to_be(),
+                    flags: CT_F_SNAT | CT_F_CLOSING,
+                    pad: 0,
+                    last_seen_ns: now - 3_000_000_000,
+                },
+                0,
+            )
+            .expect("closing entry");
+        let (rc, out) = f.xdp(&newcomer.bytes());
+        assert_eq!(
+            rc,
+            XDP_TX,
+            "a closed flow's port is reused ({:?})",
+            f.stats()
+        );
+        assert_eq!(
+            &out[34..36],
+            &probe(3).to_be_bytes(),
+            "took the closed flow's port"
+        );
+        assert_checksums(&out);
+        assert!(
+            !f.conntrack().iter().any(|(k, _)| *k == holder(3)),
+            "the stale flow's conntrack entry is gone"
+        );
+
+        // A port whose flow state vanished (conntrack evicted) is free too.
+        let m: HashMap<&mut MapData, FlowKey, CtEntry> = f.map(names::CONNTRACK);
+        let mut m = m;
+        m.remove(&holder(0)).expect("remove");
+        let second = Frame::tcp(CLIENT, 50001, NODE, NODE_PORT);
+        let (rc, out) = f.xdp(&second.bytes());
+        assert_eq!(rc, XDP_TX, "{:?}", f.stats());
+        let got = u16::from_be_bytes([out[34], out[35]]);
+        assert!((SNAT_PORT_MIN..=SNAT_PORT_MAX).contains(&got));
     });
 }
 

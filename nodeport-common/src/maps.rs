@@ -214,8 +214,15 @@ pub struct CtEntry {
     pub last_seen_ns: u64,
 }
 
-/// The flow was `SNATed` to reach a backend on another node.
+/// The flow was SNATed to reach a backend on another node.
 pub const CT_F_SNAT: u8 = 1;
+/// A TCP FIN or RST was seen on the flow.
+pub const CT_F_CLOSING: u8 = 1 << 1;
+
+/// An SNAT port whose flow closed (FIN/RST) this long ago is free again.
+pub const SNAT_REUSE_CLOSED_NS: u64 = 2_000_000_000;
+/// An SNAT port whose flow saw no packet for this long is free again.
+pub const SNAT_REUSE_IDLE_NS: u64 = 300_000_000_000;
 
 /// Key of the ClientIP session-affinity map.
 #[repr(C)]

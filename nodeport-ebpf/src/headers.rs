@@ -59,6 +59,16 @@ pub struct Parsed {
     pub dport_be: u16,
     /// Offset of the L4 checksum field.
     pub l4_check: usize,
+    /// TCP flags (zero for UDP).
+    pub tcp_flags: u8,
+}
+
+impl Parsed {
+    /// A TCP FIN or RST: the flow is ending.
+    #[inline(always)]
+    pub fn closing(&self) -> bool {
+        self.tcp_flags & (l4::TCP_FIN | l4::TCP_RST) != 0
+    }
 }
 
 impl Parsed {
@@ -122,5 +132,10 @@ pub fn parse(pkt: &Packet) -> Result<Option<Parsed>, Error> {
         sport_be: pkt.read(l4 + l4::SPORT)?,
         dport_be: pkt.read(l4 + l4::DPORT)?,
         l4_check,
+        tcp_flags: if proto == PROTO_TCP {
+            pkt.read(l4 + l4::TCP_FLAGS)?
+        } else {
+            0
+        },
     }))
 }

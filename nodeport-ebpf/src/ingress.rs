@@ -10,8 +10,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use nodeport_common::{
-    BACKEND_F_LOCAL, Backend, CT_F_SNAT, CtEntry, FRONTEND_F_DROP_EMPTY, FlowKey, Frontend,
-    FrontendKey, RevNat, SNAT_PORT_MAX, SNAT_PORT_MIN, stat,
+    BACKEND_F_LOCAL, Backend, CT_F_CLOSING, CT_F_SNAT, CtEntry, FRONTEND_F_DROP_EMPTY, FlowKey,
+    Frontend, FrontendKey, RevNat, SNAT_PORT_MAX, SNAT_PORT_MIN, SNAT_REUSE_CLOSED_NS,
+    SNAT_REUSE_IDLE_NS, stat,
 };
 
 use crate::{
@@ -84,7 +85,12 @@ fn service(
             && let Some(backend) = maps::backend(entry.backend_id)
         {
             // SAFETY: as above.
-            unsafe { (*ct).last_seen_ns = now };
+            unsafe {
+                (*ct).last_seen_ns = now;
+                if p.closing() {
+                    (*ct).flags |= CT_F_CLOSING;
+                }
+            }
             return translate(ctx, p, flow, &backend, &entry, false);
         }
     }
@@ -213,9 +219,17 @@ fn alloc_snat_port(p: &Parsed, flow: &FlowKey, backend: &Backend) -> Result<u16,
     let span = u32::from(SNAT_PORT_MAX - SNAT_PORT_MIN) + 1;
     let mut port = SNAT_PORT_MIN + (nodeport_common::flow_hash(flow) % span) as u16;
     let rev = rev_nat_for(p, flow);
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
     for _ in 0..SNAT_PROBES {
         let key = snat_rev_key(p, backend, port.to_be());
         if REV_NAT.insert(key, rev, u64::from(BPF_NOEXIST)).is_ok() {
+            return Ok(port.to_be());
+        }
+        if reclaimable(&key, now) {
+            REV_NAT
+                .insert(key, rev, u64::from(BPF_ANY))
+                .map_err(|_| Error::MapUpdate)?;
             return Ok(port.to_be());
         }
         port = if port == SNAT_PORT_MAX {
@@ -227,10 +241,61 @@ fn alloc_snat_port(p: &Parsed, flow: &FlowKey, backend: &Backend) -> Result<u16,
     Err(Error::SnatExhausted)
 }
 
+/// Whether the SNAT port behind reverse entry `key` is free again: its flow
+/// is gone, closed a while ago, or idle for long. A stale flow's conntrack
+/// entry goes with it, so the old client tuple cannot claim the port again.
+#[inline(always)]
+fn reclaimable(key: &FlowKey, now: u64) -> bool {
+    // SAFETY: the value is copied out at once.
+    let Some(old) = REV_NAT.get_ptr(key).map(|r| unsafe { *r }) else {
+        return true;
+    };
+    let ct_key = FlowKey {
+        saddr_be: old.daddr_be,
+        daddr_be: old.saddr_be,
+        sport_be: old.dport_be,
+        dport_be: old.sport_be,
+        proto: key.proto,
+        pad: [0; 3],
+    };
+    // SAFETY: the value is copied out at once.
+    let Some(ct) = CONNTRACK.get_ptr(ct_key).map(|c| unsafe { *c }) else {
+        return true;
+    };
+    if ct.flags & CT_F_SNAT == 0 || ct.snat_port_be != key.dport_be {
+        // The client's tuple moved on to another port: this entry is orphaned.
+        return true;
+    }
+    let age = now.wrapping_sub(ct.last_seen_ns);
+    let stale =
+        (ct.flags & CT_F_CLOSING != 0 && age > SNAT_REUSE_CLOSED_NS) || age > SNAT_REUSE_IDLE_NS;
+    if stale {
+        let _ = CONNTRACK.remove(ct_key);
+    }
+    stale
+}
+
 /// A backend on another node answered an SNATed flow: restore the NodePort
 /// as source and the client as destination, and send it back out.
 #[inline(always)]
 fn reply_from_remote(ctx: &XdpContext, p: &Parsed, rev: &RevNat) -> Result<Verdict, Error> {
+    if p.closing() {
+        let ct_key = FlowKey {
+            saddr_be: rev.daddr_be,
+            daddr_be: rev.saddr_be,
+            sport_be: rev.dport_be,
+            dport_be: rev.sport_be,
+            proto: p.proto,
+            pad: [0; 3],
+        };
+        if let Some(ct) = CONNTRACK.get_ptr_mut(ct_key) {
+            // SAFETY: pointer from a successful lookup; two fields written.
+            unsafe {
+                (*ct).flags |= CT_F_CLOSING;
+                (*ct).last_seen_ns = bpf_ktime_get_ns();
+            }
+        }
+    }
     let new = Tuple {
         saddr_be: rev.saddr_be,
         daddr_be: rev.daddr_be,

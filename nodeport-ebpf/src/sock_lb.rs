@@ -76,6 +76,10 @@ pub fn try_translate(ctx: &SockAddrContext) -> Result<Verdict, Error> {
 
 /// `recvmsg()` on a UDP socket: a backend's reply is reported as coming
 /// from the service address the application sent to.
+#[allow(
+    clippy::unnecessary_wraps,
+    reason = "every program's logic is a try_* returning a Result (house rule)"
+)]
 pub fn try_reverse(ctx: &SockAddrContext) -> Result<Verdict, Error> {
     // SAFETY: the context pointer is valid for the program's run.
     let sa = unsafe { &mut *ctx.sock_addr };
