@@ -539,3 +539,61 @@ fn bad_manifests_are_reported_and_change_nothing() {
         "out-of-range port not served"
     );
 }
+
+/// The datapath outlives its agent (programs and maps stay pinned and keep
+/// serving); `nodeport-agent cleanup` detaches the programs and removes
+/// every pin, after which the nodePort is the stack's again.
+#[test]
+fn datapath_outlives_the_agent_until_cleanup() {
+    let c = cluster();
+    c.manifests().write(
+        "svc.yaml",
+        &service(
+            "svc",
+            &[("tcp", "TCP", 80, POD_PORT, 31087)],
+            &[(1, 1, true)],
+        ),
+    );
+    let mut agents = agents(&c);
+    assert_eq!(tcp(&c, 1, 31087).server, pod_name(1, 1));
+    let status = agents.remove(0).stop();
+    assert!(
+        status.success(),
+        "the agent exits cleanly on SIGTERM: {status}"
+    );
+    for _ in 0..5 {
+        assert_eq!(
+            tcp(&c, 1, 31087).server,
+            pod_name(1, 1),
+            "served while the agent is down"
+        );
+    }
+
+    let bpffs = c.node_bpffs(1);
+    let out = c.agent_cli(1, &["cleanup", "--bpffs", &bpffs.to_string_lossy()]);
+    assert!(
+        out.status.success(),
+        "cleanup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let link = c
+        .node(1)
+        .netns()
+        .ip_stdout(&["link", "show", "dev", "eth0"]);
+    assert!(!link.contains("xdp"), "XDP detached:\n{link}");
+    assert!(
+        !bpffs.exists() || std::fs::read_dir(&bpffs).is_ok_and(|mut d| d.next().is_none()),
+        "pins removed"
+    );
+    assert!(
+        c.client()
+            .tcp_connect_result(node_addr(1), 31087)
+            .is_refused(),
+        "after cleanup the nodePort is the stack's (nothing listens)"
+    );
+    assert_eq!(
+        tcp(&c, 2, 31087).server,
+        pod_name(1, 1),
+        "node 2 still serves"
+    );
+}
