@@ -122,6 +122,8 @@ pub struct Reconciler {
     next_service_id: u32,
     /// Deleted backends whose flows are still to be purged.
     pending_purge: BTreeSet<u32>,
+    /// (service id, backend id) pairs whose UDP flows are still to be purged.
+    pending_udp_purge: BTreeSet<(u32, u32)>,
 }
 
 /// The map contents one apply aims at, with ids assigned.
@@ -178,6 +180,7 @@ impl Reconciler {
             next_backend_id: max_backend.wrapping_add(1).max(1),
             next_service_id: max_service.wrapping_add(1).max(1),
             pending_purge: BTreeSet::new(),
+            pending_udp_purge: BTreeSet::new(),
         }
     }
 
@@ -223,9 +226,17 @@ impl Reconciler {
             self.owners.insert(*k, f.owner.clone());
         }
         let plan = self.plan(desired);
+        let left = self.backends_leaving_services(&plan, desired);
         let mut report = ApplyReport::default();
         self.write_puts(&plan, w, &mut report)?;
         self.write_removals(&plan, w, &mut report)?;
+        self.pending_udp_purge.extend(left);
+        if !self.pending_udp_purge.is_empty() {
+            let pairs = &self.pending_udp_purge;
+            let object = || format!("UDP flows of backends that left a service {pairs:?}");
+            report.purged_flows += w.purge_udp_flows(pairs).map_err(err(object))?;
+            self.pending_udp_purge.clear();
+        }
 
         // Everything is written: forget ids and owners of what is gone.
         let current = &self.current;
@@ -390,6 +401,46 @@ impl Reconciler {
             report.deletes += 1;
         }
         Ok(())
+    }
+
+    /// (service id, backend id) of backends that leave a frontend's slots
+    /// (or whose frontend goes) but stay in the maps for another frontend and
+    /// are not draining: their UDP flows of that service must go. Backends
+    /// that go entirely are purged by id instead.
+    fn backends_leaving_services(&self, plan: &Plan, desired: &Desired) -> BTreeSet<(u32, u32)> {
+        let draining: BTreeSet<(Ipv4Addr, u16)> =
+            desired.draining.iter().map(|b| (b.addr, b.port)).collect();
+        let slots_of =
+            |state_slots: &BTreeMap<SlotKey, Slot>, sid: u32, count: u32| -> BTreeSet<u32> {
+                (0..count)
+                    .filter_map(|slot| {
+                        state_slots.get(&SlotKey {
+                            service_id: sid,
+                            slot,
+                        })
+                    })
+                    .map(|s| s.backend_id)
+                    .collect()
+            };
+        let mut left = BTreeSet::new();
+        for (key, fe) in &self.current.frontends {
+            let before = slots_of(&self.current.slots, fe.service_id, fe.backend_count);
+            let after = plan
+                .frontends
+                .get(key)
+                .map(|n| slots_of(&plan.slots, n.service_id, n.backend_count))
+                .unwrap_or_default();
+            for id in before.difference(&after) {
+                let key = BackendKey { backend_id: *id };
+                let Some(b) = plan.backends.get(&key) else {
+                    continue;
+                };
+                if !draining.contains(&backend_addr(*b)) {
+                    left.insert((fe.service_id, *id));
+                }
+            }
+        }
+        left
     }
 
     /// Assigns ids and lays out the map contents `desired` asks for.
@@ -654,6 +705,7 @@ mod tests {
                 ),
                 Op::DeleteFrontend(k) => format!("delete frontend {}", describe_frontend(k)),
                 Op::PurgeFlows(ids) => format!("purge {ids:?}"),
+                Op::PurgeUdpFlows(pairs) => format!("purge udp {pairs:?}"),
             })
             .collect()
     }
@@ -804,6 +856,38 @@ mod tests {
     }
 
     #[test]
+    fn udp_flows_of_a_service_a_backend_left_are_purged_and_others_stay() {
+        let mut m = MemoryMaps::new();
+        let mut r = Reconciler::default();
+        run(
+            &mut r,
+            &web_and_api(&[be(1, 5), be(2, 5)], &[be(2, 5)]),
+            &mut m,
+        );
+        let web = r.service_id(&np(30080)).expect("web's service id");
+        let api = r.service_id(&np(30081)).expect("api's service id");
+        let shared = r
+            .backend_id(Ipv4Addr::new(10, 244, 2, 5), 8080)
+            .expect("shared backend id");
+        m.add_udp_flow(web, shared);
+        m.add_udp_flow(api, shared);
+
+        // web drops the shared endpoint; api keeps it.
+        let (report, _) = run(&mut r, &web_and_api(&[be(1, 5)], &[be(2, 5)]), &mut m);
+        assert_eq!(
+            m.udp_flows_to(web, shared),
+            0,
+            "web's UDP flows to the backend it left go"
+        );
+        assert_eq!(
+            m.udp_flows_to(api, shared),
+            1,
+            "api's flows to the same backend stay"
+        );
+        assert!(report.purged_flows >= 1);
+    }
+
+    #[test]
     fn shared_backend_stays_while_used() {
         let mut m = MemoryMaps::new();
         let mut r = Reconciler::default();
@@ -819,6 +903,8 @@ mod tests {
                 "delete frontend 10.96.0.10:80/TCP",
                 "delete slot 1/0",
                 "delete slot 3/0",
+                // The backend stays for api; web's UDP flows to it go.
+                "purge udp {(1, 1), (3, 1)}",
             ]
         );
     }
@@ -971,7 +1057,11 @@ mod tests {
         let (report, ops) = run(&mut adopted, &d2, &mut m);
         assert_eq!(
             ops,
-            ["delete frontend 10.96.0.10:80/TCP", "delete slot 2/0"]
+            [
+                "delete frontend 10.96.0.10:80/TCP",
+                "delete slot 2/0",
+                "purge udp {(2, 1)}",
+            ]
         );
         assert_eq!(report.unowned_frontends_removed, 1);
     }

@@ -427,3 +427,52 @@ fn hairpin_pod_reaches_its_own_service() {
         "the ClusterIP: {a:?}"
     );
 }
+
+/// A UDP flow whose backend left its Service but still serves another
+/// Service is purged too: the same client port reaches the new backend.
+#[test]
+fn stale_udp_flow_to_a_backend_shared_with_another_service_moves() {
+    let c = cluster();
+    let ports = [("udp", "UDP", POD_PORT)];
+    let a = Service::node_port("svc-a", vec![Port::udp("udp", 53, POD_PORT, 31098)]);
+    let b = Service::node_port("svc-b", vec![Port::udp("udp", 53, POD_PORT, 31099)]);
+    c.manifests().write(
+        "a.yaml",
+        &service_with_slice(&a, &ports, &[Endpoint::ready(1, 1)]),
+    );
+    c.manifests().write(
+        "b.yaml",
+        &service_with_slice(&b, &ports, &[Endpoint::ready(1, 1)]),
+    );
+    let agents = agents(&c);
+    let from = Some(45_001);
+    let via = |node: usize, port: u16| {
+        parse(c.client().udp_request(node_addr(node), port, from), "UDP").server
+    };
+    assert_eq!(via(1, 31098), pod_name(1, 1));
+    assert_eq!(via(2, 31098), pod_name(1, 1));
+
+    let marks: Vec<usize> = agents.iter().map(Agent::log_mark).collect();
+    c.manifests().write(
+        "a.yaml",
+        &service_with_slice(&a, &ports, &[Endpoint::ready(2, 2)]),
+    );
+    for (agent, mark) in agents.iter().zip(marks) {
+        agent.wait_for_log_since(mark, "datapath updated", Duration::from_secs(2));
+    }
+    assert_eq!(
+        via(1, 31098),
+        pod_name(2, 2),
+        "node 1: the same client port reaches the new backend"
+    );
+    assert_eq!(
+        via(2, 31098),
+        pod_name(2, 2),
+        "node 2: the same client port reaches the new backend"
+    );
+    assert_eq!(
+        via(1, 31099),
+        pod_name(1, 1),
+        "the other service keeps the shared backend"
+    );
+}

@@ -224,6 +224,49 @@ impl MapWriter for BpfMaps {
         Ok(doomed.len())
     }
 
+    fn purge_udp_flows(
+        &mut self,
+        service_backends: &BTreeSet<(u32, u32)>,
+    ) -> Result<usize, MapError> {
+        if service_backends.is_empty() {
+            return Ok(0);
+        }
+        let doomed: Vec<FlowKey> = self
+            .conntrack()?
+            .into_iter()
+            .filter(|(k, e)| {
+                k.proto == nodeport_common::PROTO_UDP
+                    && service_backends.contains(&(e.service_id, e.backend_id))
+            })
+            .map(|(k, _)| k)
+            .collect();
+        for key in &doomed {
+            match self.conntrack.remove(key) {
+                Ok(()) => {}
+                Err(e) if absent(&e) => {}
+                Err(e) => return Err(err(names::CONNTRACK, "delete", key)(e)),
+            }
+        }
+        // Their reverse entries (found by the frontend → client tuple they
+        // restore) go with them.
+        let flows: BTreeSet<(u32, u16, u32, u16)> = doomed
+            .iter()
+            .map(|k| (k.saddr_be, k.sport_be, k.daddr_be, k.dport_be))
+            .collect();
+        for (key, rev) in self.rev_nat()? {
+            if key.proto == nodeport_common::PROTO_UDP
+                && flows.contains(&(rev.daddr_be, rev.dport_be, rev.saddr_be, rev.sport_be))
+            {
+                match self.rev_nat.remove(&key) {
+                    Ok(()) => {}
+                    Err(e) if absent(&e) => {}
+                    Err(e) => return Err(err(names::REV_NAT, "delete", key)(e)),
+                }
+            }
+        }
+        Ok(doomed.len())
+    }
+
     fn read_state(&self) -> Result<MapState, MapError> {
         Ok(MapState {
             node_addrs: self

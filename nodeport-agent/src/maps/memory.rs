@@ -22,6 +22,7 @@ pub enum Op {
     PutBackend(BackendKey, Backend),
     DeleteBackend(BackendKey),
     PurgeFlows(BTreeSet<u32>),
+    PurgeUdpFlows(BTreeSet<(u32, u32)>),
 }
 
 impl Op {
@@ -33,7 +34,7 @@ impl Op {
             Self::PutFrontend(..) | Self::DeleteFrontend(_) => names::FRONTENDS,
             Self::PutSlot(..) | Self::DeleteSlot(_) => names::BACKEND_SLOTS,
             Self::PutBackend(..) | Self::DeleteBackend(_) => names::BACKENDS,
-            Self::PurgeFlows(_) => names::CONNTRACK,
+            Self::PurgeFlows(_) | Self::PurgeUdpFlows(_) => names::CONNTRACK,
         }
     }
 
@@ -49,7 +50,7 @@ impl Op {
             | Self::DeleteFrontend(_)
             | Self::DeleteSlot(_)
             | Self::DeleteBackend(_) => "delete",
-            Self::PurgeFlows(_) => "purge",
+            Self::PurgeFlows(_) | Self::PurgeUdpFlows(_) => "purge",
         }
     }
 
@@ -60,6 +61,7 @@ impl Op {
             Self::PutSlot(k, _) | Self::DeleteSlot(k) => format!("{k:?}"),
             Self::PutBackend(k, _) | Self::DeleteBackend(k) => format!("{k:?}"),
             Self::PurgeFlows(ids) => format!("backend ids {ids:?}"),
+            Self::PurgeUdpFlows(pairs) => format!("(service id, backend id) {pairs:?}"),
         }
     }
 }
@@ -80,6 +82,8 @@ pub struct MemoryMaps {
     pub ops: Vec<Op>,
     /// Fake established flows, one backend id each.
     flows: Vec<u32>,
+    /// Fake UDP flows, (service id, backend id) each.
+    udp_flows: Vec<(u32, u32)>,
     /// Writes left before the injected failure (1 = the next write fails).
     fail_in: Option<usize>,
     fail_when: Option<FailWhen>,
@@ -91,6 +95,7 @@ impl std::fmt::Debug for MemoryMaps {
             .field("state", &self.state)
             .field("ops", &self.ops)
             .field("flows", &self.flows)
+            .field("udp_flows", &self.udp_flows)
             .field("fail_in", &self.fail_in)
             .field("fail_when", &self.fail_when.is_some())
             .finish()
@@ -126,6 +131,20 @@ impl MemoryMaps {
     /// Makes the first write matching `pred` fail once.
     pub fn fail_when(&mut self, pred: impl FnMut(&Op) -> bool + Send + 'static) {
         self.fail_when = Some(Box::new(pred));
+    }
+
+    /// Records a UDP flow of service `service_id` to `backend_id`.
+    pub fn add_udp_flow(&mut self, service_id: u32, backend_id: u32) {
+        self.udp_flows.push((service_id, backend_id));
+    }
+
+    /// How many fake UDP flows of `service_id` go to `backend_id`.
+    #[must_use]
+    pub fn udp_flows_to(&self, service_id: u32, backend_id: u32) -> usize {
+        self.udp_flows
+            .iter()
+            .filter(|p| **p == (service_id, backend_id))
+            .count()
     }
 
     /// Records an established flow to `backend_id`.
@@ -191,6 +210,7 @@ impl MemoryMaps {
                 self.state.backends.remove(k);
             }
             Op::PurgeFlows(ids) => self.flows.retain(|id| !ids.contains(id)),
+            Op::PurgeUdpFlows(pairs) => self.udp_flows.retain(|p| !pairs.contains(p)),
         }
         self.ops.push(op);
         Ok(())
@@ -237,6 +257,15 @@ impl MapWriter for MemoryMaps {
         let before = self.flows.len();
         self.write(Op::PurgeFlows(backend_ids.clone()))?;
         Ok(before - self.flows.len())
+    }
+
+    fn purge_udp_flows(
+        &mut self,
+        service_backends: &std::collections::BTreeSet<(u32, u32)>,
+    ) -> Result<usize, MapError> {
+        let before = self.udp_flows.len();
+        self.write(Op::PurgeUdpFlows(service_backends.clone()))?;
+        Ok(before - self.udp_flows.len())
     }
 
     fn read_state(&self) -> Result<MapState, MapError> {

@@ -48,6 +48,14 @@ pub trait MapWriter {
     /// Deletes the flow state (conntrack and reverse-NAT entries) of flows
     /// that were sent to any of `backend_ids`; returns how many flows went.
     fn purge_flows(&mut self, backend_ids: &BTreeSet<u32>) -> Result<usize, MapError>;
+    /// Deletes the flow state of UDP flows of service `.0` sent to backend
+    /// `.1`, for each pair: the backend left that service but still serves
+    /// another, so [`MapWriter::purge_flows`] does not cover it, and a UDP
+    /// client reusing its source port must reach a current backend at once.
+    fn purge_udp_flows(
+        &mut self,
+        service_backends: &BTreeSet<(u32, u32)>,
+    ) -> Result<usize, MapError>;
     /// Reads the current service maps.
     fn read_state(&self) -> Result<MapState, MapError>;
 }
