@@ -476,3 +476,56 @@ fn stale_udp_flow_to_a_backend_shared_with_another_service_moves() {
         "the other service keeps the shared backend"
     );
 }
+
+/// `--xdp-mode generic` (the fallback where native XDP is unavailable)
+/// serves the same: local and remote backends, TCP and UDP, and rejects.
+#[test]
+fn generic_xdp_mode_serves_the_same() {
+    let c = cluster();
+    c.manifests().write(
+        "svc.yaml",
+        &service_with_slice(
+            &Service::node_port(
+                "svc",
+                vec![
+                    Port::tcp("tcp", 80, POD_PORT, 31100),
+                    Port::udp("udp", 80, POD_PORT, 31100),
+                ],
+            ),
+            &[("tcp", "TCP", POD_PORT), ("udp", "UDP", POD_PORT)],
+            &[Endpoint::ready(2, 1)],
+        ),
+    );
+    c.manifests().write(
+        "empty.yaml",
+        &service_with_slice(
+            &Service::node_port("empty", vec![Port::tcp("tcp", 80, POD_PORT, 31101)]),
+            &[("tcp", "TCP", POD_PORT)],
+            &[],
+        ),
+    );
+    let _agents = agents_with(&c, &["--xdp-mode", "generic"]);
+    let link = c
+        .node(1)
+        .netns()
+        .ip_stdout(&["link", "show", "dev", "eth0"]);
+    assert!(
+        link.contains("xdpgeneric"),
+        "attached in generic mode:\n{link}"
+    );
+    for node in [1, 2] {
+        let a = tcp(&c, node, 31100);
+        assert_eq!(a.server, pod_name(2, 1));
+        let want = if node == 1 { node_addr(1) } else { CLIENT_ADDR };
+        assert_eq!(a.peer.ip(), want, "via node{node}");
+        let u = parse(c.client().udp_request(node_addr(node), 31100, None), "UDP");
+        assert_eq!(u.server, pod_name(2, 1));
+        assert!(
+            matches!(
+                c.client().tcp_connect_result(node_addr(node), 31101),
+                ConnectResult::Refused
+            ),
+            "empty service rejected via node{node}"
+        );
+    }
+}
