@@ -23,6 +23,10 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "parsed once per process; boxing would only obscure the arguments"
+)]
 pub enum Command {
     /// Load and attach the datapath and keep its maps in sync with the cluster.
     Run(RunArgs),

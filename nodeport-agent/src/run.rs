@@ -1,14 +1,17 @@
 //! `nodeport-agent run`: load and attach the datapath, then keep its maps
-//! equal to what the cluster asks for. One loop: scan the source, recompute
-//! the desired state when anything changed, and let the reconciler write the
+//! equal to what the cluster asks for. One loop: poll the source (the
+//! Kubernetes API watchers or the manifests directory), recompute the
+//! desired state when anything changed, and let the reconciler write the
 //! difference. A failed write is logged and retried on the next tick; the
-//! datapath keeps serving what it has meanwhile.
+//! datapath keeps serving what it has meanwhile. Every pass that leaves the
+//! maps up to date refreshes the health state behind `/healthz`; the
+//! healthCheckNodePort servers and the metrics follow each sync.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, Result, bail};
 use nodeport_common::{BACKEND_F_LOCAL, DEVICE_F_REDIRECT_TX, Device, DeviceKey};
@@ -17,12 +20,20 @@ use tracing::{error, info, warn};
 use crate::cli::RunArgs;
 use crate::config::{InterfaceAddr, NodePortAddresses};
 use crate::desired::{self, Desired};
+use crate::health::{HealthCheckServers, ProxyHealth};
+use crate::http::{Request, Response, Server};
 use crate::loader::{Datapath, MapSizes};
 use crate::maps::{MapWriter as _, bpf::BpfMaps};
+use crate::metrics::{Metrics, Served};
 use crate::reconcile::Reconciler;
+use crate::source::kube::{KubeOptions, KubeSource};
 use crate::source::{Source, manifests::ManifestsSource};
-use crate::store::ClusterState;
+use crate::store::{ClusterState, ObjectKey};
 use crate::{devices, neighbours, node_addrs};
+
+/// EndpointSlice annotation with the time of the change that triggered the
+/// slice's last update (set by the EndpointSlice controller).
+pub const TRIGGER_TIME_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
 
 /// How often the source is scanned and the node's addresses re-read.
 const TICK: Duration = Duration::from_millis(200);
@@ -49,11 +60,15 @@ fn interfaces(args: &RunArgs) -> Result<Vec<String>> {
     Ok(devs)
 }
 
-/// The node's addresses, the primary one being the first address of the
-/// first default-route device (or of the first attached device).
-fn interface_addrs(primary_dev: &str) -> Result<Vec<InterfaceAddr>> {
+/// The node's addresses. The primary one is the Node's `InternalIP` when
+/// it is an address of this node (known from the Kubernetes API), else the
+/// first address of the first default-route device (or of the first
+/// attached device).
+fn interface_addrs(primary_dev: &str, internal_ip: Option<Ipv4Addr>) -> Result<Vec<InterfaceAddr>> {
     let all = node_addrs::local_ipv4().context("listing the node's addresses")?;
-    let primary = all.iter().find(|a| a.iface == primary_dev).map(|a| a.addr);
+    let primary = internal_ip
+        .filter(|ip| all.iter().any(|a| a.addr == *ip))
+        .or_else(|| all.iter().find(|a| a.iface == primary_dev).map(|a| a.addr));
     Ok(all
         .iter()
         .map(|a| InterfaceAddr {
@@ -73,17 +88,79 @@ fn remote_backends(desired: &Desired) -> BTreeSet<Ipv4Addr> {
         .collect()
 }
 
+/// The first `InternalIP` of the Node object named `node`, if known.
+fn node_internal_ip(cluster: &ClusterState, node: &str) -> Option<Ipv4Addr> {
+    cluster
+        .nodes
+        .get(node)?
+        .status
+        .as_ref()?
+        .addresses
+        .as_ref()?
+        .iter()
+        .filter(|a| a.type_ == "InternalIP")
+        .find_map(|a| a.address.parse().ok())
+}
+
+/// The Kubernetes API (the default) or the manifests directory.
+fn open_source(args: &RunArgs, node: &str, metrics: &Arc<Metrics>) -> Result<Box<dyn Source>> {
+    Ok(match &args.manifests {
+        Some(dir) => Box::new(ManifestsSource::new(
+            dir.clone(),
+            args.service_node_port_range.clone(),
+        )),
+        None => Box::new(
+            KubeSource::start(
+                &KubeOptions {
+                    kubeconfig: args.kubeconfig.clone(),
+                    node_name: node.to_owned(),
+                },
+                Arc::clone(metrics),
+            )
+            .context("starting the Kubernetes API source")?,
+        ),
+    })
+}
+
+/// `/healthz` and `/livez` on `--healthz-bind-address`, `/metrics` on
+/// `--metrics-bind-address` (with the datapath counters of the maps pinned
+/// under `root`). They serve until the returned servers are dropped.
+fn serve_health_and_metrics(
+    args: &RunArgs,
+    health: &Arc<ProxyHealth>,
+    metrics: &Arc<Metrics>,
+    root: &std::path::Path,
+) -> Result<[Server; 2]> {
+    let stats = std::sync::Mutex::new(BpfMaps::open(root)?);
+    metrics.set_stats_reader(Box::new(move || {
+        stats
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .stats()
+            .map_err(|e| e.to_string())
+    }));
+    let healthz = Server::bind(args.healthz_bind_address, "healthz", health.handler())?;
+    let metrics = Arc::clone(metrics);
+    let metrics = Server::bind(
+        args.metrics_bind_address,
+        "metrics",
+        Arc::new(move |req: &Request| match req.path.as_str() {
+            "/metrics" => Response::new(
+                200,
+                "text/plain; version=0.0.4; charset=utf-8",
+                metrics.render(),
+            ),
+            _ => Response::not_found(),
+        }),
+    )?;
+    Ok([healthz, metrics])
+}
+
 pub fn run(args: &RunArgs) -> Result<()> {
     let node = node_name(args)?;
-    let Some(dir) = args.manifests.clone() else {
-        bail!(
-            "the Kubernetes API source is not available in this build; pass --manifests DIR{}",
-            args.kubeconfig
-                .as_ref()
-                .map(|k| format!(" (--kubeconfig {} was given)", k.display()))
-                .unwrap_or_default()
-        );
-    };
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(ProxyHealth::default());
+    let source = open_source(args, &node, &metrics)?;
     let selection: NodePortAddresses = match &args.nodeport_addresses {
         Some(s) => s
             .parse()
@@ -103,23 +180,45 @@ pub fn run(args: &RunArgs) -> Result<()> {
         info!(iface, "attached XDP ingress and TC egress");
         enable_forwarding(iface);
     }
+    if let Some(cgroup) = socket_lb_cgroup(args) {
+        datapath.attach_socket_lb(&cgroup)?;
+        info!(cgroup = %cgroup.display(), "attached socket load balancing");
+    } else {
+        warn!(
+            "no cgroup v2 hierarchy: connections from the node and its pods to a NodePort of this node are not load balanced"
+        );
+    }
     let mut maps = BpfMaps::open(datapath.root())?;
     for iface in &ifaces {
         configure_device(&mut maps, iface)?;
     }
     let reconciler = Reconciler::adopt(maps.read_state()?);
-    let source = ManifestsSource::new(dir, args.service_node_port_range.clone());
-    info!(node = %node, source = %source.describe(), bpffs = %args.bpffs.display(), "agent started");
+    let _servers = serve_health_and_metrics(args, &health, &metrics, datapath.root())?;
+    info!(
+        node = %node,
+        source = %source.describe(),
+        bpffs = %args.bpffs.display(),
+        healthz = %args.healthz_bind_address,
+        metrics = %args.metrics_bind_address,
+        "agent started"
+    );
 
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [libc::SIGTERM, libc::SIGINT] {
         signal_flag(sig, &stop);
     }
     let mut sync = Sync {
+        health_checks: HealthCheckServers::new(Ipv4Addr::UNSPECIFIED, Arc::clone(&health)),
+        health,
+        metrics,
+        started: SystemTime::now(),
+        programmed: BTreeMap::new(),
+        health_checks_complete: true,
+        source_delivered: false,
         node,
         selection,
         primary_dev,
-        source: Box::new(source),
+        source,
         maps,
         reconciler,
         cluster: ClusterState::default(),
@@ -140,6 +239,10 @@ pub fn run(args: &RunArgs) -> Result<()> {
 }
 
 /// The agent's loop state: what it last read and what it last wrote.
+#[allow(
+    clippy::struct_excessive_bools,
+    reason = "independent facts of the loop, each read in one place"
+)]
 struct Sync {
     node: String,
     selection: NodePortAddresses,
@@ -155,6 +258,17 @@ struct Sync {
     /// Remote backend addresses whose next hops are kept resolved.
     remote: BTreeSet<Ipv4Addr>,
     last_warm: Instant,
+    health: Arc<ProxyHealth>,
+    metrics: Arc<Metrics>,
+    health_checks: HealthCheckServers,
+    /// The source has delivered a complete state at least once.
+    source_delivered: bool,
+    /// Some healthCheckNodePort server could not bind: retry.
+    health_checks_complete: bool,
+    /// When the agent started: older endpoint changes are not measured.
+    started: SystemTime,
+    /// Trigger times of EndpointSlices already measured, by slice.
+    programmed: BTreeMap<ObjectKey, String>,
 }
 
 impl Sync {
@@ -164,12 +278,17 @@ impl Sync {
         match self.source.poll() {
             Ok(Some(state)) => {
                 self.cluster = state;
+                self.source_delivered = true;
+                self.health.set_node(self.cluster.nodes.get(&self.node));
                 self.dirty = true;
             }
             Ok(None) => {}
             Err(e) => warn!(error = %e, "reading the source failed; serving the last known state"),
         }
-        match interface_addrs(&self.primary_dev) {
+        match interface_addrs(
+            &self.primary_dev,
+            node_internal_ip(&self.cluster, &self.node),
+        ) {
             Ok(a) => {
                 let selected = self.selection.select(&a);
                 if selected != self.addrs {
@@ -179,8 +298,16 @@ impl Sync {
             }
             Err(e) => warn!(error = %e, "reading node addresses failed"),
         }
-        if self.dirty {
+        if self.dirty && self.source_ready() {
             self.apply();
+        } else if !self.health_checks_complete {
+            let wanted = self.wanted_health_checks();
+            self.health_checks_complete = self.health_checks.update(&wanted);
+            self.metrics
+                .set_health_check_servers(self.health_checks.len());
+        }
+        if self.ready && !self.dirty {
+            self.health.updated();
         }
         if self.last_warm.elapsed() >= NEIGHBOUR_REFRESH {
             self.last_warm = Instant::now();
@@ -188,7 +315,19 @@ impl Sync {
         }
     }
 
+    /// Whether the source has delivered a first complete state: until then
+    /// nothing is written, so a restarted agent never replaces a serving
+    /// datapath's entries with a partial view.
+    fn source_ready(&self) -> bool {
+        self.source_delivered
+    }
+
+    fn wanted_health_checks(&self) -> BTreeMap<ObjectKey, desired::HealthCheck> {
+        desired::compute(&self.cluster, &self.node, &self.addrs).health_checks
+    }
+
     fn apply(&mut self) {
+        let start = Instant::now();
         let desired = desired::compute(&self.cluster, &self.node, &self.addrs);
         for c in &desired.conflicts {
             warn!(conflict = ?c, "frontend claimed twice");
@@ -196,6 +335,24 @@ impl Sync {
         match self.reconciler.apply(&desired, &mut self.maps) {
             Ok(report) => {
                 self.dirty = false;
+                let took = start.elapsed();
+                let services: BTreeSet<&ObjectKey> = desired
+                    .frontends
+                    .values()
+                    .map(|f| &f.owner.service)
+                    .collect();
+                self.metrics.sync_succeeded(
+                    took,
+                    Served {
+                        services: services.len(),
+                        frontends: desired.frontends.len(),
+                        endpoints: self.reconciler.state().backends.len(),
+                    },
+                );
+                self.record_programming_latency();
+                self.health_checks_complete = self.health_checks.update(&desired.health_checks);
+                self.metrics
+                    .set_health_check_servers(self.health_checks.len());
                 if !report.is_empty() {
                     info!(
                         puts = report.puts,
@@ -219,9 +376,58 @@ impl Sync {
                     );
                 }
             }
-            Err(e) => error!(error = %e, "writing the datapath maps failed; retrying"),
+            Err(e) => {
+                self.metrics.sync_failed(start.elapsed(), e.map(), e.op());
+                error!(error = %e, "writing the datapath maps failed; retrying");
+            }
         }
     }
+
+    /// Records, for every EndpointSlice whose trigger time is new since the
+    /// last sync (and after the agent started), how long the change took to
+    /// reach the maps, as kube-proxy's `network_programming_duration_seconds`.
+    fn record_programming_latency(&mut self) {
+        let now = SystemTime::now();
+        let mut seen = BTreeMap::new();
+        for (key, slice) in &self.cluster.endpoint_slices {
+            let Some(trigger) = slice
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(TRIGGER_TIME_ANNOTATION))
+            else {
+                continue;
+            };
+            if self.programmed.get(key) != Some(trigger)
+                && let Ok(t) = k8s_openapi::chrono::DateTime::parse_from_rfc3339(trigger)
+            {
+                let t = SystemTime::from(t);
+                if t >= self.started
+                    && let Ok(latency) = now.duration_since(t)
+                {
+                    self.metrics.network_programmed(latency);
+                }
+            }
+            seen.insert(key.clone(), trigger.clone());
+        }
+        self.programmed = seen;
+    }
+}
+
+/// `CGROUP2_SUPER_MAGIC` from `linux/magic.h`.
+const CGROUP2_MAGIC: i64 = 0x6367_7270;
+
+/// The cgroup the socket-LB programs attach to: `--cgroup-root`, else the
+/// cgroup v2 root (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on hybrid
+/// hierarchies); `None` when disabled or there is none.
+fn socket_lb_cgroup(args: &RunArgs) -> Option<std::path::PathBuf> {
+    if let Some(p) = &args.cgroup_root {
+        return (p.as_os_str() != "none").then(|| p.clone());
+    }
+    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .into_iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| crate::loader::fs_magic(p).is_ok_and(|m| m == CGROUP2_MAGIC))
 }
 
 /// Tells the datapath how to transmit on `iface`: veth devices get

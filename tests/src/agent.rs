@@ -55,8 +55,11 @@ fn check_agent_binary(path: &Path) {
 /// How to start an agent beyond the fixed arguments.
 #[derive(Debug, Clone, Default)]
 pub struct AgentOptions {
-    /// `--manifests DIR`.
+    /// `--manifests DIR` (unless `kubeconfig` is set).
     pub manifests_dir: PathBuf,
+    /// Read the Kubernetes API through this kubeconfig (`--kubeconfig
+    /// PATH`) instead of a manifests directory.
+    pub kubeconfig: Option<PathBuf>,
     /// Appended after the standard arguments (e.g. `--xdp-mode`, `generic`).
     pub extra_args: Vec<OsString>,
     /// Another binary than [`agent_binary`].
@@ -71,6 +74,16 @@ impl AgentOptions {
     pub fn new(manifests_dir: &Path) -> AgentOptions {
         AgentOptions {
             manifests_dir: manifests_dir.to_owned(),
+            ..AgentOptions::default()
+        }
+    }
+
+    /// An agent reading the Kubernetes API through `kubeconfig` (e.g. the
+    /// test API server's, [`crate::apiserver::ApiServer::kubeconfig`]).
+    #[must_use]
+    pub fn kube(kubeconfig: &Path) -> AgentOptions {
+        AgentOptions {
+            kubeconfig: Some(kubeconfig.to_owned()),
             ..AgentOptions::default()
         }
     }
@@ -140,8 +153,13 @@ impl<'c> Agent<'c> {
         cmd.arg("run")
             .arg("--node-name")
             .arg(&setup.node_name)
-            .arg("--manifests")
-            .arg(&options.manifests_dir)
+            .args(match &options.kubeconfig {
+                Some(k) => ["--kubeconfig".into(), k.clone().into_os_string()],
+                None => [
+                    "--manifests".into(),
+                    options.manifests_dir.clone().into_os_string(),
+                ],
+            })
             .arg("--interfaces")
             .arg("eth0")
             .arg("--bpffs")

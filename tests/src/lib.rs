@@ -17,15 +17,19 @@
 //! that tears it down on drop, also when a test panics.
 
 pub mod agent;
+pub mod apiserver;
 pub mod cgroup;
 pub mod client;
 pub mod cluster;
+pub mod http;
 pub mod manifests;
 pub mod netns;
+pub mod objects;
 pub mod server;
 mod util;
 
 pub use agent::{Agent, AgentOptions};
+pub use apiserver::ApiServer;
 pub use client::{Client, ConnectResult};
 pub use cluster::{Cluster, ClusterConfig, Node, Pod};
 pub use manifests::Manifests;

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+pub mod kube;
 pub mod manifests;
 
 /// A source could not be read at all (as opposed to single bad objects,
@@ -14,10 +15,13 @@ pub enum SourceError {
         #[source]
         source: std::io::Error,
     },
+    /// The Kubernetes API source could not start (configuration, client).
+    #[error("Kubernetes API source: {0}")]
+    Kube(String),
 }
 
-/// A source of cluster objects: the manifests directory today, the
-/// Kubernetes API next. The agent's loop polls it; everything after it (store
+/// A source of cluster objects: the Kubernetes API or a manifests
+/// directory. The agent's loop polls it; everything after it (store
 /// → desired state → reconcile) is the same whatever the source.
 pub trait Source {
     /// The complete current state when anything changed since the last
@@ -35,5 +39,15 @@ impl Source for manifests::ManifestsSource {
 
     fn describe(&self) -> String {
         format!("manifests in {}", self.dir().display())
+    }
+}
+
+impl Source for kube::KubeSource {
+    fn poll(&mut self) -> Result<Option<crate::store::ClusterState>, SourceError> {
+        Ok(self.poll_state())
+    }
+
+    fn describe(&self) -> String {
+        format!("the Kubernetes API at {}", self.server())
     }
 }
