@@ -190,10 +190,7 @@ fn start_agents<'c>(c: &'c Cluster, options: &AgentOptions) -> (Vec<Agent<'c>>, 
 }
 
 #[test]
-#[allow(
-    clippy::too_many_lines,
-    reason = "one scenario, read top to bottom"
-)]
+#[allow(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 fn kill_restart_and_upgrade_under_load_lose_nothing() {
     let c = Cluster::with_config(ClusterConfig {
         nodes: 2,
@@ -364,4 +361,73 @@ fn kill_restart_and_upgrade_under_load_lose_nothing() {
             a.log()
         );
     }
+}
+
+/// An agent restarted while the API server is away has nothing to sync
+/// from: it adopts the datapath, writes nothing and reports unhealthy,
+/// while the datapath keeps serving; once the API server returns it syncs.
+#[test]
+fn restart_while_the_api_server_is_away_keeps_serving() {
+    let c = Cluster::with_config(ClusterConfig {
+        nodes: 1,
+        pods_per_node: 2,
+        pod_tcp_ports: vec![POD_PORT],
+        pod_udp_ports: vec![POD_PORT],
+        pod_tcp_echo_ports: vec![],
+        ..ClusterConfig::default()
+    });
+    let api = ApiServer::start(
+        c.client_netns(),
+        SocketAddr::new(CLIENT_ADDR.into(), 6443),
+        c.temp_dir(),
+    );
+    api.apply_yaml(&node_yaml("node1", node_addr(1)));
+    let spec = |eps: &[(usize, usize, bool)]| {
+        ServiceSpec::new(
+            "svc",
+            &[
+                ("tcp", "TCP", 80, POD_PORT, NODE_PORT),
+                ("udp", "UDP", 80, POD_PORT, NODE_PORT),
+            ],
+            eps,
+        )
+    };
+    api.apply_yaml(&spec(&[(1, 1, true), (1, 2, true)]).yaml());
+    let kube = AgentOptions::kube(api.kubeconfig());
+    let agent = c.start_agent_with(1, &kube);
+    agent.wait_ready();
+    let before = snapshot(&c, 1);
+
+    api.stop();
+    agent.kill();
+    let agent = c.start_agent_with(1, &kube);
+    agent.wait_for_log("waiting for the initial lists", Duration::from_secs(10));
+    let served = |c: &Cluster| {
+        for _ in 0..20 {
+            c.client()
+                .tcp_request(node_addr(1), NODE_PORT)
+                .expect("TCP while the agent waits");
+            c.client()
+                .udp_request(node_addr(1), NODE_PORT, None)
+                .expect("UDP while the agent waits");
+        }
+    };
+    served(&c);
+    let healthz = nodeport_tests::http::get(agent.netns(), agent.healthz_addr(), "/healthz")
+        .expect("healthz answers");
+    assert_eq!(healthz.status, 503, "not synced: {healthz:?}");
+    assert_eq!(
+        snapshot(&c, 1),
+        before,
+        "nothing written without a complete state"
+    );
+
+    // Meanwhile one endpoint went away; the API server returns.
+    api.apply_yaml(&spec(&[(1, 2, true)]).slice_yaml());
+    api.resume();
+    agent.wait_ready();
+    served(&c);
+    let after = snapshot(&c, 1);
+    assert_eq!(after.backends.len(), 1, "{after:#?}");
+    assert_eq!(after.slots, 2, "{after:#?}");
 }
