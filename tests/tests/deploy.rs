@@ -231,13 +231,13 @@ fn the_daemonset_runs_the_agent_as_it_expects() {
 fn the_cluster_role_grants_what_the_source_watches() {
     let docs = documents();
     let role: ClusterRole = serde_json::from_value(find(&docs, "ClusterRole").clone()).unwrap();
-    let rules = role.rules.unwrap_or_default();
+    let granted = role.rules.unwrap_or_default();
     for (group, resource) in [
         ("", "services"),
         ("", "nodes"),
         ("discovery.k8s.io", "endpointslices"),
     ] {
-        let rule = rules
+        let rule = granted
             .iter()
             .find(|r| {
                 r.api_groups
