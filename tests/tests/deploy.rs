@@ -230,8 +230,8 @@ fn the_daemonset_runs_the_agent_as_it_expects() {
 #[test]
 fn the_cluster_role_grants_what_the_source_watches() {
     let docs = documents();
-    let role: ClusterRole = serde_json::from_value(find(&docs, "ClusterRole").clone()).unwrap();
-    let granted = role.rules.unwrap_or_default();
+    let cluster_role: ClusterRole = serde_json::from_value(find(&docs, "ClusterRole").clone()).unwrap();
+    let granted = cluster_role.rules.unwrap_or_default();
     for (group, resource) in [
         ("", "services"),
         ("", "nodes"),
@@ -260,7 +260,7 @@ fn the_cluster_role_grants_what_the_source_watches() {
     }
     let binding: ClusterRoleBinding =
         serde_json::from_value(find(&docs, "ClusterRoleBinding").clone()).unwrap();
-    assert_eq!(binding.role_ref.name, role.metadata.name.unwrap());
+    assert_eq!(binding.role_ref.name, cluster_role.metadata.name.unwrap());
     let sa = find(&docs, "ServiceAccount");
     let subject = &binding.subjects.unwrap()[0];
     assert_eq!(subject.kind, "ServiceAccount");
