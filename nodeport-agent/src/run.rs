@@ -35,8 +35,11 @@ use crate::{devices, neighbours, node_addrs};
 /// slice's last update (set by the EndpointSlice controller).
 pub const TRIGGER_TIME_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
 
-/// How often the source is scanned and the node's addresses re-read.
+/// How often the source is polled and the node's addresses re-read (a
+/// change of the Kubernetes source wakes the loop earlier).
 const TICK: Duration = Duration::from_millis(200);
+/// How long the loop lets a burst of source changes settle before a sync.
+const SETTLE: Duration = Duration::from_millis(10);
 /// How often the next hops of remote backends are refreshed.
 const NEIGHBOUR_REFRESH: Duration = Duration::from_secs(30);
 
@@ -230,7 +233,14 @@ pub fn run(args: &RunArgs) -> Result<()> {
     };
     while !stop.load(Ordering::Relaxed) {
         sync.tick();
-        std::thread::sleep(TICK);
+        // Woken early by a change of the source: a moment more lets the
+        // events of one change (a Service and its EndpointSlice) land in
+        // one sync.
+        let waited = Instant::now();
+        sync.source.wait(TICK);
+        if waited.elapsed() < TICK {
+            std::thread::sleep(SETTLE);
+        }
     }
     info!(
         "stopping; programs and maps stay pinned and keep serving (`nodeport-agent cleanup` removes them)"

@@ -60,10 +60,7 @@ fn sample(text: &str, name: &str) -> Option<f64> {
 }
 
 #[test]
-#[allow(
-    clippy::too_many_lines,
-    reason = "one scenario, read top to bottom"
-)]
+#[allow(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 fn healthz_livez_and_metrics_follow_the_sync_state() {
     let c = cluster();
     let api = api_server(&c);
@@ -176,6 +173,7 @@ fn healthz_livez_and_metrics_follow_the_sync_state() {
     assert!(sample(&text, "nodeport_sync_duration_seconds_count").unwrap_or(0.0) >= 2.0);
     assert!(sample(&text, "nodeport_sync_last_timestamp_seconds").unwrap_or(0.0) > 1.0e9);
     let latency = sample(&text, "nodeport_network_programming_duration_seconds_sum").unwrap();
+    eprintln!("network programming latency of one EndpointSlice change: {latency} s");
     assert!(latency > 0.0 && latency < 2.0, "latency {latency} s");
     let forwarded: f64 = text
         .lines()

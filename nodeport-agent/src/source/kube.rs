@@ -24,7 +24,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::StreamExt as _;
@@ -148,10 +148,20 @@ impl Watched {
     }
 }
 
-type Shared = Arc<Mutex<Watched>>;
+/// The watchers' state and a condition variable signalled on every change.
+#[derive(Debug, Default)]
+struct SharedState {
+    watched: Mutex<Watched>,
+    changed: Condvar,
+}
+
+type Shared = Arc<SharedState>;
 
 fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Watched> {
-    shared.lock().unwrap_or_else(PoisonError::into_inner)
+    shared
+        .watched
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The Kubernetes API source; see the module docs.
@@ -221,6 +231,20 @@ impl KubeSource {
             "cluster state changed"
         );
         Some(state)
+    }
+
+    /// Blocks until the watchers changed something not yet handed out by
+    /// [`Self::poll_state`], or `timeout` passed.
+    pub fn wait(&self, timeout: Duration) {
+        let w = lock(&self.shared);
+        if self.seen != Some(w.generation) && w.synced() {
+            return;
+        }
+        let _ = self
+            .shared
+            .changed
+            .wait_timeout(w, timeout)
+            .unwrap_or_else(PoisonError::into_inner);
     }
 
     /// What the source reads, for logs.
@@ -309,6 +333,7 @@ async fn watch<K>(
                 let mut w = lock(shared);
                 if pick(&mut w).apply(event) {
                     w.generation += 1;
+                    shared.changed.notify_all();
                 }
             }
             Err(e) => {
@@ -432,6 +457,62 @@ mod tests {
         w.nodes.apply(watcher::Event::Init);
         w.nodes.apply(watcher::Event::InitDone);
         assert!(w.synced());
+    }
+
+    #[test]
+    fn wait_wakes_on_a_change_and_poll_hands_it_out_once() {
+        let shared: Shared = Arc::default();
+        {
+            let mut w = lock(&shared);
+            w.services.apply(watcher::Event::Init);
+            w.services.apply(watcher::Event::InitDone);
+            w.slices.apply(watcher::Event::Init);
+            w.slices.apply(watcher::Event::InitDone);
+            w.nodes.apply(watcher::Event::Init);
+            w.nodes.apply(watcher::Event::InitDone);
+            w.generation = 1;
+        }
+        let mut source = KubeSource {
+            shared: Arc::clone(&shared),
+            seen: None,
+            server: String::new(),
+            waiting_logged: false,
+        };
+        let start = std::time::Instant::now();
+        source.wait(Duration::from_secs(5));
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "a pending change: no wait"
+        );
+        assert!(source.poll_state().is_some());
+        assert!(source.poll_state().is_none(), "handed out once");
+
+        let bumper = {
+            let shared = Arc::clone(&shared);
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                let mut w = lock(&shared);
+                w.services.apply(watcher::Event::Apply(svc("a", "1")));
+                w.generation += 1;
+                shared.changed.notify_all();
+            })
+        };
+        let start = std::time::Instant::now();
+        source.wait(Duration::from_secs(5));
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "woken by the change"
+        );
+        bumper.join().unwrap();
+        let state = source.poll_state().expect("the change");
+        assert_eq!(state.services.len(), 1);
+
+        let start = std::time::Instant::now();
+        source.wait(Duration::from_millis(100));
+        assert!(
+            start.elapsed() >= Duration::from_millis(90),
+            "nothing new: times out"
+        );
     }
 
     #[test]

@@ -30,6 +30,12 @@ pub trait Source {
 
     /// What this source reads, for logs.
     fn describe(&self) -> String;
+
+    /// Blocks until the source may have something new, or for `timeout`.
+    /// Sources that are polled (the manifests directory) just sleep.
+    fn wait(&self, timeout: std::time::Duration) {
+        std::thread::sleep(timeout);
+    }
 }
 
 impl Source for manifests::ManifestsSource {
@@ -49,5 +55,9 @@ impl Source for kube::KubeSource {
 
     fn describe(&self) -> String {
         format!("the Kubernetes API at {}", self.server())
+    }
+
+    fn wait(&self, timeout: std::time::Duration) {
+        kube::KubeSource::wait(self, timeout);
     }
 }
