@@ -13,7 +13,7 @@ use std::io::{self, BufRead as _, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd as _;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -23,6 +23,9 @@ use tracing::debug;
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Request heads larger than this are refused.
 const MAX_HEAD: usize = 16 * 1024;
+/// Connections served at once per server; more are closed at once (each
+/// holds a thread for at most [`READ_TIMEOUT`] while its client is slow).
+const MAX_CONNECTIONS: usize = 64;
 /// How often the accept loop checks whether it should stop.
 const STOP_POLL: Duration = Duration::from_millis(100);
 
@@ -199,13 +202,20 @@ fn readable(listener: &TcpListener, timeout: Duration) -> bool {
 }
 
 fn accept_loop(listener: &TcpListener, stop: &AtomicBool, handler: &Handler, what: &str) {
+    let active = Arc::new(AtomicUsize::new(0));
     while !stop.load(Ordering::Relaxed) {
         if !readable(listener, STOP_POLL) {
             continue;
         }
         match listener.accept() {
             Ok((stream, peer)) => {
+                if active.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
+                    debug!(what, %peer, "too many open connections; closing a new one");
+                    continue;
+                }
+                active.fetch_add(1, Ordering::Relaxed);
                 let handler = Arc::clone(handler);
+                let done = Arc::clone(&active);
                 let spawned =
                     std::thread::Builder::new()
                         .name("http-conn".into())
@@ -213,8 +223,10 @@ fn accept_loop(listener: &TcpListener, stop: &AtomicBool, handler: &Handler, wha
                             if let Err(e) = serve_connection(&stream, &handler) {
                                 debug!(%peer, error = %e, "HTTP connection failed");
                             }
+                            done.fetch_sub(1, Ordering::Relaxed);
                         });
                 if let Err(e) = spawned {
+                    active.fetch_sub(1, Ordering::Relaxed);
                     debug!(what, error = %e, "cannot spawn an HTTP connection thread");
                 }
             }
@@ -315,6 +327,47 @@ mod tests {
         assert!(TcpStream::connect(addr).is_err(), "closed after drop");
         let again = Server::bind(addr, "test", handler).expect("the port is free again");
         assert_eq!(again.local_addr(), addr);
+    }
+
+    #[test]
+    fn idle_connections_are_capped() {
+        let server = Server::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            "test",
+            Arc::new(|_: &Request| Response::text(200, "ok\n")),
+        )
+        .expect("bind");
+        let addr = server.local_addr();
+        let idle: Vec<TcpStream> = (0..MAX_CONNECTIONS)
+            .map(|_| TcpStream::connect(addr).expect("connect"))
+            .collect();
+        // Once every idle connection holds a thread, a new one is closed
+        // unanswered.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut s = TcpStream::connect(addr).expect("connect");
+            s.set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+            let _ = s.write_all(b"GET / HTTP/1.1\r\n\r\n");
+            let mut out = String::new();
+            // Closed unanswered: EOF, or a reset for the unread request.
+            if matches!(s.read_to_string(&mut out), Ok(0) | Err(_)) && out.is_empty() {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "never refused: {out}");
+        }
+        drop(idle);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut s = TcpStream::connect(addr).expect("connect");
+            let _ = s.write_all(b"GET / HTTP/1.1\r\n\r\n");
+            let mut out = String::new();
+            if s.read_to_string(&mut out).is_ok() && out.starts_with("HTTP/1.1 200") {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "not served again");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     #[test]
