@@ -269,6 +269,11 @@ fn kill_restart_and_upgrade_under_load_lose_nothing() {
                             0
                         }
                     };
+                    // Paced: each request is a new flow, and SNAT ports of
+                    // remote backends (61000-65535 per backend) are freed
+                    // only when a flow closes (TCP) or ages out of the LRU
+                    // (UDP); an unpaced loop would exhaust them on its own.
+                    std::thread::sleep(Duration::from_millis(1));
                 }
             });
         }
@@ -336,7 +341,13 @@ fn kill_restart_and_upgrade_under_load_lose_nothing() {
         2 * LONG_LIVED,
         failures.len()
     );
-    assert!(failures.is_empty(), "failed requests: {failures:#?}");
+    assert!(
+        failures.is_empty(),
+        "failed requests: {failures:#?}\ndatapath counters:\n{}",
+        [1, 2]
+            .map(|n| format!("node{n}: {}", inspect(&c, n, "stats")))
+            .join("\n")
+    );
     assert!(tcp > 100 && udp > 100, "the load ran: {tcp} TCP, {udp} UDP");
     assert!(
         echo > 2 * LONG_LIVED * 50,
