@@ -221,8 +221,11 @@ pub const CT_F_CLOSING: u8 = 1 << 1;
 
 /// An SNAT port whose flow closed (FIN/RST) this long ago is free again.
 pub const SNAT_REUSE_CLOSED_NS: u64 = 2_000_000_000;
-/// An SNAT port whose flow saw no packet for this long is free again.
+/// An SNAT port whose TCP flow saw no packet for this long is free again.
 pub const SNAT_REUSE_IDLE_NS: u64 = 300_000_000_000;
+/// An SNAT port whose UDP flow saw no packet for this long is free again
+/// (the kernel's own conntrack forgets such UDP flows after 30 s too).
+pub const SNAT_REUSE_IDLE_UDP_NS: u64 = 30_000_000_000;
 
 /// Key of the ClientIP session-affinity map.
 #[repr(C)]

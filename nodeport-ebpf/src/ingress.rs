@@ -11,8 +11,8 @@ use aya_ebpf::{
 };
 use nodeport_common::{
     BACKEND_F_LOCAL, Backend, CT_F_CLOSING, CT_F_SNAT, CtEntry, FRONTEND_F_DROP_EMPTY, FlowKey,
-    Frontend, FrontendKey, RevNat, SNAT_PORT_MAX, SNAT_PORT_MIN, SNAT_REUSE_CLOSED_NS,
-    SNAT_REUSE_IDLE_NS, stat,
+    Frontend, FrontendKey, PROTO_UDP, RevNat, SNAT_PORT_MAX, SNAT_PORT_MIN, SNAT_REUSE_CLOSED_NS,
+    SNAT_REUSE_IDLE_NS, SNAT_REUSE_IDLE_UDP_NS, stat,
 };
 
 use crate::{
@@ -267,8 +267,12 @@ fn reclaimable(key: &FlowKey, now: u64) -> bool {
         return true;
     }
     let age = now.wrapping_sub(ct.last_seen_ns);
-    let stale =
-        (ct.flags & CT_F_CLOSING != 0 && age > SNAT_REUSE_CLOSED_NS) || age > SNAT_REUSE_IDLE_NS;
+    let idle = if key.proto == PROTO_UDP {
+        SNAT_REUSE_IDLE_UDP_NS
+    } else {
+        SNAT_REUSE_IDLE_NS
+    };
+    let stale = (ct.flags & CT_F_CLOSING != 0 && age > SNAT_REUSE_CLOSED_NS) || age > idle;
     if stale {
         let _ = CONNTRACK.remove(ct_key);
     }
