@@ -643,6 +643,9 @@ fn snat_ports_of_live_flows_are_kept_and_of_closed_flows_reused() {
                         flags: CT_F_SNAT,
                         pad: 0,
                         last_seen_ns: now,
+                        backend_addr_be: be(REMOTE_POD),
+                        backend_port_be: 80u16.to_be(),
+                        pad2: 0,
                     },
                     0,
                 )
@@ -668,6 +671,9 @@ fn snat_ports_of_live_flows_are_kept_and_of_closed_flows_reused() {
                     flags: CT_F_SNAT | CT_F_CLOSING,
                     pad: 0,
                     last_seen_ns: now - 3_000_000_000,
+                    backend_addr_be: be(REMOTE_POD),
+                    backend_port_be: 80u16.to_be(),
+                    pad2: 0,
                 },
                 0,
             )
@@ -827,6 +833,67 @@ fn client_ip_affinity_sticks_and_ends() {
             spread.len(),
             3,
             "expired affinity does not hold: {spread:?}"
+        );
+    });
+}
+
+/// An established TCP connection keeps its backend when the endpoint leaves
+/// the service (kube-proxy's conntrack does the same); a SYN on the tuple of
+/// a closed connection, or of one whose endpoint is gone, gets a current
+/// backend; a retransmitted SYN of a live connection keeps its backend.
+#[test]
+fn tcp_connections_keep_their_backend_and_reopened_tuples_move() {
+    in_fixture(|f| {
+        let a = (1, [10, 244, 1, 10], 80, BACKEND_F_LOCAL);
+        let b = (2, [10, 244, 1, 11], 80, BACKEND_F_LOCAL);
+        let c = (3, [10, 244, 1, 12], 80, BACKEND_F_LOCAL);
+        let dst = |f: &Fixture, frame: Frame| {
+            let (rc, out) = f.xdp(&frame.bytes());
+            assert_eq!(rc, XDP_PASS);
+            Ipv4Addr::new(out[30], out[31], out[32], out[33])
+        };
+        let syn = |port| Frame::tcp(CLIENT, port, NODE, NODE_PORT);
+        let ack = |port| Frame {
+            tcp_flags: TCP_ACK,
+            ..Frame::tcp(CLIENT, port, NODE, NODE_PORT)
+        };
+        let fin = |port| Frame {
+            tcp_flags: TCP_ACK | 0x01,
+            ..Frame::tcp(CLIENT, port, NODE, NODE_PORT)
+        };
+
+        f.service(1, NODE_PORT, PROTO_TCP, 0, &[a]);
+        assert_eq!(dst(f, syn(40000)), Ipv4Addr::from(a.1));
+        // Endpoint a leaves; its backend entry is deleted.
+        f.service(1, NODE_PORT, PROTO_TCP, 0, &[b]);
+        f.map::<BackendKey, Backend>(names::BACKENDS)
+            .remove(&BackendKey { backend_id: 1 })
+            .expect("remove backend");
+        assert_eq!(
+            dst(f, ack(40000)),
+            Ipv4Addr::from(a.1),
+            "the connection keeps its backend"
+        );
+        assert_eq!(
+            dst(f, syn(40000)),
+            Ipv4Addr::from(b.1),
+            "a new connection on the tuple moves"
+        );
+
+        // A live connection's retransmitted SYN keeps its backend...
+        assert_eq!(dst(f, syn(40001)), Ipv4Addr::from(b.1));
+        f.service(1, NODE_PORT, PROTO_TCP, 0, &[c]);
+        assert_eq!(dst(f, syn(40001)), Ipv4Addr::from(b.1), "retransmitted SYN");
+        // ...a closed one's tuple, reopened, gets a current backend.
+        assert_eq!(
+            dst(f, fin(40001)),
+            Ipv4Addr::from(b.1),
+            "FIN still to its backend"
+        );
+        assert_eq!(
+            dst(f, syn(40001)),
+            Ipv4Addr::from(c.1),
+            "reopened after FIN"
         );
     });
 }

@@ -212,6 +212,12 @@ pub struct CtEntry {
     pub pad: u8,
     /// `bpf_ktime_get_ns` of the last packet seen.
     pub last_seen_ns: u64,
+    /// The backend the flow was sent to. An established TCP flow keeps it
+    /// even when the endpoint leaves the Service (as kube-proxy's conntrack
+    /// does); UDP flows of removed endpoints are purged by the agent.
+    pub backend_addr_be: u32,
+    pub backend_port_be: u16,
+    pub pad2: u16,
 }
 
 /// The flow was SNATed to reach a backend on another node.
@@ -369,7 +375,8 @@ const _: () = {
     assert!(size_of::<FlowKey>() == 16);
     assert!(offset_of!(FlowKey, sport_be) == 8);
     assert!(offset_of!(FlowKey, proto) == 12);
-    assert!(size_of::<CtEntry>() == 24);
+    assert!(size_of::<CtEntry>() == 32);
+    assert!(offset_of!(CtEntry, backend_addr_be) == 24);
     assert!(offset_of!(CtEntry, snat_port_be) == 12);
     assert!(offset_of!(CtEntry, last_seen_ns) == 16);
     assert!(size_of::<RevNat>() == 12);
@@ -441,6 +448,9 @@ pub const LAYOUTS: &[Layout] = &[
             ("flags", 14),
             ("pad", 15),
             ("last_seen_ns", 16),
+            ("backend_addr_be", 24),
+            ("backend_port_be", 28),
+            ("pad2", 30),
         ],
     ),
     (

@@ -64,6 +64,12 @@ pub struct Parsed {
 }
 
 impl Parsed {
+    /// A TCP SYN without ACK: a connection is being opened.
+    #[inline(always)]
+    pub fn opening(&self) -> bool {
+        self.tcp_flags & (l4::TCP_SYN | l4::TCP_ACK_FLAG) == l4::TCP_SYN
+    }
+
     /// A TCP FIN or RST: the flow is ending.
     #[inline(always)]
     pub fn closing(&self) -> bool {

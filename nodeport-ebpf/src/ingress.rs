@@ -77,13 +77,22 @@ fn service(
     to_node: bool,
 ) -> Result<Verdict, Error> {
     let now = unsafe { bpf_ktime_get_ns() };
-    // Established flow whose backend still exists: keep it.
+    // Established flow of this service: it keeps its backend, also when
+    // the endpoint left the service (as kube-proxy's conntrack does). A SYN
+    // on the tuple of a closed flow, or of a flow whose endpoint is gone,
+    // opens a new connection that gets a backend of its own.
     if let Some(ct) = CONNTRACK.get_ptr_mut(flow) {
-        // SAFETY: pointer from a successful lookup; copied, then one field written.
+        // SAFETY: pointer from a successful lookup; copied, then fields written.
         let entry = unsafe { *ct };
-        if entry.service_id == fe.service_id
-            && let Some(backend) = maps::backend(entry.backend_id)
-        {
+        let reopened = p.opening()
+            && (entry.flags & CT_F_CLOSING != 0 || maps::backend(entry.backend_id).is_none());
+        if entry.service_id == fe.service_id && !reopened {
+            let backend = Backend {
+                addr_be: entry.backend_addr_be,
+                port_be: entry.backend_port_be,
+                flags: 0,
+                pad: 0,
+            };
             // SAFETY: as above.
             unsafe {
                 (*ct).last_seen_ns = now;
@@ -110,6 +119,9 @@ fn service(
         flags: 0,
         pad: 0,
         last_seen_ns: now,
+        backend_addr_be: backend.addr_be,
+        backend_port_be: backend.port_be,
+        pad2: 0,
     };
     if backend.flags & BACKEND_F_LOCAL == 0 {
         if !to_node {

@@ -172,10 +172,15 @@ impl MapWriter for BpfMaps {
         // Backend addresses of the purged ids are gone from the backends map
         // by now; find the flows by id in conntrack, and their reverse
         // entries by the reply tuple they translate to.
+        // TCP connections keep their backend until they end, as with
+        // kube-proxy's conntrack (the datapath keeps the backend's address in
+        // the entry); everything else goes at once.
         let doomed: Vec<(FlowKey, CtEntry)> = self
             .conntrack()?
             .into_iter()
-            .filter(|(_, e)| backend_ids.contains(&e.backend_id))
+            .filter(|(k, e)| {
+                k.proto != nodeport_common::PROTO_TCP && backend_ids.contains(&e.backend_id)
+            })
             .collect();
         // (client addr, client port, frontend addr, frontend port, proto)
         let flows: BTreeSet<(u32, u16, u32, u16, u8)> = doomed

@@ -45,8 +45,10 @@ pub trait MapWriter {
     fn delete_slot(&mut self, key: SlotKey) -> Result<(), MapError>;
     fn put_backend(&mut self, key: BackendKey, value: Backend) -> Result<(), MapError>;
     fn delete_backend(&mut self, key: BackendKey) -> Result<(), MapError>;
-    /// Deletes the flow state (conntrack and reverse-NAT entries) of flows
-    /// that were sent to any of `backend_ids`; returns how many flows went.
+    /// Deletes the flow state (conntrack and reverse-NAT entries) of the
+    /// connectionless (UDP) flows that were sent to any of `backend_ids`, and
+    /// their ClientIP affinity; TCP connections keep their backend until they
+    /// end, as with kube-proxy. Returns how many flows went.
     fn purge_flows(&mut self, backend_ids: &BTreeSet<u32>) -> Result<usize, MapError>;
     /// Deletes the flow state of UDP flows of service `.0` sent to backend
     /// `.1`, for each pair: the backend left that service but still serves
