@@ -462,11 +462,14 @@ impl Reconciler {
         let mut backends = BTreeMap::new();
         let mut backend_owner = BTreeMap::new();
         let mut id_of: BTreeMap<BackendAddr, u32> = BTreeMap::new();
+        // Ids in use, gathered once per plan on the first allocation (not
+        // per allocation: a cold start allocates 100k ids).
+        let mut backend_ids_in_use = None;
         for (&(addr, port), &(flags, owner)) in &wanted {
             let id = if let Some(id) = self.backend_ids.get(&(addr, port)) {
                 *id
             } else {
-                let id = self.alloc_backend_id();
+                let id = self.alloc_backend_id(&mut backend_ids_in_use);
                 self.backend_ids.insert((addr, port), id);
                 id
             };
@@ -485,11 +488,12 @@ impl Reconciler {
 
         let mut frontends = BTreeMap::new();
         let mut slots = BTreeMap::new();
+        let mut service_ids_in_use = None;
         for (k, f) in &desired.frontends {
             let service_id = if let Some(id) = self.service_ids.get(k) {
                 *id
             } else {
-                let id = self.alloc_service_id();
+                let id = self.alloc_service_id(&mut service_ids_in_use);
                 self.service_ids.insert(*k, id);
                 id
             };
@@ -542,26 +546,35 @@ impl Reconciler {
         }
     }
 
-    fn alloc_backend_id(&mut self) -> u32 {
-        let in_use: BTreeSet<u32> = self
-            .backend_ids
-            .values()
-            .copied()
-            .chain(self.current.backends.keys().map(|k| k.backend_id))
-            .chain(self.pending_purge.iter().copied())
-            .collect();
-        next_free(&mut self.next_backend_id, &in_use)
+    /// A backend id in use nowhere; `in_use` caches the ids in use for one
+    /// plan and records the new one.
+    fn alloc_backend_id(&mut self, in_use: &mut Option<BTreeSet<u32>>) -> u32 {
+        let in_use = in_use.get_or_insert_with(|| {
+            self.backend_ids
+                .values()
+                .copied()
+                .chain(self.current.backends.keys().map(|k| k.backend_id))
+                .chain(self.pending_purge.iter().copied())
+                .collect()
+        });
+        let id = next_free(&mut self.next_backend_id, in_use);
+        in_use.insert(id);
+        id
     }
 
-    fn alloc_service_id(&mut self) -> u32 {
-        let in_use: BTreeSet<u32> = self
-            .service_ids
-            .values()
-            .copied()
-            .chain(self.current.frontends.values().map(|f| f.service_id))
-            .chain(self.current.slots.keys().map(|k| k.service_id))
-            .collect();
-        next_free(&mut self.next_service_id, &in_use)
+    /// A service id in use nowhere; `in_use` as for [`Self::alloc_backend_id`].
+    fn alloc_service_id(&mut self, in_use: &mut Option<BTreeSet<u32>>) -> u32 {
+        let in_use = in_use.get_or_insert_with(|| {
+            self.service_ids
+                .values()
+                .copied()
+                .chain(self.current.frontends.values().map(|f| f.service_id))
+                .chain(self.current.slots.keys().map(|k| k.service_id))
+                .collect()
+        });
+        let id = next_free(&mut self.next_service_id, in_use);
+        in_use.insert(id);
+        id
     }
 
     fn frontend_object(&self, key: FrontendKey) -> String {
