@@ -1,5 +1,6 @@
 //! Project automation: `cargo xtask <command>`.
 
+mod bench;
 mod build_ebpf;
 mod demo;
 mod ebpf_command;
@@ -36,6 +37,9 @@ enum Cmd {
         #[arg(long)]
         manifests: Option<PathBuf>,
     },
+    /// Measure the datapath, end-to-end traffic and the control plane beside
+    /// kube-proxy's iptables and nftables rules (as root); writes BENCHMARKS.md.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> Result<()> {
@@ -43,5 +47,6 @@ fn main() -> Result<()> {
         Cmd::BuildEbpf => build_ebpf::build().map(|_| ()),
         Cmd::Test { args } => test::run(&args),
         Cmd::Demo { manifests } => demo::run(&manifests.unwrap_or_else(demo::default_manifests)),
+        Cmd::Bench(args) => bench::run(&args),
     }
 }

@@ -22,6 +22,11 @@ const TOOL_PACKAGES: &[(&str, &str)] = &[
     ("ethtool", "ethtool"),
     ("ip", "iproute2"),
     ("nsenter", "util-linux"),
+    // The benchmarks: kube-proxy's rules in iptables and nftables mode, and
+    // TCP throughput.
+    ("iptables-restore", "iptables"),
+    ("nft", "nftables"),
+    ("iperf3", "iperf3"),
 ];
 
 pub fn is_root() -> bool {

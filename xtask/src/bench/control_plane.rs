@@ -1,0 +1,273 @@
+//! Control-plane benchmark through the agent's own pipeline: manifests →
+//! `ManifestsSource::scan` → `desired::compute` → `Reconciler::apply` into
+//! freshly created, pinned BPF maps (`maps::bpf::BpfMaps`), then single
+//! endpoint changes through compute + apply, as the agent's loop does them.
+//!
+//! Built into the `bench-control-plane` example (which `cargo xtask bench`
+//! runs) and into xtask's tests; it links the agent's library, whose build
+//! needs the eBPF toolchain.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use nodeport_agent::desired;
+use nodeport_agent::loader::{self, Datapath, MapSizes};
+use nodeport_agent::maps::{MapWriter as _, bpf::BpfMaps};
+use nodeport_agent::reconcile::Reconciler;
+use nodeport_agent::source::manifests::ManifestsSource;
+use nodeport_agent::store::ObjectKey;
+
+use super::results::{ControlPlaneResults, ControlPlaneRow};
+use super::stats;
+use super::synthetic::{self, NAMESPACE};
+
+/// The node whose datapath is programmed, and its address.
+const NODE: &str = "node1";
+const NODE_ADDR: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 11);
+/// At most this many Services are of type NodePort (nodePorts 30000-49999);
+/// the rest are ClusterIP Services.
+pub const MAX_NODE_PORTS: usize = 20_000;
+/// Capacities the maps are created with: room for 50k Services × 10
+/// endpoints (the agent's defaults hold 65,536 frontends and 262,144
+/// backends).
+fn sizes() -> MapSizes {
+    MapSizes {
+        frontends: 131_072,
+        backend_slots: 1_048_576,
+        backends: 524_288,
+        ..MapSizes::default()
+    }
+}
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Service counts.
+    pub sizes: Vec<usize>,
+    pub endpoints_per_service: usize,
+    /// Endpoint changes timed at a size of `n` Services (at most; see
+    /// `change_budget`).
+    pub changes: fn(usize) -> usize,
+    /// Changes stop being timed after this long at one size.
+    pub change_budget: Duration,
+    /// Larger sizes are skipped once a cold apply took longer than this.
+    pub apply_budget: Duration,
+    /// Where the manifests are written.
+    pub work_dir: PathBuf,
+}
+
+/// Runs every size.
+pub fn run(config: &Config) -> Result<ControlPlaneResults> {
+    let sizes = sizes();
+    let mut results = ControlPlaneResults {
+        rows: Vec::new(),
+        capacities: vec![
+            ("frontends".into(), sizes.frontends),
+            ("backends".into(), sizes.backends),
+            ("backend_slots".into(), sizes.backend_slots),
+        ],
+        skipped: Vec::new(),
+    };
+    for &n in &config.sizes {
+        if let Some(last) = results.rows.last()
+            && last.apply_ms > config.apply_budget.as_secs_f64() * 1e3
+        {
+            let why = format!(
+                "not run: the cold apply of {} Services took {:.0} s, over the run's budget of {:.0} s for one apply",
+                last.services,
+                last.apply_ms / 1e3,
+                config.apply_budget.as_secs_f64()
+            );
+            eprintln!("bench: control plane, {n} Services {why}");
+            results.skipped.push((n, why));
+            continue;
+        }
+        eprintln!(
+            "bench: control plane, {n} Services × {} endpoints",
+            config.endpoints_per_service
+        );
+        let row = run_size(
+            n,
+            config.endpoints_per_service,
+            (config.changes)(n),
+            config.change_budget,
+            &config.work_dir,
+        )?;
+        eprintln!(
+            "bench:   parse {:.0} ms, compute {:.1} ms, apply {:.1} ms, one change p50 {:.2} ms p99 {:.2} ms",
+            row.parse_ms, row.compute_ms, row.apply_ms, row.change_p50_ms, row.change_p99_ms
+        );
+        results.rows.push(row);
+    }
+    Ok(results)
+}
+
+/// Pinned maps under a private bpffs directory, removed on drop.
+struct PinnedMaps {
+    root: PathBuf,
+    _datapath: Datapath,
+    maps: BpfMaps,
+}
+
+impl PinnedMaps {
+    fn create() -> Result<Self> {
+        nodeport_tests::ensure_bpffs();
+        let root = Path::new(nodeport_tests::BPFFS_ROOT)
+            .join(format!("np-bench-{}", nodeport_tests::random_hex(4)));
+        let datapath = Datapath::load(&root, sizes())
+            .with_context(|| format!("creating the maps under {}", root.display()))?;
+        let maps = BpfMaps::open(&root).context("opening the pinned maps")?;
+        Ok(Self {
+            root,
+            _datapath: datapath,
+            maps,
+        })
+    }
+}
+
+impl Drop for PinnedMaps {
+    fn drop(&mut self) {
+        if let Err(e) = loader::cleanup(&self.root) {
+            eprintln!("bench: removing {}: {e}", self.root.display());
+        }
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// A small deterministic generator (xorshift64*), so every run changes the
+/// same endpoints.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let x = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d);
+        usize::try_from(x % (n as u64)).expect("below n")
+    }
+}
+
+/// Cold programming of `n` Services and up to `changes` single-endpoint
+/// changes (as many as fit in `change_budget`).
+pub fn run_size(
+    n: usize,
+    endpoints: usize,
+    changes: usize,
+    change_budget: Duration,
+    work_dir: &Path,
+) -> Result<ControlPlaneRow> {
+    ensure!(
+        n > 0 && endpoints > 0,
+        "need at least one Service and endpoint"
+    );
+    let services = synthetic::control_plane_services(n, endpoints, MAX_NODE_PORTS);
+    let dir = work_dir.join(format!("control-plane-{n}"));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(
+        dir.join("services.yaml"),
+        synthetic::manifests_yaml(&services),
+    )
+    .context("writing the manifests")?;
+    let (lo, hi) = synthetic::node_port_range(&services);
+
+    let t = Instant::now();
+    let mut source = ManifestsSource::new(dir.clone(), lo..=hi);
+    let mut state = source
+        .scan()
+        .context("reading the manifests")?
+        .context("the first scan returns the state")?;
+    let parse = t.elapsed();
+    if let Some(p) = source.problems().first() {
+        bail!("the manifests have problems, e.g. {p:?}");
+    }
+    ensure!(
+        state.services.len() == n,
+        "{} of {n} Services were accepted",
+        state.services.len()
+    );
+
+    let mut pinned = PinnedMaps::create()?;
+    let mut reconciler = Reconciler::adopt(pinned.maps.read_state().context("reading the maps")?);
+    let addrs = [NODE_ADDR];
+
+    let t = Instant::now();
+    let desired = desired::compute(&state, NODE, &addrs);
+    let compute = t.elapsed();
+    let t = Instant::now();
+    let report = reconciler
+        .apply(&desired, &mut pinned.maps)
+        .context("cold apply")?;
+    let apply = t.elapsed();
+    let written = pinned.maps.read_state().context("reading the maps back")?;
+    ensure!(
+        written.frontends.len() == desired.frontends.len(),
+        "the maps hold {} frontends, {} wanted",
+        written.frontends.len(),
+        desired.frontends.len()
+    );
+
+    // Single endpoint changes: a new address for one endpoint of a random
+    // Service; timed from the changed cluster state to the maps written.
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ n as u64);
+    let mut samples = Vec::with_capacity(changes);
+    let mut writes = Vec::with_capacity(changes);
+    let started = Instant::now();
+    for c in 0..changes {
+        if c > 0 && started.elapsed() > change_budget {
+            break;
+        }
+        let svc = rng.below(n);
+        let ep = rng.below(endpoints);
+        let key = ObjectKey {
+            namespace: NAMESPACE.into(),
+            name: format!("svc-{svc}-0"),
+        };
+        let slice = state
+            .endpoint_slices
+            .get_mut(&key)
+            .with_context(|| format!("EndpointSlice {key} is missing"))?;
+        let fresh = synthetic::offset(Ipv4Addr::new(10, 192, 0, 0), c);
+        slice.endpoints[ep].addresses = vec![fresh.to_string()];
+
+        let t = Instant::now();
+        let desired = desired::compute(&state, NODE, &addrs);
+        let report = reconciler
+            .apply(&desired, &mut pinned.maps)
+            .context("applying a change")?;
+        samples.push(t.elapsed());
+        ensure!(
+            report.puts > 0 && report.deletes > 0,
+            "a changed endpoint writes the new backend and deletes the old one ({report:?})"
+        );
+        writes.push(report.puts + report.deletes);
+    }
+    let change_ms = stats::millis(&samples);
+    let mut sorted_writes = writes.clone();
+    sorted_writes.sort_unstable();
+
+    Ok(ControlPlaneRow {
+        services: n,
+        endpoints_per_service: endpoints,
+        frontends: written.frontends.len(),
+        backends: written.backends.len(),
+        slots: written.slots.len(),
+        map_writes: report.puts,
+        parse_ms: ms(parse),
+        compute_ms: ms(compute),
+        apply_ms: ms(apply),
+        change_samples: samples.len(),
+        change_p50_ms: stats::median(&change_ms).unwrap_or(f64::NAN),
+        change_p99_ms: stats::quantile(&change_ms, 0.99).unwrap_or(f64::NAN),
+        change_max_ms: stats::quantile(&change_ms, 1.0).unwrap_or(f64::NAN),
+        change_writes: sorted_writes
+            .get(sorted_writes.len() / 2)
+            .copied()
+            .unwrap_or(0),
+    })
+}

@@ -1,0 +1,846 @@
+//! Cost of the XDP program per packet through `BPF_PROG_TEST_RUN`, beside
+//! the object's trivial `XDP_PASS` program measured in the same run.
+//!
+//! Two ways of timing, because the kernel runs every repetition of one
+//! `BPF_PROG_TEST_RUN` call on the same packet buffer and the program
+//! rewrites packets in place:
+//!
+//! - **repeat** (`repeat` ≥ 1,000,000 repetitions per call): only for packets
+//!   the program leaves on the same path when it sees its own output again:
+//!   the trivial program, a packet that is not for a Service, and an
+//!   established flow to a local backend whose address and port are the
+//!   node's own NodePort (the DNAT rewrites the packet to itself: the same
+//!   lookups and the same rewrite as any local backend). Per packet: the
+//!   kernel's reported average (whole nanoseconds; the call's wall time
+//!   also holds the kernel's swap of the XDP dispatcher, milliseconds of
+//!   RCU grace periods).
+//! - **single** (one repetition per call, `calls` calls): everything, each
+//!   call with a fresh copy of the packet. A new flow has its conntrack and
+//!   reverse-NAT entries deleted after each call (between calls, outside the
+//!   timed run), so every call is a new flow. Per packet: the median of the
+//!   kernel-reported durations. Each of those carries the timer's own
+//!   overhead; the trivial program timed the same way has it too, so the
+//!   cost is estimated as `single(case) - single(trivial) +
+//!   repeat(trivial)`, and the estimate is checked against the repeat
+//!   figure for the cases that have both.
+//!
+//! Every call's verdict and the program's own counters are checked, so a
+//! figure is always the cost of the path it is named after.
+
+use std::net::Ipv4Addr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use aya::maps::{HashMap, MapData, PerCpuArray};
+use aya::programs::{TestRun as _, TestRunOptions, Xdp};
+use aya::{Ebpf, EbpfLoader};
+use nodeport_common::{
+    BACKEND_F_LOCAL, Backend, BackendKey, CT_F_SNAT, CtEntry, FlowKey, Frontend, FrontendKey,
+    NODE_ADDR_F_NODEPORT, NodeAddr, NodeAddrKey, PROTO_TCP, RevNat, SNAT_PORT_MAX, SNAT_PORT_MIN,
+    Slot, SlotKey, checksum, names, programs, stat,
+};
+
+use super::stats;
+
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 2);
+const NODE: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 11);
+const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x02];
+const NODE_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x11];
+const OTHER_NODE_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x12];
+/// Backends per Service (filler and measured).
+pub const BACKENDS_PER_SERVICE: usize = 10;
+
+/// The measured Services (NodePorts) and their ids, apart from the fillers'.
+const LOCAL_PORT: u16 = 31_000;
+const SELF_PORT: u16 = 31_001;
+const REMOTE_PORT: u16 = 31_002;
+const PROBE_PORT: u16 = 31_003;
+const MEASURED_SERVICE_ID: u32 = 1 << 30;
+const MEASURED_BACKEND_ID: u32 = 1 << 30;
+
+/// A packet path whose cost is measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Case {
+    /// TCP to a node address on a port that is no NodePort: `XDP_PASS`.
+    Pass,
+    /// Established flow to a local backend: conntrack hit, DNAT, `XDP_PASS`.
+    EstablishedLocal,
+    /// Established flow to a backend on another node: conntrack hit, DNAT +
+    /// SNAT, FIB lookup, MACs, `XDP_TX`.
+    EstablishedRemote,
+    /// New flow to a local backend: backend choice, conntrack and reverse
+    /// entries created, DNAT.
+    NewLocal,
+    /// New flow to a remote backend: as above plus SNAT port allocation and
+    /// forwarding.
+    NewRemote,
+    /// A remote backend's reply: reverse-NAT lookup, rewrite, FIB, `XDP_TX`.
+    Reply,
+}
+
+impl Case {
+    pub const ALL: [Case; 6] = [
+        Case::Pass,
+        Case::EstablishedLocal,
+        Case::EstablishedRemote,
+        Case::NewLocal,
+        Case::NewRemote,
+        Case::Reply,
+    ];
+
+    #[must_use]
+    pub fn label(self) -> &'static str {
+        match self {
+            Case::Pass => "non-service packet (pass)",
+            Case::EstablishedLocal => "established flow, local backend",
+            Case::EstablishedRemote => "established flow, remote backend",
+            Case::NewLocal => "new flow, local backend",
+            Case::NewRemote => "new flow, remote backend",
+            Case::Reply => "reply of a remote backend",
+        }
+    }
+
+    #[must_use]
+    pub fn short(self) -> &'static str {
+        match self {
+            Case::Pass => "pass",
+            Case::EstablishedLocal => "est. local",
+            Case::EstablishedRemote => "est. remote",
+            Case::NewLocal => "new local",
+            Case::NewRemote => "new remote",
+            Case::Reply => "reply",
+        }
+    }
+
+    /// Whether the packet is a fixed point of the program (measurable with
+    /// many repetitions per call).
+    fn repeatable(self) -> bool {
+        matches!(self, Case::Pass | Case::EstablishedLocal)
+    }
+
+    fn verdict(self) -> u32 {
+        match self {
+            Case::Pass | Case::EstablishedLocal | Case::NewLocal => XDP_PASS,
+            Case::EstablishedRemote | Case::NewRemote | Case::Reply => XDP_TX,
+        }
+    }
+
+    fn counter(self) -> u32 {
+        match self {
+            Case::Pass => stat::PASS_NOT_SERVICE,
+            Case::EstablishedLocal | Case::NewLocal => stat::DNAT_LOCAL,
+            Case::EstablishedRemote | Case::NewRemote => stat::FORWARD_REMOTE,
+            Case::Reply => stat::REPLY_REMOTE,
+        }
+    }
+}
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Service counts the maps are filled to.
+    pub sizes: Vec<usize>,
+    /// Repetitions per call for the repeat method.
+    pub repeat: u32,
+    /// Runs per figure (the median is reported).
+    pub runs: usize,
+    /// Calls per run for the single method.
+    pub calls: usize,
+    /// The CPU everything runs on.
+    pub cpu: usize,
+}
+
+/// One figure: a case at a size.
+#[derive(Clone, Debug)]
+pub struct Cell {
+    pub case: Case,
+    pub services: usize,
+    /// Estimated cost per packet (ns): the repeat figure where there is one,
+    /// else the single-method estimate.
+    pub ns: f64,
+    /// `ns` / the trivial program's repeat figure.
+    pub ratio: f64,
+    /// Median per-call kernel duration with one repetition (ns).
+    pub single_ns: f64,
+    /// The repeat figure (ns), for repeatable cases.
+    pub repeat_ns: Option<f64>,
+}
+
+/// The trivial program at one size.
+#[derive(Clone, Debug)]
+pub struct Baseline {
+    pub services: usize,
+    pub repeat_ns: f64,
+    pub single_ns: f64,
+}
+
+/// Everything the program-cost benchmark measured.
+#[derive(Clone, Debug)]
+pub struct ProgramCost {
+    pub cells: Vec<Cell>,
+    pub baselines: Vec<Baseline>,
+    pub config: Config,
+    /// New flows to one remote backend that got an SNAT port before the
+    /// first was dropped for want of one.
+    pub snat_ports_per_backend: usize,
+}
+
+impl ProgramCost {
+    #[must_use]
+    pub fn cell(&self, case: Case, services: usize) -> Option<&Cell> {
+        self.cells
+            .iter()
+            .find(|c| c.case == case && c.services == services)
+    }
+}
+
+fn be(a: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(a.octets())
+}
+
+/// An Ethernet + IPv4 + TCP frame with correct checksums.
+#[allow(clippy::too_many_arguments, reason = "one frame's header fields")]
+fn tcp_frame(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    saddr: Ipv4Addr,
+    sport: u16,
+    daddr: Ipv4Addr,
+    dport: u16,
+    flags: u8,
+    ttl: u8,
+) -> Vec<u8> {
+    let mut l4 = Vec::with_capacity(20);
+    l4.extend_from_slice(&sport.to_be_bytes());
+    l4.extend_from_slice(&dport.to_be_bytes());
+    l4.extend_from_slice(&1000u32.to_be_bytes());
+    l4.extend_from_slice(&(if flags & 0x10 != 0 { 7u32 } else { 0 }).to_be_bytes());
+    l4.push(5 << 4);
+    l4.push(flags);
+    l4.extend_from_slice(&64_240u16.to_be_bytes());
+    l4.extend_from_slice(&[0, 0, 0, 0]);
+    let c = checksum::l4_ipv4(saddr.octets(), daddr.octets(), PROTO_TCP, &l4);
+    l4[16..18].copy_from_slice(&c.to_be_bytes());
+    let mut ip = Vec::with_capacity(20);
+    ip.push(0x45);
+    ip.push(0);
+    ip.extend_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+    ip.extend_from_slice(&0x1234u16.to_be_bytes());
+    ip.extend_from_slice(&0x4000u16.to_be_bytes());
+    ip.push(ttl);
+    ip.push(PROTO_TCP);
+    ip.extend_from_slice(&[0, 0]);
+    ip.extend_from_slice(&saddr.octets());
+    ip.extend_from_slice(&daddr.octets());
+    let c = checksum::compute(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut f = Vec::with_capacity(54);
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&l4);
+    f
+}
+
+fn client_frame(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    tcp_frame(CLIENT_MAC, NODE_MAC, CLIENT, sport, NODE, dport, flags, 64)
+}
+
+fn flow(sport: u16, dport: u16) -> FlowKey {
+    FlowKey {
+        saddr_be: be(CLIENT),
+        daddr_be: be(NODE),
+        sport_be: sport.to_be(),
+        dport_be: dport.to_be(),
+        proto: PROTO_TCP,
+        pad: [0; 3],
+    }
+}
+
+fn sh(cmd: &str) -> Result<()> {
+    let out = Command::new("sh").arg("-c").arg(cmd).output()?;
+    if !out.status.success() {
+        bail!(
+            "`{cmd}` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Moves the calling thread into a new network namespace with the topology
+/// the FIB lookups need, and onto `cpu`. Returns the ifindex of `np0`.
+fn enter_private_netns(cpu: usize) -> Result<u32> {
+    // SAFETY: moves only the calling thread (a thread of our own) into a
+    // new network namespace.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        bail!("unshare(CLONE_NEWNET): {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET stays within it for cpu < 1024.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set) != 0 {
+            bail!(
+                "sched_setaffinity(CPU {cpu}): {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    sh("ip link set lo up \
+        && ip link add np0 address 02:00:00:00:00:11 type veth peer name np1 \
+        && ip link set np1 up && ip link set np0 up \
+        && ip addr add 10.200.0.11/24 dev np0 \
+        && ip neigh add 10.200.0.12 lladdr 02:00:00:00:00:12 dev np0 nud permanent \
+        && ip neigh add 10.200.0.2 lladdr 02:00:00:00:00:02 dev np0 nud permanent \
+        && ip route add 10.244.2.0/24 via 10.200.0.12 \
+        && echo 1 > /proc/sys/net/ipv4/ip_forward")?;
+    let name = std::ffi::CString::new("np0")?;
+    // SAFETY: valid C string.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    ensure!(ifindex != 0, "np0 has no ifindex");
+    Ok(ifindex)
+}
+
+/// The loaded programs and the maps the benchmark writes.
+struct Bench {
+    ebpf: Ebpf,
+    ctx: Vec<u8>,
+    frontends: HashMap<MapData, FrontendKey, Frontend>,
+    slots: HashMap<MapData, SlotKey, Slot>,
+    backends: HashMap<MapData, BackendKey, Backend>,
+    conntrack: HashMap<MapData, FlowKey, CtEntry>,
+    rev_nat: HashMap<MapData, FlowKey, RevNat>,
+    stats: PerCpuArray<MapData, u64>,
+    /// Filler Services in the maps.
+    fillers: usize,
+    /// Measured backends: id → (address, port).
+    measured: Vec<(u32, Ipv4Addr, u16)>,
+}
+
+fn take_hash<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &str,
+) -> Result<HashMap<MapData, K, V>> {
+    let map = ebpf
+        .take_map(name)
+        .with_context(|| format!("map {name} in the object"))?;
+    HashMap::try_from(map).with_context(|| format!("map {name}"))
+}
+
+impl Bench {
+    fn load(object: &[u8], ifindex: u32, max_services: usize) -> Result<Self> {
+        let backends = u32::try_from((max_services + 16) * BACKENDS_PER_SERVICE)?
+            .max(nodeport_common::capacity::BACKENDS);
+        let frontends = u32::try_from(max_services + 16)?.max(nodeport_common::capacity::FRONTENDS);
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(names::FRONTENDS, frontends)
+            .map_max_entries(names::BACKENDS, backends)
+            .map_max_entries(
+                names::BACKEND_SLOTS,
+                backends.max(nodeport_common::capacity::BACKEND_SLOTS),
+            )
+            .load(object)
+            .context("loading the datapath object")?;
+        for name in [programs::XDP_INGRESS, programs::XDP_PASS_BASELINE] {
+            let prog: &mut Xdp = ebpf
+                .program_mut(name)
+                .with_context(|| format!("program {name} in the object"))?
+                .try_into()
+                .with_context(|| format!("{name} is an XDP program"))?;
+            prog.load()
+                .with_context(|| format!("the verifier accepts {name}"))?;
+        }
+        let mut node_addrs: HashMap<MapData, NodeAddrKey, NodeAddr> =
+            take_hash(&mut ebpf, names::NODE_ADDRS)?;
+        node_addrs.insert(
+            NodeAddrKey { addr_be: be(NODE) },
+            NodeAddr {
+                flags: NODE_ADDR_F_NODEPORT,
+            },
+            0,
+        )?;
+        let stats_map = ebpf.take_map(names::STATS).context("stats map")?;
+        let ctx: Vec<u8> = [0u32, 54, 0, ifindex, 0, 0]
+            .iter()
+            .flat_map(|v| v.to_ne_bytes())
+            .collect();
+        let mut bench = Self {
+            frontends: take_hash(&mut ebpf, names::FRONTENDS)?,
+            slots: take_hash(&mut ebpf, names::BACKEND_SLOTS)?,
+            backends: take_hash(&mut ebpf, names::BACKENDS)?,
+            conntrack: take_hash(&mut ebpf, names::CONNTRACK)?,
+            rev_nat: take_hash(&mut ebpf, names::REV_NAT)?,
+            stats: PerCpuArray::try_from(stats_map).context("stats map")?,
+            ebpf,
+            ctx,
+            fillers: 0,
+            measured: Vec::new(),
+        };
+        bench.measured_services()?;
+        Ok(bench)
+    }
+
+    /// A NodePort frontend with the given backends.
+    fn service(
+        &mut self,
+        service_id: u32,
+        key: FrontendKey,
+        backends: &[(u32, Backend)],
+    ) -> Result<()> {
+        for (slot, (id, backend)) in backends.iter().enumerate() {
+            self.backends
+                .insert(BackendKey { backend_id: *id }, *backend, 0)?;
+            self.slots.insert(
+                SlotKey {
+                    service_id,
+                    slot: u32::try_from(slot)?,
+                },
+                Slot { backend_id: *id },
+                0,
+            )?;
+        }
+        self.frontends.insert(
+            key,
+            Frontend {
+                service_id,
+                backend_count: u32::try_from(backends.len())?,
+                flags: 0,
+                affinity_timeout_s: 0,
+            },
+            0,
+        )?;
+        Ok(())
+    }
+
+    fn measured_services(&mut self) -> Result<()> {
+        let node_port = |port: u16| FrontendKey {
+            addr_be: 0,
+            port_be: port.to_be(),
+            proto: PROTO_TCP,
+            pad: 0,
+        };
+        let mut next_id = MEASURED_BACKEND_ID;
+        let mut make = |bench: &mut Self, addrs: &[(Ipv4Addr, u16, u8)]| {
+            let list: Vec<(u32, Backend)> = addrs
+                .iter()
+                .map(|(a, p, f)| {
+                    next_id += 1;
+                    bench.measured.push((next_id, *a, *p));
+                    (
+                        next_id,
+                        Backend {
+                            addr_be: be(*a),
+                            port_be: p.to_be(),
+                            flags: *f,
+                            pad: 0,
+                        },
+                    )
+                })
+                .collect();
+            list
+        };
+        let pods = |third: u8, flags: u8| -> Vec<(Ipv4Addr, u16, u8)> {
+            (0..BACKENDS_PER_SERVICE)
+                .map(|k| (Ipv4Addr::new(10, 244, third, 10 + k as u8), 8080, flags))
+                .collect()
+        };
+        let local = make(self, &pods(1, BACKEND_F_LOCAL));
+        self.service(MEASURED_SERVICE_ID + 1, node_port(LOCAL_PORT), &local)?;
+        let remote = make(self, &pods(2, 0));
+        self.service(MEASURED_SERVICE_ID + 2, node_port(REMOTE_PORT), &remote)?;
+        // The node's own NodePort as the backend: the DNAT of an
+        // established flow rewrites the packet to itself.
+        let itself = make(self, &[(NODE, SELF_PORT, BACKEND_F_LOCAL)]);
+        self.service(MEASURED_SERVICE_ID + 3, node_port(SELF_PORT), &itself)?;
+        // One remote backend, for counting SNAT ports.
+        let one = make(self, &[(Ipv4Addr::new(10, 244, 2, 99), 8080, 0)]);
+        self.service(MEASURED_SERVICE_ID + 4, node_port(PROBE_PORT), &one)?;
+        Ok(())
+    }
+
+    /// Adds filler Services up to `n`: a ClusterIP frontend each with
+    /// [`BACKENDS_PER_SERVICE`] backends of their own.
+    fn fill_to(&mut self, n: usize) -> Result<()> {
+        while self.fillers < n {
+            let i = self.fillers;
+            let sid = u32::try_from(i + 1)?;
+            let key = FrontendKey {
+                addr_be: be(super::synthetic::filler_cluster_ip(i)),
+                port_be: 80u16.to_be(),
+                proto: PROTO_TCP,
+                pad: 0,
+            };
+            let backends: Vec<(u32, Backend)> = (0..BACKENDS_PER_SERVICE)
+                .map(|j| {
+                    let n = i * BACKENDS_PER_SERVICE + j;
+                    let id = u32::try_from(n + 1).expect("backend id fits");
+                    let addr = super::synthetic::offset(Ipv4Addr::new(10, 128, 0, 0), n);
+                    let b = Backend {
+                        addr_be: be(addr),
+                        port_be: 8080u16.to_be(),
+                        flags: if j % 2 == 0 { BACKEND_F_LOCAL } else { 0 },
+                        pad: 0,
+                    };
+                    (id, b)
+                })
+                .collect();
+            self.service(sid, key, &backends)?;
+            self.fillers += 1;
+        }
+        Ok(())
+    }
+
+    fn counter(&self, index: u32) -> Result<u64> {
+        Ok(self.stats.get(&index, 0)?.iter().sum())
+    }
+
+    /// One `BPF_PROG_TEST_RUN` call; verdict, kernel-reported duration and
+    /// wall time.
+    fn call(&self, prog: &str, frame: &[u8], repeat: u32) -> Result<(u32, Duration, Duration)> {
+        let p: &Xdp = self
+            .ebpf
+            .program(prog)
+            .context("program")?
+            .try_into()
+            .context("XDP program")?;
+        let mut out = [0u8; 256];
+        let mut ctx = self.ctx.clone();
+        ctx[4..8].copy_from_slice(&u32::try_from(frame.len())?.to_ne_bytes());
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        opts.ctx_in = Some(&ctx);
+        opts.repeat = repeat;
+        let t = Instant::now();
+        let r = p.test_run(opts).context("BPF_PROG_TEST_RUN")?;
+        let wall = t.elapsed();
+        Ok((r.return_value, r.duration, wall))
+    }
+
+    /// ns per packet of one call with `repeat` repetitions: the kernel's
+    /// average (whole ns). The call's wall time is no measure: around the
+    /// timed loop the kernel swaps the XDP dispatcher's program, which
+    /// waits for RCU grace periods (milliseconds).
+    fn repeat_ns(&self, prog: &str, frame: &[u8], repeat: u32, verdict: u32) -> Result<f64> {
+        let (rc, kernel, _) = self.call(prog, frame, repeat)?;
+        ensure!(rc == verdict, "{prog}: verdict {rc}, expected {verdict}");
+        Ok(kernel.as_secs_f64() * 1e9)
+    }
+
+    /// Median kernel-reported ns of `calls` single calls; `after` runs
+    /// after each call (untimed).
+    fn single_ns(
+        &mut self,
+        prog: &str,
+        frame: &[u8],
+        calls: usize,
+        verdict: u32,
+        mut after: impl FnMut(&mut Self) -> Result<()>,
+    ) -> Result<f64> {
+        let mut samples = Vec::with_capacity(calls);
+        for _ in 0..calls {
+            let (rc, kernel, _) = self.call(prog, frame, 1)?;
+            ensure!(rc == verdict, "{prog}: verdict {rc}, expected {verdict}");
+            samples.push(kernel.as_secs_f64() * 1e9);
+            after(self)?;
+        }
+        stats::median(&samples).context("no samples")
+    }
+
+    /// Deletes a flow's conntrack entry and the reverse entry it made.
+    fn forget_flow(&mut self, key: &FlowKey) -> Result<()> {
+        let ct = self
+            .conntrack
+            .get(key, 0)
+            .context("the new flow's conntrack entry")?;
+        let &(_, addr, port) = self
+            .measured
+            .iter()
+            .find(|(id, _, _)| *id == ct.backend_id)
+            .context("the flow's backend")?;
+        let rev = if ct.flags & CT_F_SNAT != 0 {
+            FlowKey {
+                saddr_be: be(addr),
+                daddr_be: be(NODE),
+                sport_be: port.to_be(),
+                dport_be: ct.snat_port_be,
+                proto: PROTO_TCP,
+                pad: [0; 3],
+            }
+        } else {
+            FlowKey {
+                saddr_be: be(addr),
+                daddr_be: key.saddr_be,
+                sport_be: port.to_be(),
+                dport_be: key.sport_be,
+                proto: PROTO_TCP,
+                pad: [0; 3],
+            }
+        };
+        self.conntrack.remove(key)?;
+        self.rev_nat.remove(&rev)?;
+        Ok(())
+    }
+}
+
+/// The frames of each case, with the flows they need set up.
+struct Frames {
+    pass: Vec<u8>,
+    est_local: Vec<u8>,
+    est_remote: Vec<u8>,
+    new_local: (Vec<u8>, FlowKey),
+    new_remote: (Vec<u8>, FlowKey),
+    reply: Vec<u8>,
+}
+
+const SYN: u8 = 0x02;
+const ACK: u8 = 0x10;
+
+fn frames(b: &mut Bench) -> Result<Frames> {
+    let xdp = programs::XDP_INGRESS;
+    // Established flows: the first packet creates them.
+    let est_local = client_frame(40_001, SELF_PORT, ACK);
+    b.call(xdp, &client_frame(40_001, SELF_PORT, SYN), 1)?;
+    b.call(xdp, &client_frame(40_002, REMOTE_PORT, SYN), 1)?;
+    let est_remote = client_frame(40_002, REMOTE_PORT, ACK);
+    let ct = b
+        .conntrack
+        .get(&flow(40_002, REMOTE_PORT), 0)
+        .context("the remote flow's conntrack entry")?;
+    ensure!(ct.flags & CT_F_SNAT != 0, "the remote flow is SNATed");
+    let &(_, backend, backend_port) = b
+        .measured
+        .iter()
+        .find(|(id, _, _)| *id == ct.backend_id)
+        .context("the remote flow's backend")?;
+    let reply = tcp_frame(
+        OTHER_NODE_MAC,
+        NODE_MAC,
+        backend,
+        backend_port,
+        NODE,
+        u16::from_be(ct.snat_port_be),
+        SYN | ACK,
+        63,
+    );
+    Ok(Frames {
+        pass: client_frame(40_000, 22, SYN),
+        est_local,
+        est_remote,
+        new_local: (
+            client_frame(40_003, LOCAL_PORT, SYN),
+            flow(40_003, LOCAL_PORT),
+        ),
+        new_remote: (
+            client_frame(40_004, REMOTE_PORT, SYN),
+            flow(40_004, REMOTE_PORT),
+        ),
+        reply,
+    })
+}
+
+/// Raw figures of one run at one size.
+#[derive(Default)]
+struct RunFigures {
+    base_repeat: f64,
+    base_single: f64,
+    repeat: Vec<(Case, f64)>,
+    single: Vec<(Case, f64)>,
+}
+
+fn one_run(b: &mut Bench, f: &Frames, config: &Config) -> Result<RunFigures> {
+    let xdp = programs::XDP_INGRESS;
+    let base = programs::XDP_PASS_BASELINE;
+    let mut r = RunFigures {
+        base_repeat: b.repeat_ns(base, &f.pass, config.repeat, XDP_PASS)?,
+        base_single: b.single_ns(base, &f.pass, config.calls, XDP_PASS, |_| Ok(()))?,
+        ..RunFigures::default()
+    };
+    for case in Case::ALL {
+        let before = b.counter(case.counter())?;
+        let mut expected = 0u64;
+        if case.repeatable() {
+            let frame = if case == Case::Pass {
+                &f.pass
+            } else {
+                &f.est_local
+            };
+            r.repeat.push((
+                case,
+                b.repeat_ns(xdp, frame, config.repeat, case.verdict())?,
+            ));
+            expected += u64::from(config.repeat);
+        }
+        let ns = match case {
+            Case::Pass => b.single_ns(xdp, &f.pass, config.calls, XDP_PASS, |_| Ok(()))?,
+            Case::EstablishedLocal => {
+                b.single_ns(xdp, &f.est_local, config.calls, XDP_PASS, |_| Ok(()))?
+            }
+            Case::EstablishedRemote => {
+                b.single_ns(xdp, &f.est_remote, config.calls, XDP_TX, |_| Ok(()))?
+            }
+            Case::Reply => b.single_ns(xdp, &f.reply, config.calls, XDP_TX, |_| Ok(()))?,
+            Case::NewLocal => {
+                let (frame, key) = &f.new_local;
+                b.single_ns(xdp, frame, config.calls, XDP_PASS, |b| b.forget_flow(key))?
+            }
+            Case::NewRemote => {
+                let (frame, key) = &f.new_remote;
+                b.single_ns(xdp, frame, config.calls, XDP_TX, |b| b.forget_flow(key))?
+            }
+        };
+        r.single.push((case, ns));
+        expected += config.calls as u64;
+        let got = b.counter(case.counter())? - before;
+        ensure!(
+            got == expected,
+            "{}: the program counted {got} packets on this path ({}), expected {expected}",
+            case.label(),
+            stat::NAMES[case.counter() as usize]
+        );
+    }
+    Ok(r)
+}
+
+/// New flows to a Service with one remote backend until the first is
+/// dropped for want of an SNAT port; how many got one.
+fn snat_ports_per_backend(b: &mut Bench) -> Result<usize> {
+    let xdp = programs::XDP_INGRESS;
+    let span = usize::from(SNAT_PORT_MAX - SNAT_PORT_MIN) + 1;
+    let before = b.counter(stat::DROP_SNAT_EXHAUSTED)?;
+    for i in 0..span + 64 {
+        // Distinct clients: one flow each.
+        let client = super::synthetic::offset(Ipv4Addr::new(10, 201, 0, 0), i);
+        let frame = tcp_frame(
+            CLIENT_MAC, NODE_MAC, client, 50_000, NODE, PROBE_PORT, SYN, 64,
+        );
+        let (rc, _, _) = b.call(xdp, &frame, 1)?;
+        if b.counter(stat::DROP_SNAT_EXHAUSTED)? > before {
+            return Ok(i);
+        }
+        ensure!(
+            rc == XDP_TX,
+            "new flow {i} to the probe Service: verdict {rc}"
+        );
+    }
+    Ok(span + 64)
+}
+
+/// Runs the benchmark on a thread of its own (in a private network
+/// namespace, pinned to one CPU).
+pub fn run(object: &[u8], config: &Config) -> Result<ProgramCost> {
+    let config = config.clone();
+    let object = object.to_vec();
+    std::thread::spawn(move || run_here(&object, config))
+        .join()
+        .map_err(|_| anyhow::anyhow!("the program-cost thread panicked"))?
+}
+
+fn run_here(object: &[u8], config: Config) -> Result<ProgramCost> {
+    let ifindex = enter_private_netns(config.cpu)?;
+    let max = config.sizes.iter().copied().max().unwrap_or(1);
+    let mut b = Bench::load(object, ifindex, max)?;
+    let f = frames(&mut b)?;
+    let mut sizes = config.sizes.clone();
+    sizes.sort_unstable();
+    let mut cells = Vec::new();
+    let mut baselines = Vec::new();
+    for &n in &sizes {
+        let t = Instant::now();
+        b.fill_to(n)?;
+        eprintln!(
+            "bench: program cost at {n} Services (maps filled in {:.1} s)",
+            t.elapsed().as_secs_f64()
+        );
+        let runs: Vec<RunFigures> = (0..config.runs)
+            .map(|_| one_run(&mut b, &f, &config))
+            .collect::<Result<_>>()?;
+        let med = |v: Vec<f64>| stats::median(&v).unwrap_or(f64::NAN);
+        let base_repeat = med(runs.iter().map(|r| r.base_repeat).collect());
+        let base_single = med(runs.iter().map(|r| r.base_single).collect());
+        baselines.push(Baseline {
+            services: n,
+            repeat_ns: base_repeat,
+            single_ns: base_single,
+        });
+        for case in Case::ALL {
+            let pick = |list: &[(Case, f64)]| list.iter().find(|(c, _)| *c == case).map(|x| x.1);
+            let single = med(runs.iter().filter_map(|r| pick(&r.single)).collect());
+            let repeat = case
+                .repeatable()
+                .then(|| med(runs.iter().filter_map(|r| pick(&r.repeat)).collect()));
+            let ns = repeat.unwrap_or(single - base_single + base_repeat);
+            eprintln!(
+                "bench:   {:<34} {ns:7.1} ns  ({:.1}× XDP_PASS at {base_repeat:.1} ns; single-call median {single:.0} ns, XDP_PASS {base_single:.0} ns)",
+                case.label(),
+                ns / base_repeat
+            );
+            cells.push(Cell {
+                case,
+                services: n,
+                ns,
+                ratio: ns / base_repeat,
+                single_ns: single,
+                repeat_ns: repeat,
+            });
+        }
+    }
+    let snat_ports_per_backend = snat_ports_per_backend(&mut b)?;
+    Ok(ProgramCost {
+        cells,
+        baselines,
+        config,
+        snat_ports_per_backend,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_have_valid_checksums() {
+        let f = client_frame(40_000, 31_000, SYN);
+        assert_eq!(f.len(), 54);
+        assert_eq!(checksum::compute(&f[14..34]), 0);
+        assert_eq!(
+            checksum::l4_ipv4(CLIENT.octets(), NODE.octets(), PROTO_TCP, &f[34..]),
+            0
+        );
+    }
+
+    /// A tiny run on the real object: every figure positive and finite.
+    #[test]
+    fn quick_program_cost_run_gives_sane_figures() {
+        crate::bench::require_root_for_tests();
+        let object = crate::bench::object_for_tests();
+        let r = run(
+            &object,
+            &Config {
+                sizes: vec![1],
+                repeat: 10_000,
+                runs: 3,
+                calls: 200,
+                cpu: 0,
+            },
+        )
+        .expect("program-cost run");
+        assert_eq!(r.cells.len(), Case::ALL.len());
+        for c in &r.cells {
+            assert!(c.ns.is_finite() && c.ns > 0.0, "{c:?}");
+            assert!(c.ratio.is_finite() && c.ratio > 0.0, "{c:?}");
+            assert!(c.single_ns > 0.0, "{c:?}");
+        }
+        assert!(r.baselines[0].repeat_ns > 0.0);
+        assert!(
+            (1..=usize::from(SNAT_PORT_MAX - SNAT_PORT_MIN) + 1)
+                .contains(&r.snat_ports_per_backend)
+        );
+    }
+}
