@@ -463,6 +463,35 @@ fn tc_passes_unrelated_packets() {
         let (rc, out) = f.tc(&input);
         assert_eq!(rc, TC_ACT_UNSPEC);
         assert_eq!(out, input);
+
+        // A reverse entry left behind by an ended flow (no conntrack entry)
+        // must not rewrite a connection that reuses the tuple; it goes.
+        f.map::<FlowKey, RevNat>(names::REV_NAT)
+            .insert(
+                FlowKey {
+                    saddr_be: be(LOCAL_POD),
+                    daddr_be: be(CLIENT),
+                    sport_be: 8080u16.to_be(),
+                    dport_be: 40000u16.to_be(),
+                    proto: PROTO_TCP,
+                    pad: [0; 3],
+                },
+                RevNat {
+                    saddr_be: be(NODE),
+                    daddr_be: be(CLIENT),
+                    sport_be: NODE_PORT.to_be(),
+                    dport_be: 40000u16.to_be(),
+                },
+                0,
+            )
+            .expect("stale reverse entry");
+        let (rc, out) = f.tc(&input);
+        assert_eq!(
+            rc, TC_ACT_UNSPEC,
+            "a stale reverse entry translates nothing"
+        );
+        assert_eq!(out, input);
+        assert!(f.rev_nat().is_empty(), "the stale reverse entry is removed");
     });
 }
 

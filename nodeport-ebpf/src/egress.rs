@@ -6,12 +6,12 @@
 //! incremental update, and every write goes through the context.
 
 use aya_ebpf::{bindings::BPF_F_PSEUDO_HDR, programs::TcContext};
-use nodeport_common::{FlowKey, PROTO_UDP, RevNat, stat};
+use nodeport_common::{CT_F_SNAT, FlowKey, PROTO_UDP, RevNat, stat};
 
 use crate::{
     error::{Error, Verdict},
     headers::{self, Parsed, TCP_MIN_LEN, ip, l4},
-    maps::REV_NAT,
+    maps::{CONNTRACK, REV_NAT},
     packet::Packet,
 };
 
@@ -48,6 +48,30 @@ pub fn try_egress(ctx: &TcContext) -> Result<Verdict, Error> {
     let Some(rev) = REV_NAT.get_ptr(key).map(|r| unsafe { *r }) else {
         return Ok(Verdict::not_ours());
     };
+    // Only a reply of a flow the datapath still tracks, to this backend, is
+    // translated: an entry left behind by an ended flow must not rewrite an
+    // unrelated connection that happens to reuse the tuple.
+    let ct_key = FlowKey {
+        saddr_be: rev.daddr_be,
+        daddr_be: rev.saddr_be,
+        sport_be: rev.dport_be,
+        dport_be: rev.sport_be,
+        proto: p.proto,
+        pad: [0; 3],
+    };
+    // SAFETY: the value is copied out at once.
+    let live = CONNTRACK
+        .get_ptr(ct_key)
+        .map(|c| unsafe { *c })
+        .is_some_and(|ct| {
+            ct.flags & CT_F_SNAT == 0
+                && ct.backend_addr_be == p.saddr_be
+                && ct.backend_port_be == p.sport_be
+        });
+    if !live {
+        let _ = REV_NAT.remove(key);
+        return Ok(Verdict::not_ours());
+    }
     rewrite(ctx, &p, &rev)?;
     Ok(Verdict::new(0, stat::REPLY_LOCAL))
 }

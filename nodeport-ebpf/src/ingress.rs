@@ -229,28 +229,42 @@ fn rev_nat_for(p: &Parsed, flow: &FlowKey) -> RevNat {
 #[inline(always)]
 fn alloc_snat_port(p: &Parsed, flow: &FlowKey, backend: &Backend) -> Result<u16, Error> {
     let span = u32::from(SNAT_PORT_MAX - SNAT_PORT_MIN) + 1;
-    let mut port = SNAT_PORT_MIN + (nodeport_common::flow_hash(flow) % span) as u16;
+    let first = SNAT_PORT_MIN + (nodeport_common::flow_hash(flow) % span) as u16;
     let rev = rev_nat_for(p, flow);
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
+    // First a port nobody holds; only then one whose flow is stale, so a
+    // port rests as long as possible after its flow closed (the backend may
+    // still hold the old connection in TIME_WAIT).
+    let mut port = first;
     for _ in 0..SNAT_PROBES {
         let key = snat_rev_key(p, backend, port.to_be());
         if REV_NAT.insert(key, rev, u64::from(BPF_NOEXIST)).is_ok() {
             return Ok(port.to_be());
         }
+        port = next_snat_port(port);
+    }
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let mut port = first;
+    for _ in 0..SNAT_PROBES {
+        let key = snat_rev_key(p, backend, port.to_be());
         if reclaimable(&key, now) {
             REV_NAT
                 .insert(key, rev, u64::from(BPF_ANY))
                 .map_err(|_| Error::MapUpdate)?;
             return Ok(port.to_be());
         }
-        port = if port == SNAT_PORT_MAX {
-            SNAT_PORT_MIN
-        } else {
-            port + 1
-        };
+        port = next_snat_port(port);
     }
     Err(Error::SnatExhausted)
+}
+
+#[inline(always)]
+fn next_snat_port(port: u16) -> u16 {
+    if port == SNAT_PORT_MAX {
+        SNAT_PORT_MIN
+    } else {
+        port + 1
+    }
 }
 
 /// Whether the SNAT port behind reverse entry `key` is free again: its flow
