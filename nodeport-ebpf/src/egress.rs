@@ -36,14 +36,7 @@ pub fn try_egress(ctx: &TcContext) -> Result<Verdict, Error> {
     let Some(p) = headers::parse(&pkt)? else {
         return Ok(Verdict::not_ours());
     };
-    let key = FlowKey {
-        saddr_be: p.saddr_be,
-        daddr_be: p.daddr_be,
-        sport_be: p.sport_be,
-        dport_be: p.dport_be,
-        proto: p.proto,
-        pad: [0; 3],
-    };
+    let key = p.flow();
     // SAFETY: the value is copied out at once.
     let Some(rev) = REV_NAT.get_ptr(key).map(|r| unsafe { *r }) else {
         return Ok(Verdict::not_ours());

@@ -2,7 +2,7 @@
 //! datapath works with. Anything it does not serve (not IPv4, fragments,
 //! other protocols) is reported as `None` and passed untouched.
 
-use nodeport_common::{PROTO_TCP, PROTO_UDP};
+use nodeport_common::{FlowKey, PROTO_TCP, PROTO_UDP};
 
 use crate::{error::Error, packet::Packet};
 
@@ -64,6 +64,19 @@ pub struct Parsed {
 }
 
 impl Parsed {
+    /// The packet's 5-tuple as it arrived.
+    #[inline(always)]
+    pub fn flow(&self) -> FlowKey {
+        FlowKey {
+            saddr_be: self.saddr_be,
+            daddr_be: self.daddr_be,
+            sport_be: self.sport_be,
+            dport_be: self.dport_be,
+            proto: self.proto,
+            pad: [0; 3],
+        }
+    }
+
     /// A TCP SYN without ACK: a connection is being opened.
     #[inline(always)]
     pub fn opening(&self) -> bool {

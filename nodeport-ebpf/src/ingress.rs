@@ -39,14 +39,7 @@ pub fn try_ingress(ctx: &XdpContext) -> Result<Verdict, Error> {
     let Some(p) = headers::parse(&pkt)? else {
         return Ok(Verdict::not_ours());
     };
-    let flow = FlowKey {
-        saddr_be: p.saddr_be,
-        daddr_be: p.daddr_be,
-        sport_be: p.sport_be,
-        dport_be: p.dport_be,
-        proto: p.proto,
-        pad: [0; 3],
-    };
+    let flow = p.flow();
 
     let to_node = maps::is_node_addr(p.daddr_be);
     let fe_key = FrontendKey {
