@@ -10,14 +10,14 @@ use std::process::Command;
 use anyhow::{Context as _, Result, bail};
 use nodeport_tests::{Answer, Cluster, ClusterConfig};
 
-use crate::test::prepare;
+use crate::test::{Profile, prepare};
 use crate::util;
 
 /// Requests per node address and `NodePort`.
 const REQUESTS: usize = 6;
 
 pub fn run(manifests: &Path) -> Result<()> {
-    prepare("demo")?;
+    prepare("demo", Profile::Debug)?;
     let files: Vec<_> = std::fs::read_dir(manifests)
         .with_context(|| format!("reading {}", manifests.display()))?
         .filter_map(Result::ok)

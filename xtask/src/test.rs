@@ -4,6 +4,7 @@
 //! namespace cluster).
 
 use std::io::{BufRead as _, BufReader};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use anyhow::{Result, bail};
@@ -19,33 +20,48 @@ pub fn require_root(what: &str) -> Result<()> {
     Ok(())
 }
 
+/// The cargo profile the agent and the harness binaries are built with.
+#[derive(Clone, Copy)]
+pub enum Profile {
+    Debug,
+    Release,
+}
+
 /// Everything the privileged commands need, built: the eBPF object, the
-/// agent and the pod server. Exports their paths for the harness.
-pub fn prepare(what: &str) -> Result<()> {
+/// agent, the pod server and the client. Exports their paths for the
+/// harness and returns the object's path.
+pub fn prepare(what: &str, profile: Profile) -> Result<PathBuf> {
     require_root(what)?;
     toolchain::ensure_tools()?;
-    build_ebpf::build()?;
+    let object = build_ebpf::build()?;
     eprintln!("{what}: building the agent and the test binaries");
-    util::run(Command::new("cargo").args([
-        "build",
+    let mut cmd = Command::new("cargo");
+    cmd.arg("build");
+    if matches!(profile, Profile::Release) {
+        cmd.arg("--release");
+    }
+    util::run(cmd.args([
         "--package",
         "nodeport-agent",
         "--package",
         "nodeport-tests",
         "--bins",
     ]))?;
-    let debug = util::target_dir().join("debug");
+    let dir = util::target_dir().join(match profile {
+        Profile::Debug => "debug",
+        Profile::Release => "release",
+    });
     // SAFETY: set before any thread is started.
     unsafe {
-        std::env::set_var("NODEPORT_AGENT_BIN", debug.join("nodeport-agent"));
-        std::env::set_var("NODEPORT_PODSERVER_BIN", debug.join("np-podserver"));
-        std::env::set_var("NODEPORT_CLIENT_BIN", debug.join("np-client"));
+        std::env::set_var("NODEPORT_AGENT_BIN", dir.join("nodeport-agent"));
+        std::env::set_var("NODEPORT_PODSERVER_BIN", dir.join("np-podserver"));
+        std::env::set_var("NODEPORT_CLIENT_BIN", dir.join("np-client"));
     }
-    Ok(())
+    Ok(object)
 }
 
 pub fn run(extra: &[String]) -> Result<()> {
-    prepare("test")?;
+    prepare("test", Profile::Debug)?;
     eprintln!("test: running the workspace's tests");
     let mut child = Command::new("cargo")
         .args(["test", "--workspace", "--all-targets", "--no-fail-fast"])

@@ -25,7 +25,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{build_ebpf, test, toolchain, util};
+#[cfg(test)]
+use crate::toolchain;
+use crate::{test, util};
 
 /// Which parts to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -130,21 +132,8 @@ fn quick_plan() -> Plan {
 /// Builds what the benchmarks run (release): the eBPF object, the agent, the
 /// harness binaries and the control-plane example. Returns the object.
 fn prepare() -> Result<Vec<u8>> {
-    test::require_root("bench")?;
-    toolchain::ensure_tools()?;
-    let object = build_ebpf::build()?;
-    eprintln!(
-        "bench: building the agent, the harness binaries and the control-plane benchmark (release)"
-    );
-    util::run(Command::new("cargo").args([
-        "build",
-        "--release",
-        "--package",
-        "nodeport-agent",
-        "--package",
-        "nodeport-tests",
-        "--bins",
-    ]))?;
+    let object = test::prepare("bench", test::Profile::Release)?;
+    eprintln!("bench: building the control-plane benchmark (release)");
     util::run(Command::new("cargo").args([
         "build",
         "--release",
@@ -153,13 +142,6 @@ fn prepare() -> Result<Vec<u8>> {
         "--example",
         "bench-control-plane",
     ]))?;
-    let release = util::target_dir().join("release");
-    // SAFETY: set before any thread is started.
-    unsafe {
-        std::env::set_var("NODEPORT_AGENT_BIN", release.join("nodeport-agent"));
-        std::env::set_var("NODEPORT_PODSERVER_BIN", release.join("np-podserver"));
-        std::env::set_var("NODEPORT_CLIENT_BIN", release.join("np-client"));
-    }
     std::fs::read(&object).with_context(|| format!("reading {}", object.display()))
 }
 
