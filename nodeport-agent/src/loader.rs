@@ -114,10 +114,6 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LoadError + '_ {
 
 /// The filesystem magic number of `path` (`statfs(2)`'s `f_type`).
 pub fn fs_magic(path: &Path) -> std::io::Result<i64> {
-    statfs_magic(path)
-}
-
-fn statfs_magic(path: &Path) -> std::io::Result<i64> {
     let c = CString::new(path.as_os_str().as_encoded_bytes())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     // SAFETY: zeroed statfs is a valid out-parameter.
@@ -138,7 +134,7 @@ fn statfs_magic(path: &Path) -> std::io::Result<i64> {
 const SYS_FS_BPF: &str = "/sys/fs/bpf";
 
 fn is_bpffs(path: &Path) -> bool {
-    statfs_magic(path).is_ok_and(|m| m == BPF_FS_MAGIC)
+    fs_magic(path).is_ok_and(|m| m == BPF_FS_MAGIC)
 }
 
 fn mount_bpffs(at: &Path) -> Result<(), LoadError> {
@@ -385,11 +381,9 @@ pub fn cleanup(root: &Path) -> std::io::Result<Vec<PathBuf>> {
     }
     // The root may be a bpffs the agent mounted itself (its parent is not
     // a bpffs): unmount that one, never a bpffs it did not mount.
-    let parent_is_bpffs = root
-        .parent()
-        .is_some_and(|p| statfs_magic(p).is_ok_and(|m| m == BPF_FS_MAGIC));
+    let parent_is_bpffs = root.parent().is_some_and(is_bpffs);
     if !parent_is_bpffs
-        && statfs_magic(root).is_ok_and(|m| m == BPF_FS_MAGIC)
+        && is_bpffs(root)
         && let Ok(c) = CString::new(root.as_os_str().as_encoded_bytes())
     {
         // SAFETY: valid C string.

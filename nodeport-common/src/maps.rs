@@ -286,6 +286,23 @@ pub struct RevNat {
     pub dport_be: u16,
 }
 
+impl RevNat {
+    /// The conntrack key of the client's flow whose replies this entry
+    /// translates: the tuple the reply leaves with, reversed.
+    #[inline(always)]
+    #[must_use]
+    pub const fn client_flow(&self, proto: u8) -> FlowKey {
+        FlowKey {
+            saddr_be: self.daddr_be,
+            daddr_be: self.saddr_be,
+            sport_be: self.dport_be,
+            dport_be: self.sport_be,
+            proto,
+            pad: [0; 3],
+        }
+    }
+}
+
 /// Indices of the per-CPU counter array: one per verdict reason.
 pub mod stat {
     /// Not IPv4, not to a node address / frontend: passed untouched.

@@ -6,7 +6,7 @@
 //! incremental update, and every write goes through the context.
 
 use aya_ebpf::{bindings::BPF_F_PSEUDO_HDR, programs::TcContext};
-use nodeport_common::{CT_F_SNAT, FlowKey, PROTO_UDP, RevNat, stat};
+use nodeport_common::{CT_F_SNAT, PROTO_UDP, RevNat, stat};
 
 use crate::{
     error::{Error, Verdict},
@@ -44,14 +44,7 @@ pub fn try_egress(ctx: &TcContext) -> Result<Verdict, Error> {
     // Only a reply of a flow the datapath still tracks, to this backend, is
     // translated: an entry left behind by an ended flow must not rewrite an
     // unrelated connection that happens to reuse the tuple.
-    let ct_key = FlowKey {
-        saddr_be: rev.daddr_be,
-        daddr_be: rev.saddr_be,
-        sport_be: rev.dport_be,
-        dport_be: rev.sport_be,
-        proto: p.proto,
-        pad: [0; 3],
-    };
+    let ct_key = rev.client_flow(p.proto);
     // SAFETY: the value is copied out at once.
     let live = CONNTRACK
         .get_ptr(ct_key)

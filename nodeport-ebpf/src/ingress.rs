@@ -269,14 +269,7 @@ fn reclaimable(key: &FlowKey, now: u64) -> bool {
     let Some(old) = REV_NAT.get_ptr(key).map(|r| unsafe { *r }) else {
         return true;
     };
-    let ct_key = FlowKey {
-        saddr_be: old.daddr_be,
-        daddr_be: old.saddr_be,
-        sport_be: old.dport_be,
-        dport_be: old.sport_be,
-        proto: key.proto,
-        pad: [0; 3],
-    };
+    let ct_key = old.client_flow(key.proto);
     // SAFETY: the value is copied out at once.
     let Some(ct) = CONNTRACK.get_ptr(ct_key).map(|c| unsafe { *c }) else {
         return true;
@@ -303,14 +296,7 @@ fn reclaimable(key: &FlowKey, now: u64) -> bool {
 #[inline(always)]
 fn reply_from_remote(ctx: &XdpContext, p: &Parsed, rev: &RevNat) -> Result<Verdict, Error> {
     if p.closing() {
-        let ct_key = FlowKey {
-            saddr_be: rev.daddr_be,
-            daddr_be: rev.saddr_be,
-            sport_be: rev.dport_be,
-            dport_be: rev.sport_be,
-            proto: p.proto,
-            pad: [0; 3],
-        };
+        let ct_key = rev.client_flow(p.proto);
         if let Some(ct) = CONNTRACK.get_ptr_mut(ct_key) {
             // SAFETY: pointer from a successful lookup; two fields written.
             unsafe {

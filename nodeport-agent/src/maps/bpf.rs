@@ -41,6 +41,19 @@ fn absent(e: &aya::maps::MapError) -> bool {
         || matches!(e, aya::maps::MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::ENOENT))
 }
 
+/// Deletes `key` from `map`; a key already gone is no error.
+fn remove_present<K: aya::Pod + std::fmt::Debug, V: aya::Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    name: &'static str,
+    key: K,
+) -> Result<(), MapError> {
+    match map.remove(&key) {
+        Ok(()) => Ok(()),
+        Err(e) if absent(&e) => Ok(()),
+        Err(e) => Err(err(name, "delete", key)(e)),
+    }
+}
+
 /// The pinned maps of one node's datapath.
 pub struct BpfMaps {
     node_addrs: HashMap<MapData, NodeAddrKey, NodeAddr>,
@@ -84,6 +97,23 @@ impl BpfMaps {
             .map_err(err(names::DEVICES, "update", key))
     }
 
+    /// Deletes the conntrack entries of `flows` (client tuples) and the
+    /// reverse-NAT entries that translate their replies.
+    fn remove_flows(&mut self, flows: &BTreeSet<FlowKey>) -> Result<(), MapError> {
+        if flows.is_empty() {
+            return Ok(());
+        }
+        for key in flows {
+            remove_present(&mut self.conntrack, names::CONNTRACK, *key)?;
+        }
+        for (key, rev) in self.rev_nat()? {
+            if flows.contains(&rev.client_flow(key.proto)) {
+                remove_present(&mut self.rev_nat, names::REV_NAT, key)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Every conntrack entry.
     pub fn conntrack(&self) -> Result<Vec<(FlowKey, CtEntry)>, MapError> {
         self.conntrack
@@ -122,11 +152,7 @@ macro_rules! put_delete {
                 .map_err(err($name, "update", key))
         }
         fn $delete(&mut self, key: $k) -> Result<(), MapError> {
-            match self.$field.remove(&key) {
-                Ok(()) => Ok(()),
-                Err(e) if absent(&e) => Ok(()),
-                Err(e) => Err(err($name, "delete", key)(e)),
-            }
+            remove_present(&mut self.$field, $name, key)
         }
     };
 }
@@ -169,48 +195,18 @@ impl MapWriter for BpfMaps {
         if backend_ids.is_empty() {
             return Ok(0);
         }
-        // Backend addresses of the purged ids are gone from the backends map
-        // by now; find the flows by id in conntrack, and their reverse
-        // entries by the reply tuple they translate to.
         // TCP connections keep their backend until they end, as with
         // kube-proxy's conntrack (the datapath keeps the backend's address in
         // the entry); everything else goes at once.
-        let doomed: Vec<(FlowKey, CtEntry)> = self
+        let doomed: BTreeSet<FlowKey> = self
             .conntrack()?
             .into_iter()
             .filter(|(k, e)| {
                 k.proto != nodeport_common::PROTO_TCP && backend_ids.contains(&e.backend_id)
             })
+            .map(|(k, _)| k)
             .collect();
-        // (client addr, client port, frontend addr, frontend port, proto)
-        let flows: BTreeSet<(u32, u16, u32, u16, u8)> = doomed
-            .iter()
-            .map(|(k, _)| (k.saddr_be, k.sport_be, k.daddr_be, k.dport_be, k.proto))
-            .collect();
-        for (key, _) in &doomed {
-            match self.conntrack.remove(key) {
-                Ok(()) => {}
-                Err(e) if absent(&e) => {}
-                Err(e) => return Err(err(names::CONNTRACK, "delete", key)(e)),
-            }
-        }
-        // A reverse entry belongs to a purged flow when it turns a reply into
-        // exactly that flow's frontend → client packet.
-        for (key, rev) in self.rev_nat()? {
-            if flows.contains(&(
-                rev.daddr_be,
-                rev.dport_be,
-                rev.saddr_be,
-                rev.sport_be,
-                key.proto,
-            )) {
-                match self.rev_nat.remove(&key) {
-                    Ok(()) => {}
-                    Err(e) if absent(&e) => {}
-                    Err(e) => return Err(err(names::REV_NAT, "delete", key)(e)),
-                }
-            }
-        }
+        self.remove_flows(&doomed)?;
         // ClientIP affinity to a purged backend ends with it.
         let stuck: Vec<AffinityKey> = self
             .affinity
@@ -220,11 +216,7 @@ impl MapWriter for BpfMaps {
             .map(|(k, _)| k)
             .collect();
         for key in stuck {
-            match self.affinity.remove(&key) {
-                Ok(()) => {}
-                Err(e) if absent(&e) => {}
-                Err(e) => return Err(err(names::AFFINITY, "delete", key)(e)),
-            }
+            remove_present(&mut self.affinity, names::AFFINITY, key)?;
         }
         Ok(doomed.len())
     }
@@ -236,7 +228,7 @@ impl MapWriter for BpfMaps {
         if service_backends.is_empty() {
             return Ok(0);
         }
-        let doomed: Vec<FlowKey> = self
+        let doomed: BTreeSet<FlowKey> = self
             .conntrack()?
             .into_iter()
             .filter(|(k, e)| {
@@ -245,30 +237,7 @@ impl MapWriter for BpfMaps {
             })
             .map(|(k, _)| k)
             .collect();
-        for key in &doomed {
-            match self.conntrack.remove(key) {
-                Ok(()) => {}
-                Err(e) if absent(&e) => {}
-                Err(e) => return Err(err(names::CONNTRACK, "delete", key)(e)),
-            }
-        }
-        // Their reverse entries (found by the frontend → client tuple they
-        // restore) go with them.
-        let flows: BTreeSet<(u32, u16, u32, u16)> = doomed
-            .iter()
-            .map(|k| (k.saddr_be, k.sport_be, k.daddr_be, k.dport_be))
-            .collect();
-        for (key, rev) in self.rev_nat()? {
-            if key.proto == nodeport_common::PROTO_UDP
-                && flows.contains(&(rev.daddr_be, rev.dport_be, rev.saddr_be, rev.sport_be))
-            {
-                match self.rev_nat.remove(&key) {
-                    Ok(()) => {}
-                    Err(e) if absent(&e) => {}
-                    Err(e) => return Err(err(names::REV_NAT, "delete", key)(e)),
-                }
-            }
-        }
+        self.remove_flows(&doomed)?;
         Ok(doomed.len())
     }
 
