@@ -183,6 +183,22 @@ impl std::fmt::Debug for ApiServer<'_> {
 }
 
 impl<'n> ApiServer<'n> {
+    /// The API server of a test cluster: on the client's LAN address (every
+    /// node reaches it), port 6443, holding a Node object for every node
+    /// with its address as `InternalIP`.
+    #[must_use]
+    pub fn for_cluster(c: &'n crate::Cluster) -> ApiServer<'n> {
+        let api = ApiServer::start(
+            c.client_netns(),
+            SocketAddr::new(crate::cluster::CLIENT_ADDR.into(), 6443),
+            c.temp_dir(),
+        );
+        for node in c.nodes() {
+            api.apply_yaml(&crate::objects::node_yaml(&node.name, node.addr));
+        }
+        api
+    }
+
     /// Starts serving on `addr` inside `ns` (the socket lives in that
     /// namespace; other namespaces reach it over their routes) and writes a
     /// kubeconfig pointing at it into `dir`.

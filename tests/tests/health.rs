@@ -10,7 +10,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use nodeport_tests::cluster::{CLIENT_ADDR, node_addr, pod_name};
+use nodeport_tests::cluster::{node_addr, pod_name};
 use nodeport_tests::http::{HttpResponse, get};
 use nodeport_tests::objects::{ServiceSpec, node_yaml};
 use nodeport_tests::{Agent, AgentOptions, ApiServer, Cluster, ClusterConfig, eventually};
@@ -26,18 +26,6 @@ fn cluster() -> Cluster {
         pod_tcp_echo_ports: vec![],
         ..ClusterConfig::default()
     })
-}
-
-fn api_server(c: &Cluster) -> ApiServer<'_> {
-    let api = ApiServer::start(
-        c.client_netns(),
-        SocketAddr::new(CLIENT_ADDR.into(), 6443),
-        c.temp_dir(),
-    );
-    for i in 1..=c.nodes().len() {
-        api.apply_yaml(&node_yaml(&format!("node{i}"), node_addr(i)));
-    }
-    api
 }
 
 fn agent_get(a: &Agent<'_>, addr: SocketAddr, path: &str) -> HttpResponse {
@@ -63,7 +51,7 @@ fn sample(text: &str, name: &str) -> Option<f64> {
 #[allow(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 fn healthz_livez_and_metrics_follow_the_sync_state() {
     let c = cluster();
-    let api = api_server(&c);
+    let api = ApiServer::for_cluster(&c);
     api.apply_yaml(
         &ServiceSpec::new(
             "web",
@@ -230,7 +218,7 @@ fn expect_check(c: &Cluster, node: usize, port: u16, status: u16, local: u64) ->
 #[test]
 fn health_check_node_port_reports_local_endpoints_moves_and_closes() {
     let c = cluster();
-    let api = api_server(&c);
+    let api = ApiServer::for_cluster(&c);
     let ports = [("tcp", "TCP", 80, POD_PORT, 31101)];
     let web =
         |eps: &[(usize, usize, bool)], hc: u16| ServiceSpec::new("web", &ports, eps).local(hc);

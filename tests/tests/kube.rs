@@ -31,19 +31,6 @@ fn cluster() -> Cluster {
     })
 }
 
-/// The API server on the client's LAN address, with both Nodes.
-fn api_server(c: &Cluster) -> ApiServer<'_> {
-    let api = ApiServer::start(
-        c.client_netns(),
-        SocketAddr::new(CLIENT_ADDR.into(), 6443),
-        c.temp_dir(),
-    );
-    for i in 1..=c.nodes().len() {
-        api.apply_yaml(&node_yaml(&format!("node{i}"), node_addr(i)));
-    }
-    api
-}
-
 fn agents<'c>(c: &'c Cluster, api: &ApiServer<'_>) -> Vec<Agent<'c>> {
     let agents: Vec<Agent<'c>> = (1..=c.nodes().len())
         .map(|i| c.start_agent_with(i, &AgentOptions::kube(api.kubeconfig())))
@@ -97,7 +84,7 @@ fn within(limit: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration 
 #[test]
 fn api_source_serves_nodeports_with_local_and_remote_backends() {
     let c = cluster();
-    let api = api_server(&c);
+    let api = ApiServer::for_cluster(&c);
     let all = [(1, 1, true), (1, 2, true), (2, 1, true), (2, 2, true)];
     api.apply_yaml(
         &ServiceSpec::new(
@@ -188,7 +175,7 @@ fn api_source_serves_nodeports_with_local_and_remote_backends() {
 #[test]
 fn api_changes_apply_within_a_second() {
     let c = cluster();
-    let api = api_server(&c);
+    let api = ApiServer::for_cluster(&c);
     let ports = [("tcp", "TCP", 80, POD_PORT, 31083)];
     api.apply_yaml(&ServiceSpec::new("svc", &ports, &[(1, 1, true), (2, 1, true)]).yaml());
     api.apply_yaml(
@@ -260,7 +247,7 @@ fn keep_serving(c: &Cluster, port: u16, for_: Duration, allowed: &BTreeSet<Strin
 #[test]
 fn api_server_outage_keeps_traffic_and_converges_after_return() {
     let c = cluster();
-    let api = api_server(&c);
+    let api = ApiServer::for_cluster(&c);
     let ports = [
         ("tcp", "TCP", 80, POD_PORT, 31085),
         ("udp", "UDP", 80, POD_PORT, 31085),

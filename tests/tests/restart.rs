@@ -18,8 +18,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use nodeport_tests::cluster::{CLIENT_ADDR, node_addr};
-use nodeport_tests::objects::{ServiceSpec, node_yaml};
+use nodeport_tests::cluster::node_addr;
+use nodeport_tests::objects::ServiceSpec;
 use nodeport_tests::{Agent, AgentOptions, ApiServer, Cluster, ClusterConfig};
 
 const POD_PORT: u16 = 8080;
@@ -200,14 +200,7 @@ fn kill_restart_and_upgrade_under_load_lose_nothing() {
         pod_tcp_echo_ports: vec![ECHO_PORT],
         ..ClusterConfig::default()
     });
-    let api = ApiServer::start(
-        c.client_netns(),
-        SocketAddr::new(CLIENT_ADDR.into(), 6443),
-        c.temp_dir(),
-    );
-    for i in 1..=2 {
-        api.apply_yaml(&node_yaml(&format!("node{i}"), node_addr(i)));
-    }
+    let api = ApiServer::for_cluster(&c);
     let all = [(1, 1, true), (1, 2, true), (2, 1, true), (2, 2, true)];
     api.apply_yaml(
         &ServiceSpec::new(
@@ -387,12 +380,7 @@ fn restart_while_the_api_server_is_away_keeps_serving() {
         pod_tcp_echo_ports: vec![],
         ..ClusterConfig::default()
     });
-    let api = ApiServer::start(
-        c.client_netns(),
-        SocketAddr::new(CLIENT_ADDR.into(), 6443),
-        c.temp_dir(),
-    );
-    api.apply_yaml(&node_yaml("node1", node_addr(1)));
+    let api = ApiServer::for_cluster(&c);
     let spec = |eps: &[(usize, usize, bool)]| {
         ServiceSpec::new(
             "svc",
