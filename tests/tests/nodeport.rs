@@ -10,7 +10,8 @@ use std::io::{self, ErrorKind};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use nodeport_tests::cluster::{CLIENT_ADDR, node_addr, pod_addr, pod_name};
+use nodeport_tests::cluster::{CLIENT_ADDR, node_addr, pod_name};
+use nodeport_tests::objects::{Ep, ServiceSpec, SvcPort};
 use nodeport_tests::{Agent, Answer, Cluster, ClusterConfig, ConnectResult, ServerSpec};
 
 /// TCP and UDP port every pod serves (and answers with its name).
@@ -18,47 +19,10 @@ const POD_PORT: u16 = 8080;
 /// A second pod port, for multi-port services.
 const POD_PORT_2: u16 = 8081;
 
-/// One endpoint of an `EndpointSlice`: (node index, pod index, ready).
-type Ep = (usize, usize, bool);
-
-/// A Service of type `NodePort` with the given ports
-/// `(name, protocol, port, targetPort, nodePort)` and one `EndpointSlice`.
-fn service(name: &str, ports: &[(&str, &str, u16, u16, u16)], endpoints: &[Ep]) -> String {
-    let mut y = format!(
-        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  type: NodePort\n  ports:\n"
-    );
-    for (pname, proto, port, target, node_port) in ports {
-        let _ = write!(
-            y,
-            "  - name: {pname}\n    protocol: {proto}\n    port: {port}\n    targetPort: {target}\n    nodePort: {node_port}\n"
-        );
-    }
-    y.push_str(&endpoint_slice(name, ports, endpoints));
-    y
-}
-
-fn endpoint_slice(name: &str, ports: &[(&str, &str, u16, u16, u16)], endpoints: &[Ep]) -> String {
-    let mut y = format!(
-        "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-x1\n  namespace: default\n  labels:\n    kubernetes.io/service-name: {name}\naddressType: IPv4\nports:\n"
-    );
-    for (pname, proto, _, target, _) in ports {
-        let _ = write!(
-            y,
-            "  - name: {pname}\n    protocol: {proto}\n    port: {target}\n"
-        );
-    }
-    y.push_str("endpoints:\n");
-    if endpoints.is_empty() {
-        y.push_str("  []\n");
-    }
-    for (node, pod, ready) in endpoints {
-        let _ = write!(
-            y,
-            "  - addresses: [\"{}\"]\n    nodeName: node{node}\n    conditions:\n      ready: {ready}\n",
-            pod_addr(*node, *pod)
-        );
-    }
-    y
+/// A Service of type `NodePort` with ports `(name, protocol, port,
+/// targetPort, nodePort)` and one `EndpointSlice` of `(node, pod, ready)`.
+fn service(name: &str, ports: &[SvcPort<'_>], endpoints: &[Ep]) -> String {
+    ServiceSpec::new(name, ports, endpoints).yaml()
 }
 
 fn cluster() -> Cluster {
