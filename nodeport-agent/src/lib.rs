@@ -20,4 +20,5 @@ pub mod reconcile;
 pub mod run;
 pub mod source;
 pub mod store;
+pub mod update_rules;
 pub mod validate;

@@ -10,6 +10,10 @@
 //! together: it keeps nodePorts unique, allocates one where a port omits it
 //! and remembers both across rounds, as the API server's allocator does.
 //!
+//! These are the rules of a *create*. An update (a manifest that replaces a
+//! Service accepted before) first goes through the API server's update rules
+//! in [`crate::update_rules`], then through the same checks.
+//!
 //! Messages follow the API server's `field: reason` style so that operators
 //! recognise them.
 
@@ -418,6 +422,7 @@ pub fn validate_service(
     validate_service_ports(&mut errors, ports, service_type, node_port_range);
 
     validate_health_check(&mut errors, spec, service_type, node_port_range);
+    validate_load_balancer_fields(&mut errors, spec, service_type);
     validate_policies(&mut errors, spec, service_type);
 
     finish(errors, ())
@@ -457,6 +462,27 @@ fn validate_cluster_ips(
             "spec.clusterIPs[0]",
             format!("Invalid value: \"{first}\": must match spec.clusterIP \"{ip}\""),
         ));
+    }
+    if service_type == Some(ServiceType::ExternalName) {
+        // Even "None" is a value: an ExternalName Service has no cluster IP.
+        let set = [
+            ("spec.clusterIP", cluster_ip.is_some()),
+            (
+                "spec.clusterIPs",
+                spec.cluster_ips.as_ref().is_some_and(|ips| !ips.is_empty()),
+            ),
+            (
+                "spec.ipFamilies",
+                spec.ip_families.as_ref().is_some_and(|f| !f.is_empty()),
+            ),
+            ("spec.ipFamilyPolicy", spec.ip_family_policy.is_some()),
+        ];
+        for (field, _) in set.into_iter().filter(|(_, set)| *set) {
+            errors.push(FieldError::new(
+                field,
+                "Forbidden: may not be set for ExternalName services",
+            ));
+        }
     }
     if headless && let Some(t) = service_type.filter(|t| t.has_node_ports()) {
         errors.push(FieldError::new(
@@ -499,6 +525,31 @@ fn validate_health_check(
                 format!("Invalid value: {health}: already used by spec.ports[{i}].nodePort"),
             ));
         }
+    }
+}
+
+/// `allocateLoadBalancerNodePorts` and `loadBalancerClass` belong to
+/// LoadBalancer Services only.
+fn validate_load_balancer_fields(
+    errors: &mut Vec<FieldError>,
+    spec: &ServiceSpec,
+    service_type: Option<ServiceType>,
+) {
+    if service_type.is_none_or(|t| t == ServiceType::LoadBalancer) {
+        return;
+    }
+    let set = [
+        (
+            "spec.allocateLoadBalancerNodePorts",
+            spec.allocate_load_balancer_node_ports.is_some(),
+        ),
+        ("spec.loadBalancerClass", spec.load_balancer_class.is_some()),
+    ];
+    for (field, _) in set.into_iter().filter(|(_, set)| *set) {
+        errors.push(FieldError::new(
+            field,
+            "Forbidden: may only be used when `type` is 'LoadBalancer'",
+        ));
     }
 }
 

@@ -1,7 +1,8 @@
 //! End-to-end tests of the NodePort behaviours kube-proxy has: traffic
 //! policies, session affinity, endpoint conditions, ports by name,
-//! LoadBalancer nodePorts, type changes, `--nodeport-addresses primary` and
-//! stale UDP flows. Real traffic on the namespace test cluster; the pods
+//! LoadBalancer nodePorts, type changes (and manifest edits that the API
+//! server's update rules accept), `--nodeport-addresses primary` and stale
+//! UDP flows. Real traffic on the namespace test cluster; the pods
 //! report which pod answered and the client address they saw.
 //!
 //! Needs root. Run with `cargo xtask test`.
@@ -10,10 +11,11 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::io;
-use std::net::Ipv4Addr;
-use std::time::Duration;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
 
 use nodeport_tests::cluster::{CLIENT_ADDR, node_addr, pod_name};
+use nodeport_tests::http::get;
 use nodeport_tests::{
     Agent, AgentOptions, Answer, Cluster, ClusterConfig, ConnectResult, eventually,
 };
@@ -527,5 +529,172 @@ fn generic_xdp_mode_serves_the_same() {
             ),
             "empty service rejected via node{node}"
         );
+    }
+}
+
+/// Waits (at most 3 s) until `check` passes; panics with its last complaint.
+fn converges_or(what: &str, mut check: impl FnMut() -> Result<(), String>) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        match check() {
+            Ok(()) => return,
+            Err(last) if Instant::now() >= deadline => {
+                panic!("{what}: not within 3 s; last: {last}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// Where each agent's log ends now.
+fn log_marks(agents: &[Agent<'_>]) -> Vec<usize> {
+    agents.iter().map(Agent::log_mark).collect()
+}
+
+/// Waits until every agent has read the manifests changed after `marks`,
+/// and checks that none of them rejected anything in them.
+fn edit_applied(agents: &[Agent<'_>], marks: &[usize], what: &str) {
+    for (agent, &mark) in agents.iter().zip(marks) {
+        agent.wait_for_log_since(mark, "manifests loaded", Duration::from_secs(3));
+        let log = agent.log();
+        let since = log.get(mark..).unwrap_or_default();
+        assert!(
+            !since.contains("invalid manifest"),
+            "{what}: the agent of {} rejected the edit:\n{since}",
+            agent.node_name()
+        );
+    }
+}
+
+/// The status of `GET /` on healthCheckNodePort `port` of node `node`, from
+/// the client.
+fn health_check(c: &Cluster, node: usize, port: u16) -> io::Result<u16> {
+    get(
+        c.client_netns(),
+        SocketAddr::new(IpAddr::V4(node_addr(node)), port),
+        "/",
+    )
+    .map(|r| r.status)
+}
+
+/// A LoadBalancer edited from `externalTrafficPolicy: Local` to `Cluster`
+/// that leaves its healthCheckNodePort in the file is applied, as the API
+/// server applies it (the unchanged port is released): the health check
+/// closes on every node and a node without local endpoints now serves,
+/// SNATing to the remote one.
+#[test]
+fn edit_to_cluster_policy_leaving_the_health_check_node_port_is_applied() {
+    let c = cluster();
+    let ports = [("tcp", "TCP", POD_PORT)];
+    let eps = [Endpoint::ready(2, 1)];
+    let mut svc = Service::node_port("hc", vec![Port::tcp("tcp", 80, POD_PORT, 31102)]);
+    svc.kind = "LoadBalancer";
+    svc.external_traffic_policy = Some("Local");
+    svc.health_check_node_port = Some(32110);
+    c.manifests()
+        .write("hc.yaml", &service_with_slice(&svc, &ports, &eps));
+    let agents = agents(&c);
+    converges_or("the health check reports the local endpoints", || {
+        match (health_check(&c, 1, 32110), health_check(&c, 2, 32110)) {
+            (Ok(503), Ok(200)) => Ok(()),
+            other => Err(format!("node 1, node 2: {other:?}")),
+        }
+    });
+    assert!(
+        dropped(&c, 1, 31102),
+        "Local: node 1 has no local endpoint and drops"
+    );
+
+    let marks = log_marks(&agents);
+    svc.external_traffic_policy = Some("Cluster");
+    c.manifests()
+        .write("hc.yaml", &service_with_slice(&svc, &ports, &eps));
+    let written = c.manifests().read("hc.yaml").unwrap_or_default();
+    assert!(
+        written.contains("healthCheckNodePort: 32110") && written.contains("Cluster"),
+        "the edit leaves the healthCheckNodePort:\n{written}"
+    );
+    edit_applied(&agents, &marks, "Local -> Cluster");
+    converges_or("the health check closes on every node", || {
+        for node in [1, 2] {
+            match health_check(&c, node, 32110) {
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
+                other => return Err(format!("node {node}: {other:?}")),
+            }
+        }
+        Ok(())
+    });
+    converges_or("node 1 serves with Cluster", || {
+        c.client()
+            .tcp_request(node_addr(1), 31102)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    });
+    for _ in 0..5 {
+        let a = tcp(&c, 1, 31102);
+        assert_eq!(a.server, pod_name(2, 1));
+        assert_eq!(a.peer.ip(), node_addr(1), "Cluster SNATs to the node");
+    }
+}
+
+/// A NodePort Service edited to `type: ClusterIP` that leaves its nodePorts
+/// in the file is applied, as the API server applies it (the unchanged
+/// nodePorts are released): the old nodePort stops answering on every node
+/// and the ClusterIP keeps serving pods.
+#[test]
+fn edit_to_cluster_ip_leaving_the_node_ports_is_applied() {
+    let c = cluster();
+    let ports = [("tcp", "TCP", POD_PORT)];
+    let eps = [Endpoint::ready(1, 1), Endpoint::ready(2, 1)];
+    let endpoints = [pod_name(1, 1), pod_name(2, 1)];
+    let cluster_ip = Ipv4Addr::new(10, 96, 0, 31);
+    let mut svc = Service::node_port("clip", vec![Port::tcp("tcp", 80, POD_PORT, 31103)]);
+    svc.cluster_ip = Some("10.96.0.31");
+    c.manifests()
+        .write("clip.yaml", &service_with_slice(&svc, &ports, &eps));
+    let agents = agents(&c);
+    for node in [1, 2] {
+        let a = tcp(&c, node, 31103);
+        assert!(endpoints.contains(&a.server), "via node{node}: {a:?}");
+    }
+
+    let marks = log_marks(&agents);
+    svc.kind = "ClusterIP";
+    svc.leave_node_ports = true;
+    c.manifests()
+        .write("clip.yaml", &service_with_slice(&svc, &ports, &eps));
+    let written = c.manifests().read("clip.yaml").unwrap_or_default();
+    assert!(
+        written.contains("type: ClusterIP") && written.contains("nodePort: 31103"),
+        "the edit leaves the nodePort:\n{written}"
+    );
+    edit_applied(&agents, &marks, "NodePort -> ClusterIP");
+    let quick = c.client().with_timeout(Duration::from_millis(600));
+    converges_or("the old nodePort stops answering on every node", || {
+        for node in [1, 2] {
+            let r = quick.tcp_connect_result(node_addr(node), 31103);
+            if r.is_connected() {
+                return Err(format!("node {node} still answers"));
+            }
+        }
+        Ok(())
+    });
+    for node in [1, 2] {
+        let r = quick.tcp_connect_result(node_addr(node), 31103);
+        assert!(
+            r.is_refused() || r.is_timed_out(),
+            "node {node}: the old nodePort: {r:?}"
+        );
+    }
+
+    // The ClusterIP serves a pod that is not an endpoint (socket LB).
+    for _ in 0..5 {
+        let line = c
+            .pod_request(1, 2, "tcp", cluster_ip, 80)
+            .unwrap_or_else(|e| panic!("TCP from {} to {cluster_ip}:80: {e}", pod_name(1, 2)));
+        let a: Answer = line
+            .parse()
+            .unwrap_or_else(|e| panic!("answer {line:?}: {e}"));
+        assert!(endpoints.contains(&a.server), "the ClusterIP: {a:?}");
     }
 }

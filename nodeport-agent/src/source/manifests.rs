@@ -10,6 +10,15 @@
 //! through the nodePort allocator, which rejects colliding nodePorts and
 //! fills in omitted ones.
 //!
+//! A Service document that replaces a Service of the last state (the same
+//! namespace and name, from whichever file) is an *update*: before it is
+//! validated it goes through the API server's update rules
+//! ([`crate::update_rules`]) against the served version, so that e.g. an
+//! edit to `type: ClusterIP` that leaves the old nodePorts in the file
+//! releases them instead of being rejected. Any other document is a create.
+//! A document unchanged since its version was accepted is not an update
+//! again: it keeps the outcome it had.
+//!
 //! A bad document is reported (file, document, reason) and skipped; the rest
 //! keeps serving. A file that turns bad keeps its last good objects: a file
 //! that no longer parses keeps everything it last provided, and a document
@@ -38,6 +47,7 @@ use tracing::{error, info, warn};
 
 use super::SourceError;
 use crate::store::{ClusterState, ObjectKey};
+use crate::update_rules;
 use crate::validate::{self, AddressType, Candidate, DEFAULT_NAMESPACE, NodePortAllocator};
 
 /// A file modified less than this long before it was read is read again on
@@ -145,8 +155,15 @@ enum Object {
 /// What one document of a file amounts to.
 #[derive(Debug)]
 enum Outcome {
-    /// A valid object.
+    /// A valid object (not a Service).
     Object { key: TypedKey, object: Object },
+    /// A defaulted Service, not validated yet: whether it is valid depends
+    /// on the version it replaces, if any (the update rules), which only the
+    /// whole directory tells.
+    Service {
+        key: TypedKey,
+        service: Box<Service>,
+    },
     /// A valid object that is not served.
     Ignored { reason: String },
     /// A rejected document; `key` when it names an object.
@@ -207,6 +224,19 @@ type Content = Result<Vec<u8>, ReadError>;
 struct Kept {
     document: usize,
     object: Object,
+    /// For a Service: the document as written, before the update rules.
+    written: Option<Box<Service>>,
+}
+
+/// A Service of the last state, in its three forms.
+#[derive(Clone, Debug)]
+struct AcceptedService {
+    /// As its document wrote it (defaulted).
+    written: Service,
+    /// As it was validated: after the update rules, if it was an update.
+    validated: Service,
+    /// As it is served: with the nodePorts the allocator filled in.
+    served: Service,
 }
 
 #[derive(Debug)]
@@ -241,7 +271,10 @@ struct Entry {
 }
 
 struct Version {
+    /// The object as validated (for a Service, after the update rules).
     object: Object,
+    /// For a Service: the document as written, before the update rules.
+    written: Option<Box<Service>>,
     document: usize,
     /// The last good version rather than the file's current content.
     kept: bool,
@@ -257,6 +290,8 @@ pub struct ManifestsSource {
     allocator: NodePortAllocator,
     /// Which file provided each object of the last state.
     providers: BTreeMap<TypedKey, String>,
+    /// The Services of the last state: what an edit of one is an update of.
+    services: BTreeMap<ObjectKey, AcceptedService>,
     problems: Vec<Problem>,
     reported: BTreeSet<Problem>,
 }
@@ -271,6 +306,7 @@ impl ManifestsSource {
             files: BTreeMap::new(),
             scanned: false,
             providers: BTreeMap::new(),
+            services: BTreeMap::new(),
             problems: Vec::new(),
             reported: BTreeSet::new(),
         }
@@ -376,6 +412,7 @@ impl ManifestsSource {
         let mut state = ClusterState::default();
         let mut last_good: BTreeMap<String, BTreeMap<TypedKey, Kept>> = BTreeMap::new();
         let mut providers = BTreeMap::new();
+        let mut accepted_services = BTreeMap::new();
         let mut accept = |entry: &Entry, version: usize| {
             let chosen = &entry.versions[version];
             last_good.entry(entry.file.clone()).or_default().insert(
@@ -383,6 +420,7 @@ impl ManifestsSource {
                 Kept {
                     document: chosen.document,
                     object: chosen.object.clone(),
+                    written: chosen.written.clone(),
                 },
             );
             providers.insert(entry.key.clone(), entry.file.clone());
@@ -439,6 +477,9 @@ impl ManifestsSource {
                 ));
             }
             if let Some((version, service)) = assignment.accepted {
+                if let Some(accepted) = entry.versions[version].accepted_service(&service) {
+                    accepted_services.insert(entry.key.key.clone(), accepted);
+                }
                 state.services.insert(entry.key.key.clone(), service);
                 accept(entry, version);
             }
@@ -448,6 +489,7 @@ impl ManifestsSource {
             file.last_good = last_good.remove(name.as_str()).unwrap_or_default();
         }
         self.providers = providers;
+        self.services = accepted_services;
         self.report(problems);
         info!(
             dir = %self.dir.display(),
@@ -487,57 +529,129 @@ impl ManifestsSource {
                 }
                 Parsed::Documents(documents) => {
                     for document in documents {
-                        match &document.outcome {
-                            Outcome::Object { key, object } => {
-                                let mut versions = vec![Version {
-                                    object: object.clone(),
-                                    document: document.index,
-                                    kept: false,
-                                }];
-                                if let Some(kept) = file.last_good.get(key)
-                                    && kept.object != *object
-                                {
-                                    versions.push(Version::kept(kept));
-                                }
-                                entries.push(Entry {
-                                    key: key.clone(),
-                                    file: name.clone(),
-                                    versions,
-                                });
-                            }
-                            Outcome::Ignored { reason } => problems.push(self.problem(
-                                name,
-                                Some(document.index),
-                                Severity::Warning,
-                                reason.clone(),
-                            )),
-                            Outcome::Invalid { key, reason } => {
-                                let kept =
-                                    key.as_ref().and_then(|k| Some((k, file.last_good.get(k)?)));
-                                let reason = match kept {
-                                    Some((key, kept)) => {
-                                        entries.push(Entry {
-                                            key: key.clone(),
-                                            file: name.clone(),
-                                            versions: vec![Version::kept(kept)],
-                                        });
-                                        format!("{reason}; keeping its last good version")
-                                    }
-                                    None => reason.clone(),
-                                };
-                                problems.push(self.problem(
-                                    name,
-                                    Some(document.index),
-                                    Severity::Error,
-                                    reason,
-                                ));
-                            }
-                        }
+                        entries.extend(self.document_entry(name, file, document, problems));
                     }
                 }
             }
         }
         entries
+    }
+
+    /// The entry one document of `file` offers (with the last good version
+    /// behind it), if any; reports what is wrong with it.
+    fn document_entry(
+        &self,
+        name: &str,
+        file: &FileEntry,
+        document: &Document,
+        problems: &mut Vec<Problem>,
+    ) -> Option<Entry> {
+        let (key, version) = match &document.outcome {
+            Outcome::Object { key, object } => (
+                key,
+                Version {
+                    object: object.clone(),
+                    written: None,
+                    document: document.index,
+                    kept: false,
+                },
+            ),
+            Outcome::Service { key, service } => match self.prepare_service(key, service) {
+                Ok(validated) => (
+                    key,
+                    Version {
+                        object: Object::Service(Box::new(validated)),
+                        written: Some(service.clone()),
+                        document: document.index,
+                        kept: false,
+                    },
+                ),
+                Err(reason) => {
+                    return self.invalid_document(
+                        name,
+                        file,
+                        document,
+                        Some(key),
+                        reason,
+                        problems,
+                    );
+                }
+            },
+            Outcome::Ignored { reason } => {
+                problems.push(self.problem(
+                    name,
+                    Some(document.index),
+                    Severity::Warning,
+                    reason.clone(),
+                ));
+                return None;
+            }
+            Outcome::Invalid { key, reason } => {
+                return self.invalid_document(
+                    name,
+                    file,
+                    document,
+                    key.as_ref(),
+                    reason.clone(),
+                    problems,
+                );
+            }
+        };
+        let mut versions = vec![version];
+        if let Some(kept) = file.last_good.get(key)
+            && kept.object != versions[0].object
+        {
+            versions.push(Version::kept(kept));
+        }
+        Some(Entry {
+            key: key.clone(),
+            file: name.to_owned(),
+            versions,
+        })
+    }
+
+    /// Reports a rejected document; its object's last good version, if the
+    /// file has one, is the entry that stands in for it.
+    fn invalid_document(
+        &self,
+        name: &str,
+        file: &FileEntry,
+        document: &Document,
+        key: Option<&TypedKey>,
+        reason: String,
+        problems: &mut Vec<Problem>,
+    ) -> Option<Entry> {
+        let kept = key.and_then(|k| Some((k, file.last_good.get(k)?)));
+        let (entry, reason) = match kept {
+            Some((key, kept)) => (
+                Some(Entry {
+                    key: key.clone(),
+                    file: name.to_owned(),
+                    versions: vec![Version::kept(kept)],
+                }),
+                format!("{reason}; keeping its last good version"),
+            ),
+            None => (None, reason),
+        };
+        problems.push(self.problem(name, Some(document.index), Severity::Error, reason));
+        entry
+    }
+
+    /// The Service a document asks for, validated: as written on a create;
+    /// after the API server's update rules against the served version when
+    /// it replaces a Service of the last state, unless it is the very
+    /// document that version came from (the rules were applied then).
+    fn prepare_service(&self, key: &TypedKey, written: &Service) -> Result<Service, String> {
+        let mut service = written.clone();
+        if let Some(previous) = self.services.get(&key.key) {
+            if previous.written == *written {
+                return Ok(previous.validated.clone());
+            }
+            update_rules::prepare_update(&mut service, &previous.served);
+        }
+        validate::validate_service(&service, &self.node_port_range)
+            .map_err(|e| format!("invalid {key}: {e}"))?;
+        Ok(service)
     }
 
     /// Picks one entry per object: the file that provided it last time keeps
@@ -642,9 +756,22 @@ impl Entry {
 }
 
 impl Version {
+    /// This version of a Service, accepted and served as `served`.
+    fn accepted_service(&self, served: &Service) -> Option<AcceptedService> {
+        let (Object::Service(validated), Some(written)) = (&self.object, &self.written) else {
+            return None;
+        };
+        Some(AcceptedService {
+            written: written.as_ref().clone(),
+            validated: validated.as_ref().clone(),
+            served: served.clone(),
+        })
+    }
+
     fn kept(kept: &Kept) -> Self {
         Self {
             object: kept.object.clone(),
+            written: kept.written.clone(),
             document: kept.document,
             kept: true,
         }
@@ -767,13 +894,29 @@ fn parse_document(
         .map_or_else(|| kind.to_string(), ToString::to_string);
     let mut address_type = AddressType::Ipv4;
     let parsed: Result<Object, String> = match kind {
-        Kind::Service => Service::deserialize(document)
-            .map_err(|e| e.to_string())
-            .and_then(|mut service| {
-                validate::normalize_service(&mut service);
-                validate::validate_service(&service, node_port_range).map_err(|e| e.to_string())?;
-                Ok(Object::Service(Box::new(service)))
-            }),
+        Kind::Service => {
+            let mut service = match Service::deserialize(document) {
+                Ok(service) => service,
+                Err(e) => return invalid(key, format!("invalid {described}: {e}")),
+            };
+            validate::normalize_service(&mut service);
+            // Validated with the whole directory at hand (an update is
+            // checked against the version it replaces); a document without
+            // a name cannot replace anything and is invalid anyway.
+            if let Some(key) = key {
+                return Some(Outcome::Service {
+                    key,
+                    service: Box::new(service),
+                });
+            }
+            let reason = validate::validate_service(&service, node_port_range)
+                .err()
+                .map_or_else(
+                    || "metadata.name: Required value: name is required".to_owned(),
+                    |e| e.to_string(),
+                );
+            return invalid(None, format!("invalid {described}: {reason}"));
+        }
         Kind::EndpointSlice => EndpointSlice::deserialize(document)
             .map_err(|e| e.to_string())
             .and_then(|mut slice| {
@@ -1489,5 +1632,197 @@ metadata:
             assert!(text.contains("nodePort 40001 is outside"), "{text}");
             assert!(text.contains("manifest problem resolved"), "{text}");
         });
+    }
+
+    /// A Service `name` with the given lines of its spec (indented by 2).
+    fn service_spec(name: &str, spec: &str) -> String {
+        format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n{spec}")
+    }
+
+    const LB_LOCAL: &str = "  type: LoadBalancer
+  externalTrafficPolicy: Local
+  healthCheckNodePort: 30500
+  ports:
+    - {name: http, port: 80, nodePort: 30080}
+";
+
+    fn spec<'s>(
+        state: &'s ClusterState,
+        name: &str,
+    ) -> &'s k8s_openapi::api::core::v1::ServiceSpec {
+        state.services[&key(name)].spec.as_ref().expect("spec")
+    }
+
+    #[test]
+    fn edit_to_cluster_policy_releases_the_health_check_node_port() {
+        let dir = TempDir::new();
+        dir.write("svc.yaml", &service_spec("web", LB_LOCAL));
+        let mut source = dir.source();
+        let state = scan(&mut source);
+        assert_eq!(spec(&state, "web").health_check_node_port, Some(30500));
+
+        // The policy changes; the healthCheckNodePort stays in the file.
+        let cluster = LB_LOCAL.replace("Local", "Cluster");
+        dir.write("svc.yaml", &service_spec("web", &cluster));
+        let state = scan(&mut source);
+        assert!(source.problems().is_empty(), "{:?}", problems(&source));
+        let web = spec(&state, "web");
+        assert_eq!(web.external_traffic_policy.as_deref(), Some("Cluster"));
+        assert_eq!(web.health_check_node_port, None, "released");
+
+        // Later scans keep the outcome: the unchanged document is not an
+        // update of its own result.
+        dir.write("n.yaml", NODE);
+        let state = scan(&mut source);
+        assert!(source.problems().is_empty(), "{:?}", problems(&source));
+        assert_eq!(spec(&state, "web").health_check_node_port, None);
+
+        // The port is free for another Service.
+        dir.write("other.yaml", &service("other", Some(30500)));
+        let state = scan(&mut source);
+        assert_eq!(node_port(&state, "other"), Some(30500));
+        assert!(source.problems().is_empty(), "{:?}", problems(&source));
+
+        // A create is checked as written: the same document for a new Service fails.
+        dir.write(
+            "new.yaml",
+            &service_spec("fresh", &cluster.replace("30080", "30081")),
+        );
+        let state = scan(&mut source);
+        assert!(!state.services.contains_key(&key("fresh")));
+        assert_problem(
+            &source,
+            "new.yaml#1",
+            "invalid Service default/fresh: spec.healthCheckNodePort: Invalid value: 30500: may only be set",
+        );
+    }
+
+    #[test]
+    fn edit_to_cluster_ip_releases_unchanged_node_ports() {
+        let dir = TempDir::new();
+        dir.write("web.yaml", &service("web", Some(30080)));
+        let mut source = dir.source();
+        assert_eq!(node_port(&scan(&mut source), "web"), Some(30080));
+
+        // A changed nodePort is rejected as on a create: the old version serves on.
+        let changed = service("web", Some(30081)).replace("NodePort", "ClusterIP");
+        dir.write("web.yaml", &changed);
+        let state = scan(&mut source);
+        assert_eq!(node_port(&state, "web"), Some(30080));
+        assert_problem(
+            &source,
+            "web.yaml#1",
+            "invalid Service default/web: spec.ports[0].nodePort: Forbidden: may not be used when `type` is 'ClusterIP'; keeping its last good version",
+        );
+
+        // Only the type changes: the nodePorts are wiped.
+        let cluster_ip = service("web", Some(30080)).replace("NodePort", "ClusterIP");
+        dir.write("web.yaml", &cluster_ip);
+        let state = scan(&mut source);
+        assert!(source.problems().is_empty(), "{:?}", problems(&source));
+        assert_eq!(spec(&state, "web").type_.as_deref(), Some("ClusterIP"));
+        assert_eq!(node_port(&state, "web"), None);
+        dir.write("n.yaml", NODE);
+        let state = scan(&mut source);
+        assert!(source.problems().is_empty(), "{:?}", problems(&source));
+        assert_eq!(node_port(&state, "web"), None);
+
+        // The update is against the served ClusterIP version now: a new nodePort fails.
+        dir.write("web.yaml", &changed);
+        let state = scan(&mut source);
+        assert_eq!(node_port(&state, "web"), None);
+        assert_problem(
+            &source,
+            "web.yaml#1",
+            "may not be used when `type` is 'ClusterIP'",
+        );
+
+        // The released port is free for another Service.
+        dir.write("web.yaml", &cluster_ip);
+        dir.write("other.yaml", &service("other", Some(30080)));
+        let state = scan(&mut source);
+        assert!(source.problems().is_empty(), "{:?}", problems(&source));
+        assert_eq!(node_port(&state, "other"), Some(30080));
+
+        // Deleted and written again: a create, checked as written.
+        dir.remove("web.yaml");
+        scan(&mut source);
+        dir.write(
+            "web.yaml",
+            &service("web", Some(30090)).replace("NodePort", "ClusterIP"),
+        );
+        let state = scan(&mut source);
+        assert!(!state.services.contains_key(&key("web")));
+        assert_problem(
+            &source,
+            "web.yaml#1",
+            "may not be used when `type` is 'ClusterIP'",
+        );
+    }
+
+    #[test]
+    fn omitted_node_port_keeps_the_old_value_of_its_port_name_from_any_file() {
+        let dir = TempDir::new();
+        dir.write("a.yaml", &service("web", Some(30500)));
+        let mut source = dir.source();
+        assert_eq!(node_port(&scan(&mut source), "web"), Some(30500));
+
+        // The nodePort is dropped from the file: the Service keeps 30500
+        // (a fresh allocation would take 30000).
+        dir.write("a.yaml", &service("web", None));
+        let state = scan(&mut source);
+        assert_eq!(node_port(&state, "web"), Some(30500));
+
+        // Moved to another file in the same edit: still an update.
+        dir.remove("a.yaml");
+        dir.write(
+            "b.yaml",
+            &service("web", None).replace("port: 80", "port: 8080"),
+        );
+        let state = scan(&mut source);
+        assert!(source.problems().is_empty(), "{:?}", problems(&source));
+        assert_eq!(node_port(&state, "web"), Some(30500));
+
+        // A renamed port is a new port: it gets a fresh one.
+        dir.write(
+            "b.yaml",
+            &service("web", None).replace("name: http", "name: web"),
+        );
+        let state = scan(&mut source);
+        assert_eq!(node_port(&state, "web"), Some(30000));
+    }
+
+    #[test]
+    fn broken_file_keeps_the_update_it_last_provided() {
+        let dir = TempDir::new();
+        dir.write("svc.yaml", &service_spec("web", LB_LOCAL));
+        let mut source = dir.source();
+        scan(&mut source);
+        dir.write(
+            "svc.yaml",
+            &service_spec("web", &LB_LOCAL.replace("Local", "Cluster")),
+        );
+        assert_eq!(spec(&scan(&mut source), "web").health_check_node_port, None);
+
+        // The file breaks: its kept (updated) version serves on.
+        dir.write("svc.yaml", "not: [yaml");
+        let state = scan(&mut source);
+        let web = spec(&state, "web");
+        assert_eq!(web.external_traffic_policy.as_deref(), Some("Cluster"));
+        assert_eq!(web.health_check_node_port, None);
+        assert_problem(
+            &source,
+            "svc.yaml#0",
+            "keeping the 1 object(s) it last provided",
+        );
+
+        // Fixed with the same content: the same outcome, no problem.
+        dir.write(
+            "svc.yaml",
+            &service_spec("web", &LB_LOCAL.replace("Local", "Cluster")),
+        );
+        let state = scan(&mut source);
+        assert!(source.problems().is_empty(), "{:?}", problems(&source));
+        assert_eq!(spec(&state, "web").health_check_node_port, None);
     }
 }

@@ -51,6 +51,10 @@ pub struct Service {
     pub affinity_timeout: Option<u32>,
     pub publish_not_ready: bool,
     pub cluster_ip: Option<&'static str>,
+    pub health_check_node_port: Option<u16>,
+    /// Write the ports' nodePorts even when `kind` is ClusterIP, as an edit
+    /// that only changes `type` leaves them (otherwise they are left out).
+    pub leave_node_ports: bool,
     pub ports: Vec<Port>,
 }
 
@@ -63,6 +67,8 @@ impl Service {
             affinity_timeout: None,
             publish_not_ready: false,
             cluster_ip: None,
+            health_check_node_port: None,
+            leave_node_ports: false,
             ports,
         }
     }
@@ -77,6 +83,9 @@ impl Service {
         }
         if let Some(p) = self.external_traffic_policy {
             let _ = writeln!(y, "  externalTrafficPolicy: {p}");
+        }
+        if let Some(p) = self.health_check_node_port {
+            let _ = writeln!(y, "  healthCheckNodePort: {p}");
         }
         if let Some(t) = self.affinity_timeout {
             let _ = write!(
@@ -103,7 +112,7 @@ impl Service {
                 }
             }
             if let Some(np) = p.node_port
-                && self.kind != "ClusterIP"
+                && (self.kind != "ClusterIP" || self.leave_node_ports)
             {
                 let _ = writeln!(y, "    nodePort: {np}");
             }
