@@ -75,6 +75,16 @@ pub struct RunArgs {
     /// The `NodePort` range, as the API server's --service-node-port-range.
     #[arg(long, default_value = "30000-32767", value_parser = parse_port_range)]
     pub service_node_port_range: RangeInclusive<u16>,
+    /// Source ports for flows SNATed to backends on other nodes, per node
+    /// address, backend and protocol: one or two ranges. Default: every
+    /// port from 1024 up outside the NodePort range and the host's
+    /// ephemeral range (net.ipv4.ip_local_port_range).
+    #[arg(long, value_name = "A-B[,C-D]")]
+    pub snat_port_range: Option<String>,
+    /// Seconds a closed flow's SNAT port rests before another client may
+    /// have it (the backend keeps TIME_WAIT for 60 s).
+    #[arg(long, default_value_t = nodeport_common::config::DEFAULT_SNAT_REST_S)]
+    pub snat_port_rest_seconds: u32,
 }
 
 #[derive(clap::Args, Debug)]

@@ -7,7 +7,9 @@
 //!   failing or when the loop stalls. `/healthz` also answers 503 while this
 //!   node is being deleted (`deletionTimestamp`, or the cluster
 //!   autoscaler's `ToBeDeletedByClusterAutoscaler` taint), so load balancers
-//!   drain it; `/livez` ignores that. Body, as kube-proxy's:
+//!   drain it; `/livez` ignores that. `/healthz` is 503 too while frames
+//!   the datapath sends out of a device keep failing (`attached`), named in
+//!   an extra `failingDevices` field. Body, as kube-proxy's:
 //!   `{"lastUpdated": "...", "currentTime": "...", "nodeEligible": true}`
 //!   (RFC 3339 times; `lastUpdated` empty before the first sync).
 //! - [`HealthCheckServers`]: one HTTP server per `healthCheckNodePort` of an
@@ -47,6 +49,7 @@ fn rfc3339(t: SystemTime) -> String {
 pub struct ProxyHealth {
     last_updated: Mutex<Option<SystemTime>>,
     node_deleting: AtomicBool,
+    failing_devices: Mutex<Vec<String>>,
     timeout: Duration,
 }
 
@@ -62,6 +65,7 @@ impl ProxyHealth {
         Self {
             last_updated: Mutex::new(None),
             node_deleting: AtomicBool::new(false),
+            failing_devices: Mutex::new(Vec::new()),
             timeout,
         }
     }
@@ -88,6 +92,21 @@ impl ProxyHealth {
         }
     }
 
+    /// Records the devices whose transmits keep failing (empty: none).
+    pub fn set_failing_devices(&self, devices: Vec<String>) {
+        *self
+            .failing_devices
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = devices;
+    }
+
+    fn failing_devices(&self) -> Vec<String> {
+        self.failing_devices
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// Synced within the timeout.
     #[must_use]
     pub fn is_healthy(&self) -> bool {
@@ -110,13 +129,21 @@ impl ProxyHealth {
     pub fn respond(&self, with_node: bool) -> Response {
         let healthy = self.is_healthy();
         let eligible = !self.node_deleting.load(Ordering::Relaxed);
-        let ok = healthy && (!with_node || eligible);
+        let failing = if with_node {
+            self.failing_devices()
+        } else {
+            Vec::new()
+        };
+        let ok = healthy && (!with_node || eligible) && failing.is_empty();
         let mut body = json!({
             "lastUpdated": self.last_updated().map(rfc3339).unwrap_or_default(),
             "currentTime": rfc3339(SystemTime::now()),
         });
         if with_node {
             body["nodeEligible"] = json!(eligible);
+        }
+        if !failing.is_empty() {
+            body["failingDevices"] = json!(failing);
         }
         Response::json(if ok { 200 } else { 503 }, &body)
             .with_header("X-Content-Type-Options", "nosniff")

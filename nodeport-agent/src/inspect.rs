@@ -153,12 +153,29 @@ fn conntrack(maps: &BpfMaps) -> Result<serde_json::Value> {
     Ok(serde_json::Value::Array(rows))
 }
 
+/// The per-reason counters, then per device the frames sent back out that
+/// the kernel transmitted or dropped (`tx_sent:DEV`, `tx_failed:DEV`, with
+/// `xdp_mode:DEV:MODE` = 1), then the SNAT pool size and the ports each
+/// remote backend holds (`snat_ports_in_use:BACKEND@NODE_ADDR`).
 fn stats(maps: &BpfMaps) -> Result<serde_json::Value> {
-    let rows = maps
+    let mut rows: Vec<serde_json::Value> = maps
         .stats()?
         .into_iter()
         .map(|(name, v)| json!({ "counter": name, "packets": v }))
         .collect();
+    let f = crate::figures::read(maps)?;
+    for d in &f.devices {
+        rows.push(json!({ "counter": format!("xdp_mode:{}:{}", d.device, d.xdp_mode), "packets": 1 }));
+        rows.push(json!({ "counter": format!("tx_sent:{}", d.device), "packets": d.tx_sent }));
+        rows.push(json!({ "counter": format!("tx_failed:{}", d.device), "packets": d.tx_failed }));
+    }
+    rows.push(json!({ "counter": "snat_pool_ports", "packets": f.snat.pool_size }));
+    for b in &f.snat.backends {
+        rows.push(json!({
+            "counter": format!("snat_ports_in_use:{}@{}", b.backend, b.node_addr),
+            "packets": b.ports_in_use,
+        }));
+    }
     Ok(serde_json::Value::Array(rows))
 }
 

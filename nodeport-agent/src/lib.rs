@@ -4,10 +4,12 @@
 //!
 //! Pipeline: [`source`] → [`store`] → [`desired`] → [`reconcile`] → [`maps`].
 
+pub mod attached;
 pub mod cli;
 pub mod config;
 pub mod desired;
 pub mod devices;
+pub mod figures;
 pub mod health;
 pub mod http;
 pub mod inspect;
@@ -15,10 +17,13 @@ pub mod loader;
 pub mod maps;
 pub mod metrics;
 pub mod neighbours;
+pub mod netlink;
 pub mod node_addrs;
 pub mod reconcile;
 pub mod run;
+pub mod snat_pool;
 pub mod source;
 pub mod store;
 pub mod update_rules;
 pub mod validate;
+pub mod xdp_mode;

@@ -5,22 +5,31 @@
 //!
 //! Layout under the root:
 //! - `<map name>` for every map (`frontends`, `backends`, ...);
-//! - `links/xdp-<ifname>` and `links/tc-egress-<ifname>`.
+//! - `links/xdp-<ifname>`, `links/tc-egress-<ifname>`,
+//!   `links/tc-ingress-<ifname>` and `links/cgroup-<program>`.
+//!
+//! The transmit tracepoints (`device_tx` counters) are attached for as
+//! long as the agent runs; they are diagnostics, not part of the datapath.
 
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
 
 use aya::{
     Ebpf, EbpfLoader,
+    maps::MapData,
     programs::{
-        CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType, TracePoint,
+        Xdp, XdpMode,
         links::{FdLink, PinnedLink},
         tc::TcAttachOptions,
         xdp::XdpLink,
     },
 };
-use nodeport_common::{capacity, names, programs};
+use nodeport_common::{MAP_SIZES, capacity, names, programs};
 use tracing::{info, warn};
+
+use crate::netlink::{self, XdpAttached};
+use crate::xdp_mode::Mode;
 
 /// The datapath object built by `cargo xtask build-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("NODEPORT_EBPF_OBJECT"));
@@ -185,10 +194,12 @@ pub fn ensure_bpffs(root: &Path) -> Result<(), LoadError> {
 
 impl Datapath {
     /// Loads the object, creating every map pinned under `root` or adopting
-    /// the ones already pinned there.
+    /// the ones already pinned there (a pinned map of another layout, left
+    /// by an older agent, is replaced by a new one).
     pub fn load(root: &Path, sizes: MapSizes) -> Result<Self, LoadError> {
         ensure_bpffs(root)?;
         std::fs::create_dir_all(root.join("links")).map_err(io_err(root))?;
+        drop_foreign_maps(root);
         let mut loader = EbpfLoader::new();
         let pins: Vec<(&str, PathBuf)> = names::ALL.iter().map(|n| (*n, root.join(n))).collect();
         for (name, path) in &pins {
@@ -214,9 +225,11 @@ impl Datapath {
         self.root.join("links").join(format!("{kind}-{iface}"))
     }
 
-    /// Attaches the XDP program to `iface`, replacing the program of a link
-    /// pinned by an earlier agent atomically when there is one.
-    pub fn attach_xdp(&mut self, iface: &str, mode: XdpAttachMode) -> Result<(), LoadError> {
+    /// Attaches the XDP program to `iface` in `mode`, replacing the program
+    /// of a link pinned by an earlier agent atomically when that link has
+    /// the same mode (else it is detached first). With `fallback`, a device
+    /// that refuses native XDP gets generic XDP. Returns the mode attached.
+    pub fn attach_xdp(&mut self, iface: &str, mode: Mode, fallback: bool) -> Result<Mode, LoadError> {
         let pin = self.link_path("xdp", iface);
         let attach_err = |source: Box<dyn std::error::Error + Send + Sync>| LoadError::Attach {
             what: "XDP",
@@ -240,54 +253,91 @@ impl Datapath {
                 source,
             })?;
         }
-        let id = if let Ok(old) = PinnedLink::from_pin(&pin) {
+        let attached_now = crate::devices::ifindex(iface)
+            .ok()
+            .and_then(|i| netlink::xdp_attached(i).ok());
+        let same_mode = matches!(
+            (attached_now, mode),
+            (Some(XdpAttached::Driver), Mode::Native) | (Some(XdpAttached::Skb), Mode::Generic)
+        );
+        let adopted = if same_mode {
+            PinnedLink::from_pin(&pin).ok()
+        } else {
+            // A link in the other mode (or none): detach it by dropping its
+            // pin, then attach anew.
+            let _ = std::fs::remove_file(&pin);
+            None
+        };
+        let (id, got) = if let Some(old) = adopted {
             let link = XdpLink::try_from(FdLink::from(old)).map_err(|e| attach_err(e.into()))?;
-            info!(iface, "replacing the program of the pinned XDP link");
-            prog.attach_to_link(link)
-                .map_err(|e| attach_err(e.into()))?
+            info!(iface, mode = mode.as_str(), "replacing the program of the pinned XDP link");
+            (
+                prog.attach_to_link(link)
+                    .map_err(|e| attach_err(e.into()))?,
+                mode,
+            )
         } else {
             match mode {
-                XdpAttachMode::Native => prog.attach(iface, XdpMode::Driver),
-                XdpAttachMode::Generic => prog.attach(iface, XdpMode::Skb),
-                XdpAttachMode::Auto => prog.attach(iface, XdpMode::Driver).or_else(|e| {
-                    warn!(iface, error = %e, "native XDP unavailable, falling back to generic XDP");
+                Mode::Generic => (
                     prog.attach(iface, XdpMode::Skb)
-                }),
+                        .map_err(|e| attach_err(e.into()))?,
+                    Mode::Generic,
+                ),
+                Mode::Native => match prog.attach(iface, XdpMode::Driver) {
+                    Ok(id) => (id, Mode::Native),
+                    Err(e) if fallback => {
+                        warn!(iface, error = %e, "native XDP unavailable, attaching generic XDP");
+                        (
+                            prog.attach(iface, XdpMode::Skb)
+                                .map_err(|e| attach_err(e.into()))?,
+                            Mode::Generic,
+                        )
+                    }
+                    Err(e) => return Err(attach_err(e.into())),
+                },
             }
-            .map_err(|e| attach_err(e.into()))?
         };
         let link = prog.take_link(id).map_err(|e| attach_err(e.into()))?;
         let fd_link = FdLink::try_from(link).map_err(|e| attach_err(e.into()))?;
         let _ = std::fs::remove_file(&pin);
         fd_link.pin(&pin).map_err(|e| attach_err(e.into()))?;
-        Ok(())
+        Ok(got)
     }
 
-    /// Attaches the TC egress program to `iface` (tcx), adopting a pinned
-    /// link as [`Self::attach_xdp`] does.
+    /// Attaches the TC egress program (replies of local backends) to
+    /// `iface` (tcx), adopting a pinned link as [`Self::attach_xdp`] does.
     pub fn attach_tc_egress(&mut self, iface: &str) -> Result<(), LoadError> {
-        let pin = self.link_path("tc-egress", iface);
+        self.attach_tc(iface, programs::TC_EGRESS, TcAttachType::Egress, "tc-egress")
+    }
+
+    /// Attaches the TC ingress program (frames handed over for neighbour
+    /// resolution) to `iface` (tcx).
+    pub fn attach_tc_ingress(&mut self, iface: &str) -> Result<(), LoadError> {
+        self.attach_tc(iface, programs::TC_INGRESS, TcAttachType::Ingress, "tc-ingress")
+    }
+
+    fn attach_tc(
+        &mut self,
+        iface: &str,
+        name: &'static str,
+        direction: TcAttachType,
+        kind: &'static str,
+    ) -> Result<(), LoadError> {
+        let pin = self.link_path(kind, iface);
         let attach_err = |source: Box<dyn std::error::Error + Send + Sync>| LoadError::Attach {
-            what: "TC egress",
+            what: kind,
             iface: iface.to_string(),
             source,
         };
         let prog: &mut SchedClassifier = self
             .ebpf
-            .program_mut(programs::TC_EGRESS)
-            .ok_or(LoadError::MissingProgram {
-                name: programs::TC_EGRESS,
-            })?
+            .program_mut(name)
+            .ok_or(LoadError::MissingProgram { name })?
             .try_into()
-            .map_err(|source| LoadError::Program {
-                name: programs::TC_EGRESS,
-                source,
-            })?;
+            .map_err(|source| LoadError::Program { name, source })?;
         if prog.fd().is_err() {
-            prog.load().map_err(|source| LoadError::Program {
-                name: programs::TC_EGRESS,
-                source,
-            })?;
+            prog.load()
+                .map_err(|source| LoadError::Program { name, source })?;
         }
         let id = if let Ok(old) = PinnedLink::from_pin(&pin) {
             let link = FdLink::from(old)
@@ -298,7 +348,7 @@ impl Datapath {
         } else {
             prog.attach_with_options(
                 iface,
-                TcAttachType::Egress,
+                direction,
                 TcAttachOptions::TcxOrder(LinkOrder::default()),
             )
             .map_err(|e| attach_err(e.into()))?
@@ -307,6 +357,33 @@ impl Datapath {
         let fd_link = FdLink::try_from(link).map_err(|e| attach_err(e.into()))?;
         let _ = std::fs::remove_file(&pin);
         fd_link.pin(&pin).map_err(|e| attach_err(e.into()))?;
+        Ok(())
+    }
+
+    /// Attaches the transmit tracepoints that count the datapath's own
+    /// transmit failures per device (`device_tx`), mounting tracefs when it
+    /// is not mounted. They stay attached while this value lives.
+    pub fn attach_tx_tracepoints(&mut self) -> Result<(), LoadError> {
+        ensure_tracefs();
+        for (name, event) in programs::TX_TRACEPOINTS {
+            let attach_err = |source: Box<dyn std::error::Error + Send + Sync>| LoadError::Attach {
+                what: "tracepoint",
+                iface: format!("xdp:{event}"),
+                source,
+            };
+            let prog: &mut TracePoint = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(LoadError::MissingProgram { name })?
+                .try_into()
+                .map_err(|source| LoadError::Program { name, source })?;
+            if prog.fd().is_err() {
+                prog.load()
+                    .map_err(|source| LoadError::Program { name, source })?;
+            }
+            prog.attach("xdp", event)
+                .map_err(|e| attach_err(e.into()))?;
+        }
         Ok(())
     }
 
@@ -355,6 +432,63 @@ impl Datapath {
     #[must_use]
     pub fn root(&self) -> &Path {
         &self.root
+    }
+}
+
+/// Removes pinned maps whose key or value size is not what this object
+/// expects (left by an agent of another version): they are created anew.
+fn drop_foreign_maps(root: &Path) {
+    for (name, key, value) in MAP_SIZES {
+        let path = root.join(name);
+        let Ok(map) = MapData::from_pin(&path) else {
+            continue;
+        };
+        let Ok(info) = map.info() else { continue };
+        if info.key_size() as usize != key || info.value_size() as usize != value {
+            warn!(
+                map = name,
+                key_size = info.key_size(),
+                value_size = info.value_size(),
+                expected_key = key,
+                expected_value = value,
+                "pinned map has another layout (an older agent's); recreating it"
+            );
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
+/// `TRACEFS_MAGIC` from `linux/magic.h`.
+const TRACEFS_MAGIC: i64 = 0x7472_6163;
+const SYS_KERNEL_TRACING: &str = "/sys/kernel/tracing";
+
+/// Mounts tracefs on `/sys/kernel/tracing` when it is not there (attaching
+/// a tracepoint reads its id from tracefs).
+fn ensure_tracefs() {
+    let at = Path::new(SYS_KERNEL_TRACING);
+    if fs_magic(at).is_ok_and(|m| m == TRACEFS_MAGIC)
+        || Path::new("/sys/kernel/debug/tracing/events").exists()
+    {
+        return;
+    }
+    // SAFETY: valid C strings; a plain tracefs mount.
+    let rc = unsafe {
+        libc::mount(
+            c"tracefs".as_ptr(),
+            c"/sys/kernel/tracing".as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc == 0 {
+        info!(at = SYS_KERNEL_TRACING, "mounted tracefs");
+    } else {
+        warn!(
+            at = SYS_KERNEL_TRACING,
+            error = %std::io::Error::last_os_error(),
+            "cannot mount tracefs"
+        );
     }
 }
 

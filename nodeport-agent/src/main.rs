@@ -22,6 +22,14 @@ fn main() -> Result<()> {
         cli::Command::Run(args) => run::run(&args),
         cli::Command::Inspect(args) => inspect::inspect(&args),
         cli::Command::Cleanup { bpffs } => {
+            // The SNAT ports this node's agent reserved from the host's
+            // ephemeral use are released with the datapath.
+            if let Ok(maps) = nodeport_agent::maps::bpf::BpfMaps::open(&bpffs)
+                && let Ok(config) = maps.config()
+                && let Err(e) = nodeport_agent::snat_pool::release(&config)
+            {
+                eprintln!("releasing the reserved SNAT ports: {e}");
+            }
             let removed = loader::cleanup(&bpffs)?;
             for p in &removed {
                 println!("removed {}", p.display());

@@ -17,6 +17,12 @@
 //! | `nodeport_source_errors_total{resource}` | counter | failed list/watch requests of the Kubernetes source |
 //! | `nodeport_health_check_servers` | gauge | healthCheckNodePort servers listening |
 //! | `nodeport_datapath_packets_total{reason}` | counter | the datapath's `stats` map, summed over CPUs |
+//! | `nodeport_xdp_transmitted_total{device}` | counter | frames the datapath sent back out that the kernel transmitted (native mode) |
+//! | `nodeport_xdp_transmit_failures_total{device}` | counter | frames the datapath sent back out that the kernel dropped |
+//! | `nodeport_xdp_mode{device,mode}` | gauge | 1 for the XDP mode each device is attached in |
+//! | `nodeport_failing_devices` | gauge | devices whose transmits keep failing (`/healthz` is 503 meanwhile) |
+//! | `nodeport_snat_pool_ports` | gauge | SNAT ports per node address, backend and protocol |
+//! | `nodeport_snat_ports_in_use{backend,node_addr}` | gauge | SNAT ports held by flows to each remote backend |
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -25,6 +31,9 @@ use std::time::{Duration, SystemTime};
 
 /// Reads the datapath counters (name, packets) at scrape time.
 pub type StatsReader = Box<dyn Fn() -> Result<Vec<(&'static str, u64)>, String> + Send + Sync>;
+/// Reads per-device transmits and SNAT pool use at scrape time.
+pub type FiguresReader =
+    Box<dyn Fn() -> Result<crate::figures::Figures, String> + Send + Sync>;
 
 /// Upper bounds of the sync duration buckets (seconds): 1 ms doubling to ~16 s,
 /// as kube-proxy's `sync_proxy_rules_duration_seconds`.
@@ -95,14 +104,69 @@ struct Inner {
     frontends: usize,
     endpoints: usize,
     health_check_servers: usize,
+    failing_devices: usize,
     map_write_errors: BTreeMap<(&'static str, &'static str), u64>,
     source_errors: BTreeMap<&'static str, u64>,
+}
+
+fn render_figures(out: &mut String, f: &crate::figures::Figures) {
+    let _ = writeln!(
+        out,
+        "# HELP nodeport_xdp_transmitted_total Frames the datapath sent back out that the kernel transmitted (native XDP).\n# TYPE nodeport_xdp_transmitted_total counter"
+    );
+    for d in &f.devices {
+        let _ = writeln!(
+            out,
+            "nodeport_xdp_transmitted_total{{device=\"{}\"}} {}",
+            d.device, d.tx_sent
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP nodeport_xdp_transmit_failures_total Frames the datapath sent back out that the kernel dropped.\n# TYPE nodeport_xdp_transmit_failures_total counter"
+    );
+    for d in &f.devices {
+        let _ = writeln!(
+            out,
+            "nodeport_xdp_transmit_failures_total{{device=\"{}\"}} {}",
+            d.device, d.tx_failed
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP nodeport_xdp_mode The XDP mode each device is attached in.\n# TYPE nodeport_xdp_mode gauge"
+    );
+    for d in &f.devices {
+        let _ = writeln!(
+            out,
+            "nodeport_xdp_mode{{device=\"{}\",mode=\"{}\"}} 1",
+            d.device, d.xdp_mode
+        );
+    }
+    gauge(
+        out,
+        "nodeport_snat_pool_ports",
+        "SNAT ports per node address, backend and protocol.",
+        f64::from(f.snat.pool_size),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP nodeport_snat_ports_in_use SNAT ports held by flows to each remote backend.\n# TYPE nodeport_snat_ports_in_use gauge"
+    );
+    for b in &f.snat.backends {
+        let _ = writeln!(
+            out,
+            "nodeport_snat_ports_in_use{{backend=\"{}\",node_addr=\"{}\"}} {}",
+            b.backend, b.node_addr, b.ports_in_use
+        );
+    }
 }
 
 /// The agent's metrics; shared between the run loop and the endpoint.
 pub struct Metrics {
     inner: Mutex<Inner>,
     stats: Mutex<Option<StatsReader>>,
+    figures: Mutex<Option<FiguresReader>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -139,10 +203,12 @@ impl Metrics {
                 frontends: 0,
                 endpoints: 0,
                 health_check_servers: 0,
+                failing_devices: 0,
                 map_write_errors: BTreeMap::new(),
                 source_errors: BTreeMap::new(),
             }),
             stats: Mutex::new(None),
+            figures: Mutex::new(None),
         }
     }
 
@@ -193,6 +259,18 @@ impl Metrics {
 
     pub fn set_health_check_servers(&self, n: usize) {
         self.lock().health_check_servers = n;
+    }
+
+    pub fn set_failing_devices(&self, n: usize) {
+        self.lock().failing_devices = n;
+    }
+
+    /// Where per-device transmits and SNAT pool use come from.
+    pub fn set_figures_reader(&self, reader: FiguresReader) {
+        *self
+            .figures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reader);
     }
 
     /// The text exposition format (version 0.0.4).
@@ -250,6 +328,11 @@ impl Metrics {
                     "healthCheckNodePort servers listening.",
                     m.health_check_servers,
                 ),
+                (
+                    "nodeport_failing_devices",
+                    "Devices whose transmits keep failing (/healthz is 503 meanwhile).",
+                    m.failing_devices,
+                ),
             ] {
                 gauge(&mut out, name, help, v as f64);
             }
@@ -274,6 +357,12 @@ impl Metrics {
                 );
             }
         }
+        self.render_datapath(&mut out);
+        out
+    }
+
+    /// The datapath's counters and figures, read from its maps now.
+    fn render_datapath(&self, out: &mut String) {
         let stats = self
             .stats
             .lock()
@@ -296,7 +385,18 @@ impl Metrics {
             }
             None => {}
         }
-        out
+        drop(stats);
+        let figures = self
+            .figures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match figures.as_ref().map(|read| read()) {
+            Some(Ok(f)) => render_figures(out, &f),
+            Some(Err(e)) => {
+                let _ = writeln!(out, "# reading the device and SNAT figures failed: {e}");
+            }
+            None => {}
+        }
     }
 }
 

@@ -14,9 +14,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, Result, bail};
-use nodeport_common::{BACKEND_F_LOCAL, DEVICE_F_REDIRECT_TX, Device, DeviceKey};
+use nodeport_common::BACKEND_F_LOCAL;
 use tracing::{error, info, warn};
 
+use crate::attached::AttachedDevices;
 use crate::cli::RunArgs;
 use crate::config::{InterfaceAddr, NodePortAddresses};
 use crate::desired::{self, Desired};
@@ -29,7 +30,7 @@ use crate::reconcile::Reconciler;
 use crate::source::kube::{KubeOptions, KubeSource};
 use crate::source::{Source, manifests::ManifestsSource};
 use crate::store::{ClusterState, ObjectKey};
-use crate::{devices, neighbours, node_addrs};
+use crate::{neighbours, node_addrs, snat_pool};
 
 /// EndpointSlice annotation with the time of the change that triggered the
 /// slice's last update (set by the EndpointSlice controller).
@@ -42,6 +43,8 @@ const TICK: Duration = Duration::from_millis(200);
 const SETTLE: Duration = Duration::from_millis(10);
 /// How often the next hops of remote backends are refreshed.
 const NEIGHBOUR_REFRESH: Duration = Duration::from_secs(30);
+/// How often the attached devices are checked (XDP mode, transmit failures).
+const DEVICE_CHECK: Duration = Duration::from_secs(1);
 
 fn node_name(args: &RunArgs) -> Result<String> {
     if let Some(n) = &args.node_name {
@@ -134,13 +137,22 @@ fn serve_health_and_metrics(
     metrics: &Arc<Metrics>,
     root: &std::path::Path,
 ) -> Result<[Server; 2]> {
-    let stats = std::sync::Mutex::new(BpfMaps::open(root)?);
+    let stats = Arc::new(std::sync::Mutex::new(BpfMaps::open(root)?));
+    let figures = Arc::clone(&stats);
     metrics.set_stats_reader(Box::new(move || {
         stats
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .stats()
             .map_err(|e| e.to_string())
+    }));
+    metrics.set_figures_reader(Box::new(move || {
+        crate::figures::read(
+            &figures
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+        .map_err(|e| e.to_string())
     }));
     let healthz = Server::bind(args.healthz_bind_address, "healthz", health.handler())?;
     let metrics = Arc::clone(metrics);
@@ -177,11 +189,14 @@ pub fn run(args: &RunArgs) -> Result<()> {
         .unwrap_or_else(|| ifaces[0].clone());
 
     let mut datapath = Datapath::load(&args.bpffs, MapSizes::default())?;
+    let mut maps = BpfMaps::open(datapath.root())?;
+    configure_snat(args, &mut maps)?;
     for iface in &ifaces {
-        datapath.attach_xdp(iface, args.xdp_mode)?;
-        datapath.attach_tc_egress(iface)?;
-        info!(iface, "attached XDP ingress and TC egress");
         enable_forwarding(iface);
+    }
+    let attached = AttachedDevices::attach(&mut datapath, &mut maps, &ifaces, args.xdp_mode)?;
+    if let Err(e) = datapath.attach_tx_tracepoints() {
+        warn!(error = %e, "transmit failures of the datapath are not counted (tracepoints unavailable)");
     }
     if let Some(cgroup) = socket_lb_cgroup(args) {
         datapath.attach_socket_lb(&cgroup)?;
@@ -190,10 +205,6 @@ pub fn run(args: &RunArgs) -> Result<()> {
         warn!(
             "no cgroup v2 hierarchy: connections from the node and its pods to a NodePort of this node are not load balanced"
         );
-    }
-    let mut maps = BpfMaps::open(datapath.root())?;
-    for iface in &ifaces {
-        configure_device(&mut maps, iface)?;
     }
     let reconciler = Reconciler::adopt(maps.read_state()?);
     let _servers = serve_health_and_metrics(args, &health, &metrics, datapath.root())?;
@@ -230,6 +241,9 @@ pub fn run(args: &RunArgs) -> Result<()> {
         ready: false,
         remote: BTreeSet::new(),
         last_warm: Instant::now(),
+        datapath,
+        attached,
+        last_device_check: Instant::now(),
     };
     while !stop.load(Ordering::Relaxed) {
         sync.tick();
@@ -279,6 +293,9 @@ struct Sync {
     started: SystemTime,
     /// Trigger times of EndpointSlices already measured, by slice.
     programmed: BTreeMap<ObjectKey, String>,
+    datapath: Datapath,
+    attached: AttachedDevices,
+    last_device_check: Instant,
 }
 
 impl Sync {
@@ -322,6 +339,12 @@ impl Sync {
         if self.last_warm.elapsed() >= NEIGHBOUR_REFRESH {
             self.last_warm = Instant::now();
             neighbours::warm(&self.remote);
+        }
+        if self.last_device_check.elapsed() >= DEVICE_CHECK {
+            self.last_device_check = Instant::now();
+            let failing = self.attached.check(&mut self.datapath, &mut self.maps);
+            self.metrics.set_failing_devices(failing.len());
+            self.health.set_failing_devices(failing);
         }
     }
 
@@ -440,23 +463,34 @@ fn socket_lb_cgroup(args: &RunArgs) -> Option<std::path::PathBuf> {
         .find(|p| crate::loader::fs_magic(p).is_ok_and(|m| m == CGROUP2_MAGIC))
 }
 
-/// Tells the datapath how to transmit on `iface`: veth devices get
-/// redirect-to-self instead of `XDP_TX` (see `DEVICE_F_REDIRECT_TX`).
-fn configure_device(maps: &mut BpfMaps, iface: &str) -> Result<()> {
-    let ifindex = devices::ifindex(iface).with_context(|| format!("device {iface}"))?;
-    let driver = devices::driver(iface).unwrap_or_default();
-    let flags = if driver == "veth" {
-        DEVICE_F_REDIRECT_TX
-    } else {
-        0
+/// Writes the SNAT port pool into the datapath's settings: `--snat-port-range`
+/// or the default around the NodePort and ephemeral ranges, reserved from
+/// the host's own ephemeral use (`snat_pool`).
+fn configure_snat(args: &RunArgs, maps: &mut BpfMaps) -> Result<()> {
+    let ranges = match &args.snat_port_range {
+        Some(s) => snat_pool::parse_ranges(s)?,
+        None => snat_pool::default_ranges(
+            &args.service_node_port_range,
+            &snat_pool::host_ephemeral_range()?,
+        )?,
     };
-    maps.put_device(DeviceKey { ifindex }, Device { flags })?;
+    snat_pool::check(&ranges, &args.service_node_port_range)?;
+    // Keep what an earlier agent recorded as reserved by it.
+    let mut config = maps.config().unwrap_or_default();
+    config.snat_ranges = ranges;
+    config.snat_rest_s = args.snat_port_rest_seconds;
+    match snat_pool::reserve(&mut config) {
+        Ok(added) if added > 0 => info!(added, "reserved the SNAT ports from the host's ephemeral use"),
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "cannot reserve the SNAT ports (net.ipv4.ip_local_reserved_ports)"),
+    }
+    maps.put_config(config)?;
+    let pool = nodeport_common::SnatPool::of(&config);
     info!(
-        iface,
-        ifindex,
-        driver,
-        redirect_tx = flags != 0,
-        "device configured"
+        ranges = ?ranges.iter().filter(|r| !r.is_empty()).map(|r| format!("{}-{}", r.min, r.max)).collect::<Vec<_>>(),
+        ports = pool.size(),
+        rest_s = config.snat_rest_s,
+        "SNAT port pool"
     );
     Ok(())
 }

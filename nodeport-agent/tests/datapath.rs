@@ -6,7 +6,8 @@
 //! namespace (unshared by the test's thread) so that FIB lookups see a small
 //! topology the test builds: node address 10.200.0.11 on device `np0`, a
 //! neighbouring node 10.200.0.12 routing pod CIDR 10.244.2.0/24, and the
-//! client 10.200.0.2.
+//! client 10.200.0.2; 10.200.0.13 routes pod CIDR 10.244.3.0/24 and, like
+//! the client 10.200.0.3, has no neighbour entry.
 
 mod support;
 
@@ -20,12 +21,16 @@ use aya::{
 };
 use nodeport_agent::loader;
 use nodeport_common::{
-    BACKEND_F_LOCAL, Backend, BackendKey, CT_F_CLOSING, CT_F_SNAT, CtEntry, DEVICE_F_REDIRECT_TX,
-    Device, DeviceKey, FRONTEND_F_AFFINITY, FRONTEND_F_DROP_EMPTY, FlowKey, Frontend, FrontendKey,
-    NODE_ADDR_F_NODEPORT, NodeAddr, NodeAddrKey, PROTO_TCP, PROTO_UDP, RevNat, SNAT_PORT_MAX,
-    SNAT_PORT_MIN, Slot, SlotKey, flow_hash, names, programs,
+    BACKEND_F_LOCAL, Backend, BackendKey, CT_F_CLOSING, CT_F_SNAT, Config, CtEntry,
+    DEVICE_F_REDIRECT_TX, DEVICE_F_SKB_MODE, Device, DeviceKey, FRONTEND_F_AFFINITY,
+    FRONTEND_F_DROP_EMPTY, FlowKey, Frontend, FrontendKey, NODE_ADDR_F_NODEPORT, NodeAddr,
+    NodeAddrKey, PROTO_TCP, PROTO_UDP, PortRange, RevNat, Slot, SlotKey, SnatPool,
+    names, programs,
 };
-use support::frames::{CLIENT_MAC, Frame, NODE_MAC, TCP_ACK, TCP_PSH, TCP_SYN, assert_checksums};
+use support::frames::{
+    CLIENT_MAC, Frame, NODE_MAC, TCP_ACK, TCP_PSH, TCP_SYN, assert_checksums,
+    assert_partial_seed,
+};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -88,6 +93,7 @@ impl Fixture {
             && ip neigh add 10.200.0.12 lladdr 02:00:00:00:00:12 dev np0 nud permanent \
             && ip neigh add 10.200.0.2 lladdr 02:00:00:00:00:02 dev np0 nud permanent \
             && ip route add 10.244.2.0/24 via 10.200.0.12 \
+            && ip route add 10.244.3.0/24 via 10.200.0.13 \
             && echo 1 > /proc/sys/net/ipv4/ip_forward");
         let name = std::ffi::CString::new("np0").unwrap();
         // SAFETY: valid C string.
@@ -109,9 +115,50 @@ impl Fixture {
             .try_into()
             .expect("TC program type");
         tc.load().expect("the verifier accepts the TC program");
+        let tc_in: &mut SchedClassifier = ebpf
+            .program_mut(programs::TC_INGRESS)
+            .expect("TC ingress program in object")
+            .try_into()
+            .expect("TC program type");
+        tc_in
+            .load()
+            .expect("the verifier accepts the TC ingress program");
+        for (name, _) in programs::TX_TRACEPOINTS {
+            let tp: &mut aya::programs::TracePoint = ebpf
+                .program_mut(name)
+                .expect("tracepoint program in object")
+                .try_into()
+                .expect("tracepoint program type");
+            tp.load().expect("the verifier accepts the tracepoint program");
+        }
         let mut f = Self { ebpf, ifindex };
         f.node_addr(NODE);
+        f.device(0);
         f
+    }
+
+    /// Describes np0 to the datapath: its MAC and `flags`.
+    fn device(&mut self, flags: u32) {
+        let ifindex = self.ifindex;
+        self.map::<DeviceKey, Device>(names::DEVICES)
+            .insert(
+                DeviceKey { ifindex },
+                Device {
+                    flags,
+                    mac: NODE_MAC,
+                    pad: 0,
+                },
+                0,
+            )
+            .expect("device");
+    }
+
+    /// Sets the SNAT pool (and the rest of closed flows' ports).
+    fn snat_pool(&mut self, ranges: [PortRange; 2], rest_s: u32) {
+        let mut m: aya::maps::Array<&mut MapData, Config> =
+            aya::maps::Array::try_from(self.ebpf.map_mut(names::CONFIG).expect("config map"))
+                .expect("array");
+        m.set(0, Config::new(ranges, rest_s), 0).expect("config");
     }
 
     fn map<K: aya::Pod, V: aya::Pod>(&mut self, name: &str) -> HashMap<&mut MapData, K, V> {
@@ -264,19 +311,15 @@ fn in_fixture(test: impl FnOnce(&mut Fixture) + Send + 'static) {
     .unwrap_or_else(|e| std::panic::resume_unwind(e));
 }
 
-fn flow(f: &Frame) -> FlowKey {
-    FlowKey {
-        saddr_be: be(f.saddr.octets()),
-        daddr_be: be(f.daddr.octets()),
-        sport_be: f.sport.to_be(),
-        dport_be: f.dport.to_be(),
-        proto: f.proto,
-        pad: [0; 3],
-    }
+
+/// The SNAT port the default pool offers a client first.
+fn preferred_port(f: &Frame) -> u16 {
+    SnatPool::of(&Config::default()).preferred(be(f.saddr.octets()), f.sport)
 }
 
 /// Frames the program must pass untouched.
 #[test]
+#[allow(clippy::too_many_lines, reason = "one table of cases")]
 fn packets_that_are_not_ours_pass_untouched() {
     in_fixture(|f| {
         f.service(
@@ -344,6 +387,31 @@ fn packets_that_are_not_ours_pass_untouched() {
             ("IHL beyond the frame", {
                 let mut b = full[..14 + 24].to_vec();
                 b[14] = 0x4f;
+                b
+            }),
+            ("IP total length beyond the frame", {
+                let mut b = full.clone();
+                b[16..18].copy_from_slice(&60u16.to_be_bytes());
+                b
+            }),
+            ("TCP data offset below 5", {
+                let mut b = full.clone();
+                b[14 + 20 + 12] = 4 << 4;
+                b
+            }),
+            ("TCP data offset beyond the segment", {
+                let mut b = full.clone();
+                b[14 + 20 + 12] = 15 << 4;
+                b
+            }),
+            ("addressed to another host's MAC", {
+                let mut b = full.clone();
+                b[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x99]);
+                b
+            }),
+            ("L2 broadcast", {
+                let mut b = full.clone();
+                b[0..6].copy_from_slice(&[0xff; 6]);
                 b
             }),
         ];
@@ -512,8 +580,7 @@ fn remote_backend_snat_forward_and_reply() {
             } else {
                 "UDP"
             };
-            let span = u32::from(SNAT_PORT_MAX - SNAT_PORT_MIN) + 1;
-            let snat_port = SNAT_PORT_MIN + (flow_hash(&flow(&input)) % span) as u16;
+            let snat_port = preferred_port(&input);
             let (rc, out) = f.xdp(&input.bytes());
             assert_eq!(rc, XDP_TX, "{name}: verdict (counters: {:?})", f.stats());
             let target = if input.proto == PROTO_TCP { 80 } else { 53 };
@@ -582,16 +649,7 @@ fn redirect_tx_devices_use_a_redirect() {
     in_fixture(|f| {
         f.service(1, NODE_PORT, PROTO_TCP, 0, &[(9, REMOTE_POD, 80, 0)]);
         f.service(2, EMPTY_PORT, PROTO_TCP, 0, &[]);
-        let ifindex = f.ifindex;
-        f.map::<DeviceKey, Device>(names::DEVICES)
-            .insert(
-                DeviceKey { ifindex },
-                Device {
-                    flags: DEVICE_F_REDIRECT_TX,
-                },
-                0,
-            )
-            .expect("device");
+        f.device(DEVICE_F_REDIRECT_TX);
         let (rc, out) = f.xdp(&Frame::tcp(CLIENT, 40000, NODE, NODE_PORT).bytes());
         assert_eq!(rc, XDP_REDIRECT, "forward to a remote backend");
         assert_checksums(&out);
@@ -611,129 +669,287 @@ fn monotonic_ns() -> u64 {
     ts.tv_sec.cast_unsigned() * 1_000_000_000 + ts.tv_nsec.cast_unsigned()
 }
 
-/// SNAT ports held by live flows are never taken; a port whose flow closed
-/// (FIN/RST seen) a while ago, or whose flow state is gone, is reused, and
-/// the stale flow's conntrack entry goes with it.
+/// Holds SNAT port `port` of a pool towards REMOTE_POD:80 by a flow of
+/// client `client`:40000, closed `closed_s_ago` seconds ago (`None`: live).
+fn hold_port(f: &mut Fixture, port: u16, client: [u8; 4], closed_s_ago: Option<u64>) -> FlowKey {
+    let ct_key = FlowKey {
+        saddr_be: be(client),
+        daddr_be: be(NODE),
+        sport_be: 40000u16.to_be(),
+        dport_be: NODE_PORT.to_be(),
+        proto: PROTO_TCP,
+        pad: [0; 3],
+    };
+    f.map::<FlowKey, RevNat>(names::REV_NAT)
+        .insert(
+            FlowKey {
+                saddr_be: be(REMOTE_POD),
+                daddr_be: be(NODE),
+                sport_be: 80u16.to_be(),
+                dport_be: port.to_be(),
+                proto: PROTO_TCP,
+                pad: [0; 3],
+            },
+            RevNat {
+                saddr_be: be(NODE),
+                daddr_be: be(client),
+                sport_be: NODE_PORT.to_be(),
+                dport_be: 40000u16.to_be(),
+            },
+            0,
+        )
+        .expect("rev entry");
+    let now = monotonic_ns();
+    f.map::<FlowKey, CtEntry>(names::CONNTRACK)
+        .insert(
+            ct_key,
+            CtEntry {
+                backend_id: 9,
+                service_id: 1,
+                snat_addr_be: be(NODE),
+                snat_port_be: port.to_be(),
+                flags: CT_F_SNAT | if closed_s_ago.is_some() { CT_F_CLOSING } else { 0 },
+                pad: 0,
+                last_seen_ns: now - closed_s_ago.unwrap_or(0) * 1_000_000_000,
+                backend_addr_be: be(REMOTE_POD),
+                backend_port_be: 80u16.to_be(),
+                pad2: 0,
+            },
+            0,
+        )
+        .expect("conntrack entry");
+    ct_key
+}
+
+fn counter(f: &mut Fixture, name: &str) -> u64 {
+    f.stats()
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map_or(0, |(_, v)| *v)
+}
+
+/// SNAT ports of live flows are never taken; a closed flow's port rests
+/// (60 s by default) before another client gets it, unless every port is
+/// held, and then the longest-rested goes first; a port whose flow state is
+/// gone is free; the same client tuple gets its own port back at once.
 #[test]
 #[allow(clippy::too_many_lines, reason = "one scenario, step by step")]
-fn snat_ports_of_live_flows_are_kept_and_of_closed_flows_reused() {
+fn snat_ports_rest_after_close_and_live_ones_are_never_taken() {
     in_fixture(|f| {
         f.service(1, NODE_PORT, PROTO_TCP, 0, &[(9, REMOTE_POD, 80, 0)]);
-        let span = u32::from(SNAT_PORT_MAX - SNAT_PORT_MIN) + 1;
-        let newcomer = Frame::tcp(CLIENT, 50000, NODE, NODE_PORT);
-        let first = SNAT_PORT_MIN + (flow_hash(&flow(&newcomer)) % span) as u16;
-        let probe = |i: u16| {
-            let p = u32::from(first) + u32::from(i);
-            if p > u32::from(SNAT_PORT_MAX) {
-                (p - span) as u16
-            } else {
-                p as u16
-            }
-        };
-        // Every port the newcomer may probe is held by a live flow.
-        let now = monotonic_ns();
-        let holder = |i: u16| FlowKey {
-            saddr_be: be([10, 200, 1, i as u8]),
-            daddr_be: be(NODE),
-            sport_be: 40000u16.to_be(),
-            dport_be: NODE_PORT.to_be(),
-            proto: PROTO_TCP,
-            pad: [0; 3],
-        };
-        for i in 0..16u16 {
-            let port = probe(i);
-            f.map::<FlowKey, RevNat>(names::REV_NAT)
-                .insert(
-                    FlowKey {
-                        saddr_be: be(REMOTE_POD),
-                        daddr_be: be(NODE),
-                        sport_be: 80u16.to_be(),
-                        dport_be: port.to_be(),
-                        proto: PROTO_TCP,
-                        pad: [0; 3],
-                    },
-                    RevNat {
-                        saddr_be: be(NODE),
-                        daddr_be: holder(i).saddr_be,
-                        sport_be: NODE_PORT.to_be(),
-                        dport_be: 40000u16.to_be(),
-                    },
-                    0,
-                )
-                .expect("rev entry");
-            f.map::<FlowKey, CtEntry>(names::CONNTRACK)
-                .insert(
-                    holder(i),
-                    CtEntry {
-                        backend_id: 9,
-                        service_id: 1,
-                        snat_addr_be: be(NODE),
-                        snat_port_be: port.to_be(),
-                        flags: CT_F_SNAT,
-                        pad: 0,
-                        last_seen_ns: now,
-                        backend_addr_be: be(REMOTE_POD),
-                        backend_port_be: 80u16.to_be(),
-                        pad2: 0,
-                    },
-                    0,
-                )
-                .expect("conntrack entry");
+        // A pool of 8 ports: 128 random probes find every port.
+        let ports: Vec<u16> = (5000..5008).collect();
+        f.snat_pool([PortRange::new(5000, 5007), PortRange::EMPTY], 60);
+        let clients: Vec<[u8; 4]> = (0..8).map(|i| [10, 200, 1, 10 + i]).collect();
+        for (port, client) in ports.iter().zip(&clients) {
+            hold_port(f, *port, *client, None);
         }
+        let newcomer = Frame::tcp(CLIENT, 50000, NODE, NODE_PORT);
         let (rc, _) = f.xdp(&newcomer.bytes());
-        assert_eq!(rc, XDP_DROP, "no port free: dropped ({:?})", f.stats());
-        assert!(
-            f.stats().contains(&("drop_snat_exhausted", 1)),
-            "{:?}",
-            f.stats()
-        );
+        assert_eq!(rc, XDP_DROP, "every port held by a live flow: dropped");
+        assert_eq!(counter(f, "drop_snat_exhausted"), 1, "{:?}", f.stats());
 
-        // The flow on probe port 3 closed (FIN seen) 3 s ago: its port is free.
-        f.map::<FlowKey, CtEntry>(names::CONNTRACK)
-            .insert(
-                holder(3),
-                CtEntry {
-                    backend_id: 9,
-                    service_id: 1,
-                    snat_addr_be: be(NODE),
-                    snat_port_be: probe(3).to_be(),
-                    flags: CT_F_SNAT | CT_F_CLOSING,
-                    pad: 0,
-                    last_seen_ns: now - 3_000_000_000,
-                    backend_addr_be: be(REMOTE_POD),
-                    backend_port_be: 80u16.to_be(),
-                    pad2: 0,
-                },
-                0,
-            )
-            .expect("closing entry");
+        // Two flows closed 5 s and 20 s ago (still resting): under pressure
+        // the one closed longest ago is taken, and counted as early reuse.
+        hold_port(f, 5002, clients[2], Some(5));
+        let stale = hold_port(f, 5005, clients[5], Some(20));
         let (rc, out) = f.xdp(&newcomer.bytes());
-        assert_eq!(
-            rc,
-            XDP_TX,
-            "a closed flow's port is reused ({:?})",
-            f.stats()
-        );
-        assert_eq!(
-            &out[34..36],
-            &probe(3).to_be_bytes(),
-            "took the closed flow's port"
-        );
+        assert_eq!(rc, XDP_TX, "{:?}", f.stats());
+        assert_eq!(u16::from_be_bytes([out[34], out[35]]), 5005, "longest-rested port");
         assert_checksums(&out);
+        assert_eq!(counter(f, "snat_port_early_reuse"), 1, "{:?}", f.stats());
         assert!(
-            !f.conntrack().iter().any(|(k, _)| *k == holder(3)),
-            "the stale flow's conntrack entry is gone"
+            !f.conntrack().iter().any(|(k, _)| *k == stale),
+            "the old flow's conntrack entry went with its port"
         );
 
-        // A port whose flow state vanished (conntrack evicted) is free too.
-        let m: HashMap<&mut MapData, FlowKey, CtEntry> = f.map(names::CONNTRACK);
-        let mut m = m;
-        m.remove(&holder(0)).expect("remove");
+        // A flow closed 61 s ago has rested: taken without early reuse.
+        hold_port(f, 5006, clients[6], Some(61));
         let second = Frame::tcp(CLIENT, 50001, NODE, NODE_PORT);
         let (rc, out) = f.xdp(&second.bytes());
         assert_eq!(rc, XDP_TX, "{:?}", f.stats());
-        let got = u16::from_be_bytes([out[34], out[35]]);
-        assert!((SNAT_PORT_MIN..=SNAT_PORT_MAX).contains(&got));
+        assert_eq!(u16::from_be_bytes([out[34], out[35]]), 5006, "the rested port");
+        assert_eq!(counter(f, "snat_port_early_reuse"), 1, "no early reuse");
+
+        // A port whose flow state vanished (conntrack evicted) is free.
+        let gone = hold_port(f, 5003, clients[3], None);
+        let mut ct: HashMap<&mut MapData, FlowKey, CtEntry> = f.map(names::CONNTRACK);
+        ct.remove(&gone).expect("remove");
+        let third = Frame::tcp(CLIENT, 50002, NODE, NODE_PORT);
+        let (rc, out) = f.xdp(&third.bytes());
+        assert_eq!(rc, XDP_TX, "{:?}", f.stats());
+        assert_eq!(u16::from_be_bytes([out[34], out[35]]), 5003);
+        assert_eq!(counter(f, "snat_port_early_reuse"), 1, "no early reuse");
+    });
+}
+
+/// The same client tuple reopening its connection gets its own SNAT port
+/// back at once (its timestamps are newer than the backend's TIME_WAIT of
+/// it); a client's port inside the pool is kept.
+#[test]
+fn the_same_client_tuple_gets_its_snat_port_back() {
+    in_fixture(|f| {
+        f.service(1, NODE_PORT, PROTO_TCP, 0, &[(9, REMOTE_POD, 80, 0)]);
+        let syn = Frame::tcp(CLIENT, 62_000, NODE, NODE_PORT);
+        assert_eq!(preferred_port(&syn), 62_000, "a pool port is kept");
+        let (rc, out) = f.xdp(&syn.bytes());
+        assert_eq!(rc, XDP_TX);
+        assert_eq!(u16::from_be_bytes([out[34], out[35]]), 62_000);
+        let fin = Frame {
+            tcp_flags: 0x01 | TCP_ACK,
+            ..syn.clone()
+        };
+        let (rc, _) = f.xdp(&fin.bytes());
+        assert_eq!(rc, XDP_TX);
+        let (rc, out) = f.xdp(&syn.bytes());
+        assert_eq!(rc, XDP_TX, "{:?}", f.stats());
+        assert_eq!(
+            u16::from_be_bytes([out[34], out[35]]),
+            62_000,
+            "the reopened tuple keeps its port"
+        );
+        assert_eq!(counter(f, "snat_port_early_reuse"), 0, "{:?}", f.stats());
+        // A client port outside the pool maps to its fixed image in it.
+        let other = Frame::tcp(CLIENT, 45_000, NODE, NODE_PORT);
+        let (rc, out) = f.xdp(&other.bytes());
+        assert_eq!(rc, XDP_TX);
+        assert_eq!(u16::from_be_bytes([out[34], out[35]]), preferred_port(&other));
+    });
+}
+
+/// Frames from a sender with checksum offload carry a partial checksum (the
+/// pseudo-header seed): a frame that stays an skb (local DNAT, generic
+/// mode) gets the seed for its new addresses, one that leaves as an XDP
+/// frame gets the complete checksum. A complete checksum that happens to
+/// equal the seed is still updated as a checksum.
+#[test]
+#[allow(clippy::too_many_lines, reason = "one table per path")]
+fn partial_checksums_are_completed_or_kept_as_seeds() {
+    in_fixture(|f| {
+        f.service(1, NODE_PORT, PROTO_TCP, 0, &[(7, LOCAL_POD, 8080, BACKEND_F_LOCAL)]);
+        f.service(2, NODE_PORT, PROTO_UDP, 0, &[(8, LOCAL_POD, 5353, BACKEND_F_LOCAL)]);
+        f.service(3, NODE_PORT + 10, PROTO_TCP, 0, &[(9, REMOTE_POD, 80, 0)]);
+        f.service(4, NODE_PORT + 10, PROTO_UDP, 0, &[(10, REMOTE_POD, 53, 0)]);
+        let partial = |frame: Frame| Frame {
+            partial_checksum: true,
+            ..frame
+        };
+        let payload = |frame: Frame| Frame {
+            tcp_flags: TCP_ACK | TCP_PSH,
+            payload: (0..=255u8).cycle().take(1300).collect(),
+            ..frame
+        };
+        // Local backends: the frame stays an skb; the seed follows the DNAT.
+        for (name, input) in [
+            ("TCP SYN", partial(Frame::tcp(CLIENT, 41000, NODE, NODE_PORT))),
+            ("TCP data", partial(payload(Frame::tcp(CLIENT, 41001, NODE, NODE_PORT)))),
+            ("UDP", partial(Frame::udp(CLIENT, 41002, NODE, NODE_PORT))),
+        ] {
+            let (rc, out) = f.xdp(&input.bytes());
+            assert_eq!(rc, XDP_PASS, "{name}");
+            let target = if input.proto == PROTO_TCP { 8080 } else { 5353 };
+            let want = Frame {
+                daddr: LOCAL_POD.into(),
+                dport: target,
+                ..input.clone()
+            };
+            assert_eq!(out, want.bytes(), "{name}: DNAT with the new seed");
+            assert_partial_seed(&out);
+        }
+        // Remote backends in native mode: the frame leaves as an XDP frame,
+        // so its checksum must be complete.
+        for (name, input) in [
+            ("TCP SYN", partial(Frame::tcp(CLIENT, 42000, NODE, NODE_PORT + 10))),
+            ("TCP data", partial(payload(Frame::tcp(CLIENT, 42001, NODE, NODE_PORT + 10)))),
+            ("UDP", partial(Frame::udp(CLIENT, 42002, NODE, NODE_PORT + 10))),
+            ("odd-length UDP", partial(Frame {
+                payload: b"odd".to_vec(),
+                ..Frame::udp(CLIENT, 42003, NODE, NODE_PORT + 10)
+            })),
+        ] {
+            let (rc, out) = f.xdp(&input.bytes());
+            assert_eq!(rc, XDP_TX, "{name}: {:?}", f.stats());
+            assert_checksums(&out);
+            let target = if input.proto == PROTO_TCP { 80 } else { 53 };
+            let want = Frame {
+                src_mac: NODE_MAC,
+                dst_mac: OTHER_NODE_MAC,
+                saddr: NODE.into(),
+                sport: preferred_port(&input),
+                daddr: REMOTE_POD.into(),
+                dport: target,
+                ttl: input.ttl - 1,
+                partial_checksum: false,
+                ..input.clone()
+            };
+            assert_eq!(out, want.bytes(), "{name}: forwarded with a complete checksum");
+        }
+        // Generic mode: every frame stays an skb, so the seed is kept.
+        f.device(DEVICE_F_SKB_MODE);
+        let input = partial(payload(Frame::tcp(CLIENT, 43000, NODE, NODE_PORT + 10)));
+        let (rc, out) = f.xdp(&input.bytes());
+        assert_eq!(rc, XDP_TX, "{:?}", f.stats());
+        assert_partial_seed(&out);
+        f.device(0);
+        // A complete checksum equal to the seed (found by varying two payload
+        // bytes) is a checksum: updated, not taken for a seed.
+        let base = Frame::tcp(CLIENT, 44000, NODE, NODE_PORT + 10);
+        let lookalike = (0..=u16::MAX)
+            .map(|v| Frame {
+                tcp_flags: TCP_ACK | TCP_PSH,
+                payload: v.to_be_bytes().to_vec(),
+                ..base.clone()
+            })
+            .find(|fr| {
+                let b = fr.bytes();
+                b[50..52] == fr.seed(b.len() - 34)
+            })
+            .expect("a payload whose checksum equals the seed");
+        let (rc, out) = f.xdp(&lookalike.bytes());
+        assert_eq!(rc, XDP_TX, "{:?}", f.stats());
+        assert_checksums(&out);
+        assert!(counter(f, "csum_partial") >= 8, "{:?}", f.stats());
+    });
+}
+
+/// A next hop without a neighbour entry: the rewritten frame is handed to
+/// TC ingress (`XDP_PASS` with the next hop in its metadata) instead of
+/// being dropped.
+#[test]
+fn next_hop_without_a_neighbour_is_handed_to_tc() {
+    in_fixture(|f| {
+        let unresolved_pod = [10, 244, 3, 10];
+        f.service(1, NODE_PORT, PROTO_TCP, 0, &[(9, unresolved_pod, 80, 0)]);
+        let input = Frame::tcp(CLIENT, 40000, NODE, NODE_PORT);
+        let (rc, out) = f.xdp(&input.bytes());
+        assert_eq!(rc, XDP_PASS, "{:?}", f.stats());
+        assert_eq!(counter(f, "forward_via_neigh"), 1, "{:?}", f.stats());
+        let want = Frame {
+            saddr: NODE.into(),
+            sport: preferred_port(&input),
+            daddr: unresolved_pod.into(),
+            dport: 80,
+            ttl: input.ttl - 1,
+            ..input.clone()
+        };
+        // BPF_PROG_TEST_RUN returns the metadata in front of the frame: the
+        // handoff TC ingress reads ("npNH", egress device, next hop).
+        let mut handoff = 0x6e70_4e48u32.to_ne_bytes().to_vec();
+        handoff.extend_from_slice(&f.ifindex.to_ne_bytes());
+        handoff.extend_from_slice(&[10, 200, 0, 13]);
+        assert_eq!(&out[..12], &handoff[..], "handoff metadata");
+        let out = out[12..].to_vec();
+        assert_eq!(out, want.bytes(), "SNATed, MACs left to the neighbour layer");
+        assert_checksums(&out);
+        // A reject to a client the node has no neighbour entry for.
+        f.service(2, EMPTY_PORT, PROTO_TCP, 0, &[]);
+        let (rc, out) = f.xdp(&Frame::tcp([10, 200, 0, 3], 40001, NODE, EMPTY_PORT).bytes());
+        assert_eq!(rc, XDP_PASS, "{:?}", f.stats());
+        assert_eq!(counter(f, "forward_via_neigh"), 2);
+        assert_eq!(&out[8..12], &[10, 200, 0, 3], "the client is its own next hop");
+        let out = out[12..].to_vec();
+        assert_eq!(out[47] & 0x04, 0x04, "a RST");
+        assert_checksums(&out);
     });
 }
 
@@ -1014,5 +1230,77 @@ fn empty_service_rejects() {
         let (rc, _) = f.xdp(&Frame::tcp(CLIENT, 40004, NODE, DROP_PORT).bytes());
         assert_eq!(rc, XDP_DROP, "Local policy without local endpoints drops");
         assert!(f.conntrack().is_empty(), "rejected flows leave no state");
+    });
+}
+
+/// A RST or ICMP error is sent only for a frame the kernel would answer:
+/// to this host's MAC, from a unicast MAC and a single-host source address,
+/// with correct checksums and lengths (RFC 1122 3.2.2). Everything else is
+/// dropped and counted; a partial checksum is one the kernel accepts.
+#[test]
+#[allow(clippy::too_many_lines, reason = "one table")]
+fn rejects_only_what_the_kernel_would_answer() {
+    in_fixture(|f| {
+        f.service(1, EMPTY_PORT, PROTO_TCP, 0, &[]);
+        f.service(2, EMPTY_PORT, PROTO_UDP, 0, &[]);
+        let syn = |src: [u8; 4]| Frame::tcp(src, 40000, NODE, EMPTY_PORT);
+        let corrupt = |mut b: Vec<u8>, at: usize| {
+            b[at] ^= 0x5a;
+            b
+        };
+        let dropped: Vec<(&str, Vec<u8>)> = vec![
+            ("multicast source MAC", Frame {
+                src_mac: [0x01, 0, 0x5e, 0, 0, 1],
+                ..syn(CLIENT)
+            }.bytes()),
+            ("zero source MAC", Frame {
+                src_mac: [0; 6],
+                ..syn(CLIENT)
+            }.bytes()),
+            ("source 0.0.0.0", syn([0, 0, 0, 0]).bytes()),
+            ("source 127.0.0.1", syn([127, 0, 0, 1]).bytes()),
+            ("multicast source 224.0.0.1", syn([224, 0, 0, 1]).bytes()),
+            ("reserved source 240.0.0.1", syn([240, 0, 0, 1]).bytes()),
+            ("broadcast source", syn([255, 255, 255, 255]).bytes()),
+            ("subnet broadcast source", syn([10, 200, 0, 255]).bytes()),
+            ("the node's own address as source", syn(NODE).bytes()),
+            ("bad IPv4 header checksum", corrupt(syn(CLIENT).bytes(), 14 + 10)),
+            ("bad TCP checksum", corrupt(syn(CLIENT).bytes(), 34 + 16)),
+            ("bad UDP checksum", corrupt(Frame::udp(CLIENT, 40001, NODE, EMPTY_PORT).bytes(), 34 + 6)),
+            ("UDP length beyond the segment", {
+                let mut b = Frame {
+                    udp_no_checksum: true,
+                    ..Frame::udp(CLIENT, 40002, NODE, EMPTY_PORT)
+                }
+                .bytes();
+                b[34 + 4..34 + 6].copy_from_slice(&200u16.to_be_bytes());
+                b
+            }),
+        ];
+        let n = dropped.len() as u64;
+        for (name, input) in dropped {
+            let (rc, _) = f.xdp(&input);
+            assert_eq!(rc, XDP_DROP, "{name}: no answer ({:?})", f.stats());
+        }
+        assert_eq!(counter(f, "drop_reject_invalid"), n, "{:?}", f.stats());
+        assert_eq!(counter(f, "reject_no_backend"), 0, "{:?}", f.stats());
+
+        // A partial checksum (the client's checksum offload) is answered.
+        let partial = Frame {
+            partial_checksum: true,
+            ..syn(CLIENT)
+        };
+        let (rc, out) = f.xdp(&partial.bytes());
+        assert_eq!(rc, XDP_TX, "{:?}", f.stats());
+        assert_eq!(out[47] & 0x04, 0x04, "a RST");
+        assert_checksums(&out);
+        let (rc, out) = f.xdp(&Frame {
+            partial_checksum: true,
+            ..Frame::udp(CLIENT, 40003, NODE, EMPTY_PORT)
+        }.bytes());
+        assert_eq!(rc, XDP_TX, "{:?}", f.stats());
+        assert_eq!(&out[34..36], &[3, 3], "port unreachable");
+        assert_checksums(&out);
+        assert_eq!(counter(f, "reject_no_backend"), 2);
     });
 }

@@ -55,6 +55,54 @@ pub const fn replace2(check: u16, old: u16, new: u16) -> u16 {
     update(check, [old, 0xffff], [new, 0])
 }
 
+/// Adds two 32-bit one's-complement partial sums (end-around carry), as
+/// the kernel's `csum_add` does.
+#[inline(always)]
+#[must_use]
+pub const fn add32(a: u32, b: u32) -> u32 {
+    let (s, carry) = a.overflowing_add(b);
+    s.wrapping_add(carry as u32)
+}
+
+/// One's-complement sum, memory order and not folded, of the IPv4
+/// pseudo-header of a TCP/UDP segment of `l4_len` bytes.
+#[inline(always)]
+#[must_use]
+pub const fn pseudo_ipv4(saddr_be: u32, daddr_be: u32, proto: u8, l4_len: u16) -> u32 {
+    let s = halves(saddr_be);
+    let d = halves(daddr_be);
+    let proto_word = u16::from_ne_bytes([0, proto]);
+    let len_word = u16::from_ne_bytes(l4_len.to_be_bytes());
+    s[0] as u32 + s[1] as u32 + d[0] as u32 + d[1] as u32 + proto_word as u32 + len_word as u32
+}
+
+/// What a sender with checksum offload leaves in a TCP/UDP checksum field
+/// (the kernel's `CHECKSUM_PARTIAL`: "the device completes it"): the folded
+/// pseudo-header sum, not inverted. The device (or the stack, before a
+/// device without offload) later sums the segment over it and writes the
+/// real checksum. Memory order, as the field is read.
+#[inline(always)]
+#[must_use]
+pub const fn partial_seed(saddr_be: u32, daddr_be: u32, proto: u8, l4_len: u16) -> u16 {
+    fold(pseudo_ipv4(saddr_be, daddr_be, proto, l4_len))
+}
+
+/// One's-complement sum of `data` read as memory-order 16-bit words (odd
+/// trailing byte padded with zero), not folded: what the kernel's
+/// `csum_partial` (and `bpf_csum_diff`) computes.
+#[must_use]
+pub fn sum_ne(data: &[u8]) -> u32 {
+    let mut sum = 0u32;
+    let mut chunks = data.chunks_exact(2);
+    for c in &mut chunks {
+        sum = add32(sum, u32::from(u16::from_ne_bytes([c[0], c[1]])));
+    }
+    if let [last] = chunks.remainder() {
+        sum = add32(sum, u32::from(u16::from_ne_bytes([*last, 0])));
+    }
+    sum
+}
+
 /// UDP's variant: a zero checksum means "none" and stays zero, and a computed
 /// zero is sent as all ones (RFC 768).
 #[inline(always)]
@@ -179,6 +227,34 @@ mod tests {
             0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7,
         ];
         assert_eq!(compute(&hdr), 0xb861);
+    }
+
+    #[test]
+    fn partial_seed_completes_to_the_real_checksum() {
+        // A sender with offload writes the seed; summing the segment over it
+        // gives the checksum a full computation gives.
+        let mut g = Gen(0x1234_5678_9abc_def1);
+        for _ in 0..2_000 {
+            let len = 8 + (g.next() % 60) as usize;
+            let mut seg = [0u8; 68];
+            for b in &mut seg[..len] {
+                *b = g.next() as u8;
+            }
+            let (src, dst) = ((g.next() as u32).to_ne_bytes(), (g.next() as u32).to_ne_bytes());
+            seg[6] = 0;
+            seg[7] = 0;
+            let want = l4_ipv4(src, dst, 17, &seg[..len]);
+            let seed = partial_seed(
+                u32::from_ne_bytes(src),
+                u32::from_ne_bytes(dst),
+                17,
+                len as u16,
+            );
+            seg[6..8].copy_from_slice(&seed.to_ne_bytes());
+            let got = !fold(sum_ne(&seg[..len]));
+            // Bytes as they go into the packet: memory order vs network order.
+            assert_eq!(got.to_ne_bytes(), want.to_be_bytes(), "len {len}");
+        }
     }
 
     #[test]

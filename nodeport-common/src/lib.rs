@@ -11,8 +11,10 @@
 #![allow(clippy::inline_always)]
 
 pub mod checksum;
+pub mod config;
 pub mod hash;
 pub mod maps;
 
 pub use hash::flow_hash;
+pub use config::{Config, PortRange, SnatPool};
 pub use maps::*;

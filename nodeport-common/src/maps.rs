@@ -27,9 +27,12 @@ pub mod names {
     pub const DEVICES: &str = "devices";
     pub const AFFINITY: &str = "affinity";
     pub const SOCK_REV: &str = "sock_rev";
+    pub const CONFIG: &str = "config";
+    pub const DEVICE_TX: &str = "device_tx";
+    pub const TX_ARMED: &str = "tx_armed";
 
     /// Every map, in the order the agent creates and pins them.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 13] = [
         NODE_ADDRS,
         FRONTENDS,
         BACKEND_SLOTS,
@@ -40,8 +43,30 @@ pub mod names {
         DEVICES,
         AFFINITY,
         SOCK_REV,
+        CONFIG,
+        DEVICE_TX,
+        TX_ARMED,
     ];
 }
+
+/// Key and value size in bytes of every map, by name: what a map pinned by
+/// an earlier agent must have to be adopted (a map of an older layout is
+/// recreated).
+pub const MAP_SIZES: [(&str, usize, usize); names::ALL.len()] = [
+    (names::NODE_ADDRS, size_of::<NodeAddrKey>(), size_of::<NodeAddr>()),
+    (names::FRONTENDS, size_of::<FrontendKey>(), size_of::<Frontend>()),
+    (names::BACKEND_SLOTS, size_of::<SlotKey>(), size_of::<Slot>()),
+    (names::BACKENDS, size_of::<BackendKey>(), size_of::<Backend>()),
+    (names::CONNTRACK, size_of::<FlowKey>(), size_of::<CtEntry>()),
+    (names::REV_NAT, size_of::<FlowKey>(), size_of::<RevNat>()),
+    (names::STATS, size_of::<u32>(), size_of::<u64>()),
+    (names::DEVICES, size_of::<DeviceKey>(), size_of::<Device>()),
+    (names::AFFINITY, size_of::<AffinityKey>(), size_of::<Affinity>()),
+    (names::SOCK_REV, size_of::<SockRevKey>(), size_of::<SockRev>()),
+    (names::CONFIG, size_of::<u32>(), size_of::<crate::Config>()),
+    (names::DEVICE_TX, size_of::<DeviceKey>(), size_of::<DeviceTx>()),
+    (names::TX_ARMED, size_of::<u32>(), size_of::<TxArmed>()),
+];
 
 /// Program names (the functions in `nodeport-ebpf`).
 pub mod programs {
@@ -54,6 +79,22 @@ pub mod programs {
     pub const SOCK_CONNECT4: &str = "nodeport_connect4";
     pub const SOCK_SENDMSG4: &str = "nodeport_sendmsg4";
     pub const SOCK_RECVMSG4: &str = "nodeport_recvmsg4";
+    /// TC ingress: sends frames the XDP program handed over (next hop
+    /// without a neighbour entry) with `bpf_redirect_neigh`.
+    pub const TC_INGRESS: &str = "nodeport_tc_ingress";
+    /// Tracepoints of the kernel's XDP transmit paths, counting the
+    /// datapath's own transmit failures per device (`device_tx`).
+    pub const TP_XDP_BULK_TX: &str = "nodeport_xdp_bulk_tx";
+    pub const TP_XDP_DEVMAP_XMIT: &str = "nodeport_xdp_devmap_xmit";
+    pub const TP_XDP_EXCEPTION: &str = "nodeport_xdp_exception";
+    pub const TP_XDP_REDIRECT_ERR: &str = "nodeport_xdp_redirect_err";
+    /// `(program, tracepoint name)` of every transmit tracepoint (category `xdp`).
+    pub const TX_TRACEPOINTS: [(&str, &str); 4] = [
+        (TP_XDP_BULK_TX, "xdp_bulk_tx"),
+        (TP_XDP_DEVMAP_XMIT, "xdp_devmap_xmit"),
+        (TP_XDP_EXCEPTION, "xdp_exception"),
+        (TP_XDP_REDIRECT_ERR, "xdp_redirect_err"),
+    ];
 }
 
 /// Default capacities; the agent may override them at load time.
@@ -68,12 +109,6 @@ pub mod capacity {
     pub const AFFINITY: u32 = 65_536;
     pub const SOCK_REV: u32 = 65_536;
 }
-
-/// Source ports the datapath allocates when it SNATs a flow to a backend on
-/// another node. They lie above Linux's default ephemeral range
-/// (32768-60999) and the `NodePort` range, so they collide with neither.
-pub const SNAT_PORT_MIN: u16 = 61_000;
-pub const SNAT_PORT_MAX: u16 = 65_535;
 
 /// Key of the node-address map: an IPv4 address that serves `NodePorts`.
 #[repr(C)]
@@ -106,12 +141,42 @@ pub struct DeviceKey {
 pub struct Device {
     /// `DEVICE_F_*` bits.
     pub flags: u32,
+    /// The device's own MAC address. Frames addressed to another MAC are
+    /// not the node's (the stack drops them as `PACKET_OTHERHOST`) and are
+    /// passed untouched; all zero: not checked.
+    pub mac: [u8; 6],
+    pub pad: u16,
 }
 
 /// Send packets back out of this device with `bpf_redirect` to itself
-/// instead of `XDP_TX`. A veth's `XDP_TX` only wakes its peer when the peer
-/// runs an XDP program itself; a redirect flushes the peer in any case.
+/// instead of `XDP_TX` (veth, where both need the peer to take XDP frames).
 pub const DEVICE_F_REDIRECT_TX: u32 = 1;
+/// The XDP program runs in generic (skb) mode on this device: a frame stays
+/// an skb whatever the verdict, so a partial checksum stays partial and is
+/// completed on transmit.
+pub const DEVICE_F_SKB_MODE: u32 = 1 << 1;
+
+/// Value of the per-CPU `device_tx` map, keyed by [`DeviceKey`]: frames the
+/// datapath sent back out of a device (`XDP_TX` or redirect) that the
+/// kernel reported transmitted or failed (from its XDP tracepoints). The
+/// agent creates an entry for each device it attached to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeviceTx {
+    pub sent: u64,
+    pub failed: u64,
+}
+
+/// Value of the per-CPU `tx_armed` array (one entry): the device this CPU's
+/// XDP program last sent a frame out of, until the kernel's transmit
+/// tracepoint for it has been counted (0: none). It ties the kernel's
+/// per-device events to this datapath's own transmits, also when other
+/// network namespaces have devices with the same index.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TxArmed {
+    pub ifindex: u32,
+}
 
 /// Key of the frontend map. `addr_be == 0` is a `NodePort` on any node address;
 /// a set address is a `ClusterIP` (or other fixed) frontend.
@@ -225,8 +290,6 @@ pub const CT_F_SNAT: u8 = 1;
 /// A TCP FIN or RST was seen on the flow.
 pub const CT_F_CLOSING: u8 = 1 << 1;
 
-/// An SNAT port whose flow closed (FIN/RST) this long ago is free again.
-pub const SNAT_REUSE_CLOSED_NS: u64 = 2_000_000_000;
 /// An SNAT port whose TCP flow saw no packet for this long is free again.
 pub const SNAT_REUSE_IDLE_NS: u64 = 300_000_000_000;
 /// An SNAT port whose UDP flow saw no packet for this long is free again
@@ -343,9 +406,30 @@ pub mod stat {
     pub const SOCK_TRANSLATED: u32 = 17;
     /// A UDP reply's source translated back to the service address.
     pub const SOCK_REPLY: u32 = 18;
+    /// A frame addressed to another host's MAC: passed untouched (the
+    /// stack drops it, as it drops every `PACKET_OTHERHOST` frame).
+    pub const PASS_OTHER_HOST: u32 = 19;
+    /// The next hop has no neighbour entry yet: the frame was handed to TC
+    /// ingress, which sends it with `bpf_redirect_neigh` (resolving it).
+    pub const FORWARD_VIA_NEIGH: u32 = 20;
+    /// TC ingress sent a handed-over frame with `bpf_redirect_neigh`.
+    pub const NEIGH_REDIRECT: u32 = 21;
+    /// No reject for a frame the kernel would not answer either (not to
+    /// this host, broadcast/multicast/invalid source, bad checksum or
+    /// length): dropped.
+    pub const DROP_REJECT_INVALID: u32 = 22;
+    /// A frame with a partial L4 checksum (a sender's checksum offload) was
+    /// rewritten; the checksum was completed or its seed updated.
+    pub const CSUM_PARTIAL: u32 = 23;
+    /// A new flow's SNAT port was taken from a closed flow before its rest
+    /// ended, because no rested port was found (the pool is under pressure).
+    pub const SNAT_PORT_EARLY_REUSE: u32 = 24;
+    /// An IPv4 total length that disagrees with the frame: passed to the
+    /// stack, which drops it.
+    pub const PASS_BAD_LENGTH: u32 = 25;
 
     /// Number of counters.
-    pub const COUNT: u32 = 19;
+    pub const COUNT: u32 = 26;
 
     /// Human-readable names, indexed by counter.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -368,6 +452,13 @@ pub mod stat {
         "pass_ip_options",
         "sock_translated",
         "sock_reply",
+        "pass_other_host",
+        "forward_via_neigh",
+        "neigh_redirect",
+        "drop_reject_invalid",
+        "csum_partial",
+        "snat_port_early_reuse",
+        "pass_bad_length",
     ];
 }
 
@@ -376,7 +467,10 @@ const _: () = {
     assert!(size_of::<NodeAddrKey>() == 4);
     assert!(size_of::<NodeAddr>() == 4);
     assert!(size_of::<DeviceKey>() == 4);
-    assert!(size_of::<Device>() == 4);
+    assert!(size_of::<Device>() == 12);
+    assert!(offset_of!(Device, mac) == 4);
+    assert!(size_of::<DeviceTx>() == 16);
+    assert!(size_of::<TxArmed>() == 4);
     assert!(size_of::<FrontendKey>() == 8);
     assert!(offset_of!(FrontendKey, port_be) == 4);
     assert!(offset_of!(FrontendKey, proto) == 6);
@@ -414,7 +508,17 @@ pub const LAYOUTS: &[Layout] = &[
     ("NodeAddrKey", size_of::<NodeAddrKey>(), &[("addr_be", 0)]),
     ("NodeAddr", size_of::<NodeAddr>(), &[("flags", 0)]),
     ("DeviceKey", size_of::<DeviceKey>(), &[("ifindex", 0)]),
-    ("Device", size_of::<Device>(), &[("flags", 0)]),
+    (
+        "Device",
+        size_of::<Device>(),
+        &[("flags", 0), ("mac", 4), ("pad", 10)],
+    ),
+    (
+        "DeviceTx",
+        size_of::<DeviceTx>(),
+        &[("sent", 0), ("failed", 8)],
+    ),
+    ("TxArmed", size_of::<TxArmed>(), &[("ifindex", 0)]),
     (
         "FrontendKey",
         size_of::<FrontendKey>(),
@@ -510,6 +614,8 @@ mod pod {
     unsafe impl aya::Pod for super::NodeAddr {}
     unsafe impl aya::Pod for super::DeviceKey {}
     unsafe impl aya::Pod for super::Device {}
+    unsafe impl aya::Pod for super::DeviceTx {}
+    unsafe impl aya::Pod for super::TxArmed {}
     unsafe impl aya::Pod for super::FrontendKey {}
     unsafe impl aya::Pod for super::Frontend {}
     unsafe impl aya::Pod for super::SlotKey {}

@@ -33,7 +33,7 @@ pub fn try_egress(ctx: &TcContext) -> Result<Verdict, Error> {
         let _ = ctx.pull_data(PULL_LEN.min(ctx.len()));
         pkt = packet(ctx);
     }
-    let Some(p) = headers::parse(&pkt)? else {
+    let Some(p) = headers::parse(&pkt, ctx.len() as usize)? else {
         return Ok(Verdict::not_ours());
     };
     let key = p.flow();

@@ -12,12 +12,30 @@ use crate::maps::count;
 pub struct Verdict {
     pub action: u32,
     pub stat: u32,
+    /// The device a frame is sent back out of (`XDP_TX` / redirect), whose
+    /// transmit the kernel reports in its tracepoints; 0: none.
+    pub tx_ifindex: u32,
 }
 
 impl Verdict {
     #[inline(always)]
     pub const fn new(action: u32, stat: u32) -> Self {
-        Self { action, stat }
+        Self {
+            action,
+            stat,
+            tx_ifindex: 0,
+        }
+    }
+
+    /// A frame sent out again by `action` (`XDP_TX`, or `XDP_REDIRECT` from
+    /// a redirect helper) after arriving on `ingress_ifindex`.
+    #[inline(always)]
+    pub const fn sent(action: u32, stat: u32, ingress_ifindex: u32) -> Self {
+        Self {
+            action,
+            stat,
+            tx_ifindex: ingress_ifindex,
+        }
     }
 
     /// Not ours: let the stack have it, untouched.
@@ -29,19 +47,24 @@ impl Verdict {
     /// Send the packet back out of the device it arrived on: `XDP_TX`, or a
     /// redirect to the same device where the device asks for it.
     #[inline(always)]
-    pub fn transmit(ingress_ifindex: u32, stat: u32) -> Self {
-        if crate::maps::redirect_tx(ingress_ifindex) {
+    pub fn transmit(ingress_ifindex: u32, device: &crate::maps::DeviceInfo, stat: u32) -> Self {
+        if device.redirect_tx() {
             // SAFETY: plain helper call; the result is an XDP action.
             let action = unsafe { aya_ebpf::helpers::bpf_redirect(ingress_ifindex, 0) } as u32;
-            Self::new(action, stat)
+            Self::sent(action, stat, ingress_ifindex)
         } else {
-            Self::new(xdp_action::XDP_TX, stat)
+            Self::sent(xdp_action::XDP_TX, stat, ingress_ifindex)
         }
     }
 
     #[inline(always)]
     pub fn finish(self) -> u32 {
         count(self.stat);
+        if self.tx_ifindex != 0
+            && (self.action == xdp_action::XDP_TX || self.action == xdp_action::XDP_REDIRECT)
+        {
+            crate::maps::arm_tx(self.tx_ifindex);
+        }
         self.action
     }
 
@@ -91,6 +114,11 @@ pub enum Error {
     RejectUnsupported,
     /// `externalTrafficPolicy: Local` without a local endpoint.
     NoLocalBackend,
+    /// IPv4 total length or TCP data offset disagreeing with the frame.
+    BadLength,
+    /// A frame the kernel would not answer (not to this host, a broadcast,
+    /// multicast or invalid source, bad checksums): no reject is sent.
+    RejectInvalid,
 }
 
 impl Error {
@@ -108,16 +136,20 @@ impl Error {
             Self::Adjust => stat::DROP_ADJUST,
             Self::RejectUnsupported => stat::DROP_REJECT_UNSUPPORTED,
             Self::NoLocalBackend => stat::DROP_NO_LOCAL_BACKEND,
+            Self::BadLength => stat::PASS_BAD_LENGTH,
+            Self::RejectInvalid => stat::DROP_REJECT_INVALID,
         }
     }
 
-    /// A truncated packet is passed (the stack validates and drops it);
-    /// every other failure is a drop.
+    /// A truncated or inconsistent packet is passed (the stack validates
+    /// and drops it); every other failure is a drop.
     #[inline(always)]
     pub fn finish_xdp(self) -> u32 {
         count(self.stat());
         match self {
-            Self::Truncated | Self::Fragment | Self::IpOptions => xdp_action::XDP_PASS,
+            Self::Truncated | Self::Fragment | Self::IpOptions | Self::BadLength => {
+                xdp_action::XDP_PASS
+            }
             _ => xdp_action::XDP_DROP,
         }
     }
@@ -134,7 +166,7 @@ impl Error {
     pub fn finish_tc(self) -> i32 {
         count(self.stat());
         match self {
-            Self::Truncated | Self::Fragment | Self::IpOptions => TC_ACT_UNSPEC,
+            Self::Truncated | Self::Fragment | Self::IpOptions | Self::BadLength => TC_ACT_UNSPEC,
             _ => TC_ACT_SHOT,
         }
     }

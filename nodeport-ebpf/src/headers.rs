@@ -61,6 +61,11 @@ pub struct Parsed {
     pub l4_check: usize,
     /// TCP flags (zero for UDP).
     pub tcp_flags: u8,
+    /// IPv4 total length, host order; checked against the frame: the
+    /// frame holds at least this many bytes after Ethernet.
+    pub ip_len: u16,
+    /// TCP header length in bytes (data offset × 4); 8 for UDP.
+    pub l4_hdr_len: u16,
 }
 
 impl Parsed {
@@ -91,21 +96,23 @@ impl Parsed {
 }
 
 impl Parsed {
-    /// IP total length, host order.
+    /// Length of the TCP/UDP segment (header and payload), host order.
     #[inline(always)]
-    pub fn ip_len(&self, pkt: &Packet) -> Result<u16, Error> {
-        Ok(u16::from_be(pkt.read::<u16>(self.l3 + ip::TOT_LEN)?))
+    pub fn l4_len(&self) -> u16 {
+        self.ip_len - IPV4_MIN_LEN as u16
     }
 }
 
-/// Parses Ethernet, IPv4 and the TCP/UDP ports.
-/// `Ok(None)`: a packet the datapath does not serve.
+/// Parses Ethernet, IPv4 and the TCP/UDP ports of a frame of `frame_len`
+/// bytes (XDP: the packet window; TC: the whole skb, whose tail may lie
+/// outside the linear window). `Ok(None)`: a packet the datapath does not
+/// serve.
 ///
 /// IPv4 headers with options are not served (passed untouched, as Katran
 /// does): fixed offsets keep every bounds check a constant the verifier can
 /// follow, and option-carrying NodePort traffic is vanishingly rare.
 #[inline(always)]
-pub fn parse(pkt: &Packet) -> Result<Option<Parsed>, Error> {
+pub fn parse(pkt: &Packet, frame_len: usize) -> Result<Option<Parsed>, Error> {
     // One check covers Ethernet and the fixed IPv4 header.
     pkt.ptr_at::<[u8; ETH_LEN + IPV4_MIN_LEN]>(0)?;
     let ethertype = u16::from_be(pkt.read::<u16>(12)?);
@@ -130,17 +137,33 @@ pub fn parse(pkt: &Packet) -> Result<Option<Parsed>, Error> {
     }
     let proto: u8 = pkt.read(l3 + ip::PROTO)?;
     let l4 = l3 + IPV4_MIN_LEN;
-    let l4_check = match proto {
+    let (l4_check, l4_hdr_len) = match proto {
         PROTO_TCP => {
             pkt.ptr_at::<[u8; ETH_LEN + IPV4_MIN_LEN + TCP_MIN_LEN]>(0)?;
-            l4 + l4::TCP_CHECK
+            let doff = u16::from(pkt.read::<u8>(l4 + l4::TCP_DOFF)? >> 4) * 4;
+            (l4 + l4::TCP_CHECK, doff)
         }
         PROTO_UDP => {
             pkt.ptr_at::<[u8; ETH_LEN + IPV4_MIN_LEN + UDP_LEN]>(0)?;
-            l4 + l4::UDP_CHECK
+            (l4 + l4::UDP_CHECK, UDP_LEN as u16)
         }
         _ => return Ok(None),
     };
+    // The lengths must agree with each other and with the frame, as the
+    // kernel requires before it looks at a packet (ip_rcv_core,
+    // tcp_v4_rcv); anything else goes to the stack, which drops it.
+    let ip_len = u16::from_be(pkt.read::<u16>(l3 + ip::TOT_LEN)?);
+    let min_hdr = if proto == PROTO_TCP {
+        TCP_MIN_LEN
+    } else {
+        UDP_LEN
+    };
+    if usize::from(ip_len) + ETH_LEN > frame_len
+        || usize::from(l4_hdr_len) < min_hdr
+        || usize::from(ip_len) < IPV4_MIN_LEN + usize::from(l4_hdr_len)
+    {
+        return Err(Error::BadLength);
+    }
     Ok(Some(Parsed {
         l3,
         l4,
@@ -156,5 +179,7 @@ pub fn parse(pkt: &Packet) -> Result<Option<Parsed>, Error> {
         } else {
             0
         },
+        ip_len,
+        l4_hdr_len,
     }))
 }

@@ -4,30 +4,26 @@
 //! rejects for frontends without endpoints.
 
 use aya_ebpf::{
-    EbpfContext as _,
-    bindings::{BPF_ANY, BPF_NOEXIST, bpf_fib_lookup, xdp_action},
-    helpers::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_ns, bpf_redirect},
+    bindings::{BPF_ANY, xdp_action},
+    helpers::bpf_ktime_get_ns,
     programs::XdpContext,
 };
 use nodeport_common::{
     BACKEND_F_LOCAL, Backend, CT_F_CLOSING, CT_F_SNAT, CtEntry, FRONTEND_F_DROP_EMPTY, FlowKey,
-    Frontend, FrontendKey, PROTO_UDP, RevNat, SNAT_PORT_MAX, SNAT_PORT_MIN, SNAT_REUSE_CLOSED_NS,
-    SNAT_REUSE_IDLE_NS, SNAT_REUSE_IDLE_UDP_NS, stat,
+    Frontend, FrontendKey, RevNat, stat,
 };
 
 use crate::{
     error::{Error, Verdict},
     headers::{self, Parsed},
-    maps::{self, CONNTRACK, REV_NAT},
-    nat::{self, Tuple},
+    l4sum,
+    maps::{self, CONNTRACK, DeviceInfo, REV_NAT},
+    nat::{self, Leaves, Tuple},
     packet::Packet,
-    reject, select,
+    reject,
+    route::{self, Route},
+    select, snat,
 };
-
-const AF_INET: u8 = 2;
-const BPF_FIB_LKUP_RET_SUCCESS: i64 = 0;
-/// Ports probed when allocating an SNAT port before giving up.
-const SNAT_PROBES: u16 = 16;
 
 #[inline(always)]
 fn packet(ctx: &XdpContext) -> Packet {
@@ -36,9 +32,17 @@ fn packet(ctx: &XdpContext) -> Packet {
 
 pub fn try_ingress(ctx: &XdpContext) -> Result<Verdict, Error> {
     let pkt = packet(ctx);
-    let Some(p) = headers::parse(&pkt)? else {
+    let Some(p) = headers::parse(&pkt, pkt.len())? else {
         return Ok(Verdict::not_ours());
     };
+    let device = maps::device(ctx.ingress_ifindex() as u32);
+    if let Some(mac) = device.mac()
+        && pkt.read::<[u8; 6]>(0)? != mac
+    {
+        // Another host's frame (flooded by a bridge, a promiscuous device):
+        // the stack drops it as PACKET_OTHERHOST; never serve or answer it.
+        return Ok(Verdict::new(xdp_action::XDP_PASS, stat::PASS_OTHER_HOST));
+    }
     let flow = p.flow();
 
     let to_node = maps::is_node_addr(p.daddr_be);
@@ -49,12 +53,12 @@ pub fn try_ingress(ctx: &XdpContext) -> Result<Verdict, Error> {
         pad: 0,
     };
     if let Some(fe) = maps::frontend(fe_key) {
-        return service(ctx, &p, &flow, &fe, to_node);
+        return service(ctx, &p, &flow, &fe, to_node, &device);
     }
-    if to_node && u16::from_be(p.dport_be) >= SNAT_PORT_MIN {
+    if to_node && maps::snat_pool().contains(u16::from_be(p.dport_be)) {
         // SAFETY: the value is copied out at once.
         if let Some(rev) = REV_NAT.get_ptr(flow).map(|r| unsafe { *r }) {
-            return reply_from_remote(ctx, &p, &rev);
+            return reply_from_remote(ctx, &p, &rev, &device);
         }
     }
     Ok(Verdict::not_ours())
@@ -68,7 +72,9 @@ fn service(
     flow: &FlowKey,
     fe: &Frontend,
     to_node: bool,
+    device: &DeviceInfo,
 ) -> Result<Verdict, Error> {
+    // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
     // Established flow of this service: it keeps its backend, also when
     // the endpoint left the service (as kube-proxy's conntrack does). A SYN
@@ -93,7 +99,7 @@ fn service(
                     (*ct).flags |= CT_F_CLOSING;
                 }
             }
-            return translate(ctx, p, flow, &backend, &entry, false);
+            return translate(ctx, p, flow, &backend, &entry, false, device);
         }
     }
 
@@ -101,7 +107,7 @@ fn service(
         if fe.flags & FRONTEND_F_DROP_EMPTY != 0 {
             return Err(Error::NoLocalBackend);
         }
-        return reject::reject(ctx, p);
+        return reject::reject(ctx, p, device);
     }
     let (backend_id, backend) = select::pick(fe, flow, now)?;
     let mut entry = CtEntry {
@@ -124,12 +130,12 @@ fn service(
         }
         entry.flags = CT_F_SNAT;
         entry.snat_addr_be = p.daddr_be;
-        entry.snat_port_be = alloc_snat_port(p, flow, &backend)?;
+        entry.snat_port_be = snat::alloc(p, flow, &backend, &maps::config())?;
     }
     CONNTRACK
         .insert(flow, entry, u64::from(BPF_ANY))
         .map_err(|_| Error::MapUpdate)?;
-    translate(ctx, p, flow, &backend, &entry, true)
+    translate(ctx, p, flow, &backend, &entry, true, device)
 }
 
 /// Applies the flow's NAT and delivers: local backends through the stack,
@@ -142,6 +148,7 @@ fn translate(
     backend: &Backend,
     entry: &CtEntry,
     new_flow: bool,
+    device: &DeviceInfo,
 ) -> Result<Verdict, Error> {
     if entry.flags & CT_F_SNAT == 0 {
         // Reply key as the backend's answer will carry it at TC egress.
@@ -170,16 +177,18 @@ fn translate(
             sport_be: p.sport_be,
             dport_be: backend.port_be,
         };
-        nat::rewrite(&packet(ctx), p, &new, false)?;
+        let pkt = packet(ctx);
+        let field = l4sum::classify(ctx, &pkt, p)?;
+        nat::rewrite(&packet(ctx), p, &new, field, Leaves::AsSkb, false)?;
         return Ok(Verdict::new(xdp_action::XDP_PASS, stat::DNAT_LOCAL));
     }
 
     if !new_flow {
         // The reverse entry may have been evicted on its own: restore it.
-        let rev_key = snat_rev_key(p, backend, entry.snat_port_be);
+        let rev_key = snat::rev_key(p, backend, entry.snat_port_be);
         if REV_NAT.get_ptr(rev_key).is_none() {
             REV_NAT
-                .insert(rev_key, rev_nat_for(p, flow), u64::from(BPF_ANY))
+                .insert(rev_key, snat::rev_nat_for(p, flow), u64::from(BPF_ANY))
                 .map_err(|_| Error::MapUpdate)?;
         }
     }
@@ -189,112 +198,18 @@ fn translate(
         sport_be: entry.snat_port_be,
         dport_be: backend.port_be,
     };
-    forward(ctx, p, &new, stat::FORWARD_REMOTE)
-}
-
-/// Key of the reverse entry for an SNATed flow: the backend's reply to the
-/// node address and allocated port.
-#[inline(always)]
-fn snat_rev_key(p: &Parsed, backend: &Backend, snat_port_be: u16) -> FlowKey {
-    FlowKey {
-        saddr_be: backend.addr_be,
-        daddr_be: p.daddr_be,
-        sport_be: backend.port_be,
-        dport_be: snat_port_be,
-        proto: p.proto,
-        pad: [0; 3],
-    }
-}
-
-/// What an SNATed flow's reply must become: from the NodePort to the client.
-#[inline(always)]
-fn rev_nat_for(p: &Parsed, flow: &FlowKey) -> RevNat {
-    RevNat {
-        saddr_be: p.daddr_be,
-        daddr_be: flow.saddr_be,
-        sport_be: p.dport_be,
-        dport_be: flow.sport_be,
-    }
-}
-
-/// Allocates a source port for an SNATed flow by inserting its reverse
-/// entry; the first port that is free for this (node, backend) pair wins.
-#[inline(always)]
-fn alloc_snat_port(p: &Parsed, flow: &FlowKey, backend: &Backend) -> Result<u16, Error> {
-    let span = u32::from(SNAT_PORT_MAX - SNAT_PORT_MIN) + 1;
-    let first = SNAT_PORT_MIN + (nodeport_common::flow_hash(flow) % span) as u16;
-    let rev = rev_nat_for(p, flow);
-    // First a port nobody holds; only then one whose flow is stale, so a
-    // port rests as long as possible after its flow closed (the backend may
-    // still hold the old connection in TIME_WAIT).
-    let mut port = first;
-    for _ in 0..SNAT_PROBES {
-        let key = snat_rev_key(p, backend, port.to_be());
-        if REV_NAT.insert(key, rev, u64::from(BPF_NOEXIST)).is_ok() {
-            return Ok(port.to_be());
-        }
-        port = next_snat_port(port);
-    }
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let mut port = first;
-    for _ in 0..SNAT_PROBES {
-        let key = snat_rev_key(p, backend, port.to_be());
-        if reclaimable(&key, now) {
-            REV_NAT
-                .insert(key, rev, u64::from(BPF_ANY))
-                .map_err(|_| Error::MapUpdate)?;
-            return Ok(port.to_be());
-        }
-        port = next_snat_port(port);
-    }
-    Err(Error::SnatExhausted)
-}
-
-#[inline(always)]
-fn next_snat_port(port: u16) -> u16 {
-    if port == SNAT_PORT_MAX {
-        SNAT_PORT_MIN
-    } else {
-        port + 1
-    }
-}
-
-/// Whether the SNAT port behind reverse entry `key` is free again: its flow
-/// is gone, closed a while ago, or idle for long. A stale flow's conntrack
-/// entry goes with it, so the old client tuple cannot claim the port again.
-#[inline(always)]
-fn reclaimable(key: &FlowKey, now: u64) -> bool {
-    // SAFETY: the value is copied out at once.
-    let Some(old) = REV_NAT.get_ptr(key).map(|r| unsafe { *r }) else {
-        return true;
-    };
-    let ct_key = old.client_flow(key.proto);
-    // SAFETY: the value is copied out at once.
-    let Some(ct) = CONNTRACK.get_ptr(ct_key).map(|c| unsafe { *c }) else {
-        return true;
-    };
-    if ct.flags & CT_F_SNAT == 0 || ct.snat_port_be != key.dport_be {
-        // The client's tuple moved on to another port: this entry is orphaned.
-        return true;
-    }
-    let age = now.wrapping_sub(ct.last_seen_ns);
-    let idle = if key.proto == PROTO_UDP {
-        SNAT_REUSE_IDLE_UDP_NS
-    } else {
-        SNAT_REUSE_IDLE_NS
-    };
-    let stale = (ct.flags & CT_F_CLOSING != 0 && age > SNAT_REUSE_CLOSED_NS) || age > idle;
-    if stale {
-        let _ = CONNTRACK.remove(ct_key);
-    }
-    stale
+    forward(ctx, p, &new, device, stat::FORWARD_REMOTE)
 }
 
 /// A backend on another node answered an SNATed flow: restore the NodePort
 /// as source and the client as destination, and send it back out.
 #[inline(always)]
-fn reply_from_remote(ctx: &XdpContext, p: &Parsed, rev: &RevNat) -> Result<Verdict, Error> {
+fn reply_from_remote(
+    ctx: &XdpContext,
+    p: &Parsed,
+    rev: &RevNat,
+    device: &DeviceInfo,
+) -> Result<Verdict, Error> {
     if p.closing() {
         let ct_key = rev.client_flow(p.proto);
         if let Some(ct) = CONNTRACK.get_ptr_mut(ct_key) {
@@ -311,45 +226,39 @@ fn reply_from_remote(ctx: &XdpContext, p: &Parsed, rev: &RevNat) -> Result<Verdi
         sport_be: rev.sport_be,
         dport_be: rev.dport_be,
     };
-    forward(ctx, p, &new, stat::REPLY_REMOTE)
+    forward(ctx, p, &new, device, stat::REPLY_REMOTE)
 }
 
-/// Rewrites the packet to `new`, looks up the next hop and transmits it
-/// (`XDP_TX` on the same device, redirect to another).
+/// Rewrites the packet to `new`, looks up its next hop and sends it there
+/// (`route::send`).
 #[inline(always)]
-fn forward(ctx: &XdpContext, p: &Parsed, new: &Tuple, stat: u32) -> Result<Verdict, Error> {
-    let tot_len = p.ip_len(&packet(ctx))?;
-    // SAFETY: an all-zero bpf_fib_lookup is a valid request to fill in.
-    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    params.family = AF_INET;
-    params.l4_protocol = p.proto;
-    params.sport = new.sport_be;
-    params.dport = new.dport_be;
-    params.__bindgen_anon_1.tot_len = tot_len;
-    params.__bindgen_anon_3.ipv4_src = new.saddr_be;
-    params.__bindgen_anon_4.ipv4_dst = new.daddr_be;
-    params.ifindex = ctx.ingress_ifindex() as u32;
-    // SAFETY: params is a valid, writable bpf_fib_lookup of the given size.
-    let rc = unsafe {
-        fib_lookup(
-            ctx.as_ptr(),
-            core::ptr::from_mut(&mut params),
-            core::mem::size_of::<bpf_fib_lookup>() as i32,
-            0,
-        )
-    };
-    if rc != BPF_FIB_LKUP_RET_SUCCESS {
+fn forward(
+    ctx: &XdpContext,
+    p: &Parsed,
+    new: &Tuple,
+    device: &DeviceInfo,
+    stat: u32,
+) -> Result<Verdict, Error> {
+    let Route::Via(hop) = route::lookup(
+        ctx,
+        p.proto,
+        new.saddr_be,
+        new.daddr_be,
+        new.sport_be,
+        new.dport_be,
+        p.ip_len,
+    )?
+    else {
         return Err(Error::Fib);
-    }
+    };
     // Pointers are taken anew after the helper.
     let pkt = packet(ctx);
-    nat::rewrite(&pkt, p, new, true)?;
-    pkt.write::<[u8; 6]>(0, params.dmac)?;
-    pkt.write::<[u8; 6]>(6, params.smac)?;
-    if params.ifindex == ctx.ingress_ifindex() as u32 {
-        return Ok(Verdict::transmit(params.ifindex, stat));
-    }
-    // SAFETY: plain helper call; the result is an XDP action.
-    let action = unsafe { bpf_redirect(params.ifindex, 0) } as u32;
-    Ok(Verdict::new(action, stat))
+    let field = l4sum::classify(ctx, &pkt, p)?;
+    let leaves = if hop.leaves_as_skb(device) {
+        Leaves::AsSkb
+    } else {
+        Leaves::AsFrame
+    };
+    nat::rewrite(&packet(ctx), p, new, field, leaves, true)?;
+    route::send(ctx, hop, device, stat)
 }

@@ -7,9 +7,14 @@
 //! - [`headers`]: Ethernet / IPv4 / TCP / UDP layouts and the parser;
 //! - [`maps`]: the BTF maps;
 //! - [`select`]: choosing a backend for a new flow;
+//! - [`snat`]: choosing the source port of a flow SNATed to another node;
+//! - [`l4sum`]: complete or partial L4 checksums, segment sums;
 //! - [`nat`]: address and port rewrites with checksum updates (XDP);
+//! - [`route`]: next hop of a frame the datapath sends, and how it is sent;
+//! - [`neigh`]: frames whose next hop has no neighbour entry, sent from TC;
 //! - [`reject`]: TCP RST / ICMP port unreachable for services without endpoints;
 //! - [`ingress`]: the XDP program's logic; [`egress`]: the TC program's logic;
+//! - [`tx`]: the kernel's transmit reports, counted per device;
 //! - [`error`]: how a failure becomes a verdict and a counter.
 #![no_std]
 #![no_main]
@@ -18,16 +23,21 @@ mod egress;
 mod error;
 mod headers;
 mod ingress;
+mod l4sum;
 mod maps;
 mod nat;
+mod neigh;
 mod packet;
 mod reject;
+mod route;
 mod select;
+mod snat;
 mod sock_lb;
+mod tx;
 
 use aya_ebpf::{
-    macros::{cgroup_sock_addr, classifier, xdp},
-    programs::{SockAddrContext, TcContext, XdpContext},
+    macros::{cgroup_sock_addr, classifier, tracepoint, xdp},
+    programs::{SockAddrContext, TcContext, TracePointContext, XdpContext},
 };
 
 /// XDP ingress: NodePort frontends, conntrack, DNAT/SNAT and replies of
@@ -55,6 +65,61 @@ pub fn nodeport_tc_egress(ctx: TcContext) -> i32 {
         Ok(v) => v.finish_tc(),
         Err(e) => e.finish_tc(),
     }
+}
+
+/// TC ingress: frames the XDP program handed over for neighbour resolution
+/// go out with `bpf_redirect_neigh`; everything else goes on untouched.
+#[classifier]
+#[allow(
+    clippy::needless_pass_by_value,
+    reason = "the program macro fixes the signature"
+)]
+pub fn nodeport_tc_ingress(ctx: TcContext) -> i32 {
+    neigh::try_tc_ingress(&ctx)
+}
+
+/// `xdp:xdp_bulk_tx`: counts the datapath's `XDP_TX` batches per device.
+#[tracepoint]
+#[allow(
+    clippy::needless_pass_by_value,
+    reason = "the program macro fixes the signature"
+)]
+pub fn nodeport_xdp_bulk_tx(ctx: TracePointContext) -> u32 {
+    tx::bulk_tx(&ctx);
+    0
+}
+
+/// `xdp:xdp_devmap_xmit`: counts the datapath's redirected batches.
+#[tracepoint]
+#[allow(
+    clippy::needless_pass_by_value,
+    reason = "the program macro fixes the signature"
+)]
+pub fn nodeport_xdp_devmap_xmit(ctx: TracePointContext) -> u32 {
+    tx::devmap_xmit(&ctx);
+    0
+}
+
+/// `xdp:xdp_exception`: counts transmit failures of drivers and generic XDP.
+#[tracepoint]
+#[allow(
+    clippy::needless_pass_by_value,
+    reason = "the program macro fixes the signature"
+)]
+pub fn nodeport_xdp_exception(ctx: TracePointContext) -> u32 {
+    tx::exception(&ctx);
+    0
+}
+
+/// `xdp:xdp_redirect_err`: counts redirects that failed at once.
+#[tracepoint]
+#[allow(
+    clippy::needless_pass_by_value,
+    reason = "the program macro fixes the signature"
+)]
+pub fn nodeport_xdp_redirect_err(ctx: TracePointContext) -> u32 {
+    tx::redirect_err(&ctx);
+    0
 }
 
 /// Socket LB, `connect()` of TCP and UDP sockets. Always allows the call.

@@ -2,13 +2,14 @@
 //! real sizes at load time, creates and pins every map under its bpffs root.
 
 use aya_ebpf::{
-    btf_maps::{HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
     macros::btf_map,
 };
 use nodeport_common::{
-    Affinity, AffinityKey, Backend, BackendKey, CtEntry, DEVICE_F_REDIRECT_TX, Device, DeviceKey,
-    FlowKey, Frontend, FrontendKey, NodeAddr, NodeAddrKey, RevNat, Slot, SlotKey, SockRev,
-    SockRevKey, capacity, stat,
+    Affinity, AffinityKey, Backend, BackendKey, Config, CtEntry, DEVICE_F_REDIRECT_TX,
+    DEVICE_F_SKB_MODE, Device, DeviceKey, DeviceTx, FlowKey, Frontend, FrontendKey, NodeAddr,
+    NodeAddrKey, PortRange, RevNat, Slot, SlotKey, SnatPool, SockRev, SockRevKey, TxArmed,
+    capacity, stat,
 };
 
 /// Node addresses that serve NodePorts.
@@ -53,6 +54,20 @@ pub static SOCK_REV: LruHashMap<SockRevKey, SockRev, { capacity::SOCK_REV as usi
 #[btf_map(name = "devices")]
 pub static DEVICES: HashMap<DeviceKey, Device, { capacity::DEVICES as usize }> = HashMap::new();
 
+/// Run-time settings written by the agent (`nodeport_common::config`).
+#[btf_map(name = "config")]
+pub static CONFIG: Array<Config, 1> = Array::new();
+
+/// Per device: frames sent back out that the kernel transmitted or failed
+/// to (counted by the transmit tracepoints, `tx`).
+#[btf_map(name = "device_tx")]
+pub static DEVICE_TX: PerCpuHashMap<DeviceKey, DeviceTx, { capacity::DEVICES as usize }> =
+    PerCpuHashMap::new();
+
+/// Per CPU: the device this CPU's XDP program last sent a frame out of.
+#[btf_map(name = "tx_armed")]
+pub static TX_ARMED: PerCpuArray<TxArmed, 1> = PerCpuArray::new();
+
 /// Per-CPU counters, one per verdict reason (`nodeport_common::stat`).
 #[btf_map(name = "stats")]
 pub static STATS: PerCpuArray<u64, { stat::COUNT as usize }> = PerCpuArray::new();
@@ -94,12 +109,78 @@ pub fn slot(service_id: u32, slot: u32) -> Option<u32> {
         .map(|p| unsafe { (*p).backend_id })
 }
 
-/// Whether packets sent back out of `ifindex` must be redirected to it
-/// rather than `XDP_TX`ed (see `DEVICE_F_REDIRECT_TX`).
+/// What the datapath knows of the device a frame arrived on (all zero for
+/// a device the agent did not describe).
+#[derive(Clone, Copy)]
+pub struct DeviceInfo {
+    flags: u32,
+    mac: [u8; 6],
+}
+
+impl DeviceInfo {
+    /// Packets sent back out are redirected to the device rather than
+    /// `XDP_TX`ed (see `DEVICE_F_REDIRECT_TX`).
+    #[inline(always)]
+    pub fn redirect_tx(&self) -> bool {
+        self.flags & DEVICE_F_REDIRECT_TX != 0
+    }
+
+    /// The program runs in generic (skb) mode: every frame stays an skb.
+    #[inline(always)]
+    pub fn skb_mode(&self) -> bool {
+        self.flags & DEVICE_F_SKB_MODE != 0
+    }
+
+    /// The device's MAC, when the agent gave one.
+    #[inline(always)]
+    pub fn mac(&self) -> Option<[u8; 6]> {
+        if self.mac == [0; 6] {
+            None
+        } else {
+            Some(self.mac)
+        }
+    }
+}
+
 #[inline(always)]
-pub fn redirect_tx(ifindex: u32) -> bool {
-    DEVICES
-        .get_ptr(DeviceKey { ifindex })
-        // SAFETY: the value is read at once.
-        .is_some_and(|p| unsafe { (*p).flags } & DEVICE_F_REDIRECT_TX != 0)
+pub fn device(ifindex: u32) -> DeviceInfo {
+    match DEVICES.get_ptr(DeviceKey { ifindex }) {
+        // SAFETY: the value is copied out at once.
+        Some(p) => unsafe {
+            DeviceInfo {
+                flags: (*p).flags,
+                mac: (*p).mac,
+            }
+        },
+        None => DeviceInfo {
+            flags: 0,
+            mac: [0; 6],
+        },
+    }
+}
+
+/// The run-time settings (defaults where the agent wrote none).
+#[inline(always)]
+pub fn config() -> Config {
+    match CONFIG.get_ptr(0) {
+        // SAFETY: the value is copied out at once.
+        Some(p) => unsafe { *p },
+        None => Config::new([PortRange::EMPTY; 2], 0),
+    }
+}
+
+/// The SNAT port pool in effect.
+#[inline(always)]
+pub fn snat_pool() -> SnatPool {
+    SnatPool::of(&config())
+}
+
+/// Notes that this CPU just sent a frame out of `ifindex`, for the
+/// transmit tracepoints to attribute the kernel's report to.
+#[inline(always)]
+pub fn arm_tx(ifindex: u32) {
+    if let Some(p) = TX_ARMED.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot of this CPU.
+        unsafe { (*p).ifindex = ifindex };
+    }
 }

@@ -1,16 +1,18 @@
-//! Address and port rewrites in XDP, each followed by the RFC 1624
-//! incremental checksum update of the IPv4 header and the L4 checksum
-//! (`nodeport_common::checksum`). UDP's zero checksum ("none") stays zero.
+//! Address and port rewrites in XDP with their checksum updates: the IPv4
+//! header checksum and a complete L4 checksum by the one RFC 1624
+//! incremental helper (`nodeport_common::checksum`); a partial L4 checksum
+//! (see `l4sum`) as what it is. UDP's zero checksum ("none") stays zero.
 //!
-//! The TC program does not use these: an skb may carry a partial checksum
-//! (checksum offload), which only the kernel's skb-aware helpers update
-//! correctly; see `egress`.
+//! The TC program does not use these: an skb knows whether its checksum is
+//! partial, and the kernel's skb-aware helpers update it; see `egress`.
 
-use nodeport_common::{PROTO_UDP, checksum};
+use nodeport_common::{PROTO_UDP, checksum, stat};
 
 use crate::{
     error::Error,
     headers::{Parsed, ip, l4},
+    l4sum::Field,
+    maps::count,
     packet::Packet,
 };
 
@@ -24,11 +26,32 @@ pub struct Tuple {
     pub dport_be: u16,
 }
 
+/// How the frame leaves the program, which decides how a partial L4
+/// checksum must be left.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Leaves {
+    /// As an skb (`XDP_PASS`, or any verdict in generic mode): the skb
+    /// stays `CHECKSUM_PARTIAL` and is completed on transmit, so the field
+    /// must stay a seed, for the new addresses.
+    AsSkb,
+    /// As an XDP frame (`XDP_TX` / redirect in native mode): the partial
+    /// state is lost, so the field must become the complete checksum.
+    AsFrame,
+}
+
 /// Rewrites the packet's addresses and ports from what `p` describes to
-/// `new`, updating both checksums; optionally decrements the TTL (the
+/// `new`, updating both checksums for what the L4 field held (`field`) and
+/// how the frame leaves (`leaves`); optionally decrements the TTL (the
 /// datapath forwards the packet itself).
 #[inline(always)]
-pub fn rewrite(pkt: &Packet, p: &Parsed, new: &Tuple, decrement_ttl: bool) -> Result<(), Error> {
+pub fn rewrite(
+    pkt: &Packet,
+    p: &Parsed,
+    new: &Tuple,
+    field: Field,
+    leaves: Leaves,
+    decrement_ttl: bool,
+) -> Result<(), Error> {
     if decrement_ttl && p.ttl <= 1 {
         return Err(Error::Ttl);
     }
@@ -62,9 +85,47 @@ pub fn rewrite(pkt: &Packet, p: &Parsed, new: &Tuple, decrement_ttl: bool) -> Re
         ip_check = checksum::replace2(ip_check, old_word, new_word);
     }
     pkt.write(p.l3 + ip::CHECK, ip_check)?;
-    if p.proto == PROTO_UDP {
-        l4_check = checksum::udp_fixup(l4_before, l4_check);
-    }
+    let l4_check = match field {
+        Field::Complete if p.proto == PROTO_UDP => checksum::udp_fixup(l4_before, l4_check),
+        Field::Complete => l4_check,
+        Field::Partial { segment_sum } => {
+            count(stat::CSUM_PARTIAL);
+            partial(p, new, l4_before, segment_sum, leaves)?
+        }
+    };
     pkt.write(p.l4_check, l4_check)?;
     Ok(())
+}
+
+/// The new L4 field of a frame that arrived with a partial checksum
+/// (`seed`): the seed for the new addresses when it stays an skb, the
+/// complete checksum when it leaves as an XDP frame.
+#[inline(always)]
+fn partial(
+    p: &Parsed,
+    new: &Tuple,
+    seed: u16,
+    segment_sum: Option<u32>,
+    leaves: Leaves,
+) -> Result<u16, Error> {
+    let pseudo = checksum::pseudo_ipv4(new.saddr_be, new.daddr_be, p.proto, p.l4_len());
+    if leaves == Leaves::AsSkb {
+        return Ok(checksum::fold(pseudo));
+    }
+    // The segment's bytes as they leave: the old sum without the seed,
+    // with the new ports; then the pseudo-header of the new addresses.
+    let Some(sum) = segment_sum else {
+        return Err(Error::Truncated);
+    };
+    let mut acc = checksum::add32(sum, u32::from(!seed));
+    acc = checksum::add32(acc, u32::from(!p.sport_be));
+    acc = checksum::add32(acc, u32::from(new.sport_be));
+    acc = checksum::add32(acc, u32::from(!p.dport_be));
+    acc = checksum::add32(acc, u32::from(new.dport_be));
+    let c = !checksum::fold(checksum::add32(acc, pseudo));
+    Ok(if p.proto == PROTO_UDP && c == 0 {
+        0xffff
+    } else {
+        c
+    })
 }

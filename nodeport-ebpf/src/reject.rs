@@ -1,6 +1,16 @@
 //! Answers for a frontend without endpoints, as kube-proxy's REJECT rule
 //! does: a TCP RST for TCP, an ICMP port unreachable for UDP, built in place
-//! and sent back out of the ingress device.
+//! and sent to the client's next hop (`route`).
+//!
+//! Only a frame the kernel itself would answer gets one (RFC 1122 3.2.2,
+//! the checks of `nf_send_reset` / `icmp_send`): addressed to the ingress
+//! device's MAC, from a unicast source MAC and a single-host source address
+//! (not 0/8, 127/8, multicast, 240/4, nor a local or broadcast address of
+//! the node's own subnets, which the FIB reports as not forwarded), with a
+//! correct IPv4 header checksum, an L4 checksum the kernel accepts and
+//! lengths that agree (`headers::parse`). Everything else is dropped and
+//! counted (`drop_reject_invalid`): answering it would send frames with
+//! another host's MAC as source, or to a broadcast.
 
 use aya_ebpf::{
     helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
@@ -11,7 +21,10 @@ use nodeport_common::{PROTO_TCP, checksum, stat};
 use crate::{
     error::{Error, Verdict},
     headers::{ETH_LEN, ETH_P_IP, IPV4_MIN_LEN, PROTO_ICMP, Parsed, TCP_MIN_LEN, UDP_LEN, l4},
+    l4sum,
+    maps::DeviceInfo,
     packet::Packet,
+    route::{self, NextHop, Route},
 };
 
 /// TTL of the answers the datapath originates.
@@ -23,15 +36,75 @@ const ICMP_PORT_UNREACH: u8 = 3;
 /// The quoted part of the offending datagram: its IP header and 8 bytes.
 const QUOTE_LEN: usize = IPV4_MIN_LEN + 8;
 
-pub fn reject(ctx: &XdpContext, p: &Parsed) -> Result<Verdict, Error> {
+pub fn reject(ctx: &XdpContext, p: &Parsed, device: &DeviceInfo) -> Result<Verdict, Error> {
     // Only plain 20-byte IP headers are answered; anything else is dropped.
     if p.l4 != ETH_LEN + IPV4_MIN_LEN {
         return Err(Error::RejectUnsupported);
     }
-    if p.proto == PROTO_TCP {
-        tcp_rst(ctx, p)
+    let partial = answerable(ctx, p, device)?;
+    let reply_len = if p.proto == PROTO_TCP {
+        IPV4_MIN_LEN + TCP_MIN_LEN
     } else {
-        icmp_port_unreachable(ctx, p)
+        IPV4_MIN_LEN + ICMP_LEN + QUOTE_LEN
+    };
+    let reply_proto = if p.proto == PROTO_TCP {
+        PROTO_TCP
+    } else {
+        PROTO_ICMP
+    };
+    let Route::Via(hop) = route::lookup(
+        ctx,
+        reply_proto,
+        p.daddr_be,
+        p.saddr_be,
+        p.dport_be,
+        p.sport_be,
+        reply_len as u16,
+    )?
+    else {
+        // The source is one of the node's own or a broadcast address.
+        return Err(Error::RejectInvalid);
+    };
+    if p.proto == PROTO_TCP {
+        // A RST that stays an skb keeps the arriving frame's partial
+        // checksum state (same offsets): it must carry a seed then.
+        let seed = partial && hop.leaves_as_skb(device);
+        tcp_rst(ctx, p, hop, device, seed)
+    } else {
+        icmp_port_unreachable(ctx, p, hop, device)
+    }
+}
+
+/// Checks that the kernel would answer this frame (see the module docs);
+/// returns whether its L4 checksum is a partial one.
+#[inline(always)]
+fn answerable(ctx: &XdpContext, p: &Parsed, device: &DeviceInfo) -> Result<bool, Error> {
+    let pkt = Packet::new(ctx.data(), ctx.data_end());
+    let Some(mac) = device.mac() else {
+        return Err(Error::RejectInvalid);
+    };
+    let dst: [u8; 6] = pkt.read(0)?;
+    let src: [u8; 6] = pkt.read(6)?;
+    if dst != mac || src[0] & 1 != 0 || src == [0; 6] {
+        return Err(Error::RejectInvalid);
+    }
+    let first = p.saddr_be.to_ne_bytes()[0];
+    if first == 0 || first == 127 || first >= 224 {
+        return Err(Error::RejectInvalid);
+    }
+    let header: [u8; IPV4_MIN_LEN] = pkt.read(p.l3)?;
+    if checksum::compute(&header) != 0 {
+        return Err(Error::RejectInvalid);
+    }
+    if p.proto != PROTO_TCP {
+        let udp_len = u16::from_be(pkt.read::<u16>(p.l4 + 4)?);
+        if usize::from(udp_len) < UDP_LEN || udp_len > p.l4_len() {
+            return Err(Error::RejectInvalid);
+        }
+    }
+    match l4sum::verify(ctx, &pkt, p)? {
+        Some(partial) => Ok(partial),
+        None => Err(Error::RejectInvalid),
     }
 }
 
@@ -51,13 +124,6 @@ fn ipv4_header(tot_len: u16, proto: u8, saddr_be: u32, daddr_be: u32) -> [u8; IP
 }
 
 #[inline(always)]
-fn swap_macs(pkt: &Packet) -> Result<([u8; 6], [u8; 6]), Error> {
-    let dst: [u8; 6] = pkt.read(0)?;
-    let src: [u8; 6] = pkt.read(6)?;
-    Ok((src, dst))
-}
-
-#[inline(always)]
 fn trim_to(ctx: &XdpContext, len: usize) -> Result<(), Error> {
     let cur = ctx.data_end() - ctx.data();
     if cur > len {
@@ -70,7 +136,13 @@ fn trim_to(ctx: &XdpContext, len: usize) -> Result<(), Error> {
     Ok(())
 }
 
-fn tcp_rst(ctx: &XdpContext, p: &Parsed) -> Result<Verdict, Error> {
+fn tcp_rst(
+    ctx: &XdpContext,
+    p: &Parsed,
+    hop: NextHop,
+    device: &DeviceInfo,
+    seed: bool,
+) -> Result<Verdict, Error> {
     let pkt = Packet::new(ctx.data(), ctx.data_end());
     let flags: u8 = pkt.read(p.l4 + l4::TCP_FLAGS)?;
     if flags & l4::TCP_RST != 0 {
@@ -79,9 +151,7 @@ fn tcp_rst(ctx: &XdpContext, p: &Parsed) -> Result<Verdict, Error> {
     }
     let seq = u32::from_be(pkt.read(p.l4 + l4::TCP_SEQ)?);
     let ack = u32::from_be(pkt.read(p.l4 + l4::TCP_ACK)?);
-    let doff = usize::from(pkt.read::<u8>(p.l4 + l4::TCP_DOFF)? >> 4) * 4;
-    let ip_len = usize::from(p.ip_len(&pkt)?);
-    let payload = ip_len.saturating_sub(IPV4_MIN_LEN + doff) as u32;
+    let payload = u32::from(p.l4_len() - p.l4_hdr_len);
 
     // RFC 793 reset generation: answer an ACK with its acknowledgment as our
     // sequence number, anything else with seq 0 and an ACK of what it used.
@@ -96,7 +166,6 @@ fn tcp_rst(ctx: &XdpContext, p: &Parsed) -> Result<Verdict, Error> {
         )
     };
 
-    let (eth_dst, eth_src) = swap_macs(&pkt)?;
     let ip = ipv4_header(
         (IPV4_MIN_LEN + TCP_MIN_LEN) as u16,
         PROTO_TCP,
@@ -110,28 +179,36 @@ fn tcp_rst(ctx: &XdpContext, p: &Parsed) -> Result<Verdict, Error> {
     tcp[8..12].copy_from_slice(&out_ack.to_be_bytes());
     tcp[12] = 5 << 4;
     tcp[13] = out_flags;
-    let c = checksum::l4_ipv4(
-        p.daddr_be.to_ne_bytes(),
-        p.saddr_be.to_ne_bytes(),
-        PROTO_TCP,
-        &tcp,
-    );
-    tcp[16..18].copy_from_slice(&c.to_be_bytes());
+    if seed {
+        let s = checksum::partial_seed(p.daddr_be, p.saddr_be, PROTO_TCP, TCP_MIN_LEN as u16);
+        tcp[16..18].copy_from_slice(&s.to_ne_bytes());
+    } else {
+        let c = checksum::l4_ipv4(
+            p.daddr_be.to_ne_bytes(),
+            p.saddr_be.to_ne_bytes(),
+            PROTO_TCP,
+            &tcp,
+        );
+        tcp[16..18].copy_from_slice(&c.to_be_bytes());
+    }
 
-    pkt.write(0, eth_dst)?;
-    pkt.write(6, eth_src)?;
     pkt.write(ETH_LEN, ip)?;
     pkt.write(ETH_LEN + IPV4_MIN_LEN, tcp)?;
     trim_to(ctx, ETH_LEN + IPV4_MIN_LEN + TCP_MIN_LEN)?;
-    Ok(Verdict::transmit(
-        ctx.ingress_ifindex() as u32,
-        stat::REJECT_NO_BACKEND,
-    ))
+    route::send(ctx, hop, device, stat::REJECT_NO_BACKEND)
 }
 
-fn icmp_port_unreachable(ctx: &XdpContext, p: &Parsed) -> Result<Verdict, Error> {
+/// The ICMP error quotes the datagram; an skb's partial checksum state of
+/// the original cannot be carried over (its offsets now point into the
+/// quote), which only matters for a reply that leaves through a device
+/// with checksum offload to a local sender, which trusts it anyway.
+fn icmp_port_unreachable(
+    ctx: &XdpContext,
+    p: &Parsed,
+    hop: NextHop,
+    device: &DeviceInfo,
+) -> Result<Verdict, Error> {
     let pkt = Packet::new(ctx.data(), ctx.data_end());
-    let (eth_dst, eth_src) = swap_macs(&pkt)?;
     pkt.ptr_at::<[u8; ETH_LEN + IPV4_MIN_LEN + UDP_LEN]>(0)?;
 
     // Grow the frame at the front by a new IP and ICMP header; the original
@@ -158,13 +235,8 @@ fn icmp_port_unreachable(ctx: &XdpContext, p: &Parsed) -> Result<Verdict, Error>
         p.saddr_be,
     );
 
-    pkt.write(0, eth_dst)?;
-    pkt.write(6, eth_src)?;
     pkt.write(12, ETH_P_IP.to_be())?;
     pkt.write(ETH_LEN, ip)?;
     pkt.write(ETH_LEN + IPV4_MIN_LEN, icmp)?;
-    Ok(Verdict::transmit(
-        ctx.ingress_ifindex() as u32,
-        stat::REJECT_NO_BACKEND,
-    ))
+    route::send(ctx, hop, device, stat::REJECT_NO_BACKEND)
 }

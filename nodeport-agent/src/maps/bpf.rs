@@ -5,10 +5,10 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use aya::maps::{HashMap, Map, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use nodeport_common::{
-    Affinity, AffinityKey, Backend, BackendKey, CtEntry, Device, DeviceKey, FlowKey, Frontend,
-    FrontendKey, NodeAddr, NodeAddrKey, RevNat, Slot, SlotKey, names, stat,
+    Affinity, AffinityKey, Backend, BackendKey, Config, CtEntry, Device, DeviceKey, DeviceTx,
+    FlowKey, Frontend, FrontendKey, NodeAddr, NodeAddrKey, RevNat, Slot, SlotKey, names, stat,
 };
 
 use super::{MapError, MapState, MapWriter};
@@ -26,13 +26,20 @@ fn err(
     }
 }
 
+fn open_map<T: TryFrom<Map, Error = aya::maps::MapError>>(
+    root: &Path,
+    name: &'static str,
+) -> Result<T, MapError> {
+    let data = MapData::from_pin(root.join(name)).map_err(err(name, "open", root.join(name)))?;
+    let map = Map::from_map_data(data).map_err(err(name, "open", name))?;
+    T::try_from(map).map_err(err(name, "open", name))
+}
+
 fn open<K: aya::Pod, V: aya::Pod>(
     root: &Path,
     name: &'static str,
 ) -> Result<HashMap<MapData, K, V>, MapError> {
-    let data = MapData::from_pin(root.join(name)).map_err(err(name, "open", root.join(name)))?;
-    let map = Map::from_map_data(data).map_err(err(name, "open", name))?;
-    HashMap::try_from(map).map_err(err(name, "open", name))
+    open_map(root, name)
 }
 
 /// Whether a delete failed only because the key was absent.
@@ -65,18 +72,13 @@ pub struct BpfMaps {
     devices: HashMap<MapData, DeviceKey, Device>,
     affinity: HashMap<MapData, AffinityKey, Affinity>,
     stats: PerCpuArray<MapData, u64>,
+    config: Array<MapData, Config>,
+    device_tx: PerCpuHashMap<MapData, DeviceKey, DeviceTx>,
 }
 
 impl BpfMaps {
     /// Opens every map pinned under `root`.
     pub fn open(root: &Path) -> Result<Self, MapError> {
-        let stats_path = root.join(names::STATS);
-        let stats = MapData::from_pin(&stats_path)
-            .map_err(err(names::STATS, "open", &stats_path))
-            .and_then(|d| Map::from_map_data(d).map_err(err(names::STATS, "open", names::STATS)))
-            .and_then(|m| {
-                PerCpuArray::try_from(m).map_err(err(names::STATS, "open", names::STATS))
-            })?;
         Ok(Self {
             node_addrs: open(root, names::NODE_ADDRS)?,
             frontends: open(root, names::FRONTENDS)?,
@@ -86,8 +88,72 @@ impl BpfMaps {
             rev_nat: open(root, names::REV_NAT)?,
             devices: open(root, names::DEVICES)?,
             affinity: open(root, names::AFFINITY)?,
-            stats,
+            stats: open_map(root, names::STATS)?,
+            config: open_map(root, names::CONFIG)?,
+            device_tx: open_map(root, names::DEVICE_TX)?,
         })
+    }
+
+    /// The datapath's run-time settings.
+    pub fn config(&self) -> Result<Config, MapError> {
+        self.config
+            .get(&0, 0)
+            .map_err(err(names::CONFIG, "lookup", 0))
+    }
+
+    /// Writes the datapath's run-time settings.
+    pub fn put_config(&mut self, config: Config) -> Result<(), MapError> {
+        self.config
+            .set(0, config, 0)
+            .map_err(err(names::CONFIG, "update", 0))
+    }
+
+    /// Makes sure device `ifindex` has its (per-CPU) transmit counters, so
+    /// the tracepoints count its frames.
+    pub fn init_device_tx(&mut self, key: DeviceKey) -> Result<(), MapError> {
+        if self.device_tx.get(&key, 0).is_ok() {
+            return Ok(());
+        }
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| MapError {
+            map: names::DEVICE_TX,
+            op: "update",
+            key: format!("{key:?}"),
+            source: Box::new(e),
+        })?;
+        let values = PerCpuValues::try_from(vec![DeviceTx::default(); cpus]).map_err(|e| {
+            MapError {
+                map: names::DEVICE_TX,
+                op: "update",
+                key: format!("{key:?}"),
+                source: Box::new(e),
+            }
+        })?;
+        self.device_tx
+            .insert(key, values, 0)
+            .map_err(err(names::DEVICE_TX, "update", key))
+    }
+
+    /// Every device's transmit counters, summed over CPUs.
+    pub fn device_tx(&self) -> Result<Vec<(DeviceKey, DeviceTx)>, MapError> {
+        let mut out = Vec::new();
+        for item in &self.device_tx {
+            let (key, values) = item.map_err(err(names::DEVICE_TX, "iterate", ()))?;
+            let mut sum = DeviceTx::default();
+            for v in values.iter() {
+                sum.sent += v.sent;
+                sum.failed += v.failed;
+            }
+            out.push((key, sum));
+        }
+        Ok(out)
+    }
+
+    /// Every device the datapath was told about.
+    pub fn devices(&self) -> Result<Vec<(DeviceKey, Device)>, MapError> {
+        self.devices
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(err(names::DEVICES, "iterate", ()))
     }
 
     /// Records how the datapath transmits on a device it is attached to.

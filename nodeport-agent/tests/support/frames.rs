@@ -30,6 +30,10 @@ pub struct Frame {
     pub ack: u32,
     /// UDP sent without a checksum (zero).
     pub udp_no_checksum: bool,
+    /// The L4 checksum field holds the seed a sender with checksum offload
+    /// leaves (the folded pseudo-header sum, `CHECKSUM_PARTIAL`) instead of
+    /// the checksum.
+    pub partial_checksum: bool,
     pub payload: Vec<u8>,
 }
 
@@ -54,6 +58,7 @@ impl Frame {
             seq: 1000,
             ack: 0,
             udp_no_checksum: false,
+            partial_checksum: false,
             payload: Vec::new(),
         }
     }
@@ -64,6 +69,18 @@ impl Frame {
             payload: b"hello".to_vec(),
             ..Self::tcp(saddr, sport, daddr, dport)
         }
+    }
+
+    /// The seed of a partial checksum for this frame's addresses, as the
+    /// bytes of the checksum field.
+    pub fn seed(&self, l4_len: usize) -> [u8; 2] {
+        checksum::partial_seed(
+            u32::from_ne_bytes(self.saddr.octets()),
+            u32::from_ne_bytes(self.daddr.octets()),
+            self.proto,
+            l4_len as u16,
+        )
+        .to_ne_bytes()
     }
 
     pub fn l4_bytes(&self) -> Vec<u8> {
@@ -78,13 +95,22 @@ impl Frame {
             l4.extend_from_slice(&64240u16.to_be_bytes());
             l4.extend_from_slice(&[0, 0, 0, 0]);
             l4.extend_from_slice(&self.payload);
-            let c = checksum::l4_ipv4(self.saddr.octets(), self.daddr.octets(), PROTO_TCP, &l4);
-            l4[16..18].copy_from_slice(&c.to_be_bytes());
+            if self.partial_checksum {
+                let seed = self.seed(l4.len());
+                l4[16..18].copy_from_slice(&seed);
+            } else {
+                let c =
+                    checksum::l4_ipv4(self.saddr.octets(), self.daddr.octets(), PROTO_TCP, &l4);
+                l4[16..18].copy_from_slice(&c.to_be_bytes());
+            }
         } else {
             l4.extend_from_slice(&((8 + self.payload.len()) as u16).to_be_bytes());
             l4.extend_from_slice(&[0, 0]);
             l4.extend_from_slice(&self.payload);
-            if !self.udp_no_checksum {
+            if self.partial_checksum {
+                let seed = self.seed(l4.len());
+                l4[6..8].copy_from_slice(&seed);
+            } else if !self.udp_no_checksum {
                 let mut c =
                     checksum::l4_ipv4(self.saddr.octets(), self.daddr.octets(), PROTO_UDP, &l4);
                 if c == 0 {
@@ -122,6 +148,19 @@ impl Frame {
         f.extend_from_slice(&l4);
         f
     }
+}
+
+/// Asserts that the L4 checksum field of `frame` holds the partial seed for
+/// its (rewritten) addresses, and its IPv4 header checksum is right.
+pub fn assert_partial_seed(frame: &[u8]) {
+    let ip = &frame[14..34];
+    assert_eq!(checksum::compute(ip), 0, "IPv4 header checksum wrong");
+    let tot = usize::from(u16::from_be_bytes([frame[16], frame[17]]));
+    let src = u32::from_ne_bytes(frame[26..30].try_into().unwrap());
+    let dst = u32::from_ne_bytes(frame[30..34].try_into().unwrap());
+    let at = if frame[23] == PROTO_TCP { 34 + 16 } else { 34 + 6 };
+    let want = checksum::partial_seed(src, dst, frame[23], (tot - 20) as u16).to_ne_bytes();
+    assert_eq!(&frame[at..at + 2], &want, "partial checksum seed: {frame:02x?}");
 }
 
 /// Asserts that the IPv4 header checksum and the TCP/UDP/ICMP checksum of
