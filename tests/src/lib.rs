@@ -31,7 +31,7 @@ mod util;
 pub use agent::{Agent, AgentOptions};
 pub use apiserver::ApiServer;
 pub use client::{Client, ConnectResult};
-pub use cluster::{Cluster, ClusterConfig, Node, Pod};
+pub use cluster::{Cluster, ClusterConfig, Node, Pod, Veths};
 pub use manifests::Manifests;
 pub use netns::Netns;
 pub use server::{Answer, PodServer, Server, ServerSpec};
