@@ -479,6 +479,9 @@ fn configure_snat(args: &RunArgs, maps: &mut BpfMaps) -> Result<()> {
     let mut config = maps.config().unwrap_or_default();
     config.snat_ranges = ranges;
     config.snat_rest_s = args.snat_port_rest_seconds;
+    if config.handoff_token == 0 {
+        config.handoff_token = random_token();
+    }
     match snat_pool::reserve(&mut config) {
         Ok(added) if added > 0 => info!(added, "reserved the SNAT ports from the host's ephemeral use"),
         Ok(_) => {}
@@ -493,6 +496,20 @@ fn configure_snat(args: &RunArgs, maps: &mut BpfMaps) -> Result<()> {
         "SNAT port pool"
     );
     Ok(())
+}
+
+/// A random non-zero 32-bit value (from the kernel's random source).
+fn random_token() -> u32 {
+    let mut b = [0u8; 4];
+    // SAFETY: getrandom fills the 4-byte buffer it is given.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    let v = u32::from_ne_bytes(b);
+    if n == 4 && v != 0 {
+        v
+    } else {
+        // Never zero, the value of an unwritten entry.
+        std::process::id() | 1
+    }
 }
 
 /// The datapath forwards packets between the node's devices and its pods

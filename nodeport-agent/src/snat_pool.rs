@@ -193,12 +193,8 @@ fn read_reserved() -> Result<Vec<RangeInclusive<u16>>, PoolError> {
 }
 
 fn write_reserved(ranges: &[RangeInclusive<u16>]) -> Result<(), PoolError> {
-    // An empty write leaves the list unchanged; a lone comma clears it.
-    let value = if ranges.is_empty() {
-        ",".to_string()
-    } else {
-        format_list(ranges)
-    };
+    // An empty write leaves the list unchanged; a lone newline clears it.
+    let value = format!("{}\n", format_list(ranges));
     std::fs::write(RESERVED_PORTS, value).map_err(|source| PoolError::Sysctl {
         path: RESERVED_PORTS,
         source,

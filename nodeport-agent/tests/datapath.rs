@@ -935,10 +935,11 @@ fn next_hop_without_a_neighbour_is_handed_to_tc() {
         // BPF_PROG_TEST_RUN returns the metadata in front of the frame: the
         // handoff TC ingress reads ("npNH", egress device, next hop).
         let mut handoff = 0x6e70_4e48u32.to_ne_bytes().to_vec();
+        handoff.extend_from_slice(&0u32.to_ne_bytes()); // the token (unset here)
         handoff.extend_from_slice(&f.ifindex.to_ne_bytes());
         handoff.extend_from_slice(&[10, 200, 0, 13]);
-        assert_eq!(&out[..12], &handoff[..], "handoff metadata");
-        let out = out[12..].to_vec();
+        assert_eq!(&out[..16], &handoff[..], "handoff metadata");
+        let out = out[16..].to_vec();
         assert_eq!(out, want.bytes(), "SNATed, MACs left to the neighbour layer");
         assert_checksums(&out);
         // A reject to a client the node has no neighbour entry for.
@@ -946,8 +947,8 @@ fn next_hop_without_a_neighbour_is_handed_to_tc() {
         let (rc, out) = f.xdp(&Frame::tcp([10, 200, 0, 3], 40001, NODE, EMPTY_PORT).bytes());
         assert_eq!(rc, XDP_PASS, "{:?}", f.stats());
         assert_eq!(counter(f, "forward_via_neigh"), 2);
-        assert_eq!(&out[8..12], &[10, 200, 0, 3], "the client is its own next hop");
-        let out = out[12..].to_vec();
+        assert_eq!(&out[12..16], &[10, 200, 0, 3], "the client is its own next hop");
+        let out = out[16..].to_vec();
         assert_eq!(out[47] & 0x04, 0x04, "a RST");
         assert_checksums(&out);
     });

@@ -74,6 +74,11 @@ pub struct Config {
     /// (so the host never picks a pool port for its own connections);
     /// `cleanup` removes exactly these.
     pub reserved: [PortRange; RESERVED_RANGES],
+    /// A random value of this node's agent, marking the frames its XDP
+    /// program hands to its TC ingress program, so that a frame arriving
+    /// with another node's (stale) handoff metadata is not taken for one.
+    pub handoff_token: u32,
+    pub pad: u32,
 }
 
 /// The default SNAT pool: every port from 1024 up that is neither in the
@@ -93,6 +98,8 @@ impl Config {
             snat_rest_s,
             reserved_count: 0,
             reserved: [PortRange::EMPTY; RESERVED_RANGES],
+            handoff_token: 0,
+            pad: 0,
         }
     }
 
@@ -192,7 +199,8 @@ impl SnatPool {
 
 const _: () = {
     assert!(size_of::<PortRange>() == 4);
-    assert!(size_of::<Config>() == 32);
+    assert!(size_of::<Config>() == 40);
+    assert!(offset_of!(Config, handoff_token) == 32);
     assert!(offset_of!(Config, snat_rest_s) == 8);
     assert!(offset_of!(Config, reserved_count) == 12);
     assert!(offset_of!(Config, reserved) == 16);

@@ -14,7 +14,11 @@ use aya_ebpf::{
 };
 use nodeport_common::stat;
 
-use crate::{error::Error, maps::count, packet::Packet};
+use crate::{
+    error::Error,
+    maps::{self, count},
+    packet::Packet,
+};
 
 /// Marks metadata written by [`hand_over`] ("npNH").
 const MAGIC: u32 = 0x6e70_4e48;
@@ -25,6 +29,10 @@ const AF_INET: u32 = 2;
 #[derive(Clone, Copy)]
 struct Handoff {
     magic: u32,
+    /// This node's `handoff_token` (`config`): skb metadata can survive a
+    /// veth into another namespace, where another node's TC ingress must
+    /// not act on it.
+    token: u32,
     /// Egress device, from the FIB lookup.
     ifindex: u32,
     /// Next-hop address (network order), from the FIB lookup.
@@ -48,6 +56,7 @@ pub fn hand_over(ctx: &XdpContext, ifindex: u32, nexthop_be: u32) -> Result<(), 
         0,
         Handoff {
             magic: MAGIC,
+            token: maps::config().handoff_token,
             ifindex,
             nexthop_be,
         },
@@ -63,10 +72,15 @@ pub fn try_tc_ingress(ctx: &TcContext) -> i32 {
     let skb = ctx.skb.skb;
     // SAFETY: reading the context's packet pointers.
     let (meta, data) = unsafe { ((*skb).data_meta as usize, (*skb).data as usize) };
-    let Ok(h) = Packet::new(meta, data).read::<Handoff>(0) else {
+    let area = Packet::new(meta, data);
+    let Ok(h) = area.read::<Handoff>(0) else {
         return CONTINUE;
     };
-    if h.magic != MAGIC {
+    if h.magic != MAGIC || h.token != maps::config().handoff_token {
+        return CONTINUE;
+    }
+    // Consumed: the metadata may travel on with the skb.
+    if area.write::<u32>(0, 0).is_err() {
         return CONTINUE;
     }
     let mut params = bpf_redir_neigh {

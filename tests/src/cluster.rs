@@ -288,42 +288,7 @@ impl Cluster {
 
         let mut nodes = Vec::with_capacity(config.nodes);
         for i in 1..=config.nodes {
-            let netns = Netns::create(&format!("{id}-n{i}"));
-            // Before any interface exists, so they inherit the defaults.
-            netns.set_sysctl("net.ipv4.conf.all.rp_filter", "0");
-            netns.set_sysctl("net.ipv4.conf.default.rp_filter", "0");
-            netns.set_sysctl("net.ipv4.ip_forward", "1");
-            attach_to_lan(
-                &lan,
-                &format!("veth-n{i}"),
-                &netns,
-                node_addr(i),
-                veths == Veths::LanGro,
-            );
-            let gateway = pod_gateway(i);
-            netns.ip(&["link", "add", "cni0", "type", "bridge"]);
-            netns.ip(&[
-                "addr",
-                "add",
-                &format!("{gateway}/{PREFIX_LEN}"),
-                "dev",
-                "cni0",
-            ]);
-            netns.ip(&["link", "set", "cni0", "up"]);
-            let mut node = Node {
-                index: i,
-                name: format!("node{i}"),
-                addr: node_addr(i),
-                pod_cidr: pod_cidr(i),
-                gateway,
-                pods: Vec::with_capacity(config.pods_per_node),
-                netns,
-            };
-            for k in 1..=config.pods_per_node {
-                let pod = add_pod(&id, &node, k);
-                node.pods.push(pod);
-            }
-            nodes.push(node);
+            nodes.push(add_node(&id, &lan, i, config.pods_per_node, veths));
         }
         for node in &nodes {
             for other in nodes.iter().filter(|o| o.index != node.index) {
@@ -587,6 +552,47 @@ impl Cluster {
         server.wait_ready(SERVER_READY_TIMEOUT);
         Server::new(server)
     }
+}
+
+/// Creates node `i` (namespace `<id>-nI`) on the LAN, with its pod bridge
+/// and `pods` pods.
+fn add_node(id: &str, lan: &Netns, i: usize, pods: usize, veths: Veths) -> Node {
+    let netns = Netns::create(&format!("{id}-n{i}"));
+    // Before any interface exists, so they inherit the defaults.
+    netns.set_sysctl("net.ipv4.conf.all.rp_filter", "0");
+    netns.set_sysctl("net.ipv4.conf.default.rp_filter", "0");
+    netns.set_sysctl("net.ipv4.ip_forward", "1");
+    attach_to_lan(
+        lan,
+        &format!("veth-n{i}"),
+        &netns,
+        node_addr(i),
+        veths == Veths::LanGro,
+    );
+    let gateway = pod_gateway(i);
+    netns.ip(&["link", "add", "cni0", "type", "bridge"]);
+    netns.ip(&[
+        "addr",
+        "add",
+        &format!("{gateway}/{PREFIX_LEN}"),
+        "dev",
+        "cni0",
+    ]);
+    netns.ip(&["link", "set", "cni0", "up"]);
+    let mut node = Node {
+        index: i,
+        name: format!("node{i}"),
+        addr: node_addr(i),
+        pod_cidr: pod_cidr(i),
+        gateway,
+        pods: Vec::with_capacity(pods),
+        netns,
+    };
+    for k in 1..=pods {
+        let pod = add_pod(id, &node, k);
+        node.pods.push(pod);
+    }
+    node
 }
 
 /// Connects `ns` to the LAN bridge with a veth (`lan_if` on the LAN side,

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use nodeport_tests::cluster::{CLIENT_ADDR, node_addr, pod_name};
 use nodeport_tests::objects::{Ep, ServiceSpec, SvcPort};
-use nodeport_tests::{Agent, Answer, Cluster, ClusterConfig, ConnectResult, ServerSpec};
+use nodeport_tests::{Agent, Answer, Cluster, ClusterConfig, ConnectResult, ServerSpec, Veths};
 
 /// TCP and UDP port every pod serves (and answers with its name).
 const POD_PORT: u16 = 8080;
@@ -26,19 +26,52 @@ fn service(name: &str, ports: &[SvcPort<'_>], endpoints: &[Ep]) -> String {
 }
 
 fn cluster() -> Cluster {
+    cluster_on(Veths::KernelDefaults)
+}
+
+fn cluster_on(veths: Veths) -> Cluster {
     Cluster::with_config(ClusterConfig {
         nodes: 2,
         pods_per_node: 2,
         pod_tcp_ports: vec![80, POD_PORT, POD_PORT_2],
         pod_udp_ports: vec![POD_PORT],
+        veths,
         ..ClusterConfig::default()
     })
+}
+
+/// The XDP mode `auto` must pick on the nodes' veths: generic where the
+/// LAN-side peer keeps the kernel's defaults (native XDP_TX would be
+/// dropped), native where it has GRO.
+fn expected_mode(veths: Veths) -> &'static str {
+    match veths {
+        Veths::KernelDefaults => "generic",
+        Veths::LanGro => "native",
+    }
 }
 
 fn agents(c: &Cluster) -> Vec<Agent<'_>> {
     let agents = c.start_all_agents(c.manifests().dir());
     for a in &agents {
         a.wait_ready();
+    }
+    let want = expected_mode(c.config().veths);
+    for node in 1..=c.nodes().len() {
+        let stats = c.agent_cli(
+            node,
+            &[
+                "inspect",
+                "stats",
+                "--bpffs",
+                &c.node_bpffs(node).to_string_lossy(),
+            ],
+        );
+        let text = String::from_utf8_lossy(&stats.stdout);
+        assert!(
+            text.contains(&format!("xdp_mode:eth0:{want} ")),
+            "node{node} must attach {want} XDP on {:?} veths:\n{text}",
+            c.config().veths
+        );
     }
     agents
 }
@@ -102,7 +135,17 @@ fn udp(c: &Cluster, node: usize, port: u16) -> Answer {
 /// new connections every endpoint answers.
 #[test]
 fn nodeport_serves_on_every_node_ip_tcp_and_udp() {
-    let c = cluster();
+    nodeport_serves_on_every_node_ip_tcp_and_udp_on(Veths::KernelDefaults);
+}
+
+/// As [`nodeport_serves_on_every_node_ip_tcp_and_udp`], with native XDP (GRO on the LAN side of each node's veth).
+#[test]
+fn nodeport_serves_on_every_node_ip_tcp_and_udp_native_xdp() {
+    nodeport_serves_on_every_node_ip_tcp_and_udp_on(Veths::LanGro);
+}
+
+fn nodeport_serves_on_every_node_ip_tcp_and_udp_on(veths: Veths) {
+    let c = cluster_on(veths);
     let all: Vec<Ep> = vec![(1, 1, true), (1, 2, true), (2, 1, true), (2, 2, true)];
     c.manifests().write(
         "echo.yaml",
@@ -164,7 +207,17 @@ fn nodeport_serves_on_every_node_ip_tcp_and_udp() {
 /// (the pod sees node 1's address), through node 2 the pod sees the client.
 #[test]
 fn remote_backend_is_reached_with_snat_and_local_keeps_client_ip() {
-    let c = cluster();
+    remote_backend_is_reached_with_snat_and_local_keeps_client_ip_on(Veths::KernelDefaults);
+}
+
+/// As [`remote_backend_is_reached_with_snat_and_local_keeps_client_ip`], with native XDP (GRO on the LAN side of each node's veth).
+#[test]
+fn remote_backend_is_reached_with_snat_and_local_keeps_client_ip_native_xdp() {
+    remote_backend_is_reached_with_snat_and_local_keeps_client_ip_on(Veths::LanGro);
+}
+
+fn remote_backend_is_reached_with_snat_and_local_keeps_client_ip_on(veths: Veths) {
+    let c = cluster_on(veths);
     c.manifests().write(
         "remote.yaml",
         &service(
@@ -300,7 +353,17 @@ fn endpoint_and_service_changes_apply_within_a_second() {
 /// ICMP port unreachable.
 #[test]
 fn service_without_endpoints_is_rejected() {
-    let c = cluster();
+    service_without_endpoints_is_rejected_on(Veths::KernelDefaults);
+}
+
+/// As [`service_without_endpoints_is_rejected`], with native XDP (GRO on the LAN side of each node's veth).
+#[test]
+fn service_without_endpoints_is_rejected_native_xdp() {
+    service_without_endpoints_is_rejected_on(Veths::LanGro);
+}
+
+fn service_without_endpoints_is_rejected_on(veths: Veths) {
+    let c = cluster_on(veths);
     c.manifests().write(
         "empty.yaml",
         &service(
