@@ -114,6 +114,44 @@ pub struct Datapath {
     root: PathBuf,
 }
 
+/// Program `name` of the object as a `T`, loaded into the kernel.
+fn loaded<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, LoadError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+    T: LoadProgram + 'a,
+{
+    let prog: &mut T = ebpf
+        .program_mut(name)
+        .ok_or(LoadError::MissingProgram { name })?
+        .try_into()
+        .map_err(|source| LoadError::Program { name, source })?;
+    if !prog.is_loaded() {
+        prog.load_it()
+            .map_err(|source| LoadError::Program { name, source })?;
+    }
+    Ok(prog)
+}
+
+/// The load step every program type shares (aya gives each its own).
+trait LoadProgram {
+    fn is_loaded(&self) -> bool;
+    fn load_it(&mut self) -> Result<(), aya::programs::ProgramError>;
+}
+
+macro_rules! load_program {
+    ($($t:ty),*) => {$(
+        impl LoadProgram for $t {
+            fn is_loaded(&self) -> bool {
+                self.fd().is_ok()
+            }
+            fn load_it(&mut self) -> Result<(), aya::programs::ProgramError> {
+                self.load()
+            }
+        }
+    )*};
+}
+load_program!(Xdp, SchedClassifier, TracePoint, CgroupSockAddr);
+
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LoadError + '_ {
     move |source| LoadError::Bpffs {
         path: path.to_path_buf(),
@@ -236,23 +274,7 @@ impl Datapath {
             iface: iface.to_string(),
             source,
         };
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(programs::XDP_INGRESS)
-            .ok_or(LoadError::MissingProgram {
-                name: programs::XDP_INGRESS,
-            })?
-            .try_into()
-            .map_err(|source| LoadError::Program {
-                name: programs::XDP_INGRESS,
-                source,
-            })?;
-        if prog.fd().is_err() {
-            prog.load().map_err(|source| LoadError::Program {
-                name: programs::XDP_INGRESS,
-                source,
-            })?;
-        }
+        let prog: &mut Xdp = loaded(&mut self.ebpf, programs::XDP_INGRESS)?;
         let attached_now = crate::devices::ifindex(iface)
             .ok()
             .and_then(|i| netlink::xdp_attached(i).ok());
@@ -329,16 +351,7 @@ impl Datapath {
             iface: iface.to_string(),
             source,
         };
-        let prog: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(name)
-            .ok_or(LoadError::MissingProgram { name })?
-            .try_into()
-            .map_err(|source| LoadError::Program { name, source })?;
-        if prog.fd().is_err() {
-            prog.load()
-                .map_err(|source| LoadError::Program { name, source })?;
-        }
+        let prog: &mut SchedClassifier = loaded(&mut self.ebpf, name)?;
         let id = if let Ok(old) = PinnedLink::from_pin(&pin) {
             let link = FdLink::from(old)
                 .try_into()
@@ -371,16 +384,7 @@ impl Datapath {
                 iface: format!("xdp:{event}"),
                 source,
             };
-            let prog: &mut TracePoint = self
-                .ebpf
-                .program_mut(name)
-                .ok_or(LoadError::MissingProgram { name })?
-                .try_into()
-                .map_err(|source| LoadError::Program { name, source })?;
-            if prog.fd().is_err() {
-                prog.load()
-                    .map_err(|source| LoadError::Program { name, source })?;
-            }
+            let prog: &mut TracePoint = loaded(&mut self.ebpf, name)?;
             prog.attach("xdp", event)
                 .map_err(|e| attach_err(e.into()))?;
         }
@@ -405,16 +409,7 @@ impl Datapath {
             programs::SOCK_RECVMSG4,
         ] {
             let pin = self.link_path("cgroup", name);
-            let prog: &mut CgroupSockAddr = self
-                .ebpf
-                .program_mut(name)
-                .ok_or(LoadError::MissingProgram { name })?
-                .try_into()
-                .map_err(|source| LoadError::Program { name, source })?;
-            if prog.fd().is_err() {
-                prog.load()
-                    .map_err(|source| LoadError::Program { name, source })?;
-            }
+            let prog: &mut CgroupSockAddr = loaded(&mut self.ebpf, name)?;
             let id = prog
                 .attach(&dir, CgroupAttachMode::Single)
                 .map_err(|e| attach_err(e.into()))?;

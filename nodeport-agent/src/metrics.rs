@@ -109,57 +109,64 @@ struct Inner {
     source_errors: BTreeMap<&'static str, u64>,
 }
 
+/// One metric family with labelled samples: `# HELP`, `# TYPE`, then
+/// `name{labels} value` per sample.
+fn family(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (String, u64)>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        let _ = writeln!(out, "{name}{{{labels}}} {value}");
+    }
+}
+
 fn render_figures(out: &mut String, f: &crate::figures::Figures) {
-    let _ = writeln!(
+    let device = |d: &crate::figures::DeviceFigures| format!("device=\"{}\"", d.device);
+    family(
         out,
-        "# HELP nodeport_xdp_transmitted_total Frames the datapath sent back out that the kernel transmitted (native XDP).\n# TYPE nodeport_xdp_transmitted_total counter"
+        "nodeport_xdp_transmitted_total",
+        "counter",
+        "Frames the datapath sent back out that the kernel transmitted (native XDP).",
+        f.devices.iter().map(|d| (device(d), d.tx_sent)),
     );
-    for d in &f.devices {
-        let _ = writeln!(
-            out,
-            "nodeport_xdp_transmitted_total{{device=\"{}\"}} {}",
-            d.device, d.tx_sent
-        );
-    }
-    let _ = writeln!(
+    family(
         out,
-        "# HELP nodeport_xdp_transmit_failures_total Frames the datapath sent back out that the kernel dropped.\n# TYPE nodeport_xdp_transmit_failures_total counter"
+        "nodeport_xdp_transmit_failures_total",
+        "counter",
+        "Frames the datapath sent back out that the kernel dropped.",
+        f.devices.iter().map(|d| (device(d), d.tx_failed)),
     );
-    for d in &f.devices {
-        let _ = writeln!(
-            out,
-            "nodeport_xdp_transmit_failures_total{{device=\"{}\"}} {}",
-            d.device, d.tx_failed
-        );
-    }
-    let _ = writeln!(
+    family(
         out,
-        "# HELP nodeport_xdp_mode The XDP mode each device is attached in.\n# TYPE nodeport_xdp_mode gauge"
+        "nodeport_xdp_mode",
+        "gauge",
+        "The XDP mode each device is attached in.",
+        f.devices
+            .iter()
+            .map(|d| (format!("{},mode=\"{}\"", device(d), d.xdp_mode), 1)),
     );
-    for d in &f.devices {
-        let _ = writeln!(
-            out,
-            "nodeport_xdp_mode{{device=\"{}\",mode=\"{}\"}} 1",
-            d.device, d.xdp_mode
-        );
-    }
     gauge(
         out,
         "nodeport_snat_pool_ports",
         "SNAT ports per node address, backend and protocol.",
         f64::from(f.snat.pool_size),
     );
-    let _ = writeln!(
+    family(
         out,
-        "# HELP nodeport_snat_ports_in_use SNAT ports held by flows to each remote backend.\n# TYPE nodeport_snat_ports_in_use gauge"
+        "nodeport_snat_ports_in_use",
+        "gauge",
+        "SNAT ports held by flows to each remote backend.",
+        f.snat.backends.iter().map(|b| {
+            (
+                format!("backend=\"{}\",node_addr=\"{}\"", b.backend, b.node_addr),
+                b.ports_in_use,
+            )
+        }),
     );
-    for b in &f.snat.backends {
-        let _ = writeln!(
-            out,
-            "nodeport_snat_ports_in_use{{backend=\"{}\",node_addr=\"{}\"}} {}",
-            b.backend, b.node_addr, b.ports_in_use
-        );
-    }
 }
 
 /// The agent's metrics; shared between the run loop and the endpoint.
