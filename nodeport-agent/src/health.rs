@@ -30,8 +30,11 @@ use k8s_openapi::chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::json;
 use tracing::{info, warn};
 
+use tokio::runtime::Handle;
+
 use crate::desired::HealthCheck;
 use crate::http::{Handler, Request, Response, Server};
+use crate::metrics::Metrics;
 use crate::store::ObjectKey;
 
 /// How long a confirmed sync keeps the agent healthy.
@@ -149,13 +152,24 @@ impl ProxyHealth {
             .with_header("X-Content-Type-Options", "nosniff")
     }
 
-    /// The handler of the healthz server: `/healthz` and `/livez`.
+    /// The handler of the healthz server: `/healthz` and `/livez`, their
+    /// answers counted as kube-proxy counts them (`kubeproxy_proxy_healthz_total`,
+    /// `kubeproxy_proxy_livez_total`).
     #[must_use]
-    pub fn handler(self: &Arc<Self>) -> Handler {
+    pub fn handler(self: &Arc<Self>, metrics: &Arc<Metrics>) -> Handler {
         let health = Arc::clone(self);
+        let metrics = Arc::clone(metrics);
         Arc::new(move |req: &Request| match req.path.as_str() {
-            "/healthz" => health.respond(true),
-            "/livez" => health.respond(false),
+            "/healthz" => {
+                let r = health.respond(true);
+                metrics.healthz_answered(r.status);
+                r
+            }
+            "/livez" => {
+                let r = health.respond(false);
+                metrics.livez_answered(r.status);
+                r
+            }
             _ => Response::not_found(),
         })
     }
@@ -188,10 +202,11 @@ struct Running {
     _server: Server,
 }
 
-/// The healthCheckNodePort servers of this node.
+/// The healthCheckNodePort servers of this node, on the agent's runtime.
 pub struct HealthCheckServers {
     bind: Ipv4Addr,
     proxy: Arc<ProxyHealth>,
+    runtime: Handle,
     running: BTreeMap<ObjectKey, Running>,
 }
 
@@ -204,13 +219,14 @@ impl std::fmt::Debug for HealthCheckServers {
 }
 
 impl HealthCheckServers {
-    /// Servers bind `bind` (all addresses: `0.0.0.0`) and report
-    /// `serviceProxyHealthy` from `proxy`.
+    /// Servers bind `bind` (all addresses: `0.0.0.0`), run on `runtime` and
+    /// report `serviceProxyHealthy` from `proxy`.
     #[must_use]
-    pub fn new(bind: Ipv4Addr, proxy: Arc<ProxyHealth>) -> Self {
+    pub fn new(bind: Ipv4Addr, proxy: Arc<ProxyHealth>, runtime: Handle) -> Self {
         Self {
             bind,
             proxy,
+            runtime,
             running: BTreeMap::new(),
         }
     }
@@ -254,7 +270,12 @@ impl HealthCheckServers {
                 Arc::new(move |_: &Request| check_response(&state, &proxy))
             };
             let addr = SocketAddr::V4(SocketAddrV4::new(self.bind, check.node_port));
-            match Server::bind(addr, &format!("health check of {key}"), handler) {
+            match Server::bind(
+                &self.runtime,
+                addr,
+                &format!("health check of {key}"),
+                handler,
+            ) {
                 Ok(server) => {
                     info!(service = %key, port = check.node_port, local_endpoints = check.local_endpoints, "health check server listening");
                     self.running.insert(
@@ -294,8 +315,16 @@ mod tests {
     use std::net::TcpStream;
 
     fn get(port: u16, path: &str) -> (u16, String, String) {
+        request(port, "GET", path)
+    }
+
+    fn request(port: u16, method: &str, path: &str) -> (u16, String, String) {
         let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
         let (head, body) = out.split_once("\r\n\r\n").unwrap();
@@ -335,10 +364,63 @@ mod tests {
     }
 
     #[test]
+    fn healthz_server_answers_get_and_head_as_kube_proxy_and_counts() {
+        let rt = crate::runtime::Runtime::start().unwrap();
+        let health = Arc::new(ProxyHealth::default());
+        let metrics = Arc::new(Metrics::new());
+        let server = Server::bind(
+            rt.handle(),
+            "127.0.0.1:0".parse().unwrap(),
+            "healthz",
+            health.handler(&metrics),
+        )
+        .unwrap();
+        let port = server.local_addr().port();
+        let (status, head, body) = get(port, "/healthz");
+        assert_eq!(status, 503, "not synced yet");
+        assert!(
+            head.contains("\r\nContent-Type: application/json\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.contains("\r\nX-Content-Type-Options: nosniff\r\n"),
+            "{head}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["lastUpdated"], "");
+        assert_eq!(v["nodeEligible"], true);
+        health.updated();
+        let (status, head, body) = request(port, "HEAD", "/healthz");
+        assert_eq!(status, 200);
+        assert!(
+            head.contains("\r\nX-Content-Type-Options: nosniff\r\n"),
+            "{head}"
+        );
+        assert!(head.contains("\r\nContent-Length: "), "{head}");
+        assert!(body.is_empty(), "HEAD: no body: {body}");
+        let (status, _, body) = get(port, "/livez");
+        assert_eq!(status, 200);
+        assert!(!body.contains("nodeEligible"), "{body}");
+        assert_eq!(get(port, "/nope").0, 404);
+        assert_eq!(request(port, "DELETE", "/healthz").0, 405);
+
+        let text = metrics.render();
+        for line in [
+            "kubeproxy_proxy_healthz_total{code=\"503\"} 1",
+            "kubeproxy_proxy_healthz_total{code=\"200\"} 1",
+            "kubeproxy_proxy_livez_total{code=\"200\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        }
+    }
+
+    #[test]
     fn servers_open_move_and_close() {
+        let rt = crate::runtime::Runtime::start().unwrap();
         let proxy = Arc::new(ProxyHealth::default());
         proxy.updated();
-        let mut s = HealthCheckServers::new(Ipv4Addr::LOCALHOST, Arc::clone(&proxy));
+        let mut s =
+            HealthCheckServers::new(Ipv4Addr::LOCALHOST, Arc::clone(&proxy), rt.handle().clone());
         let key = ObjectKey {
             namespace: "default".into(),
             name: "web".into(),
@@ -365,6 +447,14 @@ mod tests {
             v,
             json!({"service": {"namespace": "default", "name": "web"}, "localEndpoints": 2, "serviceProxyHealthy": true})
         );
+
+        let (status, head, body) = request(p1, "HEAD", "/");
+        assert_eq!(status, 200);
+        assert!(
+            head.contains("X-Load-Balancing-Endpoint-Weight: 2"),
+            "{head}"
+        );
+        assert!(body.is_empty(), "HEAD: no body: {body}");
 
         wanted.get_mut(&key).unwrap().local_endpoints = 0;
         assert!(s.update(&wanted));

@@ -1,33 +1,48 @@
-//! A tiny HTTP/1.1 server on std sockets for the agent's own endpoints:
-//! `/healthz` and `/livez`, `/metrics`, and one server per
-//! `healthCheckNodePort`. Clients of these endpoints are probes, load
-//! balancers and Prometheus: one short GET per connection, so each
-//! connection serves one request and closes (`Connection: close`).
+//! The agent's HTTP servers: `/healthz` and `/livez`, `/metrics`, and one
+//! server per `healthCheckNodePort`. hyper's HTTP/1.1 server on the agent's
+//! one tokio runtime ([`crate::runtime`]): a listening socket is one task,
+//! every connection another; no thread per server or per connection.
 //!
-//! A [`Server`] owns its listening socket and accept thread; dropping it
-//! stops accepting and closes the port before `drop` returns, so a port can
-//! be rebound at once (a health check that moves, a restart).
+//! Clients are probes, load balancers and Prometheus: GET (and HEAD: the
+//! same status and headers, no body) of a small response computed from
+//! shared state. A [`Handler`] is a plain closure from the [`Request`] to
+//! the [`Response`]; it runs on the runtime's thread, or on its blocking
+//! pool for handlers that make slow syscalls ([`Server::bind_blocking`]).
+//! Other methods get 405, a request hyper cannot parse 400. Header names
+//! go out in the canonical case Go's servers (kube-proxy) use.
+//!
+//! A [`Server`] closes its port when dropped: it stops accepting at once
+//! (a synchronous caller returns only when the listening socket is closed,
+//! so the port can be bound again right away: a health check that moves,
+//! a restart) and lets open connections finish their request, briefly.
 
-use std::fmt::Write as _;
-use std::io::{self, BufRead as _, BufReader};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd as _;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::thread::JoinHandle;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Handle;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tracing::debug;
 
-/// How long a client may take to send its request.
-const READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// Request heads larger than this are refused.
-const MAX_HEAD: usize = 16 * 1024;
-/// Connections served at once per server; more are closed at once (each
-/// holds a thread for at most [`READ_TIMEOUT`] while its client is slow).
-const MAX_CONNECTIONS: usize = 64;
-/// How often the accept loop checks whether it should stop.
-const STOP_POLL: Duration = Duration::from_millis(100);
+/// How long a connection may take to send a request head, and how long an
+/// idle kept-alive connection stays open.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once per server; more are closed at once.
+const MAX_CONNECTIONS: usize = 256;
+/// How long open connections may take to finish once their server stops.
+const STOP_GRACE: Duration = Duration::from_secs(1);
+/// How long dropping a server waits for its listening socket to close.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+/// Pause after a failed accept (out of file descriptors, say).
+const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
 
 /// A server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +51,7 @@ pub struct BindError {
     pub what: String,
     pub addr: SocketAddr,
     #[source]
-    pub source: io::Error,
+    pub source: std::io::Error,
 }
 
 /// The parts of a request the handlers look at.
@@ -86,41 +101,26 @@ impl Response {
         self
     }
 
-    /// 404 for paths a server does not serve.
+    /// 404 for paths a server does not serve (Go's body, as kube-proxy's).
     #[must_use]
     pub fn not_found() -> Self {
         Self::text(404, "404 page not found\n")
     }
 
-    fn write_to(&self, w: &mut impl io::Write, head_only: bool) -> io::Result<()> {
-        let mut head = format!("HTTP/1.1 {} {}\r\n", self.status, reason(self.status));
-        for (k, v) in &self.headers {
-            head.push_str(k);
-            head.push_str(": ");
-            head.push_str(v);
-            head.push_str("\r\n");
+    fn into_hyper(self) -> hyper::Response<Full<Bytes>> {
+        let mut builder = hyper::Response::builder().status(self.status);
+        for (name, value) in &self.headers {
+            builder = builder.header(name.as_str(), value.as_str());
         }
-        let _ = write!(
-            head,
-            "Content-Length: {}\r\nConnection: close\r\n\r\n",
-            self.body.len()
-        );
-        w.write_all(head.as_bytes())?;
-        if !head_only {
-            w.write_all(&self.body)?;
-        }
-        w.flush()
-    }
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        503 => "Service Unavailable",
-        _ => "",
+        builder
+            .body(Full::new(Bytes::from(self.body)))
+            .unwrap_or_else(|e| {
+                debug!(error = %e, "handler returned an invalid response");
+                let mut r =
+                    hyper::Response::new(Full::new(Bytes::from_static(b"invalid response\n")));
+                *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                r
+            })
     }
 }
 
@@ -131,8 +131,10 @@ pub type Handler = Arc<dyn Fn(&Request) -> Response + Send + Sync>;
 pub struct Server {
     addr: SocketAddr,
     what: String,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    /// Sending (or dropping) stops the accept loop and the connections.
+    stop: watch::Sender<()>,
+    /// Disconnected once the accept loop closed the listening socket.
+    closed: mpsc::Receiver<()>,
 }
 
 impl std::fmt::Debug for Server {
@@ -145,30 +147,78 @@ impl std::fmt::Debug for Server {
 }
 
 impl Server {
-    /// Binds `addr` and serves `handler` on a thread of its own. `what`
-    /// names the server in logs and errors.
-    pub fn bind(addr: SocketAddr, what: &str, handler: Handler) -> Result<Self, BindError> {
+    /// Binds `addr` and serves `handler` on `runtime`, calling it on the
+    /// runtime's thread: for handlers that only read memory. `what` names
+    /// the server in logs and errors.
+    pub fn bind(
+        runtime: &Handle,
+        addr: SocketAddr,
+        what: &str,
+        handler: Handler,
+    ) -> Result<Self, BindError> {
+        Self::start(runtime, addr, what, handler, Work::Inline, MAX_CONNECTIONS)
+    }
+
+    /// Like [`Server::bind`], calling `handler` on the runtime's blocking
+    /// pool: for handlers that make syscalls that may take a while (reading
+    /// the datapath's maps).
+    pub fn bind_blocking(
+        runtime: &Handle,
+        addr: SocketAddr,
+        what: &str,
+        handler: Handler,
+    ) -> Result<Self, BindError> {
+        Self::start(
+            runtime,
+            addr,
+            what,
+            handler,
+            Work::Blocking,
+            MAX_CONNECTIONS,
+        )
+    }
+
+    fn start(
+        runtime: &Handle,
+        addr: SocketAddr,
+        what: &str,
+        handler: Handler,
+        work: Work,
+        max_connections: usize,
+    ) -> Result<Self, BindError> {
         let bind_err = |source| BindError {
             what: what.to_owned(),
             addr,
             source,
         };
-        let listener = TcpListener::bind(addr).map_err(bind_err)?;
+        // Bound here, not in the task: the caller learns of a taken port
+        // (and of the port chosen for port 0) at once.
+        let listener = std::net::TcpListener::bind(addr).map_err(bind_err)?;
+        listener.set_nonblocking(true).map_err(bind_err)?;
         let local = listener.local_addr().map_err(bind_err)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let stop = Arc::clone(&stop);
-            let what = what.to_owned();
-            std::thread::Builder::new()
-                .name(format!("http-{}", local.port()))
-                .spawn(move || accept_loop(&listener, &stop, &handler, &what))
-                .map_err(bind_err)?
+        let listener = {
+            let _context = runtime.enter();
+            TcpListener::from_std(listener).map_err(bind_err)?
         };
+        let (stop, stopped) = watch::channel(());
+        let (closed_tx, closed) = mpsc::channel();
+        let serving = Serving {
+            handler,
+            work,
+            stop: stopped,
+        };
+        runtime.spawn(accept_loop(
+            listener,
+            serving,
+            max_connections,
+            closed_tx,
+            what.to_owned(),
+        ));
         Ok(Self {
             addr: local,
             what: what.to_owned(),
             stop,
-            thread: Some(thread),
+            closed,
         })
     }
 
@@ -181,209 +231,324 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        let _ = self.stop.send(());
+        // A synchronous caller (the run loop) waits for the listening socket
+        // to close, so that the port is free when drop returns; a task on the
+        // runtime must not block it.
+        if Handle::try_current().is_err() {
+            let _ = self.closed.recv_timeout(CLOSE_WAIT);
         }
         debug!(addr = %self.addr, what = %self.what, "HTTP server closed");
     }
 }
 
-/// Waits up to `timeout` for the listener to become readable.
-fn readable(listener: &TcpListener, timeout: Duration) -> bool {
-    let mut pfd = libc::pollfd {
-        fd: listener.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-    // SAFETY: one valid pollfd for the duration of the call.
-    unsafe { libc::poll(&raw mut pfd, 1, ms) > 0 }
+/// Where a handler runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Work {
+    Inline,
+    Blocking,
 }
 
-fn accept_loop(listener: &TcpListener, stop: &AtomicBool, handler: &Handler, what: &str) {
-    let active = Arc::new(AtomicUsize::new(0));
-    while !stop.load(Ordering::Relaxed) {
-        if !readable(listener, STOP_POLL) {
-            continue;
-        }
-        match listener.accept() {
-            Ok((stream, peer)) => {
-                if active.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
-                    debug!(what, %peer, "too many open connections; closing a new one");
-                    continue;
-                }
-                active.fetch_add(1, Ordering::Relaxed);
-                let handler = Arc::clone(handler);
-                let done = Arc::clone(&active);
-                let spawned =
-                    std::thread::Builder::new()
-                        .name("http-conn".into())
-                        .spawn(move || {
-                            if let Err(e) = serve_connection(&stream, &handler) {
-                                debug!(%peer, error = %e, "HTTP connection failed");
-                            }
-                            done.fetch_sub(1, Ordering::Relaxed);
-                        });
-                if let Err(e) = spawned {
-                    active.fetch_sub(1, Ordering::Relaxed);
-                    debug!(what, error = %e, "cannot spawn an HTTP connection thread");
-                }
-            }
-            Err(e) => debug!(what, error = %e, "accept failed"),
-        }
-    }
+/// What every connection of a server shares.
+#[derive(Clone)]
+struct Serving {
+    handler: Handler,
+    work: Work,
+    stop: watch::Receiver<()>,
 }
 
-/// Reads one request head and answers it.
-fn serve_connection(stream: &TcpStream, handler: &Handler) -> io::Result<()> {
-    stream.set_read_timeout(Some(READ_TIMEOUT))?;
-    stream.set_write_timeout(Some(READ_TIMEOUT))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut head = Vec::new();
+async fn accept_loop(
+    listener: TcpListener,
+    serving: Serving,
+    max_connections: usize,
+    closed: mpsc::Sender<()>,
+    what: String,
+) {
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let mut stop = serving.stop.clone();
     loop {
-        let before = head.len();
-        let n = reader.read_until(b'\n', &mut head)?;
-        if n == 0 {
-            return Ok(()); // closed before a complete head
-        }
-        if head.len() > MAX_HEAD {
-            return Response::text(400, "request head too large\n").write_to(&mut &*stream, false);
-        }
-        let line = &head[before..];
-        if line == b"\r\n" || line == b"\n" {
-            break;
-        }
+        let accepted = tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                debug!(what, error = %e, "accept failed");
+                tokio::time::sleep(ACCEPT_PAUSE).await;
+                continue;
+            }
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            debug!(what, %peer, "too many open connections; closing a new one");
+            continue;
+        };
+        tokio::spawn(serve_connection(stream, peer, serving.clone(), slot));
     }
-    let Some(req) = parse_head(&head) else {
-        return Response::text(400, "bad request\n").write_to(&mut &*stream, false);
-    };
-    let resp = match req.method.as_str() {
-        "GET" | "HEAD" => handler(&req),
-        _ => Response::text(405, "method not allowed\n").with_header("Allow", "GET, HEAD"),
-    };
-    resp.write_to(&mut &*stream, req.method == "HEAD")
+    drop(listener);
+    drop(closed);
 }
 
-/// Parses `METHOD target HTTP/x.y` (headers are not needed).
-fn parse_head(head: &[u8]) -> Option<Request> {
-    let text = std::str::from_utf8(head).ok()?;
-    let first = text.lines().next()?;
-    let mut parts = first.split_whitespace();
-    let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
-    if !version.starts_with("HTTP/1.") || parts.next().is_some() {
-        return None;
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    serving: Serving,
+    _slot: OwnedSemaphorePermit,
+) {
+    let Serving {
+        handler,
+        work,
+        mut stop,
+    } = serving;
+    let service = service_fn(move |req| {
+        let handler = Arc::clone(&handler);
+        async move { Ok::<_, Infallible>(answer(&req, handler, work).await.into_hyper()) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .title_case_headers(true)
+        .serve_connection(TokioIo::new(stream), service);
+    let mut conn = std::pin::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            tokio::time::timeout(STOP_GRACE, conn.as_mut())
+                .await
+                .unwrap_or(Ok(()))
+        }
+    };
+    if let Err(e) = result {
+        debug!(%peer, error = %e, "HTTP connection failed");
     }
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    Some(Request {
-        method: method.to_owned(),
-        path: path.to_owned(),
-        query: query.to_owned(),
-    })
+}
+
+/// The handler's answer to `req` (GET and HEAD; hyper leaves out the body
+/// of a HEAD response), 405 for other methods.
+async fn answer(req: &hyper::Request<Incoming>, handler: Handler, work: Work) -> Response {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return Response::text(405, "method not allowed\n").with_header("Allow", "GET, HEAD");
+    }
+    let request = Request {
+        method: req.method().as_str().to_owned(),
+        path: req.uri().path().to_owned(),
+        query: req.uri().query().unwrap_or_default().to_owned(),
+    };
+    match work {
+        Work::Inline => handler(&request),
+        Work::Blocking => tokio::task::spawn_blocking(move || handler(&request))
+            .await
+            .unwrap_or_else(|e| {
+                debug!(error = %e, "HTTP handler failed");
+                Response::text(500, "internal error\n")
+            }),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::Runtime;
+    use std::collections::BTreeSet;
     use std::io::{Read as _, Write as _};
+    use std::sync::Mutex;
+    use std::time::Instant;
 
-    fn get(addr: SocketAddr, raw: &str) -> String {
-        let mut s = TcpStream::connect(addr).expect("connect");
+    fn exchange(addr: SocketAddr, raw: &str) -> String {
+        let mut s = std::net::TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         s.write_all(raw.as_bytes()).expect("write");
         let mut out = String::new();
         s.read_to_string(&mut out).expect("read");
         out
     }
 
-    #[test]
-    fn serves_closes_and_frees_the_port() {
-        let handler: Handler = Arc::new(|r: &Request| {
+    fn hello() -> Handler {
+        Arc::new(|r: &Request| {
             if r.path == "/hello" {
-                Response::text(200, format!("hi {}\n", r.query))
+                Response::text(200, format!("hi {}\n", r.query)).with_header("X-Test", "1")
             } else {
                 Response::not_found()
             }
-        });
-        let server =
-            Server::bind("127.0.0.1:0".parse().unwrap(), "test", handler.clone()).expect("bind");
-        let addr = server.local_addr();
-        let out = get(addr, "GET /hello?x=1 HTTP/1.1\r\nHost: a\r\n\r\n");
-        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
-        assert!(out.contains("Content-Length: 7\r\n"), "{out}");
-        assert!(out.ends_with("\r\n\r\nhi x=1\n"), "{out}");
-        let out = get(addr, "HEAD /hello HTTP/1.1\r\n\r\n");
-        assert!(
-            out.starts_with("HTTP/1.1 200 OK\r\n") && out.ends_with("\r\n\r\n"),
-            "{out}"
-        );
-        let out = get(addr, "GET /nope HTTP/1.0\r\n\r\n");
-        assert!(out.starts_with("HTTP/1.1 404 Not Found\r\n"), "{out}");
-        let out = get(addr, "POST /hello HTTP/1.1\r\n\r\n");
-        assert!(out.starts_with("HTTP/1.1 405 "), "{out}");
-        let out = get(addr, "garbage\r\n\r\n");
-        assert!(out.starts_with("HTTP/1.1 400 "), "{out}");
-
-        drop(server);
-        assert!(TcpStream::connect(addr).is_err(), "closed after drop");
-        let again = Server::bind(addr, "test", handler).expect("the port is free again");
-        assert_eq!(again.local_addr(), addr);
+        })
     }
 
     #[test]
-    fn idle_connections_are_capped() {
-        let server = Server::bind(
+    fn serves_get_and_head_refuses_the_rest_and_frees_the_port() {
+        let rt = Runtime::start().unwrap();
+        let server =
+            Server::bind(rt.handle(), "127.0.0.1:0".parse().unwrap(), "test", hello()).unwrap();
+        let addr = server.local_addr();
+
+        let out = exchange(
+            addr,
+            "GET /hello?x=1 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        );
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+        assert!(
+            out.contains("\r\nContent-Type: text/plain; charset=utf-8\r\n"),
+            "{out}"
+        );
+        assert!(out.contains("\r\nX-Test: 1\r\n"), "{out}");
+        assert!(out.contains("\r\nContent-Length: 7\r\n"), "{out}");
+        assert!(out.ends_with("\r\n\r\nhi x=1\n"), "{out}");
+
+        let out = exchange(addr, "HEAD /hello HTTP/1.1\r\nConnection: close\r\n\r\n");
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+        assert!(
+            out.contains("\r\nContent-Length: 4\r\n"),
+            "the GET's length: {out}"
+        );
+        assert!(out.contains("\r\nX-Test: 1\r\n"), "{out}");
+        assert!(out.ends_with("\r\n\r\n"), "no body: {out}");
+
+        let out = exchange(addr, "GET /nope HTTP/1.0\r\n\r\n");
+        assert!(out.starts_with("HTTP/1.0 404 Not Found\r\n"), "{out}");
+        assert!(out.ends_with("\r\n\r\n404 page not found\n"), "{out}");
+        let out = exchange(
+            addr,
+            "POST /hello HTTP/1.1\r\nConnection: close\r\nContent-Length: 2\r\n\r\nab",
+        );
+        assert!(
+            out.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"),
+            "{out}"
+        );
+        assert!(out.contains("\r\nAllow: GET, HEAD\r\n"), "{out}");
+        let out = exchange(addr, "garbage\r\n\r\n");
+        assert!(out.starts_with("HTTP/1.1 400 "), "{out}");
+
+        // Kept alive: two requests on one connection.
+        let out = exchange(
+            addr,
+            "GET /hello?a HTTP/1.1\r\nHost: a\r\n\r\nGET /hello?b HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(out.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{out}");
+        assert!(out.contains("hi a\n") && out.ends_with("hi b\n"), "{out}");
+
+        // An idle connection does not keep the port: dropped, it is free at
+        // once and can be bound again.
+        let mut idle = std::net::TcpStream::connect(addr).unwrap();
+        drop(server);
+        assert!(
+            std::net::TcpStream::connect(addr).is_err(),
+            "closed after drop"
+        );
+        let again = Server::bind(rt.handle(), addr, "test", hello()).expect("the port is free");
+        assert_eq!(again.local_addr(), addr);
+        idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut rest = Vec::new();
+        assert!(
+            matches!(idle.read_to_end(&mut rest), Ok(0) | Err(_)),
+            "the idle connection was closed"
+        );
+    }
+
+    #[test]
+    fn many_connections_are_served_by_the_runtime_thread() {
+        let rt = Runtime::start().unwrap();
+        let threads = Arc::new(Mutex::new(BTreeSet::new()));
+        let seen = Arc::clone(&threads);
+        let handler: Handler = Arc::new(move |_: &Request| {
+            seen.lock()
+                .unwrap()
+                .insert(std::thread::current().name().unwrap_or("").to_owned());
+            Response::text(200, "ok\n")
+        });
+        let server =
+            Server::bind(rt.handle(), "127.0.0.1:0".parse().unwrap(), "test", handler).unwrap();
+        let addr = server.local_addr();
+        // All open at once, far more than a thread per connection would allow.
+        let mut conns: Vec<std::net::TcpStream> = (0..200)
+            .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
+            .collect();
+        for c in &mut conns {
+            c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        }
+        for c in &mut conns {
+            let mut out = String::new();
+            c.read_to_string(&mut out).unwrap();
+            assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+        }
+        assert_eq!(
+            *threads.lock().unwrap(),
+            BTreeSet::from(["nodeport-rt".to_owned()]),
+            "every request answered on the runtime's one thread"
+        );
+    }
+
+    #[test]
+    fn blocking_handlers_run_on_the_blocking_pool() {
+        let rt = Runtime::start().unwrap();
+        let handler: Handler = Arc::new(|_: &Request| {
+            Response::text(200, std::thread::current().name().unwrap_or("").to_owned())
+        });
+        let server =
+            Server::bind_blocking(rt.handle(), "127.0.0.1:0".parse().unwrap(), "test", handler)
+                .unwrap();
+        let out = exchange(
+            server.local_addr(),
+            "GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+        );
+        assert!(out.ends_with("\r\n\r\nnodeport-blocking"), "{out}");
+    }
+
+    #[test]
+    fn connections_beyond_the_cap_are_closed() {
+        const CAP: usize = 8;
+        let rt = Runtime::start().unwrap();
+        let server = Server::start(
+            rt.handle(),
             "127.0.0.1:0".parse().unwrap(),
             "test",
             Arc::new(|_: &Request| Response::text(200, "ok\n")),
+            Work::Inline,
+            CAP,
         )
-        .expect("bind");
+        .unwrap();
         let addr = server.local_addr();
-        let idle: Vec<TcpStream> = (0..MAX_CONNECTIONS)
-            .map(|_| TcpStream::connect(addr).expect("connect"))
+        let idle: Vec<std::net::TcpStream> = (0..CAP)
+            .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
             .collect();
-        // Once every idle connection holds a thread, a new one is closed
+        // Once every slot holds an idle connection, a new one is closed
         // unanswered.
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let mut s = TcpStream::connect(addr).expect("connect");
+            let mut s = std::net::TcpStream::connect(addr).expect("connect");
             s.set_read_timeout(Some(Duration::from_millis(500)))
                 .unwrap();
-            let _ = s.write_all(b"GET / HTTP/1.1\r\n\r\n");
+            let _ = s.write_all(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n");
             let mut out = String::new();
-            // Closed unanswered: EOF, or a reset for the unread request.
             if matches!(s.read_to_string(&mut out), Ok(0) | Err(_)) && out.is_empty() {
                 break;
             }
-            assert!(std::time::Instant::now() < deadline, "never refused: {out}");
+            assert!(Instant::now() < deadline, "never refused: {out}");
         }
         drop(idle);
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let mut s = TcpStream::connect(addr).expect("connect");
-            let _ = s.write_all(b"GET / HTTP/1.1\r\n\r\n");
+            let mut s = std::net::TcpStream::connect(addr).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let _ = s.write_all(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n");
             let mut out = String::new();
             if s.read_to_string(&mut out).is_ok() && out.starts_with("HTTP/1.1 200") {
                 break;
             }
-            assert!(std::time::Instant::now() < deadline, "not served again");
+            assert!(Instant::now() < deadline, "not served again");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     #[test]
     fn bind_error_names_the_server() {
-        let first = Server::bind(
-            "127.0.0.1:0".parse().unwrap(),
-            "a",
-            Arc::new(|_: &Request| Response::not_found()),
-        )
-        .expect("bind");
-        let e = Server::bind(
-            first.local_addr(),
-            "metrics",
-            Arc::new(|_: &Request| Response::not_found()),
-        )
-        .expect_err("port taken");
+        let rt = Runtime::start().unwrap();
+        let first =
+            Server::bind(rt.handle(), "127.0.0.1:0".parse().unwrap(), "a", hello()).unwrap();
+        let e = Server::bind(rt.handle(), first.local_addr(), "metrics", hello())
+            .expect_err("port taken");
         assert!(
             e.to_string()
                 .starts_with("cannot serve metrics on 127.0.0.1:"),

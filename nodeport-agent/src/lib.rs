@@ -21,6 +21,7 @@ pub mod netlink;
 pub mod node_addrs;
 pub mod reconcile;
 pub mod run;
+pub mod runtime;
 pub mod snat_pool;
 pub mod source;
 pub mod store;

@@ -1,8 +1,11 @@
-//! Prometheus metrics of the agent, in the text exposition format, modelled
-//! on kube-proxy's (`sync_proxy_rules_duration_seconds`,
-//! `network_programming_duration_seconds`, ...), under the `nodeport_`
-//! prefix. The run loop records into [`Metrics`]; the metrics endpoint
-//! renders it, reading the datapath's per-CPU counters at scrape time.
+//! Prometheus metrics of the agent, through `prometheus-client` and served in
+//! the Prometheus text format 0.0.4 (what kube-proxy serves by default). The
+//! project's own metrics are under the `nodeport_` prefix; where kube-proxy
+//! has a metric for the same thing, it is exported under kube-proxy's name
+//! too, with kube-proxy's buckets, so dashboards and alerts written for
+//! kube-proxy keep working. The run loop records into [`Metrics`]; the
+//! metrics endpoint encodes its registry, reading the datapath's per-CPU
+//! counters and figures from the maps at scrape time (a collector).
 //!
 //! | metric | type | what |
 //! |---|---|---|
@@ -23,169 +26,87 @@
 //! | `nodeport_failing_devices` | gauge | devices whose transmits keep failing (`/healthz` is 503 meanwhile) |
 //! | `nodeport_snat_pool_ports` | gauge | SNAT ports per node address, backend and protocol |
 //! | `nodeport_snat_ports_in_use{backend,node_addr}` | gauge | SNAT ports held by flows to each remote backend |
+//! | `kubeproxy_sync_proxy_rules_duration_seconds` | histogram | kube-proxy's name for every sync, failed ones too (1 ms doubling to ~16 s) |
+//! | `kubeproxy_sync_proxy_rules_last_timestamp_seconds` | gauge | kube-proxy's name for the last successful sync |
+//! | `kubeproxy_network_programming_duration_seconds` | histogram | kube-proxy's name and buckets (0, 0.25 s, 0.5 s, 1 s … 59 s, 60 s … 115 s, 2 min … 5 min) for the network programming latency |
+//! | `kubeproxy_proxy_healthz_total{code}` | counter | `/healthz` answers by status code |
+//! | `kubeproxy_proxy_livez_total{code}` | counter | `/livez` answers by status code |
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::Mutex;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeMetric, MetricEncoder, prometheus_text,
+};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets, linear_buckets};
+use prometheus_client::registry::{Metric, Registry};
+use tracing::{info, warn};
+
+use crate::http::{Handler, Request, Response};
 
 /// Reads the datapath counters (name, packets) at scrape time.
 pub type StatsReader = Box<dyn Fn() -> Result<Vec<(&'static str, u64)>, String> + Send + Sync>;
 /// Reads per-device transmits and SNAT pool use at scrape time.
-pub type FiguresReader =
-    Box<dyn Fn() -> Result<crate::figures::Figures, String> + Send + Sync>;
+pub type FiguresReader = Box<dyn Fn() -> Result<crate::figures::Figures, String> + Send + Sync>;
 
-/// Upper bounds of the sync duration buckets (seconds): 1 ms doubling to ~16 s,
-/// as kube-proxy's `sync_proxy_rules_duration_seconds`.
-const SYNC_BUCKETS: [f64; 15] = [
-    0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024, 2.048, 4.096,
-    8.192, 16.384,
-];
-/// Upper bounds of the network programming latency buckets (seconds).
+/// The `Content-Type` of [`Metrics::render`]'s text.
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
+
+/// Upper bounds of the sync duration buckets (seconds): 1 ms doubling to
+/// ~16 s, as kube-proxy's `sync_proxy_rules_duration_seconds`.
+fn sync_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.001, 2.0, 15)
+}
+
+/// Upper bounds of the project's network programming latency buckets.
 const PROGRAMMING_BUCKETS: [f64; 17] = [
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0,
     600.0,
 ];
 
-/// A cumulative histogram with fixed buckets.
+/// kube-proxy's `network_programming_duration_seconds` buckets: component-
+/// base's `MergeBuckets` (which starts with a 0 bucket) of 0.25 s and 0.5 s,
+/// 1 s to 59 s, 60 s to 115 s by 5 s and 2 min to 5 min by 30 s.
+fn kube_proxy_programming_buckets() -> impl Iterator<Item = f64> {
+    std::iter::once(0.0)
+        .chain(linear_buckets(0.25, 0.25, 2))
+        .chain(linear_buckets(1.0, 1.0, 59))
+        .chain(linear_buckets(60.0, 5.0, 12))
+        .chain(linear_buckets(120.0, 30.0, 7))
+}
+
+type Labels1 = [(&'static str, &'static str); 1];
+type Labels2 = [(&'static str, &'static str); 2];
+type Codes = [(&'static str, u16); 1];
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// A metric whose `# HELP` and `# TYPE` are written even without samples
+/// (a family before its first sample), so that a scrape always shows it.
 #[derive(Clone, Debug)]
-struct Histogram {
-    bounds: &'static [f64],
-    /// Observations per bucket (not cumulative); the last one is `+Inf`.
-    counts: Vec<u64>,
-    sum: f64,
-    count: u64,
-}
+struct Listed<M>(M);
 
-impl Histogram {
-    fn new(bounds: &'static [f64]) -> Self {
-        Self {
-            bounds,
-            counts: vec![0; bounds.len() + 1],
-            sum: 0.0,
-            count: 0,
-        }
+impl<M: EncodeMetric> EncodeMetric for Listed<M> {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), fmt::Error> {
+        self.0.encode(encoder)
     }
 
-    fn observe(&mut self, seconds: f64) {
-        let i = self
-            .bounds
-            .iter()
-            .position(|b| seconds <= *b)
-            .unwrap_or(self.bounds.len());
-        self.counts[i] += 1;
-        self.sum += seconds;
-        self.count += 1;
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (i, c) in self.counts.iter().enumerate() {
-            cumulative += c;
-            let le = self
-                .bounds
-                .get(i)
-                .map_or_else(|| "+Inf".to_owned(), |b| format!("{b}"));
-            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
-        }
-        let _ = writeln!(out, "{name}_sum {}\n{name}_count {}", self.sum, self.count);
+    fn metric_type(&self) -> MetricType {
+        self.0.metric_type()
     }
 }
 
-#[derive(Debug)]
-struct Inner {
-    sync_duration: Histogram,
-    network_programming: Histogram,
-    last_sync: Option<SystemTime>,
-    syncs_ok: u64,
-    syncs_failed: u64,
-    services: usize,
-    frontends: usize,
-    endpoints: usize,
-    health_check_servers: usize,
-    failing_devices: usize,
-    map_write_errors: BTreeMap<(&'static str, &'static str), u64>,
-    source_errors: BTreeMap<&'static str, u64>,
-}
-
-/// One metric family with labelled samples: `# HELP`, `# TYPE`, then
-/// `name{labels} value` per sample.
-fn family(
-    out: &mut String,
-    name: &str,
-    kind: &str,
-    help: &str,
-    samples: impl IntoIterator<Item = (String, u64)>,
-) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    for (labels, value) in samples {
-        let _ = writeln!(out, "{name}{{{labels}}} {value}");
-    }
-}
-
-fn render_figures(out: &mut String, f: &crate::figures::Figures) {
-    let device = |d: &crate::figures::DeviceFigures| format!("device=\"{}\"", d.device);
-    family(
-        out,
-        "nodeport_xdp_transmitted_total",
-        "counter",
-        "Frames the datapath sent back out that the kernel transmitted (native XDP).",
-        f.devices.iter().map(|d| (device(d), d.tx_sent)),
-    );
-    family(
-        out,
-        "nodeport_xdp_transmit_failures_total",
-        "counter",
-        "Frames the datapath sent back out that the kernel dropped.",
-        f.devices.iter().map(|d| (device(d), d.tx_failed)),
-    );
-    family(
-        out,
-        "nodeport_xdp_mode",
-        "gauge",
-        "The XDP mode each device is attached in.",
-        f.devices
-            .iter()
-            .map(|d| (format!("{},mode=\"{}\"", device(d), d.xdp_mode), 1)),
-    );
-    gauge(
-        out,
-        "nodeport_snat_pool_ports",
-        "SNAT ports per node address, backend and protocol.",
-        f64::from(f.snat.pool_size),
-    );
-    family(
-        out,
-        "nodeport_snat_ports_in_use",
-        "gauge",
-        "SNAT ports held by flows to each remote backend.",
-        f.snat.backends.iter().map(|b| {
-            (
-                format!("backend=\"{}\",node_addr=\"{}\"", b.backend, b.node_addr),
-                b.ports_in_use,
-            )
-        }),
-    );
-}
-
-/// The agent's metrics; shared between the run loop and the endpoint.
-pub struct Metrics {
-    inner: Mutex<Inner>,
-    stats: Mutex<Option<StatsReader>>,
-    figures: Mutex<Option<FiguresReader>>,
-}
-
-impl std::fmt::Debug for Metrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Metrics").finish_non_exhaustive()
-    }
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
+/// Registers a copy of `metric` (metrics share their values with their
+/// clones) and returns it.
+fn register<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
 }
 
 /// What the maps hold after a successful sync.
@@ -196,224 +117,465 @@ pub struct Served {
     pub endpoints: usize,
 }
 
+/// The agent's metrics; shared between the run loop, the Kubernetes source
+/// and the endpoints.
+pub struct Metrics {
+    registry: Registry,
+    own: Own,
+    kube_proxy: KubeProxy,
+    datapath: Arc<DatapathCollector>,
+}
+
+/// The project's own metrics (`nodeport_*`).
+struct Own {
+    sync_duration: Histogram,
+    last_sync: FloatGauge,
+    syncs: Family<Labels1, Counter>,
+    network_programming: Histogram,
+    services: Gauge,
+    frontends: Gauge,
+    endpoints: Gauge,
+    health_check_servers: Gauge,
+    failing_devices: Gauge,
+    map_write_errors: Family<Labels2, Counter>,
+    source_errors: Family<Labels1, Counter>,
+}
+
+/// kube-proxy's metrics for the same measurements (`kubeproxy_*`).
+struct KubeProxy {
+    sync_duration: Histogram,
+    last_sync: FloatGauge,
+    network_programming: Histogram,
+    healthz: Family<Codes, Counter>,
+    livez: Family<Codes, Counter>,
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn gauge_value(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+impl Own {
+    fn register(r: &mut Registry) -> Self {
+        let syncs = Family::<Labels1, Counter>::default();
+        for result in ["success", "error"] {
+            drop(syncs.get_or_create(&[("result", result)]));
+        }
+        Self {
+            sync_duration: register(
+                r,
+                "nodeport_sync_duration_seconds",
+                "Duration of one sync: desired state computed and its differences written to the maps",
+                Histogram::new(sync_buckets()),
+            ),
+            last_sync: register(
+                r,
+                "nodeport_sync_last_timestamp_seconds",
+                "Unix time of the last successful sync",
+                FloatGauge::default(),
+            ),
+            syncs: register(r, "nodeport_syncs", "Syncs by result", syncs),
+            network_programming: register(
+                r,
+                "nodeport_network_programming_duration_seconds",
+                "From an EndpointSlice's last-change-trigger-time to the maps holding the change",
+                Histogram::new(PROGRAMMING_BUCKETS),
+            ),
+            services: register(
+                r,
+                "nodeport_services",
+                "Services with frontends in the datapath",
+                Gauge::default(),
+            ),
+            frontends: register(
+                r,
+                "nodeport_frontends",
+                "Frontends (NodePort and ClusterIP) in the datapath",
+                Gauge::default(),
+            ),
+            endpoints: register(
+                r,
+                "nodeport_endpoints",
+                "Backends (pod address and port) in the datapath",
+                Gauge::default(),
+            ),
+            health_check_servers: register(
+                r,
+                "nodeport_health_check_servers",
+                "healthCheckNodePort servers listening",
+                Gauge::default(),
+            ),
+            failing_devices: register(
+                r,
+                "nodeport_failing_devices",
+                "Devices whose transmits keep failing (/healthz is 503 meanwhile)",
+                Gauge::default(),
+            ),
+            map_write_errors: register(
+                r,
+                "nodeport_map_write_errors",
+                "Failed map writes",
+                Listed(Family::default()),
+            )
+            .0,
+            source_errors: register(
+                r,
+                "nodeport_source_errors",
+                "Failed list or watch requests of the Kubernetes source",
+                Listed(Family::default()),
+            )
+            .0,
+        }
+    }
+}
+
+impl KubeProxy {
+    fn register(r: &mut Registry) -> Self {
+        Self {
+            sync_duration: register(
+                r,
+                "kubeproxy_sync_proxy_rules_duration_seconds",
+                "SyncProxyRules latency in seconds",
+                Histogram::new(sync_buckets()),
+            ),
+            last_sync: register(
+                r,
+                "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+                "The last time proxy rules were successfully synced",
+                FloatGauge::default(),
+            ),
+            network_programming: register(
+                r,
+                "kubeproxy_network_programming_duration_seconds",
+                "In Cluster Network Programming Latency in seconds",
+                Histogram::new(kube_proxy_programming_buckets()),
+            ),
+            healthz: register(
+                r,
+                "kubeproxy_proxy_healthz",
+                "Cumulative proxy healthz HTTP status",
+                Family::default(),
+            ),
+            livez: register(
+                r,
+                "kubeproxy_proxy_livez",
+                "Cumulative proxy livez HTTP status",
+                Family::default(),
+            ),
+        }
+    }
+}
+
 impl Metrics {
     #[must_use]
     pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let own = Own::register(&mut registry);
+        let kube_proxy = KubeProxy::register(&mut registry);
+        let datapath = Arc::new(DatapathCollector::default());
+        registry.register_collector(Box::new(Arc::clone(&datapath)));
         Self {
-            inner: Mutex::new(Inner {
-                sync_duration: Histogram::new(&SYNC_BUCKETS),
-                network_programming: Histogram::new(&PROGRAMMING_BUCKETS),
-                last_sync: None,
-                syncs_ok: 0,
-                syncs_failed: 0,
-                services: 0,
-                frontends: 0,
-                endpoints: 0,
-                health_check_servers: 0,
-                failing_devices: 0,
-                map_write_errors: BTreeMap::new(),
-                source_errors: BTreeMap::new(),
-            }),
-            stats: Mutex::new(None),
-            figures: Mutex::new(None),
+            registry,
+            own,
+            kube_proxy,
+            datapath,
         }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Where the datapath counters come from.
     pub fn set_stats_reader(&self, reader: StatsReader) {
         *self
+            .datapath
             .stats
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reader);
+            .unwrap_or_else(PoisonError::into_inner) = Some(reader);
+    }
+
+    /// Where per-device transmits and SNAT pool use come from.
+    pub fn set_figures_reader(&self, reader: FiguresReader) {
+        *self
+            .datapath
+            .figures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(reader);
+    }
+
+    fn synced(&self, took: Duration) {
+        self.own.sync_duration.observe(took.as_secs_f64());
+        self.kube_proxy.sync_duration.observe(took.as_secs_f64());
     }
 
     /// A sync that wrote the maps up to date in `took`.
     pub fn sync_succeeded(&self, took: Duration, served: Served) {
-        let mut m = self.lock();
-        m.sync_duration.observe(took.as_secs_f64());
-        m.syncs_ok += 1;
-        m.last_sync = Some(SystemTime::now());
-        m.services = served.services;
-        m.frontends = served.frontends;
-        m.endpoints = served.endpoints;
+        self.synced(took);
+        self.own.syncs.get_or_create(&[("result", "success")]).inc();
+        let now = unix_seconds(SystemTime::now());
+        self.own.last_sync.set(now);
+        self.kube_proxy.last_sync.set(now);
+        self.own.services.set(gauge_value(served.services));
+        self.own.frontends.set(gauge_value(served.frontends));
+        self.own.endpoints.set(gauge_value(served.endpoints));
     }
 
     /// A sync that stopped at a failed map write.
     pub fn sync_failed(&self, took: Duration, map: &'static str, op: &'static str) {
-        let mut m = self.lock();
-        m.sync_duration.observe(took.as_secs_f64());
-        m.syncs_failed += 1;
-        *m.map_write_errors.entry((map, op)).or_default() += 1;
+        self.synced(took);
+        self.own.syncs.get_or_create(&[("result", "error")]).inc();
+        self.own
+            .map_write_errors
+            .get_or_create(&[("map", map), ("op", op)])
+            .inc();
     }
 
     /// The time from an endpoint change (its trigger time) to the maps.
     pub fn network_programmed(&self, latency: Duration) {
-        self.lock()
+        self.own.network_programming.observe(latency.as_secs_f64());
+        self.kube_proxy
             .network_programming
             .observe(latency.as_secs_f64());
     }
 
     /// A failed list or watch of `resource`.
     pub fn source_error(&self, resource: &'static str) {
-        *self.lock().source_errors.entry(resource).or_default() += 1;
+        self.own
+            .source_errors
+            .get_or_create(&[("resource", resource)])
+            .inc();
     }
 
     pub fn set_health_check_servers(&self, n: usize) {
-        self.lock().health_check_servers = n;
+        self.own.health_check_servers.set(gauge_value(n));
     }
 
     pub fn set_failing_devices(&self, n: usize) {
-        self.lock().failing_devices = n;
+        self.own.failing_devices.set(gauge_value(n));
     }
 
-    /// Where per-device transmits and SNAT pool use come from.
-    pub fn set_figures_reader(&self, reader: FiguresReader) {
-        *self
-            .figures
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reader);
+    /// `/healthz` answered with `status`.
+    pub fn healthz_answered(&self, status: u16) {
+        self.kube_proxy
+            .healthz
+            .get_or_create(&[("code", status)])
+            .inc();
     }
 
-    /// The text exposition format (version 0.0.4).
+    /// `/livez` answered with `status`.
+    pub fn livez_answered(&self, status: u16) {
+        self.kube_proxy
+            .livez
+            .get_or_create(&[("code", status)])
+            .inc();
+    }
+
+    /// Everything in the Prometheus text format 0.0.4 ([`CONTENT_TYPE`]),
+    /// the datapath's counters read from its maps now.
     #[must_use]
     pub fn render(&self) -> String {
         let mut out = String::new();
-        {
-            let m = self.lock();
-            m.sync_duration.render(
-                &mut out,
-                "nodeport_sync_duration_seconds",
-                "Duration of one sync: desired state computed and its differences written to the maps.",
-            );
-            gauge(
-                &mut out,
-                "nodeport_sync_last_timestamp_seconds",
-                "Unix time of the last successful sync.",
-                m.last_sync
-                    .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-                    .map_or(0.0, |d| d.as_secs_f64()),
-            );
-            let _ = writeln!(
-                out,
-                "# HELP nodeport_syncs_total Syncs by result.\n# TYPE nodeport_syncs_total counter\n\
-                 nodeport_syncs_total{{result=\"success\"}} {}\nnodeport_syncs_total{{result=\"error\"}} {}",
-                m.syncs_ok, m.syncs_failed
-            );
-            m.network_programming.render(
-                &mut out,
-                "nodeport_network_programming_duration_seconds",
-                "From an EndpointSlice's last-change-trigger-time to the maps holding the change.",
-            );
-            #[allow(
-                clippy::cast_precision_loss,
-                reason = "object counts are far below 2^52"
-            )]
-            for (name, help, v) in [
-                (
-                    "nodeport_services",
-                    "Services with frontends in the datapath.",
-                    m.services,
-                ),
-                (
-                    "nodeport_frontends",
-                    "Frontends (NodePort and ClusterIP) in the datapath.",
-                    m.frontends,
-                ),
-                (
-                    "nodeport_endpoints",
-                    "Backends (pod address and port) in the datapath.",
-                    m.endpoints,
-                ),
-                (
-                    "nodeport_health_check_servers",
-                    "healthCheckNodePort servers listening.",
-                    m.health_check_servers,
-                ),
-                (
-                    "nodeport_failing_devices",
-                    "Devices whose transmits keep failing (/healthz is 503 meanwhile).",
-                    m.failing_devices,
-                ),
-            ] {
-                gauge(&mut out, name, help, v as f64);
-            }
-            let _ = writeln!(
-                out,
-                "# HELP nodeport_map_write_errors_total Failed map writes.\n# TYPE nodeport_map_write_errors_total counter"
-            );
-            for ((map, op), n) in &m.map_write_errors {
-                let _ = writeln!(
-                    out,
-                    "nodeport_map_write_errors_total{{map=\"{map}\",op=\"{op}\"}} {n}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "# HELP nodeport_source_errors_total Failed list or watch requests of the Kubernetes source.\n# TYPE nodeport_source_errors_total counter"
-            );
-            for (resource, n) in &m.source_errors {
-                let _ = writeln!(
-                    out,
-                    "nodeport_source_errors_total{{resource=\"{resource}\"}} {n}"
-                );
-            }
-        }
-        self.render_datapath(&mut out);
+        // Writing into a String cannot fail; a collector's error would only
+        // cut the text short.
+        let _ = prometheus_text::encode(&mut out, &self.registry);
         out
     }
 
-    /// The datapath's counters and figures, read from its maps now.
-    fn render_datapath(&self, out: &mut String) {
-        let stats = self
-            .stats
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let _ = writeln!(
-            out,
-            "# HELP nodeport_datapath_packets_total Packets by datapath verdict reason, summed over CPUs.\n# TYPE nodeport_datapath_packets_total counter"
-        );
-        match stats.as_ref().map(|read| read()) {
-            Some(Ok(counters)) => {
-                for (reason, n) in counters {
-                    let _ = writeln!(
-                        out,
-                        "nodeport_datapath_packets_total{{reason=\"{reason}\"}} {n}"
-                    );
-                }
+    /// The handler of the metrics server: `/metrics`. It reads the maps:
+    /// serve it with [`crate::http::Server::bind_blocking`].
+    #[must_use]
+    pub fn handler(self: &Arc<Self>) -> Handler {
+        let metrics = Arc::clone(self);
+        Arc::new(move |req: &Request| match req.path.as_str() {
+            "/metrics" => Response::new(200, CONTENT_TYPE, metrics.render()),
+            _ => Response::not_found(),
+        })
+    }
+}
+
+/// The datapath's counters and figures, read from the maps at every scrape.
+#[derive(Default)]
+struct DatapathCollector {
+    stats: Mutex<Option<StatsReader>>,
+    figures: Mutex<Option<FiguresReader>>,
+    stats_failing: AtomicBool,
+    figures_failing: AtomicBool,
+}
+
+impl fmt::Debug for DatapathCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatapathCollector").finish_non_exhaustive()
+    }
+}
+
+/// Reports a failing reader once when it starts failing and once when it
+/// recovers, not at every scrape.
+fn report<T>(read: Result<T, String>, failing: &AtomicBool, what: &str) -> Option<T> {
+    match read {
+        Ok(v) => {
+            if failing.swap(false, Ordering::Relaxed) {
+                info!(what, "reading the datapath for metrics works again");
             }
-            Some(Err(e)) => {
-                let _ = writeln!(out, "# reading the stats map failed: {e}");
-            }
-            None => {}
+            Some(v)
         }
-        drop(stats);
-        let figures = self
-            .figures
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match figures.as_ref().map(|read| read()) {
-            Some(Ok(f)) => render_figures(out, &f),
-            Some(Err(e)) => {
-                let _ = writeln!(out, "# reading the device and SNAT figures failed: {e}");
+        Err(e) => {
+            if !failing.swap(true, Ordering::Relaxed) {
+                warn!(what, error = %e, "reading the datapath for metrics failed; its samples are left out");
             }
-            None => {}
+            None
         }
     }
 }
 
-fn gauge(out: &mut String, name: &str, help: &str, v: f64) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+/// One family of samples, one per label set.
+fn family<L, V>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    metric_type: MetricType,
+    samples: impl IntoIterator<Item = (L, V)>,
+) -> Result<(), fmt::Error>
+where
+    L: prometheus_client::encoding::EncodeLabelSet,
+    V: EncodeSample,
+{
+    let mut metric = encoder.encode_descriptor(name, help, None, metric_type)?;
+    for (labels, value) in samples {
+        value.encode_sample(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// A value encoded as the sample of a counter or a gauge family.
+trait EncodeSample {
+    fn encode_sample(self, encoder: MetricEncoder) -> Result<(), fmt::Error>;
+}
+
+/// A counter's value.
+struct Count(u64);
+/// A gauge's value.
+struct Level(u64);
+
+impl EncodeSample for Count {
+    fn encode_sample(self, encoder: MetricEncoder) -> Result<(), fmt::Error> {
+        ConstCounter::new(self.0).encode(encoder)
+    }
+}
+
+impl EncodeSample for Level {
+    fn encode_sample(self, encoder: MetricEncoder) -> Result<(), fmt::Error> {
+        ConstGauge::new(self.0).encode(encoder)
+    }
+}
+
+impl Collector for DatapathCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let stats = {
+            let reader = self.stats.lock().unwrap_or_else(PoisonError::into_inner);
+            reader.as_ref().map(|read| read())
+        };
+        let counters = stats
+            .and_then(|s| report(s, &self.stats_failing, "stats"))
+            .unwrap_or_default();
+        family(
+            &mut encoder,
+            "nodeport_datapath_packets",
+            "Packets by datapath verdict reason, summed over CPUs.",
+            MetricType::Counter,
+            counters
+                .into_iter()
+                .map(|(reason, n)| ([("reason", reason)], Count(n))),
+        )?;
+
+        let figures = {
+            let reader = self.figures.lock().unwrap_or_else(PoisonError::into_inner);
+            reader.as_ref().map(|read| read())
+        };
+        let Some(f) = figures.and_then(|f| report(f, &self.figures_failing, "figures")) else {
+            return Ok(());
+        };
+        family(
+            &mut encoder,
+            "nodeport_xdp_transmitted",
+            "Frames the datapath sent back out that the kernel transmitted (native XDP).",
+            MetricType::Counter,
+            f.devices
+                .iter()
+                .map(|d| ([("device", d.device.as_str())], Count(d.tx_sent))),
+        )?;
+        family(
+            &mut encoder,
+            "nodeport_xdp_transmit_failures",
+            "Frames the datapath sent back out that the kernel dropped.",
+            MetricType::Counter,
+            f.devices
+                .iter()
+                .map(|d| ([("device", d.device.as_str())], Count(d.tx_failed))),
+        )?;
+        family(
+            &mut encoder,
+            "nodeport_xdp_mode",
+            "The XDP mode each device is attached in.",
+            MetricType::Gauge,
+            f.devices.iter().map(|d| {
+                (
+                    [("device", d.device.as_str()), ("mode", d.xdp_mode)],
+                    Level(1),
+                )
+            }),
+        )?;
+        ConstGauge::new(f.snat.pool_size).encode(encoder.encode_descriptor(
+            "nodeport_snat_pool_ports",
+            "SNAT ports per node address, backend and protocol.",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        family(
+            &mut encoder,
+            "nodeport_snat_ports_in_use",
+            "SNAT ports held by flows to each remote backend.",
+            MetricType::Gauge,
+            f.snat.backends.iter().map(|b| {
+                (
+                    [
+                        ("backend", b.backend.as_str()),
+                        ("node_addr", b.node_addr.as_str()),
+                    ],
+                    Level(b.ports_in_use),
+                )
+            }),
+        )
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::figures::{DeviceFigures, Figures, SnatBackend, SnatUsage};
+
+    fn lines(text: &str) -> Vec<&str> {
+        text.lines().collect()
+    }
+
+    fn assert_has(text: &str, expected: &[&str]) {
+        let have = lines(text);
+        for line in expected {
+            assert!(have.contains(line), "{line:?} missing in:\n{text}");
+        }
+    }
 
     #[test]
     fn renders_the_exposition_format() {
@@ -429,39 +591,150 @@ mod tests {
         m.sync_failed(Duration::from_millis(20), "frontends", "put");
         m.network_programmed(Duration::from_millis(700));
         m.source_error("services");
+        m.healthz_answered(503);
+        m.healthz_answered(200);
+        m.healthz_answered(200);
+        m.livez_answered(200);
         m.set_stats_reader(Box::new(|| {
             Ok(vec![("pass_not_ipv4", 7), ("tx_remote", 2)])
         }));
         let text = m.render();
-        for line in [
-            "# TYPE nodeport_sync_duration_seconds histogram",
-            "nodeport_sync_duration_seconds_bucket{le=\"0.002\"} 0",
-            "nodeport_sync_duration_seconds_bucket{le=\"0.004\"} 1",
-            "nodeport_sync_duration_seconds_bucket{le=\"0.032\"} 2",
-            "nodeport_sync_duration_seconds_bucket{le=\"+Inf\"} 2",
-            "nodeport_sync_duration_seconds_count 2",
-            "nodeport_syncs_total{result=\"success\"} 1",
-            "nodeport_syncs_total{result=\"error\"} 1",
-            "nodeport_network_programming_duration_seconds_bucket{le=\"0.5\"} 0",
-            "nodeport_network_programming_duration_seconds_bucket{le=\"1\"} 1",
-            "nodeport_network_programming_duration_seconds_count 1",
-            "nodeport_services 2",
-            "nodeport_frontends 4",
-            "nodeport_endpoints 3",
-            "nodeport_map_write_errors_total{map=\"frontends\",op=\"put\"} 1",
-            "nodeport_source_errors_total{resource=\"services\"} 1",
-            "nodeport_datapath_packets_total{reason=\"pass_not_ipv4\"} 7",
-            "nodeport_datapath_packets_total{reason=\"tx_remote\"} 2",
-        ] {
-            assert!(
-                text.lines().any(|l| l == line),
-                "{line:?} missing in:\n{text}"
-            );
-        }
-        // Every sample line is `name{labels} value` with a numeric value.
+        assert_has(
+            &text,
+            &[
+                "# TYPE nodeport_sync_duration_seconds histogram",
+                "nodeport_sync_duration_seconds_bucket{le=\"0.002\"} 0",
+                "nodeport_sync_duration_seconds_bucket{le=\"0.004\"} 1",
+                "nodeport_sync_duration_seconds_bucket{le=\"0.032\"} 2",
+                "nodeport_sync_duration_seconds_bucket{le=\"+Inf\"} 2",
+                "nodeport_sync_duration_seconds_count 2",
+                "# TYPE nodeport_syncs_total counter",
+                "nodeport_syncs_total{result=\"success\"} 1",
+                "nodeport_syncs_total{result=\"error\"} 1",
+                "nodeport_network_programming_duration_seconds_bucket{le=\"0.5\"} 0",
+                "nodeport_network_programming_duration_seconds_bucket{le=\"1\"} 1",
+                "nodeport_network_programming_duration_seconds_count 1",
+                "# TYPE nodeport_services gauge",
+                "nodeport_services 2",
+                "nodeport_frontends 4",
+                "nodeport_endpoints 3",
+                "# TYPE nodeport_map_write_errors_total counter",
+                "nodeport_map_write_errors_total{map=\"frontends\",op=\"put\"} 1",
+                "nodeport_source_errors_total{resource=\"services\"} 1",
+                "# TYPE nodeport_datapath_packets_total counter",
+                "nodeport_datapath_packets_total{reason=\"pass_not_ipv4\"} 7",
+                "nodeport_datapath_packets_total{reason=\"tx_remote\"} 2",
+                // kube-proxy's names, with kube-proxy's buckets.
+                "# HELP kubeproxy_sync_proxy_rules_duration_seconds SyncProxyRules latency in seconds.",
+                "# TYPE kubeproxy_sync_proxy_rules_duration_seconds histogram",
+                "kubeproxy_sync_proxy_rules_duration_seconds_bucket{le=\"0.001\"} 0",
+                "kubeproxy_sync_proxy_rules_duration_seconds_bucket{le=\"16.384\"} 2",
+                "kubeproxy_sync_proxy_rules_duration_seconds_count 2",
+                "# TYPE kubeproxy_sync_proxy_rules_last_timestamp_seconds gauge",
+                "# TYPE kubeproxy_network_programming_duration_seconds histogram",
+                "kubeproxy_network_programming_duration_seconds_bucket{le=\"0\"} 0",
+                "kubeproxy_network_programming_duration_seconds_bucket{le=\"0.5\"} 0",
+                "kubeproxy_network_programming_duration_seconds_bucket{le=\"1\"} 1",
+                "kubeproxy_network_programming_duration_seconds_bucket{le=\"115\"} 1",
+                "kubeproxy_network_programming_duration_seconds_bucket{le=\"300\"} 1",
+                "kubeproxy_network_programming_duration_seconds_count 1",
+                "# TYPE kubeproxy_proxy_healthz_total counter",
+                "kubeproxy_proxy_healthz_total{code=\"200\"} 2",
+                "kubeproxy_proxy_healthz_total{code=\"503\"} 1",
+                "kubeproxy_proxy_livez_total{code=\"200\"} 1",
+            ],
+        );
+        let buckets = |name: &str| {
+            text.lines()
+                .filter(|l| l.starts_with(&format!("{name}_bucket{{")))
+                .count()
+        };
+        assert_eq!(buckets("kubeproxy_sync_proxy_rules_duration_seconds"), 16);
+        assert_eq!(
+            buckets("kubeproxy_network_programming_duration_seconds"),
+            82
+        );
+        let last = text
+            .lines()
+            .find_map(|l| l.strip_prefix("kubeproxy_sync_proxy_rules_last_timestamp_seconds "))
+            .and_then(|v| v.parse::<f64>().ok())
+            .expect("timestamp");
+        assert!(last > 1.0e9, "{last}");
+        // Every sample line is `name{labels} value` with a numeric value,
+        // and every family has its HELP and TYPE.
         for l in text.lines().filter(|l| !l.starts_with('#')) {
             let v = l.rsplit(' ').next().unwrap();
             assert!(v.parse::<f64>().is_ok(), "{l}");
         }
+        assert!(
+            !text.contains("# EOF") && !text.contains("# UNIT"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn families_are_listed_before_their_first_sample() {
+        let m = Metrics::new();
+        let text = m.render();
+        assert_has(
+            &text,
+            &[
+                "nodeport_syncs_total{result=\"success\"} 0",
+                "nodeport_syncs_total{result=\"error\"} 0",
+                "nodeport_sync_last_timestamp_seconds 0.0",
+                "# TYPE nodeport_map_write_errors_total counter",
+                "# TYPE nodeport_source_errors_total counter",
+                "# TYPE nodeport_datapath_packets_total counter",
+                "nodeport_health_check_servers 0",
+            ],
+        );
+    }
+
+    #[test]
+    fn datapath_figures_are_read_at_scrape_time() {
+        let m = Metrics::new();
+        let n = Arc::new(std::sync::atomic::AtomicU64::new(1));
+        let reads = Arc::clone(&n);
+        m.set_figures_reader(Box::new(move || {
+            Ok(Figures {
+                devices: vec![DeviceFigures {
+                    device: "eth0".into(),
+                    ifindex: 2,
+                    xdp_mode: "native",
+                    tx_sent: reads.fetch_add(1, Ordering::Relaxed),
+                    tx_failed: 0,
+                }],
+                snat: SnatUsage {
+                    pool_size: 33_000,
+                    backends: vec![SnatBackend {
+                        backend: "10.0.2.5".into(),
+                        node_addr: "10.0.0.1".into(),
+                        ports_in_use: 3,
+                    }],
+                },
+            })
+        }));
+        assert_has(
+            &m.render(),
+            &[
+                "nodeport_xdp_transmitted_total{device=\"eth0\"} 1",
+                "nodeport_xdp_transmit_failures_total{device=\"eth0\"} 0",
+                "nodeport_xdp_mode{device=\"eth0\",mode=\"native\"} 1",
+                "# TYPE nodeport_snat_pool_ports gauge",
+                "nodeport_snat_pool_ports 33000",
+                "nodeport_snat_ports_in_use{backend=\"10.0.2.5\",node_addr=\"10.0.0.1\"} 3",
+            ],
+        );
+        assert_has(
+            &m.render(),
+            &["nodeport_xdp_transmitted_total{device=\"eth0\"} 2"],
+        );
+
+        // A failing reader leaves its samples out; the rest stays.
+        m.set_stats_reader(Box::new(|| Err("map gone".into())));
+        let text = m.render();
+        assert_has(&text, &["# TYPE nodeport_datapath_packets_total counter"]);
+        assert!(!text.contains("nodeport_datapath_packets_total{"), "{text}");
+        assert!(text.contains("nodeport_xdp_mode{"), "{text}");
     }
 }

@@ -22,11 +22,12 @@ use crate::cli::RunArgs;
 use crate::config::{InterfaceAddr, NodePortAddresses};
 use crate::desired::{self, Desired};
 use crate::health::{HealthCheckServers, ProxyHealth};
-use crate::http::{Request, Response, Server};
+use crate::http::Server;
 use crate::loader::{Datapath, MapSizes};
 use crate::maps::{MapWriter as _, bpf::BpfMaps};
 use crate::metrics::{Metrics, Served};
 use crate::reconcile::Reconciler;
+use crate::runtime::Runtime;
 use crate::source::kube::{KubeOptions, KubeSource};
 use crate::source::{Source, manifests::ManifestsSource};
 use crate::store::{ClusterState, ObjectKey};
@@ -109,7 +110,12 @@ fn node_internal_ip(cluster: &ClusterState, node: &str) -> Option<Ipv4Addr> {
 }
 
 /// The Kubernetes API (the default) or the manifests directory.
-fn open_source(args: &RunArgs, node: &str, metrics: &Arc<Metrics>) -> Result<Box<dyn Source>> {
+fn open_source(
+    args: &RunArgs,
+    node: &str,
+    metrics: &Arc<Metrics>,
+    runtime: &tokio::runtime::Handle,
+) -> Result<Box<dyn Source>> {
     Ok(match &args.manifests {
         Some(dir) => Box::new(ManifestsSource::new(
             dir.clone(),
@@ -122,6 +128,7 @@ fn open_source(args: &RunArgs, node: &str, metrics: &Arc<Metrics>) -> Result<Box
                     node_name: node.to_owned(),
                 },
                 Arc::clone(metrics),
+                runtime,
             )
             .context("starting the Kubernetes API source")?,
         ),
@@ -130,12 +137,14 @@ fn open_source(args: &RunArgs, node: &str, metrics: &Arc<Metrics>) -> Result<Box
 
 /// `/healthz` and `/livez` on `--healthz-bind-address`, `/metrics` on
 /// `--metrics-bind-address` (with the datapath counters of the maps pinned
-/// under `root`). They serve until the returned servers are dropped.
+/// under `root`, read on the runtime's blocking pool), both on `runtime`.
+/// They serve until the returned servers are dropped.
 fn serve_health_and_metrics(
     args: &RunArgs,
     health: &Arc<ProxyHealth>,
     metrics: &Arc<Metrics>,
     root: &std::path::Path,
+    runtime: &tokio::runtime::Handle,
 ) -> Result<[Server; 2]> {
     let stats = Arc::new(std::sync::Mutex::new(BpfMaps::open(root)?));
     let figures = Arc::clone(&stats);
@@ -154,28 +163,28 @@ fn serve_health_and_metrics(
         )
         .map_err(|e| e.to_string())
     }));
-    let healthz = Server::bind(args.healthz_bind_address, "healthz", health.handler())?;
-    let metrics = Arc::clone(metrics);
-    let metrics = Server::bind(
+    let healthz = Server::bind(
+        runtime,
+        args.healthz_bind_address,
+        "healthz",
+        health.handler(metrics),
+    )?;
+    let metrics = Server::bind_blocking(
+        runtime,
         args.metrics_bind_address,
         "metrics",
-        Arc::new(move |req: &Request| match req.path.as_str() {
-            "/metrics" => Response::new(
-                200,
-                "text/plain; version=0.0.4; charset=utf-8",
-                metrics.render(),
-            ),
-            _ => Response::not_found(),
-        }),
+        metrics.handler(),
     )?;
     Ok([healthz, metrics])
 }
 
 pub fn run(args: &RunArgs) -> Result<()> {
     let node = node_name(args)?;
+    // Dropped last: the servers and the watchers on it stop with it.
+    let runtime = Runtime::start()?;
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(ProxyHealth::default());
-    let source = open_source(args, &node, &metrics)?;
+    let source = open_source(args, &node, &metrics, runtime.handle())?;
     let selection: NodePortAddresses = match &args.nodeport_addresses {
         Some(s) => s
             .parse()
@@ -207,7 +216,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
         );
     }
     let reconciler = Reconciler::adopt(maps.read_state()?);
-    let _servers = serve_health_and_metrics(args, &health, &metrics, datapath.root())?;
+    let _servers =
+        serve_health_and_metrics(args, &health, &metrics, datapath.root(), runtime.handle())?;
     info!(
         node = %node,
         source = %source.describe(),
@@ -217,12 +227,13 @@ pub fn run(args: &RunArgs) -> Result<()> {
         "agent started"
     );
 
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [libc::SIGTERM, libc::SIGINT] {
-        signal_flag(sig, &stop);
-    }
+    let stop = stop_on_signals(runtime.handle())?;
     let mut sync = Sync {
-        health_checks: HealthCheckServers::new(Ipv4Addr::UNSPECIFIED, Arc::clone(&health)),
+        health_checks: HealthCheckServers::new(
+            Ipv4Addr::UNSPECIFIED,
+            Arc::clone(&health),
+            runtime.handle().clone(),
+        ),
         health,
         metrics,
         started: SystemTime::now(),
@@ -529,15 +540,27 @@ fn enable_forwarding(iface: &str) {
     }
 }
 
-/// Sets `flag` when `sig` arrives.
-fn signal_flag(sig: libc::c_int, flag: &Arc<AtomicBool>) {
-    static FLAG: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
-    extern "C" fn on_signal(_: libc::c_int) {
-        if let Some(f) = FLAG.get() {
-            f.store(true, Ordering::Relaxed);
-        }
-    }
-    let _ = FLAG.set(Arc::clone(flag));
-    // SAFETY: the handler only stores to an atomic.
-    unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
+/// A flag the run loop reads, set when SIGTERM or SIGINT arrives (tokio's
+/// signal handling, on the agent's runtime). The handlers are installed
+/// when this returns.
+fn stop_on_signals(runtime: &tokio::runtime::Handle) -> Result<Arc<AtomicBool>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut term, mut int) = {
+        let _context = runtime.enter();
+        (
+            signal(SignalKind::terminate()).context("handling SIGTERM")?,
+            signal(SignalKind::interrupt()).context("handling SIGINT")?,
+        )
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    runtime.spawn(async move {
+        let signal = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        info!(signal, "stop requested");
+        flag.store(true, Ordering::Relaxed);
+    });
+    Ok(stop)
 }

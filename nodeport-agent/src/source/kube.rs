@@ -2,8 +2,8 @@
 //! (`discovery.k8s.io/v1`) and this agent's own Node, feeding the same
 //! store → desired → reconcile pipeline as the manifests source.
 //!
-//! The watchers (kube-runtime's list+watch state machine) run on a tokio
-//! runtime in a background thread and update one shared [`Watched`] state;
+//! The watchers (kube-runtime's list+watch state machine) run on the
+//! agent's one tokio runtime and update one shared [`Watched`] state;
 //! [`KubeSource::poll`] (called by the synchronous run loop) hands out a
 //! copy whenever anything changed. Semantics:
 //!
@@ -181,24 +181,19 @@ impl std::fmt::Debug for KubeSource {
 }
 
 impl KubeSource {
-    /// Reads the client configuration and starts the watchers on a
-    /// background thread. Fails when no configuration can be found or read;
+    /// Reads the client configuration and starts the watchers on
+    /// `runtime`. Fails when no configuration can be found or read;
     /// an unreachable API server is not an error (the watchers retry).
-    pub fn start(options: &KubeOptions, metrics: Arc<Metrics>) -> Result<Self, SourceError> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| SourceError::Kube(format!("starting the tokio runtime: {e}")))?;
+    pub fn start(
+        options: &KubeOptions,
+        metrics: Arc<Metrics>,
+        runtime: &tokio::runtime::Handle,
+    ) -> Result<Self, SourceError> {
         let (client, cluster) = runtime.block_on(client(options.kubeconfig.as_ref()))?;
         let shared: Shared = Arc::default();
         let node = options.node_name.clone();
         let watched = Arc::clone(&shared);
-        std::thread::Builder::new()
-            .name("kube-watch".into())
-            .spawn(move || {
-                runtime.block_on(watch_all(client, &node, &watched, &metrics));
-            })
-            .map_err(|e| SourceError::Kube(format!("spawning the watcher thread: {e}")))?;
+        runtime.spawn(async move { watch_all(client, &node, &watched, &metrics).await });
         Ok(Self {
             shared,
             seen: None,
