@@ -36,8 +36,10 @@ use nodeport_common::{
     SlotKey,
 };
 
-use crate::desired::{Desired, ServicePortRef, describe_frontend};
-use crate::maps::{MapError, MapState, MapWriter};
+use crate::desired::{Desired, DesiredFrontend, ServicePortRef, describe_frontend};
+use crate::maps::{
+    Backends, Frontends, MapError, MapState, MapWriter, NodeAddrs, Slots, Table, Write, diff,
+};
 use crate::store::ObjectKey;
 
 /// A map write that failed, with the object it was for.
@@ -91,7 +93,7 @@ impl ApplyReport {
 }
 
 /// A backend's identity: pod address and target port.
-type BackendAddr = (Ipv4Addr, u16);
+pub type BackendAddr = (Ipv4Addr, u16);
 
 fn backend_addr(b: Backend) -> BackendAddr {
     (
@@ -126,16 +128,119 @@ pub struct Reconciler {
     pending_udp_purge: BTreeSet<(u32, u32)>,
 }
 
-/// The map contents one apply aims at, with ids assigned.
+/// The map entries one apply touches, with ids assigned: what each must
+/// hold, `None` where it goes.
+#[derive(Default)]
 struct Plan {
-    node_addrs: BTreeMap<NodeAddrKey, NodeAddr>,
-    backends: BTreeMap<BackendKey, Backend>,
+    /// All node addresses, when they are to be synced.
+    node_addrs: Option<BTreeMap<NodeAddrKey, NodeAddr>>,
+    backends: BTreeMap<BackendKey, Option<Backend>>,
     /// First service using each backend id (none: draining only).
     backend_owner: BTreeMap<u32, Option<ServicePortRef>>,
-    frontends: BTreeMap<FrontendKey, Frontend>,
-    slots: BTreeMap<SlotKey, Slot>,
+    frontends: BTreeMap<FrontendKey, Option<Frontend>>,
+    slots: BTreeMap<SlotKey, Option<Slot>>,
     /// Service id → frontend, for naming slots (deleted frontends included).
     slot_frontends: BTreeMap<u32, FrontendKey>,
+    /// (service id, backend id) pairs whose UDP flows must go.
+    left: BTreeSet<(u32, u32)>,
+}
+
+/// What the maps should hold, as the reconciler asks for it: the desired
+/// state as one value ([`Desired`], a full sync) or kept up to date change
+/// by change ([`crate::desired::index::DesiredIndex`]).
+pub trait Wanted {
+    /// The frontend `key` should have, if any.
+    fn frontend(&self, key: &FrontendKey) -> Option<&DesiredFrontend>;
+    /// What backend `(addr, port)` should be, if it should exist.
+    fn backend(&self, addr: BackendAddr) -> Option<WantedBackend<'_>>;
+    /// The node addresses that serve NodePorts.
+    fn node_addrs(&self) -> &BTreeSet<Ipv4Addr>;
+}
+
+/// A backend that should exist.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WantedBackend<'a> {
+    /// Merged over every frontend that selects it (or its draining flags).
+    pub flags: u8,
+    /// No frontend selects it: kept so established flows drain.
+    pub draining: bool,
+    /// The first frontend's service port that selects it.
+    pub owner: Option<&'a ServicePortRef>,
+}
+
+/// What changed since the last apply: the keys an incremental apply looks at.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Delta {
+    pub frontends: BTreeSet<FrontendKey>,
+    pub backends: BTreeSet<BackendAddr>,
+    /// The node addresses may have changed.
+    pub node_addrs: bool,
+    /// The services the changes came from (for logs).
+    pub services: BTreeSet<ObjectKey>,
+}
+
+impl Delta {
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.frontends.is_empty() && self.backends.is_empty() && !self.node_addrs
+    }
+
+    /// Adds what `other` names.
+    pub fn merge(&mut self, other: Delta) {
+        self.frontends.extend(other.frontends);
+        self.backends.extend(other.backends);
+        self.node_addrs |= other.node_addrs;
+        self.services.extend(other.services);
+    }
+}
+
+/// A [`Desired`] seen as [`Wanted`]: backends merged over frontends.
+struct FullView<'a> {
+    desired: &'a Desired,
+    backends: BTreeMap<BackendAddr, WantedBackend<'a>>,
+}
+
+impl<'a> FullView<'a> {
+    fn new(desired: &'a Desired) -> Self {
+        let mut backends: BTreeMap<BackendAddr, WantedBackend<'a>> = BTreeMap::new();
+        for f in desired.frontends.values() {
+            for b in &f.backends {
+                backends
+                    .entry((b.addr, b.port))
+                    .or_insert(WantedBackend {
+                        flags: 0,
+                        draining: false,
+                        owner: Some(&f.owner),
+                    })
+                    .flags |= b.flags;
+            }
+        }
+        for b in &desired.draining {
+            backends
+                .entry((b.addr, b.port))
+                .or_insert(WantedBackend {
+                    flags: 0,
+                    draining: true,
+                    owner: None,
+                })
+                .flags |= b.flags;
+        }
+        Self { desired, backends }
+    }
+}
+
+impl Wanted for FullView<'_> {
+    fn frontend(&self, key: &FrontendKey) -> Option<&DesiredFrontend> {
+        self.desired.frontends.get(key)
+    }
+
+    fn backend(&self, addr: BackendAddr) -> Option<WantedBackend<'_>> {
+        self.backends.get(&addr).copied()
+    }
+
+    fn node_addrs(&self) -> &BTreeSet<Ipv4Addr> {
+        &self.desired.node_addrs
+    }
 }
 
 impl Reconciler {
@@ -216,21 +321,63 @@ impl Reconciler {
         self.backend_ids.get(&(addr, port)).copied()
     }
 
-    /// Writes the difference between the maps and `desired` into `w`.
+    /// Writes the difference between the maps and `desired` into `w`: a
+    /// full sync, which also removes whatever the maps hold that `desired`
+    /// does not name.
     pub fn apply(
         &mut self,
         desired: &Desired,
         w: &mut dyn MapWriter,
     ) -> Result<ApplyReport, ReconcileError> {
-        for (k, f) in &desired.frontends {
-            self.owners.insert(*k, f.owner.clone());
+        let view = FullView::new(desired);
+        let delta = Delta {
+            frontends: desired
+                .frontends
+                .keys()
+                .chain(self.current.frontends.keys())
+                .copied()
+                .collect(),
+            backends: view
+                .backends
+                .keys()
+                .copied()
+                .chain(self.current.backends.values().map(|b| backend_addr(*b)))
+                .collect(),
+            node_addrs: true,
+            services: BTreeSet::new(),
+        };
+        self.write(&view, &delta, true, w)
+    }
+
+    /// Writes what `delta` says changed in `wanted` (an incremental sync):
+    /// only the frontends, backends and node addresses it names are looked
+    /// at, so one change costs in proportion to what it touched.
+    pub fn apply_delta(
+        &mut self,
+        wanted: &dyn Wanted,
+        delta: &Delta,
+        w: &mut dyn MapWriter,
+    ) -> Result<ApplyReport, ReconcileError> {
+        self.write(wanted, delta, false, w)
+    }
+
+    fn write(
+        &mut self,
+        wanted: &dyn Wanted,
+        delta: &Delta,
+        full: bool,
+        w: &mut dyn MapWriter,
+    ) -> Result<ApplyReport, ReconcileError> {
+        for k in &delta.frontends {
+            if let Some(f) = wanted.frontend(k) {
+                self.owners.insert(*k, f.owner.clone());
+            }
         }
-        let plan = self.plan(desired);
-        let left = self.backends_leaving_services(&plan, desired);
+        let plan = self.plan(wanted, delta, full);
         let mut report = ApplyReport::default();
         self.write_puts(&plan, w, &mut report)?;
         self.write_removals(&plan, w, &mut report)?;
-        self.pending_udp_purge.extend(left);
+        self.pending_udp_purge.extend(plan.left.iter().copied());
         if !self.pending_udp_purge.is_empty() {
             let pairs = &self.pending_udp_purge;
             let object = || format!("UDP flows of backends that left a service {pairs:?}");
@@ -239,16 +386,51 @@ impl Reconciler {
         }
 
         // Everything is written: forget ids and owners of what is gone.
-        let current = &self.current;
-        self.service_ids
-            .retain(|k, _| current.frontends.contains_key(k));
-        self.owners.retain(|k, _| current.frontends.contains_key(k));
-        self.backend_ids.retain(|_, id| {
-            current
-                .backends
-                .contains_key(&BackendKey { backend_id: *id })
-        });
+        for k in plan.frontends.keys() {
+            if !self.current.frontends.contains_key(k) {
+                self.service_ids.remove(k);
+                self.owners.remove(k);
+            }
+        }
+        if full {
+            let current = &self.current;
+            self.service_ids
+                .retain(|k, _| current.frontends.contains_key(k));
+            self.owners.retain(|k, _| current.frontends.contains_key(k));
+            self.backend_ids.retain(|_, id| {
+                current
+                    .backends
+                    .contains_key(&BackendKey { backend_id: *id })
+            });
+        }
         Ok(report)
+    }
+
+    /// Carries out the writes of one table in order, keeping the view of
+    /// the maps current and the report up to date; `object` names what a
+    /// write is for (in errors), `done` notes what a successful write means.
+    fn exec<T: Table>(
+        &mut self,
+        writes: Vec<Write<T::Key, T::Value>>,
+        w: &mut dyn MapWriter,
+        report: &mut ApplyReport,
+        object: impl Fn(&Self, &Write<T::Key, T::Value>) -> String,
+        mut done: impl FnMut(&mut Self, &Write<T::Key, T::Value>, &mut ApplyReport),
+    ) -> Result<(), ReconcileError> {
+        for write in writes {
+            w.write(&T::wrap(write))
+                .map_err(|source| ReconcileError {
+                    object: object(self, &write),
+                    source,
+                })?;
+            T::wrap(write).apply_to(&mut self.current);
+            match write {
+                Write::Put(..) => report.puts += 1,
+                Write::Delete(_) => report.deletes += 1,
+            }
+            done(self, &write, report);
+        }
+        Ok(())
     }
 
     /// Steps 1-4: node addresses, backends, slots, frontends.
@@ -258,61 +440,57 @@ impl Reconciler {
         w: &mut dyn MapWriter,
         report: &mut ApplyReport,
     ) -> Result<(), ReconcileError> {
-        // 1. New node addresses.
-        for (k, v) in &plan.node_addrs {
-            if self.current.node_addrs.get(k) != Some(v) {
-                let object = || format!("node address {}", Ipv4Addr::from(k.addr_be.to_ne_bytes()));
-                w.put_node_addr(*k, *v).map_err(err(object))?;
-                self.current.node_addrs.insert(*k, *v);
-                report.puts += 1;
-            }
+        let node_addr_object = |_: &Self, wr: &Write<NodeAddrKey, NodeAddr>| {
+            format!("node address {}", Ipv4Addr::from(wr.key().addr_be.to_ne_bytes()))
+        };
+        if let Some(node_addrs) = &plan.node_addrs {
+            let wanted = node_addrs.iter().map(|(k, v)| (*k, Some(*v))).collect();
+            let (puts, _) = diff::<NodeAddrs>(&self.current, &wanted);
+            self.exec::<NodeAddrs>(puts, w, report, node_addr_object, |_, _, _| {})?;
         }
-
-        // 2. Backends.
-        for (k, v) in &plan.backends {
-            if self.current.backends.get(k) != Some(v) {
-                let owner = plan
-                    .backend_owner
-                    .get(&k.backend_id)
-                    .and_then(Option::as_ref);
-                let object = || {
-                    let (addr, port) = backend_addr(*v);
-                    match owner {
-                        Some(o) => format!("backend {addr}:{port} of service {o}"),
-                        None => format!("backend {addr}:{port} (draining)"),
-                    }
+        let (puts, _) = diff::<Backends>(&self.current, &plan.backends);
+        self.exec::<Backends>(
+            puts,
+            w,
+            report,
+            |_, wr| {
+                let Write::Put(k, v) = wr else {
+                    return String::new();
                 };
-                w.put_backend(*k, *v).map_err(err(object))?;
-                self.current.backends.insert(*k, *v);
-                report.puts += 1;
-                if let Some(o) = owner {
+                let (addr, port) = backend_addr(*v);
+                match plan.backend_owner.get(&k.backend_id).and_then(Option::as_ref) {
+                    Some(o) => format!("backend {addr}:{port} of service {o}"),
+                    None => format!("backend {addr}:{port} (draining)"),
+                }
+            },
+            |_, wr, report| {
+                if let Some(o) = plan
+                    .backend_owner
+                    .get(&wr.key().backend_id)
+                    .and_then(Option::as_ref)
+                {
                     report.changed_services.insert(o.service.clone());
                 }
-            }
-        }
-
-        // 3. Slots, before the counts that cover them.
-        for (k, v) in &plan.slots {
-            if self.current.slots.get(k) != Some(v) {
-                let object = || self.slot_object(*k, &plan.slot_frontends);
-                w.put_slot(*k, *v).map_err(err(object))?;
-                self.current.slots.insert(*k, *v);
-                report.puts += 1;
-                self.note_changed(plan.slot_frontends.get(&k.service_id), report);
-            }
-        }
-
-        // 4. Frontends: raise (or lower) counts, set flags.
-        for (k, v) in &plan.frontends {
-            if self.current.frontends.get(k) != Some(v) {
-                let object = || self.frontend_object(*k);
-                w.put_frontend(*k, *v).map_err(err(object))?;
-                self.current.frontends.insert(*k, *v);
-                report.puts += 1;
-                self.note_changed(Some(k), report);
-            }
-        }
-        Ok(())
+            },
+        )?;
+        // Slots before the counts that cover them.
+        let (puts, _) = diff::<Slots>(&self.current, &plan.slots);
+        self.exec::<Slots>(
+            puts,
+            w,
+            report,
+            |me, wr| me.slot_object(wr.key(), &plan.slot_frontends),
+            |me, wr, report| me.note_changed(plan.slot_frontends.get(&wr.key().service_id), report),
+        )?;
+        // Frontends: raise (or lower) counts, set flags.
+        let (puts, _) = diff::<Frontends>(&self.current, &plan.frontends);
+        self.exec::<Frontends>(
+            puts,
+            w,
+            report,
+            |me, wr| me.frontend_object(wr.key()),
+            |me, wr, report| me.note_changed(Some(&wr.key()), report),
+        )
     }
 
     /// Steps 5-8: frontends, slots, backends (and their flows), node addresses.
@@ -322,61 +500,62 @@ impl Reconciler {
         w: &mut dyn MapWriter,
         report: &mut ApplyReport,
     ) -> Result<(), ReconcileError> {
-        // 5. Frontends no longer wanted.
-        let gone: Vec<FrontendKey> = self
-            .current
-            .frontends
-            .keys()
-            .filter(|k| !plan.frontends.contains_key(k))
-            .copied()
-            .collect();
-        for k in gone {
-            let object = || self.frontend_object(k);
-            w.delete_frontend(k).map_err(err(object))?;
-            self.current.frontends.remove(&k);
-            report.deletes += 1;
-            if self.owners.contains_key(&k) {
-                self.note_changed(Some(&k), report);
-            } else {
-                report.unowned_frontends_removed += 1;
-            }
-        }
-
-        // 6. Slots no longer wanted.
-        let gone: Vec<SlotKey> = self
-            .current
-            .slots
-            .keys()
-            .filter(|k| !plan.slots.contains_key(k))
-            .copied()
-            .collect();
-        for k in gone {
-            let object = || self.slot_object(k, &plan.slot_frontends);
-            w.delete_slot(k).map_err(err(object))?;
-            self.current.slots.remove(&k);
-            report.deletes += 1;
-            self.note_changed(plan.slot_frontends.get(&k.service_id), report);
-        }
-
-        // 7. Backends no longer wanted, then their flows.
-        let gone: Vec<(BackendKey, Backend)> = self
-            .current
-            .backends
+        let (_, deletes) = diff::<Frontends>(&self.current, &plan.frontends);
+        self.exec::<Frontends>(
+            deletes,
+            w,
+            report,
+            |me, wr| me.frontend_object(wr.key()),
+            |me, wr, report| {
+                if me.owners.contains_key(&wr.key()) {
+                    me.note_changed(Some(&wr.key()), report);
+                } else {
+                    report.unowned_frontends_removed += 1;
+                }
+            },
+        )?;
+        let (_, deletes) = diff::<Slots>(&self.current, &plan.slots);
+        self.exec::<Slots>(
+            deletes,
+            w,
+            report,
+            |me, wr| me.slot_object(wr.key(), &plan.slot_frontends),
+            |me, wr, report| me.note_changed(plan.slot_frontends.get(&wr.key().service_id), report),
+        )?;
+        // Backends no longer wanted, then their flows.
+        let (_, deletes) = diff::<Backends>(&self.current, &plan.backends);
+        let gone: BTreeMap<u32, Backend> = deletes
             .iter()
-            .filter(|(k, _)| !plan.backends.contains_key(k))
-            .map(|(k, v)| (*k, *v))
+            .filter_map(|wr| {
+                let k = wr.key();
+                self.current.backends.get(&k).map(|b| (k.backend_id, *b))
+            })
             .collect();
-        for (k, v) in gone {
-            let object = || {
-                let (addr, port) = backend_addr(v);
-                format!("backend {addr}:{port} (no longer used)")
-            };
-            w.delete_backend(k).map_err(err(object))?;
-            self.current.backends.remove(&k);
-            self.backend_ids.retain(|_, id| *id != k.backend_id);
-            self.pending_purge.insert(k.backend_id);
-            report.deletes += 1;
-        }
+        self.exec::<Backends>(
+            deletes,
+            w,
+            report,
+            |_, wr| {
+                let id = wr.key().backend_id;
+                gone.get(&id).map_or_else(
+                    || format!("backend id {id} (no longer used)"),
+                    |b| {
+                        let (addr, port) = backend_addr(*b);
+                        format!("backend {addr}:{port} (no longer used)")
+                    },
+                )
+            },
+            |me, wr, _| {
+                let id = wr.key().backend_id;
+                if let Some(b) = gone.get(&id) {
+                    let addr = backend_addr(*b);
+                    if me.backend_ids.get(&addr) == Some(&id) {
+                        me.backend_ids.remove(&addr);
+                    }
+                }
+                me.pending_purge.insert(id);
+            },
+        )?;
         if !self.pending_purge.is_empty() {
             let ids = &self.pending_purge;
             let object = || format!("flows of removed backends {ids:?}");
@@ -385,164 +564,253 @@ impl Reconciler {
             report.purged_flows = purged;
             self.pending_purge.clear();
         }
-
-        // 8. Node addresses no longer wanted.
-        let gone: Vec<NodeAddrKey> = self
-            .current
-            .node_addrs
-            .keys()
-            .filter(|k| !plan.node_addrs.contains_key(k))
-            .copied()
-            .collect();
-        for k in gone {
-            let object = || format!("node address {}", Ipv4Addr::from(k.addr_be.to_ne_bytes()));
-            w.delete_node_addr(k).map_err(err(object))?;
-            self.current.node_addrs.remove(&k);
-            report.deletes += 1;
+        // Node addresses no longer wanted.
+        if let Some(node_addrs) = &plan.node_addrs {
+            let wanted = self
+                .current
+                .node_addrs
+                .keys()
+                .map(|k| (*k, node_addrs.get(k).copied()))
+                .collect();
+            let (_, deletes) = diff::<NodeAddrs>(&self.current, &wanted);
+            self.exec::<NodeAddrs>(
+                deletes,
+                w,
+                report,
+                |_, wr| format!("node address {}", Ipv4Addr::from(wr.key().addr_be.to_ne_bytes())),
+                |_, _, _| {},
+            )?;
         }
         Ok(())
+    }
+
+    /// The backend ids in the current slots of a frontend.
+    fn current_slot_backends(&self, fe: &Frontend) -> BTreeSet<u32> {
+        (0..fe.backend_count)
+            .filter_map(|slot| {
+                self.current.slots.get(&SlotKey {
+                    service_id: fe.service_id,
+                    slot,
+                })
+            })
+            .map(|s| s.backend_id)
+            .collect()
+    }
+
+    /// Assigns ids and lays out the map entries `delta` touches: what each
+    /// must hold (`None`: removed). With `full`, every entry the maps hold
+    /// that is not wanted is removed too.
+    fn plan(&mut self, wanted: &dyn Wanted, delta: &Delta, full: bool) -> Plan {
+        let mut plan = Plan::default();
+        let id_of = self.plan_backends(&mut plan, wanted, delta, full);
+        self.plan_frontends(&mut plan, wanted, delta, full, &id_of);
+        if delta.node_addrs {
+            plan.node_addrs = Some(
+                wanted
+                    .node_addrs()
+                    .iter()
+                    .map(|a| {
+                        (
+                            node_addr_key(*a),
+                            NodeAddr {
+                                flags: NODE_ADDR_F_NODEPORT,
+                            },
+                        )
+                    })
+                    .collect(),
+            );
+        }
+        plan
+    }
+
+    /// The backends `delta` touches, in address order (new ids are handed
+    /// out in that order); returns the ids of the wanted ones.
+    fn plan_backends(
+        &mut self,
+        plan: &mut Plan,
+        wanted: &dyn Wanted,
+        delta: &Delta,
+        full: bool,
+    ) -> BTreeMap<BackendAddr, u32> {
+        let mut backend_ids_in_use = None;
+        let mut id_of: BTreeMap<BackendAddr, u32> = BTreeMap::new();
+        for &(addr, port) in &delta.backends {
+            match wanted.backend((addr, port)) {
+                Some(b) => {
+                    let id = if let Some(id) = self.backend_ids.get(&(addr, port)) {
+                        *id
+                    } else {
+                        let id = self.alloc_backend_id(&mut backend_ids_in_use);
+                        self.backend_ids.insert((addr, port), id);
+                        id
+                    };
+                    id_of.insert((addr, port), id);
+                    plan.backends.insert(
+                        BackendKey { backend_id: id },
+                        Some(Backend {
+                            addr_be: u32::from_ne_bytes(addr.octets()),
+                            port_be: port.to_be(),
+                            flags: b.flags,
+                            pad: 0,
+                        }),
+                    );
+                    plan.backend_owner.insert(id, b.owner.cloned());
+                }
+                None => {
+                    if let Some(id) = self.backend_ids.get(&(addr, port)) {
+                        plan.backends.insert(BackendKey { backend_id: *id }, None);
+                    }
+                }
+            }
+        }
+        if full {
+            // Duplicates adopted from the maps (same address, another id).
+            for k in self.current.backends.keys() {
+                plan.backends.entry(*k).or_insert(None);
+            }
+        }
+        id_of
+    }
+
+    /// The frontends `delta` touches and their slots, in key order (new
+    /// service ids are handed out in that order).
+    fn plan_frontends(
+        &mut self,
+        plan: &mut Plan,
+        wanted: &dyn Wanted,
+        delta: &Delta,
+        full: bool,
+        id_of: &BTreeMap<BackendAddr, u32>,
+    ) {
+        let mut service_ids_in_use = None;
+        for k in &delta.frontends {
+            let before = self.current.frontends.get(k).copied();
+            let before_ids = before.map(|fe| self.current_slot_backends(&fe));
+            match wanted.frontend(k) {
+                Some(f) => {
+                    let service_id = if let Some(id) = self.service_ids.get(k) {
+                        *id
+                    } else {
+                        let id = self.alloc_service_id(&mut service_ids_in_use);
+                        self.service_ids.insert(*k, id);
+                        id
+                    };
+                    let mut after_ids = BTreeSet::new();
+                    for (slot, b) in (0u32..).zip(&f.backends) {
+                        let backend_id = id_of
+                            .get(&(b.addr, b.port))
+                            .or_else(|| self.backend_ids.get(&(b.addr, b.port)))
+                            .copied()
+                            .unwrap_or(0);
+                        after_ids.insert(backend_id);
+                        plan.slots
+                            .insert(SlotKey { service_id, slot }, Some(Slot { backend_id }));
+                    }
+                    let count = u32::try_from(f.backends.len()).unwrap_or(u32::MAX);
+                    // Surplus slots of a shrinking frontend (or of the service
+                    // id's earlier frontend).
+                    let from = SlotKey {
+                        service_id,
+                        slot: count,
+                    };
+                    let to = SlotKey {
+                        service_id,
+                        slot: u32::MAX,
+                    };
+                    for sk in self.current.slots.range(from..=to).map(|(k, _)| *k) {
+                        plan.slots.insert(sk, None);
+                    }
+                    if let Some(old) = before
+                        && old.service_id != service_id
+                    {
+                        self.plan_slot_removal(plan, old);
+                    }
+                    plan.frontends.insert(
+                        *k,
+                        Some(Frontend {
+                            service_id,
+                            backend_count: count,
+                            flags: f.flags,
+                            affinity_timeout_s: f.affinity_timeout_s,
+                        }),
+                    );
+                    plan.slot_frontends.insert(service_id, *k);
+                    if let (Some(old), Some(before_ids)) = (before, before_ids) {
+                        self.plan_udp_purge(plan, wanted, old.service_id, &before_ids, &after_ids);
+                    }
+                }
+                None => {
+                    if let Some(old) = before {
+                        plan.frontends.insert(*k, None);
+                        plan.slot_frontends.insert(old.service_id, *k);
+                        self.plan_slot_removal(plan, old);
+                        if let Some(before_ids) = before_ids {
+                            self.plan_udp_purge(
+                                plan,
+                                wanted,
+                                old.service_id,
+                                &before_ids,
+                                &BTreeSet::new(),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        if full {
+            // Slots no wanted frontend covers (of frontends gone or renumbered).
+            for k in self.current.slots.keys() {
+                plan.slots.entry(*k).or_insert(None);
+            }
+            for (k, v) in &self.current.frontends {
+                plan.slot_frontends.entry(v.service_id).or_insert(*k);
+            }
+        }
+    }
+
+    /// Every current slot of service id `old.service_id` goes.
+    fn plan_slot_removal(&self, plan: &mut Plan, old: Frontend) {
+        let from = SlotKey {
+            service_id: old.service_id,
+            slot: 0,
+        };
+        let to = SlotKey {
+            service_id: old.service_id,
+            slot: u32::MAX,
+        };
+        for sk in self.current.slots.range(from..=to).map(|(k, _)| *k) {
+            plan.slots.entry(sk).or_insert(None);
+        }
     }
 
     /// (service id, backend id) of backends that leave a frontend's slots
     /// (or whose frontend goes) but stay in the maps for another frontend and
     /// are not draining: their UDP flows of that service must go. Backends
     /// that go entirely are purged by id instead.
-    fn backends_leaving_services(&self, plan: &Plan, desired: &Desired) -> BTreeSet<(u32, u32)> {
-        let draining: BTreeSet<(Ipv4Addr, u16)> =
-            desired.draining.iter().map(|b| (b.addr, b.port)).collect();
-        let slots_of =
-            |state_slots: &BTreeMap<SlotKey, Slot>, sid: u32, count: u32| -> BTreeSet<u32> {
-                (0..count)
-                    .filter_map(|slot| {
-                        state_slots.get(&SlotKey {
-                            service_id: sid,
-                            slot,
-                        })
-                    })
-                    .map(|s| s.backend_id)
-                    .collect()
+    fn plan_udp_purge(
+        &self,
+        plan: &mut Plan,
+        wanted: &dyn Wanted,
+        service_id: u32,
+        before: &BTreeSet<u32>,
+        after: &BTreeSet<u32>,
+    ) {
+        for id in before.difference(after) {
+            let key = BackendKey { backend_id: *id };
+            let Some(b) = plan
+                .backends
+                .get(&key)
+                .copied()
+                .unwrap_or_else(|| self.current.backends.get(&key).copied())
+            else {
+                continue;
             };
-        let mut left = BTreeSet::new();
-        for (key, fe) in &self.current.frontends {
-            let before = slots_of(&self.current.slots, fe.service_id, fe.backend_count);
-            let after = plan
-                .frontends
-                .get(key)
-                .map(|n| slots_of(&plan.slots, n.service_id, n.backend_count))
-                .unwrap_or_default();
-            for id in before.difference(&after) {
-                let key = BackendKey { backend_id: *id };
-                let Some(b) = plan.backends.get(&key) else {
-                    continue;
-                };
-                if !draining.contains(&backend_addr(*b)) {
-                    left.insert((fe.service_id, *id));
-                }
+            if wanted
+                .backend(backend_addr(b))
+                .is_some_and(|w| !w.draining)
+            {
+                plan.left.insert((service_id, *id));
             }
-        }
-        left
-    }
-
-    /// Assigns ids and lays out the map contents `desired` asks for.
-    fn plan(&mut self, desired: &Desired) -> Plan {
-        // Every backend with merged flags and its first owner.
-        let mut wanted: BTreeMap<BackendAddr, (u8, Option<&ServicePortRef>)> = BTreeMap::new();
-        for f in desired.frontends.values() {
-            for b in &f.backends {
-                let e = wanted
-                    .entry((b.addr, b.port))
-                    .or_insert((0, Some(&f.owner)));
-                e.0 |= b.flags;
-            }
-        }
-        for b in &desired.draining {
-            wanted.entry((b.addr, b.port)).or_insert((0, None)).0 |= b.flags;
-        }
-
-        let mut backends = BTreeMap::new();
-        let mut backend_owner = BTreeMap::new();
-        let mut id_of: BTreeMap<BackendAddr, u32> = BTreeMap::new();
-        // Ids in use, gathered once per plan on the first allocation (not
-        // per allocation: a cold start allocates 100k ids).
-        let mut backend_ids_in_use = None;
-        for (&(addr, port), &(flags, owner)) in &wanted {
-            let id = if let Some(id) = self.backend_ids.get(&(addr, port)) {
-                *id
-            } else {
-                let id = self.alloc_backend_id(&mut backend_ids_in_use);
-                self.backend_ids.insert((addr, port), id);
-                id
-            };
-            id_of.insert((addr, port), id);
-            backends.insert(
-                BackendKey { backend_id: id },
-                Backend {
-                    addr_be: u32::from_ne_bytes(addr.octets()),
-                    port_be: port.to_be(),
-                    flags,
-                    pad: 0,
-                },
-            );
-            backend_owner.insert(id, owner.cloned());
-        }
-
-        let mut frontends = BTreeMap::new();
-        let mut slots = BTreeMap::new();
-        let mut service_ids_in_use = None;
-        for (k, f) in &desired.frontends {
-            let service_id = if let Some(id) = self.service_ids.get(k) {
-                *id
-            } else {
-                let id = self.alloc_service_id(&mut service_ids_in_use);
-                self.service_ids.insert(*k, id);
-                id
-            };
-            for (slot, b) in (0u32..).zip(&f.backends) {
-                slots.insert(
-                    SlotKey { service_id, slot },
-                    Slot {
-                        backend_id: id_of[&(b.addr, b.port)],
-                    },
-                );
-            }
-            frontends.insert(
-                *k,
-                Frontend {
-                    service_id,
-                    backend_count: u32::try_from(f.backends.len()).unwrap_or(u32::MAX),
-                    flags: f.flags,
-                    affinity_timeout_s: f.affinity_timeout_s,
-                },
-            );
-        }
-
-        let node_addrs = desired
-            .node_addrs
-            .iter()
-            .map(|a| {
-                (
-                    node_addr_key(*a),
-                    NodeAddr {
-                        flags: NODE_ADDR_F_NODEPORT,
-                    },
-                )
-            })
-            .collect();
-
-        let slot_frontends = self
-            .current
-            .frontends
-            .iter()
-            .map(|(k, v)| (v.service_id, *k))
-            .chain(frontends.iter().map(|(k, v)| (v.service_id, *k)))
-            .collect();
-        Plan {
-            node_addrs,
-            backends,
-            backend_owner,
-            frontends,
-            slots,
-            slot_frontends,
         }
     }
 
@@ -624,6 +892,7 @@ fn err(object: impl FnOnce() -> String) -> impl FnOnce(MapError) -> ReconcileErr
 mod tests {
     use super::*;
     use crate::desired::{DesiredBackend, DesiredFrontend, FrontendKind, frontend_key};
+    use crate::maps::TableWrite;
     use crate::maps::memory::{MemoryMaps, Op};
     use nodeport_common::{
         BACKEND_F_LOCAL, BACKEND_F_TERMINATING, FRONTEND_F_AFFINITY, PROTO_TCP, names,
@@ -697,26 +966,34 @@ mod tests {
         };
         ops.iter()
             .map(|op| match op {
-                Op::PutNodeAddr(k, _) => {
+                Op::Write(TableWrite::NodeAddr(Write::Put(k, _))) => {
                     format!("put addr {}", Ipv4Addr::from(k.addr_be.to_ne_bytes()))
                 }
-                Op::DeleteNodeAddr(k) => {
+                Op::Write(TableWrite::NodeAddr(Write::Delete(k))) => {
                     format!("delete addr {}", Ipv4Addr::from(k.addr_be.to_ne_bytes()))
                 }
-                Op::PutBackend(k, v) => format!("put backend {}={}", k.backend_id, b(v)),
-                Op::DeleteBackend(k) => format!("delete backend {}", k.backend_id),
-                Op::PutSlot(k, v) => {
+                Op::Write(TableWrite::Backend(Write::Put(k, v))) => {
+                    format!("put backend {}={}", k.backend_id, b(v))
+                }
+                Op::Write(TableWrite::Backend(Write::Delete(k))) => {
+                    format!("delete backend {}", k.backend_id)
+                }
+                Op::Write(TableWrite::Slot(Write::Put(k, v))) => {
                     format!("put slot {}/{}={}", k.service_id, k.slot, v.backend_id)
                 }
-                Op::DeleteSlot(k) => format!("delete slot {}/{}", k.service_id, k.slot),
-                Op::PutFrontend(k, v) => format!(
+                Op::Write(TableWrite::Slot(Write::Delete(k))) => {
+                    format!("delete slot {}/{}", k.service_id, k.slot)
+                }
+                Op::Write(TableWrite::Frontend(Write::Put(k, v))) => format!(
                     "put frontend {}=svc{} n{} f{}",
                     describe_frontend(k),
                     v.service_id,
                     v.backend_count,
                     v.flags
                 ),
-                Op::DeleteFrontend(k) => format!("delete frontend {}", describe_frontend(k)),
+                Op::Write(TableWrite::Frontend(Write::Delete(k))) => {
+                    format!("delete frontend {}", describe_frontend(k))
+                }
                 Op::PurgeFlows(ids) => format!("purge {ids:?}"),
                 Op::PurgeUdpFlows(pairs) => format!("purge udp {pairs:?}"),
             })
@@ -1084,7 +1361,7 @@ mod tests {
         let mut m = MemoryMaps::new();
         let mut r = Reconciler::default();
         run(&mut r, &web(&[be(2, 5)]), &mut m);
-        m.fail_when(|op| matches!(op, Op::PutFrontend(..)));
+        m.fail_when(|op| matches!(op, Op::Write(TableWrite::Frontend(Write::Put(..)))));
         let e = r.apply(&web(&[be(2, 5), be(2, 6)]), &mut m).unwrap_err();
         assert_eq!((e.map(), e.op()), (names::FRONTENDS, "put"));
         let msg = e.to_string();

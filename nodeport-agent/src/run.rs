@@ -14,13 +14,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, Result, bail};
-use nodeport_common::BACKEND_F_LOCAL;
+use k8s_openapi::api::core::v1::Node;
 use tracing::{error, info, warn};
 
 use crate::attached::AttachedDevices;
 use crate::cli::RunArgs;
 use crate::config::{InterfaceAddr, NodePortAddresses};
-use crate::desired::{self, Desired};
 use crate::health::{HealthCheckServers, ProxyHealth};
 use crate::http::Server;
 use crate::loader::{Datapath, MapSizes};
@@ -29,13 +28,10 @@ use crate::metrics::{Metrics, Served};
 use crate::reconcile::Reconciler;
 use crate::runtime::Runtime;
 use crate::source::kube::{KubeOptions, KubeSource};
-use crate::source::{Source, manifests::ManifestsSource};
-use crate::store::{ClusterState, ObjectKey};
+use crate::source::{Source, Update, manifests::ManifestsSource};
+use crate::pipeline::Pipeline;
+use crate::store::ObjectKey;
 use crate::{neighbours, node_addrs, snat_pool};
-
-/// EndpointSlice annotation with the time of the change that triggered the
-/// slice's last update (set by the EndpointSlice controller).
-pub const TRIGGER_TIME_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
 
 /// How often the source is polled and the node's addresses re-read (a
 /// change of the Kubernetes source wakes the loop earlier).
@@ -85,27 +81,16 @@ fn interface_addrs(primary_dev: &str, internal_ip: Option<Ipv4Addr>) -> Result<V
         .collect())
 }
 
-fn remote_backends(desired: &Desired) -> BTreeSet<Ipv4Addr> {
-    desired
-        .frontends
-        .values()
-        .flat_map(|f| f.backends.iter())
-        .filter(|b| b.flags & BACKEND_F_LOCAL == 0)
-        .map(|b| b.addr)
-        .collect()
-}
-
 /// The first `InternalIP` of the Node object named `node`, if known.
-fn node_internal_ip(cluster: &ClusterState, node: &str) -> Option<Ipv4Addr> {
-    cluster
-        .nodes
+fn node_internal_ip(nodes: &BTreeMap<String, Node>, node: &str) -> Option<Ipv4Addr> {
+    nodes
         .get(node)?
         .status
         .as_ref()?
         .addresses
         .as_ref()?
         .iter()
-        .filter(|a| a.type_ == "InternalIP")
+        .filter(|a| a.type_ == crate::k8s::NODE_INTERNAL_IP)
         .find_map(|a| a.address.parse().ok())
 }
 
@@ -215,7 +200,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
             "no cgroup v2 hierarchy: connections from the node and its pods to a NodePort of this node are not load balanced"
         );
     }
-    let reconciler = Reconciler::adopt(maps.read_state()?);
+    let pipeline = Pipeline::new(&node, Reconciler::adopt(maps.read_state()?));
     let _servers =
         serve_health_and_metrics(args, &health, &metrics, datapath.root(), runtime.handle())?;
     info!(
@@ -245,8 +230,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
         primary_dev,
         source,
         maps,
-        reconciler,
-        cluster: ClusterState::default(),
+        pipeline,
+        nodes: BTreeMap::new(),
         addrs: Vec::new(),
         dirty: true,
         ready: false,
@@ -284,8 +269,10 @@ struct Sync {
     primary_dev: String,
     source: Box<dyn Source>,
     maps: BpfMaps,
-    reconciler: Reconciler,
-    cluster: ClusterState,
+    /// Objects → desired state → map writes, change by change.
+    pipeline: Pipeline,
+    /// The Node objects (this node's: InternalIP, deletion).
+    nodes: BTreeMap<String, Node>,
     addrs: Vec<Ipv4Addr>,
     /// Something changed (or the last write failed): recompute and apply.
     dirty: bool,
@@ -303,7 +290,7 @@ struct Sync {
     /// When the agent started: older endpoint changes are not measured.
     started: SystemTime,
     /// Trigger times of EndpointSlices already measured, by slice.
-    programmed: BTreeMap<ObjectKey, String>,
+    programmed: BTreeMap<ObjectKey, Arc<str>>,
     datapath: Datapath,
     attached: AttachedDevices,
     last_device_check: Instant,
@@ -314,23 +301,43 @@ impl Sync {
     /// anything changed, write the difference into the maps.
     fn tick(&mut self) {
         match self.source.poll() {
-            Ok(Some(state)) => {
-                self.cluster = state;
+            Ok(Some(update)) => {
+                match update {
+                    Update::Full(state) => {
+                        self.pipeline.replace_state(&state);
+                        self.nodes = state.nodes;
+                    }
+                    Update::Changes(changes) => {
+                        for (key, svc) in &changes.services {
+                            self.pipeline.set_service(key, svc.as_ref());
+                        }
+                        for (key, slice) in &changes.endpoint_slices {
+                            self.pipeline.set_slice(key, slice.as_ref());
+                        }
+                        for (name, node) in changes.nodes {
+                            match node {
+                                Some(n) => self.nodes.insert(name, n),
+                                None => self.nodes.remove(&name),
+                            };
+                        }
+                    }
+                }
                 self.source_delivered = true;
-                self.health.set_node(self.cluster.nodes.get(&self.node));
-                self.dirty = true;
+                self.health.set_node(self.nodes.get(&self.node));
+                self.dirty |= self.pipeline.has_pending();
             }
             Ok(None) => {}
             Err(e) => warn!(error = %e, "reading the source failed; serving the last known state"),
         }
         match interface_addrs(
             &self.primary_dev,
-            node_internal_ip(&self.cluster, &self.node),
+            node_internal_ip(&self.nodes, &self.node),
         ) {
             Ok(a) => {
                 let selected = self.selection.select(&a);
                 if selected != self.addrs {
                     self.addrs = selected;
+                    self.pipeline.set_node_addrs(&self.addrs);
                     self.dirty = true;
                 }
             }
@@ -339,7 +346,7 @@ impl Sync {
         if self.dirty && self.source_ready() {
             self.apply();
         } else if !self.health_checks_complete {
-            let wanted = self.wanted_health_checks();
+            let wanted = self.pipeline.health_checks().clone();
             self.health_checks_complete = self.health_checks.update(&wanted);
             self.metrics
                 .set_health_check_servers(self.health_checks.len());
@@ -366,37 +373,30 @@ impl Sync {
         self.source_delivered
     }
 
-    fn wanted_health_checks(&self) -> BTreeMap<ObjectKey, desired::HealthCheck> {
-        desired::compute(&self.cluster, &self.node, &self.addrs).health_checks
-    }
-
     fn apply(&mut self) {
         let start = Instant::now();
-        let desired = desired::compute(&self.cluster, &self.node, &self.addrs);
-        for c in &desired.conflicts {
-            warn!(conflict = ?c, "frontend claimed twice");
-        }
-        match self.reconciler.apply(&desired, &mut self.maps) {
-            Ok(report) => {
+        match self.pipeline.apply(&mut self.maps) {
+            Ok(applied) => {
                 self.dirty = false;
                 let took = start.elapsed();
-                let services: BTreeSet<&ObjectKey> = desired
-                    .frontends
-                    .values()
-                    .map(|f| &f.owner.service)
-                    .collect();
+                for c in &applied.conflicts {
+                    warn!(conflict = ?c, "frontend claimed twice");
+                }
+                let (frontends, services, endpoints) = self.pipeline.served();
                 self.metrics.sync_succeeded(
                     took,
                     Served {
-                        services: services.len(),
-                        frontends: desired.frontends.len(),
-                        endpoints: self.reconciler.state().backends.len(),
+                        services,
+                        frontends,
+                        endpoints,
                     },
                 );
-                self.record_programming_latency();
-                self.health_checks_complete = self.health_checks.update(&desired.health_checks);
+                self.record_programming_latency(&applied.slices);
+                let wanted = self.pipeline.health_checks().clone();
+                self.health_checks_complete = self.health_checks.update(&wanted);
                 self.metrics
                     .set_health_check_servers(self.health_checks.len());
+                let report = &applied.report;
                 if !report.is_empty() {
                     info!(
                         puts = report.puts,
@@ -406,18 +406,12 @@ impl Sync {
                         "datapath updated"
                     );
                 }
-                let remote = remote_backends(&desired);
-                if remote != self.remote {
-                    self.remote = remote;
-                    neighbours::warm(&self.remote);
+                if applied.remote_changed {
+                    neighbours::warm(self.pipeline.remote_backends());
                 }
                 if !self.ready {
                     self.ready = true;
-                    info!(
-                        frontends = desired.frontends.len(),
-                        node_addrs = self.addrs.len(),
-                        "datapath ready"
-                    );
+                    info!(frontends, node_addrs = self.addrs.len(), "datapath ready");
                 }
             }
             Err(e) => {
@@ -430,20 +424,15 @@ impl Sync {
     /// Records, for every EndpointSlice whose trigger time is new since the
     /// last sync (and after the agent started), how long the change took to
     /// reach the maps, as kube-proxy's `network_programming_duration_seconds`.
-    fn record_programming_latency(&mut self) {
+    fn record_programming_latency(&mut self, slices: &[ObjectKey]) {
         let now = SystemTime::now();
-        let mut seen = BTreeMap::new();
-        for (key, slice) in &self.cluster.endpoint_slices {
-            let Some(trigger) = slice
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(TRIGGER_TIME_ANNOTATION))
-            else {
+        for key in slices {
+            let Some(trigger) = self.pipeline.trigger_time(key) else {
+                self.programmed.remove(key);
                 continue;
             };
-            if self.programmed.get(key) != Some(trigger)
-                && let Ok(t) = k8s_openapi::chrono::DateTime::parse_from_rfc3339(trigger)
+            if self.programmed.get(key) != Some(&trigger)
+                && let Ok(t) = k8s_openapi::chrono::DateTime::parse_from_rfc3339(&trigger)
             {
                 let t = SystemTime::from(t);
                 if t >= self.started
@@ -452,10 +441,10 @@ impl Sync {
                     self.metrics.network_programmed(latency);
                 }
             }
-            seen.insert(key.clone(), trigger.clone());
+            self.programmed.insert(key.clone(), trigger);
         }
-        self.programmed = seen;
     }
+
 }
 
 /// `CGROUP2_SUPER_MAGIC` from `linux/magic.h`.

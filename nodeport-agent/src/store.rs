@@ -1,10 +1,15 @@
-//! The cluster objects the agent currently knows, as one value: what a
-//! source delivers and what the desired-state computation reads.
+//! The cluster objects the agent currently knows: [`ClusterState`], the
+//! objects as a source delivers them, and [`Store`], what the desired-state
+//! computation reads of them (`model`), shared and indexed by Service, kept
+//! up to date change by change.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use crate::model::{ServiceModel, SliceModel};
 
 /// `namespace/name` of an object (cluster-scoped objects have an empty namespace).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -29,4 +34,188 @@ pub struct ClusterState {
     pub services: BTreeMap<ObjectKey, Service>,
     pub endpoint_slices: BTreeMap<ObjectKey, EndpointSlice>,
     pub nodes: BTreeMap<String, Node>,
+}
+
+/// What [`Store::replace`] changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changed {
+    /// Services whose share of the desired state may have changed.
+    pub services: BTreeSet<ObjectKey>,
+    /// Slices added or changed.
+    pub slices: Vec<ObjectKey>,
+}
+
+/// What the desired state is computed from: every Service and
+/// EndpointSlice as a model ([`crate::model`]), slices indexed by their
+/// Service. Each change says which Services it touched.
+#[derive(Clone, Debug)]
+pub struct Store {
+    node_name: String,
+    services: BTreeMap<ObjectKey, Arc<ServiceModel>>,
+    slices: BTreeMap<ObjectKey, Arc<SliceModel>>,
+    /// Slice keys by the Service they belong to.
+    slices_of: BTreeMap<ObjectKey, BTreeSet<ObjectKey>>,
+}
+
+impl Store {
+    /// An empty store for node `node_name` (endpoint locality is decided
+    /// against it).
+    #[must_use]
+    pub fn new(node_name: &str) -> Self {
+        Self {
+            node_name: node_name.to_owned(),
+            services: BTreeMap::new(),
+            slices: BTreeMap::new(),
+            slices_of: BTreeMap::new(),
+        }
+    }
+
+    /// A store holding `state`.
+    #[must_use]
+    pub fn from_state(state: &ClusterState, node_name: &str) -> Self {
+        let mut store = Self::new(node_name);
+        store.replace(state);
+        store
+    }
+
+    #[must_use]
+    pub fn node_name(&self) -> &str {
+        &self.node_name
+    }
+
+    /// Every Service, in key order.
+    pub fn services(&self) -> impl Iterator<Item = (&ObjectKey, &ServiceModel)> {
+        self.services.iter().map(|(k, v)| (k, v.as_ref()))
+    }
+
+    #[must_use]
+    pub fn service(&self, key: &ObjectKey) -> Option<&ServiceModel> {
+        self.services.get(key).map(AsRef::as_ref)
+    }
+
+    /// The slices of Service `key`, in key order.
+    pub fn slices_of(&self, key: &ObjectKey) -> impl Iterator<Item = &SliceModel> {
+        self.slices_of
+            .get(key)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.slices.get(k).map(AsRef::as_ref))
+    }
+
+    /// Every slice, in key order.
+    pub fn slices(&self) -> impl Iterator<Item = (&ObjectKey, &SliceModel)> {
+        self.slices.iter().map(|(k, v)| (k, v.as_ref()))
+    }
+
+    /// Sets (or with `None` removes) Service `key`; returns whether it
+    /// changed.
+    pub fn set_service(&mut self, key: &ObjectKey, svc: Option<&Service>) -> bool {
+        let model = svc.map(ServiceModel::from_service);
+        match (model, self.services.get(key)) {
+            (Some(m), Some(old)) if **old == m => false,
+            (Some(m), _) => {
+                self.services.insert(key.clone(), Arc::new(m));
+                true
+            }
+            (None, Some(_)) => {
+                self.services.remove(key);
+                true
+            }
+            (None, None) => false,
+        }
+    }
+
+    /// Sets (or removes) EndpointSlice `key`; returns the Services whose
+    /// endpoints it changed (the one it belonged to and the one it belongs
+    /// to now).
+    pub fn set_slice(&mut self, key: &ObjectKey, slice: Option<&EndpointSlice>) -> Vec<ObjectKey> {
+        let model = slice.map(|s| SliceModel::from_slice(s, &self.node_name));
+        let old = self.slices.get(key).cloned();
+        if let (Some(m), Some(o)) = (&model, &old)
+            && **o == *m
+        {
+            return Vec::new();
+        }
+        let service_of = |m: &SliceModel| {
+            m.service.as_ref().map(|s| ObjectKey {
+                namespace: key.namespace.clone(),
+                name: s.to_string(),
+            })
+        };
+        let mut touched = Vec::new();
+        if let Some(svc) = old.as_deref().and_then(service_of) {
+            if let Some(set) = self.slices_of.get_mut(&svc) {
+                set.remove(key);
+                if set.is_empty() {
+                    self.slices_of.remove(&svc);
+                }
+            }
+            touched.push(svc);
+        }
+        match model {
+            Some(m) => {
+                if let Some(svc) = service_of(&m) {
+                    self.slices_of
+                        .entry(svc.clone())
+                        .or_default()
+                        .insert(key.clone());
+                    if !touched.contains(&svc) {
+                        touched.push(svc);
+                    }
+                }
+                self.slices.insert(key.clone(), Arc::new(m));
+            }
+            None => {
+                self.slices.remove(key);
+            }
+        }
+        touched
+    }
+
+    /// The trigger time of slice `key`.
+    #[must_use]
+    pub fn slice_trigger_time(&self, key: &ObjectKey) -> Option<Arc<str>> {
+        self.slices.get(key)?.trigger_time.clone()
+    }
+
+    /// Makes the store hold exactly `state`; returns what changed.
+    pub fn replace(&mut self, state: &ClusterState) -> Changed {
+        let mut touched = BTreeSet::new();
+        let mut slices = Vec::new();
+        let gone: Vec<ObjectKey> = self
+            .services
+            .keys()
+            .filter(|k| !state.services.contains_key(*k))
+            .cloned()
+            .collect();
+        for k in gone {
+            self.set_service(&k, None);
+            touched.insert(k);
+        }
+        for (k, svc) in &state.services {
+            if self.set_service(k, Some(svc)) {
+                touched.insert(k.clone());
+            }
+        }
+        let gone: Vec<ObjectKey> = self
+            .slices
+            .keys()
+            .filter(|k| !state.endpoint_slices.contains_key(*k))
+            .cloned()
+            .collect();
+        for k in gone {
+            touched.extend(self.set_slice(&k, None));
+        }
+        for (k, slice) in &state.endpoint_slices {
+            let t = self.set_slice(k, Some(slice));
+            if !t.is_empty() {
+                slices.push(k.clone());
+            }
+            touched.extend(t);
+        }
+        Changed {
+            services: touched,
+            slices,
+        }
+    }
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use nodeport_agent::loader::{self, Datapath, MapSizes};
-use nodeport_agent::maps::{MapWriter as _, bpf::BpfMaps};
+use nodeport_agent::maps::{MapWriter as _, TableWrite, Write, bpf::BpfMaps};
 use nodeport_common::{Frontend, FrontendKey, LAYOUTS, PROTO_TCP, names};
 
 fn require_root() {
@@ -71,7 +71,8 @@ fn maps_are_pinned_with_field_names_and_adopted_on_reload() {
     {
         let _dp = Datapath::load(&root.0, MapSizes::default()).expect("load and pin");
         let mut maps = BpfMaps::open(&root.0).expect("open pinned maps");
-        maps.put_frontend(key, value).expect("write frontend");
+        maps.write(&TableWrite::Frontend(Write::Put(key, value)))
+            .expect("write frontend");
     }
     for name in names::ALL {
         assert!(root.0.join(name).exists(), "map {name} is pinned");

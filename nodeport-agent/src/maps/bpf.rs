@@ -11,7 +11,10 @@ use nodeport_common::{
     FlowKey, Frontend, FrontendKey, NodeAddr, NodeAddrKey, RevNat, Slot, SlotKey, names, stat,
 };
 
-use super::{MapError, MapState, MapWriter};
+use super::{
+    Backends, Frontends, MapError, MapState, MapWriter, NodeAddrs, Slots, Table as _, TableWrite,
+    Write,
+};
 
 fn err(
     map: &'static str,
@@ -210,52 +213,27 @@ impl BpfMaps {
     }
 }
 
-macro_rules! put_delete {
-    ($put:ident, $delete:ident, $field:ident, $name:expr, $k:ty, $v:ty) => {
-        fn $put(&mut self, key: $k, value: $v) -> Result<(), MapError> {
-            self.$field
-                .insert(key, value, 0)
-                .map_err(err($name, "update", key))
-        }
-        fn $delete(&mut self, key: $k) -> Result<(), MapError> {
-            remove_present(&mut self.$field, $name, key)
-        }
-    };
+/// Carries out one write on `map`.
+fn apply<K: aya::Pod + std::fmt::Debug, V: aya::Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    name: &'static str,
+    write: Write<K, V>,
+) -> Result<(), MapError> {
+    match write {
+        Write::Put(k, v) => map.insert(k, v, 0).map_err(err(name, "update", k)),
+        Write::Delete(k) => remove_present(map, name, k),
+    }
 }
 
 impl MapWriter for BpfMaps {
-    put_delete!(
-        put_node_addr,
-        delete_node_addr,
-        node_addrs,
-        names::NODE_ADDRS,
-        NodeAddrKey,
-        NodeAddr
-    );
-    put_delete!(
-        put_frontend,
-        delete_frontend,
-        frontends,
-        names::FRONTENDS,
-        FrontendKey,
-        Frontend
-    );
-    put_delete!(
-        put_slot,
-        delete_slot,
-        slots,
-        names::BACKEND_SLOTS,
-        SlotKey,
-        Slot
-    );
-    put_delete!(
-        put_backend,
-        delete_backend,
-        backends,
-        names::BACKENDS,
-        BackendKey,
-        Backend
-    );
+    fn write(&mut self, write: &TableWrite) -> Result<(), MapError> {
+        match *write {
+            TableWrite::NodeAddr(w) => apply(&mut self.node_addrs, NodeAddrs::NAME, w),
+            TableWrite::Frontend(w) => apply(&mut self.frontends, Frontends::NAME, w),
+            TableWrite::Slot(w) => apply(&mut self.slots, Slots::NAME, w),
+            TableWrite::Backend(w) => apply(&mut self.backends, Backends::NAME, w),
+        }
+    }
 
     fn purge_flows(&mut self, backend_ids: &BTreeSet<u32>) -> Result<usize, MapError> {
         if backend_ids.is_empty() {

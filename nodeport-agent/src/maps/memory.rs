@@ -1,26 +1,18 @@
-//! An in-memory [`MapWriter`] for tests: holds a [`MapState`], records every
-//! successful operation in order, keeps fake flows so that `purge_flows`
-//! returns a meaningful count, and can fail a chosen write.
+//! An in-memory [`MapWriter`], the reconciler's test double: holds a
+//! [`MapState`], records every successful operation in order, keeps fake
+//! flows so that the purges return meaningful counts, and can fail a
+//! chosen write.
 
 use std::collections::BTreeSet;
 
-use nodeport_common::{
-    Backend, BackendKey, Frontend, FrontendKey, NodeAddr, NodeAddrKey, Slot, SlotKey, names,
-};
+use nodeport_common::names;
 
-use super::{MapError, MapState, MapWriter};
+use super::{MapError, MapState, MapWriter, TableWrite};
 
-/// One successful write, as recorded by [`MemoryMaps`].
+/// One successful operation, as recorded by [`MemoryMaps`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
-    PutNodeAddr(NodeAddrKey, NodeAddr),
-    DeleteNodeAddr(NodeAddrKey),
-    PutFrontend(FrontendKey, Frontend),
-    DeleteFrontend(FrontendKey),
-    PutSlot(SlotKey, Slot),
-    DeleteSlot(SlotKey),
-    PutBackend(BackendKey, Backend),
-    DeleteBackend(BackendKey),
+    Write(TableWrite),
     PurgeFlows(BTreeSet<u32>),
     PurgeUdpFlows(BTreeSet<(u32, u32)>),
 }
@@ -30,10 +22,7 @@ impl Op {
     #[must_use]
     pub fn map(&self) -> &'static str {
         match self {
-            Self::PutNodeAddr(..) | Self::DeleteNodeAddr(_) => names::NODE_ADDRS,
-            Self::PutFrontend(..) | Self::DeleteFrontend(_) => names::FRONTENDS,
-            Self::PutSlot(..) | Self::DeleteSlot(_) => names::BACKEND_SLOTS,
-            Self::PutBackend(..) | Self::DeleteBackend(_) => names::BACKENDS,
+            Self::Write(w) => w.map(),
             Self::PurgeFlows(_) | Self::PurgeUdpFlows(_) => names::CONNTRACK,
         }
     }
@@ -42,24 +31,14 @@ impl Op {
     #[must_use]
     pub fn verb(&self) -> &'static str {
         match self {
-            Self::PutNodeAddr(..)
-            | Self::PutFrontend(..)
-            | Self::PutSlot(..)
-            | Self::PutBackend(..) => "put",
-            Self::DeleteNodeAddr(_)
-            | Self::DeleteFrontend(_)
-            | Self::DeleteSlot(_)
-            | Self::DeleteBackend(_) => "delete",
+            Self::Write(w) => w.verb(),
             Self::PurgeFlows(_) | Self::PurgeUdpFlows(_) => "purge",
         }
     }
 
     fn key(&self) -> String {
         match self {
-            Self::PutNodeAddr(k, _) | Self::DeleteNodeAddr(k) => format!("{k:?}"),
-            Self::PutFrontend(k, _) | Self::DeleteFrontend(k) => format!("{k:?}"),
-            Self::PutSlot(k, _) | Self::DeleteSlot(k) => format!("{k:?}"),
-            Self::PutBackend(k, _) | Self::DeleteBackend(k) => format!("{k:?}"),
+            Self::Write(w) => w.key_text(),
             Self::PurgeFlows(ids) => format!("backend ids {ids:?}"),
             Self::PurgeUdpFlows(pairs) => format!("(service id, backend id) {pairs:?}"),
         }
@@ -159,7 +138,7 @@ impl MemoryMaps {
     }
 
     /// Checks the injected failures, then applies and logs `op`.
-    fn write(&mut self, op: Op) -> Result<(), MapError> {
+    fn record(&mut self, op: Op) -> Result<(), MapError> {
         let mut fail = false;
         if let Some(n) = self.fail_in {
             if n <= 1 {
@@ -185,30 +164,7 @@ impl MemoryMaps {
             });
         }
         match &op {
-            Op::PutNodeAddr(k, v) => {
-                self.state.node_addrs.insert(*k, *v);
-            }
-            Op::DeleteNodeAddr(k) => {
-                self.state.node_addrs.remove(k);
-            }
-            Op::PutFrontend(k, v) => {
-                self.state.frontends.insert(*k, *v);
-            }
-            Op::DeleteFrontend(k) => {
-                self.state.frontends.remove(k);
-            }
-            Op::PutSlot(k, v) => {
-                self.state.slots.insert(*k, *v);
-            }
-            Op::DeleteSlot(k) => {
-                self.state.slots.remove(k);
-            }
-            Op::PutBackend(k, v) => {
-                self.state.backends.insert(*k, *v);
-            }
-            Op::DeleteBackend(k) => {
-                self.state.backends.remove(k);
-            }
+            Op::Write(w) => w.apply_to(&mut self.state),
             Op::PurgeFlows(ids) => self.flows.retain(|id| !ids.contains(id)),
             Op::PurgeUdpFlows(pairs) => self.udp_flows.retain(|p| !pairs.contains(p)),
         }
@@ -218,36 +174,8 @@ impl MemoryMaps {
 }
 
 impl MapWriter for MemoryMaps {
-    fn put_node_addr(&mut self, key: NodeAddrKey, value: NodeAddr) -> Result<(), MapError> {
-        self.write(Op::PutNodeAddr(key, value))
-    }
-
-    fn delete_node_addr(&mut self, key: NodeAddrKey) -> Result<(), MapError> {
-        self.write(Op::DeleteNodeAddr(key))
-    }
-
-    fn put_frontend(&mut self, key: FrontendKey, value: Frontend) -> Result<(), MapError> {
-        self.write(Op::PutFrontend(key, value))
-    }
-
-    fn delete_frontend(&mut self, key: FrontendKey) -> Result<(), MapError> {
-        self.write(Op::DeleteFrontend(key))
-    }
-
-    fn put_slot(&mut self, key: SlotKey, value: Slot) -> Result<(), MapError> {
-        self.write(Op::PutSlot(key, value))
-    }
-
-    fn delete_slot(&mut self, key: SlotKey) -> Result<(), MapError> {
-        self.write(Op::DeleteSlot(key))
-    }
-
-    fn put_backend(&mut self, key: BackendKey, value: Backend) -> Result<(), MapError> {
-        self.write(Op::PutBackend(key, value))
-    }
-
-    fn delete_backend(&mut self, key: BackendKey) -> Result<(), MapError> {
-        self.write(Op::DeleteBackend(key))
+    fn write(&mut self, write: &TableWrite) -> Result<(), MapError> {
+        self.record(Op::Write(*write))
     }
 
     fn purge_flows(
@@ -255,7 +183,7 @@ impl MapWriter for MemoryMaps {
         backend_ids: &std::collections::BTreeSet<u32>,
     ) -> Result<usize, MapError> {
         let before = self.flows.len();
-        self.write(Op::PurgeFlows(backend_ids.clone()))?;
+        self.record(Op::PurgeFlows(backend_ids.clone()))?;
         Ok(before - self.flows.len())
     }
 
@@ -264,7 +192,7 @@ impl MapWriter for MemoryMaps {
         service_backends: &std::collections::BTreeSet<(u32, u32)>,
     ) -> Result<usize, MapError> {
         let before = self.udp_flows.len();
-        self.write(Op::PurgeUdpFlows(service_backends.clone()))?;
+        self.record(Op::PurgeUdpFlows(service_backends.clone()))?;
         Ok(before - self.udp_flows.len())
     }
 
@@ -276,6 +204,16 @@ impl MapWriter for MemoryMaps {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::maps::Write;
+    use nodeport_common::{Backend, BackendKey, Slot, SlotKey};
+
+    fn put_backend(k: BackendKey, v: Backend) -> TableWrite {
+        TableWrite::Backend(Write::Put(k, v))
+    }
+
+    fn delete_backend(k: BackendKey) -> TableWrite {
+        TableWrite::Backend(Write::Delete(k))
+    }
 
     #[test]
     fn writes_log_and_fail_on_demand() {
@@ -287,47 +225,39 @@ mod tests {
             flags: 0,
             pad: 0,
         };
-        m.put_backend(k, v).unwrap();
-        m.delete_backend(BackendKey { backend_id: 9 }).unwrap();
+        let nine = BackendKey { backend_id: 9 };
+        m.write(&put_backend(k, v)).unwrap();
+        m.write(&delete_backend(nine)).unwrap();
         assert_eq!(
             m.take_ops(),
             vec![
-                Op::PutBackend(k, v),
-                Op::DeleteBackend(BackendKey { backend_id: 9 })
+                Op::Write(put_backend(k, v)),
+                Op::Write(delete_backend(nine))
             ]
         );
 
         m.fail_nth_write(2);
-        m.delete_backend(k).unwrap();
-        let err = m.put_backend(k, v).unwrap_err();
+        m.write(&delete_backend(k)).unwrap();
+        let err = m.write(&put_backend(k, v)).unwrap_err();
         assert_eq!((err.map, err.op), (names::BACKENDS, "put"));
         assert!(
             m.state.backends.is_empty(),
             "a failed write changes nothing"
         );
-        assert_eq!(m.take_ops(), vec![Op::DeleteBackend(k)]);
-        m.put_backend(k, v).unwrap();
+        assert_eq!(m.take_ops(), vec![Op::Write(delete_backend(k))]);
+        m.write(&put_backend(k, v)).unwrap();
 
-        m.fail_when(|op| matches!(op, Op::PutSlot(..)));
-        m.put_backend(k, v).unwrap();
-        assert!(
-            m.put_slot(
-                SlotKey {
-                    service_id: 1,
-                    slot: 0
-                },
-                Slot { backend_id: 1 }
-            )
-            .is_err()
-        );
-        m.put_slot(
+        m.fail_when(|op| matches!(op, Op::Write(TableWrite::Slot(Write::Put(..)))));
+        m.write(&put_backend(k, v)).unwrap();
+        let slot = TableWrite::Slot(Write::Put(
             SlotKey {
                 service_id: 1,
                 slot: 0,
             },
             Slot { backend_id: 1 },
-        )
-        .unwrap();
+        ));
+        assert!(m.write(&slot).is_err());
+        m.write(&slot).unwrap();
         assert_eq!(m.read_state().unwrap().slots.len(), 1);
     }
 

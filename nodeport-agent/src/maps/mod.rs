@@ -1,16 +1,18 @@
 //! Where the agent's view of the datapath meets the BPF maps.
 //!
-//! [`MapWriter`] is the only way the agent changes datapath state; the
-//! reconciler drives it and is tested against [`memory::MemoryMaps`], while
-//! [`bpf::BpfMaps`] writes the pinned kernel maps.
+//! [`MapWriter`] is the only way the agent changes datapath state: one
+//! [`Write`] of one [`Table`] at a time (the reconciler computes them with
+//! [`diff`]), plus flow purges. [`bpf::BpfMaps`] writes the pinned kernel
+//! maps; the reconciler's tests use an in-memory double.
 
 pub mod bpf;
+#[cfg(test)]
 pub mod memory;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use nodeport_common::{
-    Backend, BackendKey, Frontend, FrontendKey, NodeAddr, NodeAddrKey, Slot, SlotKey,
+    Backend, BackendKey, Frontend, FrontendKey, NodeAddr, NodeAddrKey, Slot, SlotKey, names,
 };
 
 /// What the service maps hold (flow state excluded): read back on start to
@@ -34,17 +36,178 @@ pub struct MapError {
     pub source: Box<dyn std::error::Error + Send + Sync>,
 }
 
-/// Writes datapath state. Every method is idempotent: putting an existing
+/// A service map the reconciler writes: its pin name, key and value, and
+/// where [`MapState`] holds it. Every write of the agent to these maps is a
+/// [`Write`] of one table.
+pub trait Table {
+    const NAME: &'static str;
+    type Key: Copy + Ord + std::fmt::Debug;
+    type Value: Copy + PartialEq + std::fmt::Debug;
+    /// This table's entries in `state`.
+    fn entries(state: &MapState) -> &BTreeMap<Self::Key, Self::Value>;
+    fn entries_mut(state: &mut MapState) -> &mut BTreeMap<Self::Key, Self::Value>;
+    /// A write of this table as a write of any table.
+    fn wrap(write: Write<Self::Key, Self::Value>) -> TableWrite;
+}
+
+/// One entry written or deleted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Write<K, V> {
+    Put(K, V),
+    Delete(K),
+}
+
+impl<K: Copy, V> Write<K, V> {
+    #[must_use]
+    pub fn key(&self) -> K {
+        match self {
+            Self::Put(k, _) | Self::Delete(k) => *k,
+        }
+    }
+
+    /// `put` or `delete`.
+    #[must_use]
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Self::Put(..) => "put",
+            Self::Delete(_) => "delete",
+        }
+    }
+}
+
+/// A write of one of the service tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TableWrite {
+    NodeAddr(Write<NodeAddrKey, NodeAddr>),
+    Frontend(Write<FrontendKey, Frontend>),
+    Slot(Write<SlotKey, Slot>),
+    Backend(Write<BackendKey, Backend>),
+}
+
+impl TableWrite {
+    /// The map written.
+    #[must_use]
+    pub fn map(&self) -> &'static str {
+        match self {
+            Self::NodeAddr(_) => NodeAddrs::NAME,
+            Self::Frontend(_) => Frontends::NAME,
+            Self::Slot(_) => Slots::NAME,
+            Self::Backend(_) => Backends::NAME,
+        }
+    }
+
+    /// `put` or `delete`.
+    #[must_use]
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Self::NodeAddr(w) => w.verb(),
+            Self::Frontend(w) => w.verb(),
+            Self::Slot(w) => w.verb(),
+            Self::Backend(w) => w.verb(),
+        }
+    }
+
+    /// The key written, for errors.
+    #[must_use]
+    pub fn key_text(&self) -> String {
+        match self {
+            Self::NodeAddr(w) => format!("{:?}", w.key()),
+            Self::Frontend(w) => format!("{:?}", w.key()),
+            Self::Slot(w) => format!("{:?}", w.key()),
+            Self::Backend(w) => format!("{:?}", w.key()),
+        }
+    }
+
+    /// Applies the write to `state`.
+    pub fn apply_to(&self, state: &mut MapState) {
+        fn apply<T: Table>(state: &mut MapState, w: Write<T::Key, T::Value>) {
+            match w {
+                Write::Put(k, v) => {
+                    T::entries_mut(state).insert(k, v);
+                }
+                Write::Delete(k) => {
+                    T::entries_mut(state).remove(&k);
+                }
+            }
+        }
+        match *self {
+            Self::NodeAddr(w) => apply::<NodeAddrs>(state, w),
+            Self::Frontend(w) => apply::<Frontends>(state, w),
+            Self::Slot(w) => apply::<Slots>(state, w),
+            Self::Backend(w) => apply::<Backends>(state, w),
+        }
+    }
+}
+
+macro_rules! table {
+    ($(#[$doc:meta])* $name:ident, $pin:expr, $field:ident, $k:ty, $v:ty, $variant:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug)]
+        pub struct $name;
+
+        impl Table for $name {
+            const NAME: &'static str = $pin;
+            type Key = $k;
+            type Value = $v;
+            fn entries(state: &MapState) -> &BTreeMap<$k, $v> {
+                &state.$field
+            }
+            fn entries_mut(state: &mut MapState) -> &mut BTreeMap<$k, $v> {
+                &mut state.$field
+            }
+            fn wrap(write: Write<$k, $v>) -> TableWrite {
+                TableWrite::$variant(write)
+            }
+        }
+    };
+}
+
+table!(
+    /// The node addresses that serve NodePorts.
+    NodeAddrs, names::NODE_ADDRS, node_addrs, NodeAddrKey, NodeAddr, NodeAddr
+);
+table!(
+    /// The frontends.
+    Frontends, names::FRONTENDS, frontends, FrontendKey, Frontend, Frontend
+);
+table!(
+    /// The backend slots of each frontend.
+    Slots, names::BACKEND_SLOTS, slots, SlotKey, Slot, Slot
+);
+table!(
+    /// The backends.
+    Backends, names::BACKENDS, backends, BackendKey, Backend, Backend
+);
+
+/// The writes of table `T`.
+pub type Writes<T> = Vec<Write<<T as Table>::Key, <T as Table>::Value>>;
+
+/// The writes that make table `T` of `current` hold `wanted` for the keys
+/// `wanted` names (`None`: the entry goes), in key order: the puts of new
+/// or changed entries, and the deletes of present ones.
+#[must_use]
+pub fn diff<T: Table>(
+    current: &MapState,
+    wanted: &BTreeMap<T::Key, Option<T::Value>>,
+) -> (Writes<T>, Writes<T>) {
+    let entries = T::entries(current);
+    let mut puts = Vec::new();
+    let mut deletes = Vec::new();
+    for (k, v) in wanted {
+        match v {
+            Some(v) if entries.get(k) != Some(v) => puts.push(Write::Put(*k, *v)),
+            None if entries.contains_key(k) => deletes.push(Write::Delete(*k)),
+            _ => {}
+        }
+    }
+    (puts, deletes)
+}
+
+/// Writes datapath state. Every write is idempotent: putting an existing
 /// entry overwrites it, deleting a missing one succeeds.
 pub trait MapWriter {
-    fn put_node_addr(&mut self, key: NodeAddrKey, value: NodeAddr) -> Result<(), MapError>;
-    fn delete_node_addr(&mut self, key: NodeAddrKey) -> Result<(), MapError>;
-    fn put_frontend(&mut self, key: FrontendKey, value: Frontend) -> Result<(), MapError>;
-    fn delete_frontend(&mut self, key: FrontendKey) -> Result<(), MapError>;
-    fn put_slot(&mut self, key: SlotKey, value: Slot) -> Result<(), MapError>;
-    fn delete_slot(&mut self, key: SlotKey) -> Result<(), MapError>;
-    fn put_backend(&mut self, key: BackendKey, value: Backend) -> Result<(), MapError>;
-    fn delete_backend(&mut self, key: BackendKey) -> Result<(), MapError>;
+    /// Writes one entry of a service table.
+    fn write(&mut self, write: &TableWrite) -> Result<(), MapError>;
     /// Deletes the flow state (conntrack and reverse-NAT entries) of the
     /// connectionless (UDP) flows that were sent to any of `backend_ids`, and
     /// their ClientIP affinity; TCP connections keep their backend until they

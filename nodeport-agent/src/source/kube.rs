@@ -4,8 +4,10 @@
 //!
 //! The watchers (kube-runtime's list+watch state machine) run on the
 //! agent's one tokio runtime and update one shared [`Watched`] state;
-//! [`KubeSource::poll`] (called by the synchronous run loop) hands out a
-//! copy whenever anything changed. Semantics:
+//! [`KubeSource::poll_changes`] (called by the synchronous run loop) hands
+//! out the objects that changed since its last call, moving them out: the
+//! source keeps only each object's `resourceVersion`, the agent's store the
+//! rest. Semantics:
 //!
 //! - Filtered at the API as kube-proxy does: Services and EndpointSlices with
 //!   the label selector `!service.kubernetes.io/service-proxy-name,
@@ -36,9 +38,9 @@ use kube::{Api, Client, Resource, ResourceExt as _};
 use serde::de::DeserializeOwned;
 use tracing::{debug, info, warn};
 
-use super::SourceError;
+use super::{Changes, SourceError};
 use crate::metrics::Metrics;
-use crate::store::{ClusterState, ObjectKey};
+use crate::store::ObjectKey;
 
 /// kube-proxy's selector for Services and EndpointSlices it serves.
 pub const PROXY_LABEL_SELECTOR: &str =
@@ -57,10 +59,14 @@ pub struct KubeOptions {
     pub node_name: String,
 }
 
-/// One kind of object as the watchers last saw it.
+/// One kind of object as the watchers last saw it: each object's version,
+/// and the objects changed since the last hand-out.
 #[derive(Debug)]
 struct Objects<K> {
-    current: BTreeMap<ObjectKey, K>,
+    /// `resourceVersion` of every visible object.
+    current: BTreeMap<ObjectKey, String>,
+    /// Changed since the last hand-out: the new object, `None` if deleted.
+    changed: BTreeMap<ObjectKey, Option<K>>,
     /// A list in progress: replaces `current` when complete.
     listing: Option<BTreeMap<ObjectKey, K>>,
     /// A list completed at least once.
@@ -71,10 +77,15 @@ impl<K> Default for Objects<K> {
     fn default() -> Self {
         Self {
             current: BTreeMap::new(),
+            changed: BTreeMap::new(),
             listing: None,
             synced: false,
         }
     }
+}
+
+fn version_of<K: Resource>(obj: &K) -> String {
+    obj.meta().resource_version.clone().unwrap_or_default()
 }
 
 fn key_of<K: Resource>(obj: &K) -> ObjectKey {
@@ -101,21 +112,53 @@ impl<K: Resource + PartialEq> Objects<K> {
             }
             watcher::Event::InitDone => {
                 let listed = self.listing.take().unwrap_or_default();
-                let changed = !self.synced || listed != self.current;
-                self.current = listed;
+                let first = !self.synced;
                 self.synced = true;
-                changed
-            }
-            watcher::Event::Apply(obj) => {
-                let key = key_of(&obj);
-                if self.current.get(&key) == Some(&obj) {
-                    return false;
+                let mut changed = false;
+                // What the list no longer has is gone.
+                let gone: Vec<ObjectKey> = self
+                    .current
+                    .keys()
+                    .filter(|k| !listed.contains_key(*k))
+                    .cloned()
+                    .collect();
+                for k in gone {
+                    self.current.remove(&k);
+                    self.changed.insert(k, None);
+                    changed = true;
                 }
-                self.current.insert(key, obj);
-                true
+                for (k, obj) in listed {
+                    changed |= self.put(k, obj);
+                }
+                changed || first
             }
-            watcher::Event::Delete(obj) => self.current.remove(&key_of(&obj)).is_some(),
+            watcher::Event::Apply(obj) => self.put(key_of(&obj), obj),
+            watcher::Event::Delete(obj) => {
+                let key = key_of(&obj);
+                if self.current.remove(&key).is_some() {
+                    self.changed.insert(key, None);
+                    true
+                } else {
+                    false
+                }
+            }
         }
+    }
+
+    /// Records `obj` unless the same version is already visible.
+    fn put(&mut self, key: ObjectKey, obj: K) -> bool {
+        let version = version_of(&obj);
+        if !version.is_empty() && self.current.get(&key) == Some(&version) {
+            return false;
+        }
+        self.current.insert(key.clone(), version);
+        self.changed.insert(key, Some(obj));
+        true
+    }
+
+    /// The changes since the last call.
+    fn take_changed(&mut self) -> BTreeMap<ObjectKey, Option<K>> {
+        std::mem::take(&mut self.changed)
     }
 }
 
@@ -134,15 +177,16 @@ impl Watched {
         self.services.synced && self.slices.synced && self.nodes.synced
     }
 
-    fn state(&self) -> ClusterState {
-        ClusterState {
-            services: self.services.current.clone(),
-            endpoint_slices: self.slices.current.clone(),
+    /// Moves out every change not yet handed out.
+    fn take_changes(&mut self) -> Changes {
+        Changes {
+            services: self.services.take_changed(),
+            endpoint_slices: self.slices.take_changed(),
             nodes: self
                 .nodes
-                .current
-                .iter()
-                .map(|(k, v)| (k.name.clone(), v.clone()))
+                .take_changed()
+                .into_iter()
+                .map(|(k, v)| (k.name, v))
                 .collect(),
         }
     }
@@ -202,10 +246,10 @@ impl KubeSource {
         })
     }
 
-    /// The complete state when anything changed since the last call and
-    /// every initial list has completed; `None` otherwise.
-    pub fn poll_state(&mut self) -> Option<ClusterState> {
-        let w = lock(&self.shared);
+    /// What changed since the last call once every initial list has
+    /// completed (the first call: every object); `None` otherwise.
+    pub fn poll_changes(&mut self) -> Option<Changes> {
+        let mut w = lock(&self.shared);
         if !w.synced() {
             if !self.waiting_logged {
                 self.waiting_logged = true;
@@ -217,19 +261,19 @@ impl KubeSource {
             return None;
         }
         self.seen = Some(w.generation);
-        let state = w.state();
+        let changes = w.take_changes();
         drop(w);
         debug!(
-            services = state.services.len(),
-            endpoint_slices = state.endpoint_slices.len(),
-            nodes = state.nodes.len(),
-            "cluster state changed"
+            services = changes.services.len(),
+            endpoint_slices = changes.endpoint_slices.len(),
+            nodes = changes.nodes.len(),
+            "cluster objects changed"
         );
-        Some(state)
+        Some(changes)
     }
 
     /// Blocks until the watchers changed something not yet handed out by
-    /// [`Self::poll_state`], or `timeout` passed.
+    /// [`Self::poll_changes`], or `timeout` passed.
     pub fn wait(&self, timeout: Duration) {
         let w = lock(&self.shared);
         if self.seen != Some(w.generation) && w.synced() {
@@ -406,6 +450,18 @@ mod tests {
         o.current.keys().map(ToString::to_string).collect()
     }
 
+    /// The changes handed out now: `name` for a new version, `-name` for a
+    /// deletion.
+    fn taken(o: &mut Objects<Service>) -> Vec<String> {
+        o.take_changed()
+            .into_iter()
+            .map(|(k, v)| match v {
+                Some(_) => k.name,
+                None => format!("-{}", k.name),
+            })
+            .collect()
+    }
+
     #[test]
     fn relist_replaces_atomically_and_deletes_what_was_not_seen() {
         let mut o = Objects::<Service>::default();
@@ -419,26 +475,32 @@ mod tests {
         assert!(o.apply(watcher::Event::InitDone));
         assert!(o.synced);
         assert_eq!(names(&o), ["default/a", "default/b"]);
+        assert_eq!(taken(&mut o), ["a", "b"], "the first list hands out everything");
 
         assert!(o.apply(watcher::Event::Apply(svc("c", "3"))));
         assert!(!o.apply(watcher::Event::Apply(svc("c", "3"))), "unchanged");
         assert!(o.apply(watcher::Event::Delete(svc("a", "4"))));
         assert!(!o.apply(watcher::Event::Delete(svc("a", "4"))));
         assert_eq!(names(&o), ["default/b", "default/c"]);
+        assert_eq!(taken(&mut o), ["-a", "c"]);
+        assert!(taken(&mut o).is_empty(), "handed out once");
 
         // A re-list (after a 410) that no longer has b: b goes, at InitDone.
         assert!(!o.apply(watcher::Event::Init));
         assert!(!o.apply(watcher::Event::InitApply(svc("c", "3"))));
         assert!(!o.apply(watcher::Event::InitApply(svc("d", "5"))));
         assert_eq!(names(&o), ["default/b", "default/c"], "old view until done");
+        assert!(taken(&mut o).is_empty(), "nothing handed out mid-list");
         assert!(o.apply(watcher::Event::InitDone));
         assert_eq!(names(&o), ["default/c", "default/d"]);
+        assert_eq!(taken(&mut o), ["-b", "d"], "only the difference");
 
         // A re-list with the same objects changes nothing.
         o.apply(watcher::Event::Init);
         o.apply(watcher::Event::InitApply(svc("c", "3")));
         o.apply(watcher::Event::InitApply(svc("d", "5")));
         assert!(!o.apply(watcher::Event::InitDone));
+        assert!(taken(&mut o).is_empty());
     }
 
     #[test]
@@ -479,8 +541,8 @@ mod tests {
             start.elapsed() < Duration::from_secs(1),
             "a pending change: no wait"
         );
-        assert!(source.poll_state().is_some());
-        assert!(source.poll_state().is_none(), "handed out once");
+        assert!(source.poll_changes().is_some());
+        assert!(source.poll_changes().is_none(), "handed out once");
 
         let bumper = {
             let shared = Arc::clone(&shared);
@@ -499,8 +561,8 @@ mod tests {
             "woken by the change"
         );
         bumper.join().unwrap();
-        let state = source.poll_state().expect("the change");
-        assert_eq!(state.services.len(), 1);
+        let changes = source.poll_changes().expect("the change");
+        assert_eq!(changes.services.len(), 1);
 
         let start = std::time::Instant::now();
         source.wait(Duration::from_millis(100));

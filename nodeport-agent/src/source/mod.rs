@@ -1,6 +1,12 @@
 //! Where the agent's cluster objects come from.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use crate::store::{ClusterState, ObjectKey};
 
 pub mod kube;
 pub mod manifests;
@@ -20,13 +26,40 @@ pub enum SourceError {
     Kube(String),
 }
 
+/// What a source delivers.
+#[derive(Debug)]
+pub enum Update {
+    /// Everything it knows (a manifests scan): what the agent holds and
+    /// this lacks is gone.
+    Full(ClusterState),
+    /// The objects that changed since the last delivery (`None`: deleted);
+    /// the first delivery of a source that sends changes holds every object.
+    Changes(Changes),
+}
+
+/// Objects changed since the last delivery, each with its new version or
+/// `None` when it was deleted.
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub services: BTreeMap<ObjectKey, Option<Service>>,
+    pub endpoint_slices: BTreeMap<ObjectKey, Option<EndpointSlice>>,
+    pub nodes: BTreeMap<String, Option<Node>>,
+}
+
+impl Changes {
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty() && self.endpoint_slices.is_empty() && self.nodes.is_empty()
+    }
+}
+
 /// A source of cluster objects: the Kubernetes API or a manifests
 /// directory. The agent's loop polls it; everything after it (store
 /// → desired state → reconcile) is the same whatever the source.
 pub trait Source {
-    /// The complete current state when anything changed since the last
-    /// call (the first call always returns it), `None` when nothing did.
-    fn poll(&mut self) -> Result<Option<crate::store::ClusterState>, SourceError>;
+    /// What changed since the last call (the first call delivers
+    /// everything), `None` when nothing did.
+    fn poll(&mut self) -> Result<Option<Update>, SourceError>;
 
     /// What this source reads, for logs.
     fn describe(&self) -> String;
@@ -39,8 +72,8 @@ pub trait Source {
 }
 
 impl Source for manifests::ManifestsSource {
-    fn poll(&mut self) -> Result<Option<crate::store::ClusterState>, SourceError> {
-        self.scan()
+    fn poll(&mut self) -> Result<Option<Update>, SourceError> {
+        Ok(self.scan()?.map(Update::Full))
     }
 
     fn describe(&self) -> String {
@@ -49,8 +82,8 @@ impl Source for manifests::ManifestsSource {
 }
 
 impl Source for kube::KubeSource {
-    fn poll(&mut self) -> Result<Option<crate::store::ClusterState>, SourceError> {
-        Ok(self.poll_state())
+    fn poll(&mut self) -> Result<Option<Update>, SourceError> {
+        Ok(self.poll_changes().map(Update::Changes))
     }
 
     fn describe(&self) -> String {

@@ -37,22 +37,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::Ipv4Addr;
 
-use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use nodeport_common::{
     BACKEND_F_LOCAL, BACKEND_F_TERMINATING, Backend, FRONTEND_F_AFFINITY, FRONTEND_F_DROP_EMPTY,
-    FRONTEND_F_LOCAL_ONLY, FrontendKey, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
+    FRONTEND_F_LOCAL_ONLY, FrontendKey,
 };
 
-use crate::store::{ClusterState, ObjectKey};
+use crate::model::{PortModel, Served, ServiceModel, SliceModel};
+use crate::store::{ClusterState, ObjectKey, Store};
 
-/// Label that ties an `EndpointSlice` to its Service.
-pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
-/// Services (and slices) with this label belong to another proxy.
-pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
-/// `sessionAffinityConfig.clientIP.timeoutSeconds` when absent.
-pub const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
+pub mod index;
+
+pub use crate::k8s::{DEFAULT_AFFINITY_TIMEOUT_S, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME};
 
 /// What this node's datapath must hold.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -161,12 +156,7 @@ pub fn frontend_key(addr: Ipv4Addr, port: u16, proto: u8) -> FrontendKey {
 /// `TCP`, `UDP`, `SCTP` or the protocol number.
 #[must_use]
 pub fn proto_name(proto: u8) -> String {
-    match proto {
-        PROTO_TCP => "TCP".into(),
-        PROTO_UDP => "UDP".into(),
-        PROTO_SCTP => "SCTP".into(),
-        other => other.to_string(),
-    }
+    crate::k8s::protocol_name(proto)
 }
 
 /// A frontend for humans: `nodePort 30080/TCP` or `10.96.0.10:80/TCP`.
@@ -180,21 +170,6 @@ pub fn describe_frontend(key: &FrontendKey) -> String {
         let addr = Ipv4Addr::from(key.addr_be.to_ne_bytes());
         format!("{addr}:{port}/{proto}")
     }
-}
-
-/// A Kubernetes protocol name (absent: TCP) as an IP protocol number.
-fn parse_protocol(protocol: Option<&str>) -> Option<u8> {
-    match protocol.unwrap_or("TCP") {
-        "TCP" => Some(PROTO_TCP),
-        "UDP" => Some(PROTO_UDP),
-        "SCTP" => Some(PROTO_SCTP),
-        _ => None,
-    }
-}
-
-/// A port number from the API (1..=65535).
-fn valid_port(n: i32) -> Option<u16> {
-    u16::try_from(n).ok().filter(|p| *p != 0)
 }
 
 /// The effective state of one endpoint for one service port.
@@ -238,160 +213,112 @@ impl EndpointState {
 
 type Endpoints = BTreeMap<(Ipv4Addr, u16), EndpointState>;
 
-/// How a service is served, from its spec.
-#[allow(clippy::struct_excessive_bools)] // Reason: independent settings of the spec.
-struct ServiceInfo<'a> {
-    spec: &'a ServiceSpec,
-    cluster_ip: Option<Ipv4Addr>,
-    node_ports: bool,
-    external_local: bool,
-    internal_local: bool,
-    affinity_timeout_s: Option<u32>,
-    publish_not_ready: bool,
+/// One Service's share of the desired state: what it alone contributes,
+/// computed from the Service and its slices only. The desired state is the
+/// union of every Service's share (a frontend two Services claim goes to
+/// the first); [`index::DesiredIndex`] keeps that union up to date share by
+/// share.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceShare {
+    /// Its frontends in claim order: per port, the ClusterIP, then the
+    /// NodePort.
+    pub frontends: Vec<(FrontendKey, DesiredFrontend)>,
+    /// Its serving endpoints and their flags.
+    pub serving: BTreeMap<(Ipv4Addr, u16), u8>,
+    pub health_check: Option<HealthCheck>,
 }
 
-impl<'a> ServiceInfo<'a> {
-    /// `None` for services this proxy does not serve.
-    fn new(svc: &'a Service) -> Option<Self> {
-        if svc
-            .metadata
-            .labels
-            .as_ref()
-            .is_some_and(|l| l.contains_key(LABEL_SERVICE_PROXY_NAME))
-        {
-            return None;
-        }
-        let spec = svc.spec.as_ref()?;
-        let node_ports = match spec.type_.as_deref().unwrap_or("ClusterIP") {
-            "ClusterIP" => false,
-            "NodePort" | "LoadBalancer" => true,
-            _ => return None,
+/// The share of Service `key` (`None`: not served).
+#[must_use]
+pub fn service_share(
+    key: &ObjectKey,
+    svc: &ServiceModel,
+    slices: &[&SliceModel],
+) -> Option<ServiceShare> {
+    let info = svc.served.as_ref()?;
+    let mut share = ServiceShare::default();
+    let mut local_ready: BTreeSet<Ipv4Addr> = BTreeSet::new();
+    for port in &info.ports {
+        let owner = ServicePortRef {
+            service: key.clone(),
+            port_name: port.name.clone(),
         };
-        if spec.cluster_ip.as_deref() == Some("None") {
-            return None;
+        let endpoints = endpoints_for_port(slices, port, info.publish_not_ready);
+        for (&(addr, target), ep) in &endpoints {
+            if ep.serving || ep.ready {
+                *share.serving.entry((addr, target)).or_default() |= ep.flags();
+            }
+            if ep.local && ep.ready {
+                local_ready.insert(addr);
+            }
         }
-        let cluster_ip = spec
-            .cluster_ip
-            .iter()
-            .chain(spec.cluster_ips.iter().flatten())
-            .find_map(|ip| ip.parse::<Ipv4Addr>().ok())
-            .filter(|ip| !ip.is_unspecified());
-        let affinity_timeout_s =
-            (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
-                spec.session_affinity_config
-                    .as_ref()
-                    .and_then(|c| c.client_ip.as_ref())
-                    .and_then(|c| c.timeout_seconds)
-                    .and_then(|t| u32::try_from(t).ok())
-                    .filter(|t| *t > 0)
-                    .unwrap_or(DEFAULT_AFFINITY_TIMEOUT_S)
-            });
-        Some(Self {
-            spec,
-            cluster_ip,
-            node_ports,
-            external_local: node_ports && spec.external_traffic_policy.as_deref() == Some("Local"),
-            internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
-            affinity_timeout_s,
-            publish_not_ready: spec.publish_not_ready_addresses == Some(true),
-        })
+        if let Some(cluster_ip) = info.cluster_ip {
+            share.frontends.push((
+                frontend_key(cluster_ip, port.port, port.proto),
+                build_frontend(&owner, FrontendKind::ClusterIp, info.internal_local, info, &endpoints),
+            ));
+        }
+        if info.node_ports
+            && let Some(node_port) = port.node_port
+        {
+            share.frontends.push((
+                frontend_key(Ipv4Addr::UNSPECIFIED, node_port, port.proto),
+                build_frontend(&owner, FrontendKind::NodePort, info.external_local, info, &endpoints),
+            ));
+        }
     }
+    if info.external_local
+        && let Some(node_port) = info.health_check_node_port
+    {
+        share.health_check = Some(HealthCheck {
+            node_port,
+            local_endpoints: local_ready.len(),
+        });
+    }
+    Some(share)
 }
 
-/// Computes what this node's datapath must hold.
+/// Computes what this node's datapath must hold from `state`, from scratch.
 #[must_use]
 pub fn compute(state: &ClusterState, node_name: &str, node_addrs: &[Ipv4Addr]) -> Desired {
+    compute_store(&Store::from_state(state, node_name), node_addrs)
+}
+
+/// Computes what this node's datapath must hold from `store`, from scratch:
+/// every Service's share, folded in Service order.
+#[must_use]
+pub fn compute_store(store: &Store, node_addrs: &[Ipv4Addr]) -> Desired {
     let mut desired = Desired {
         node_addrs: node_addrs.iter().copied().collect(),
         ..Desired::default()
     };
-    let slices = slices_by_service(state);
     // Every serving endpoint of a served port, and those some frontend selects.
     let mut serving: BTreeMap<(Ipv4Addr, u16), u8> = BTreeMap::new();
     let mut selected: BTreeSet<(Ipv4Addr, u16)> = BTreeSet::new();
-
-    for (key, svc) in &state.services {
-        let Some(info) = ServiceInfo::new(svc) else {
+    for (key, svc) in store.services() {
+        let slices: Vec<&SliceModel> = store.slices_of(key).collect();
+        let Some(share) = service_share(key, svc, &slices) else {
             continue;
         };
-        let svc_slices = slices
-            .get(&(key.namespace.as_str(), key.name.as_str()))
-            .map_or(&[][..], Vec::as_slice);
-        let mut local_ready: BTreeSet<Ipv4Addr> = BTreeSet::new();
-
-        for port in info.spec.ports.iter().flatten() {
-            let (Some(proto), Some(svc_port)) = (
-                parse_protocol(port.protocol.as_deref()),
-                valid_port(port.port),
-            ) else {
-                continue;
-            };
-            let owner = ServicePortRef {
-                service: key.clone(),
-                port_name: port.name.clone().unwrap_or_default(),
-            };
-            let endpoints = endpoints_for_port(
-                svc_slices,
-                port,
-                &owner.port_name,
-                proto,
-                node_name,
-                info.publish_not_ready,
-            );
-            for (&(addr, target), ep) in &endpoints {
-                if ep.serving || ep.ready {
-                    *serving.entry((addr, target)).or_default() |= ep.flags();
-                }
-                if ep.local && ep.ready {
-                    local_ready.insert(addr);
-                }
-            }
-
-            let mut frontends = Vec::with_capacity(2);
-            if let Some(cluster_ip) = info.cluster_ip {
-                frontends.push((
-                    frontend_key(cluster_ip, svc_port, proto),
-                    FrontendKind::ClusterIp,
-                    info.internal_local,
-                ));
-            }
-            if info.node_ports
-                && let Some(node_port) = port.node_port.and_then(valid_port)
-            {
-                frontends.push((
-                    frontend_key(Ipv4Addr::UNSPECIFIED, node_port, proto),
-                    FrontendKind::NodePort,
-                    info.external_local,
-                ));
-            }
-            for (fkey, kind, local_only) in frontends {
-                let frontend = build_frontend(&owner, kind, local_only, &info, &endpoints);
-                if let Some(existing) = desired.frontends.get(&fkey) {
-                    desired.conflicts.push(FrontendConflict {
-                        key: fkey,
-                        kept: existing.owner.clone(),
-                        dropped: owner.clone(),
-                    });
-                    continue;
-                }
-                selected.extend(frontend.backends.iter().map(|b| (b.addr, b.port)));
-                desired.frontends.insert(fkey, frontend);
-            }
+        for (addr, flags) in share.serving {
+            *serving.entry(addr).or_default() |= flags;
         }
-
-        if info.external_local
-            && let Some(node_port) = info.spec.health_check_node_port.and_then(valid_port)
-        {
-            desired.health_checks.insert(
-                key.clone(),
-                HealthCheck {
-                    node_port,
-                    local_endpoints: local_ready.len(),
-                },
-            );
+        for (fkey, frontend) in share.frontends {
+            if let Some(existing) = desired.frontends.get(&fkey) {
+                desired.conflicts.push(FrontendConflict {
+                    key: fkey,
+                    kept: existing.owner.clone(),
+                    dropped: frontend.owner,
+                });
+                continue;
+            }
+            selected.extend(frontend.backends.iter().map(|b| (b.addr, b.port)));
+            desired.frontends.insert(fkey, frontend);
+        }
+        if let Some(hc) = share.health_check {
+            desired.health_checks.insert(key.clone(), hc);
         }
     }
-
     desired.draining = serving
         .into_iter()
         .filter(|(k, _)| !selected.contains(k))
@@ -405,7 +332,7 @@ fn build_frontend(
     owner: &ServicePortRef,
     kind: FrontendKind,
     local_only: bool,
-    info: &ServiceInfo<'_>,
+    info: &Served,
     endpoints: &Endpoints,
 ) -> DesiredFrontend {
     let pick = |f: &dyn Fn(&EndpointState) -> bool| -> Vec<DesiredBackend> {
@@ -457,61 +384,26 @@ fn build_frontend(
     }
 }
 
-/// IPv4 `EndpointSlices` by `(namespace, service name)`.
-fn slices_by_service(state: &ClusterState) -> BTreeMap<(&str, &str), Vec<&EndpointSlice>> {
-    let mut by_service: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
-    for (key, slice) in &state.endpoint_slices {
-        if slice.address_type != "IPv4" {
-            continue;
-        }
-        let Some(labels) = slice.metadata.labels.as_ref() else {
-            continue;
-        };
-        if labels.contains_key(LABEL_SERVICE_PROXY_NAME) {
-            continue;
-        }
-        if let Some(service) = labels.get(LABEL_SERVICE_NAME) {
-            by_service
-                .entry((key.namespace.as_str(), service.as_str()))
-                .or_default()
-                .push(slice);
-        }
-    }
-    by_service
-}
-
 /// The endpoints of one service port, merged over its slices.
 fn endpoints_for_port(
-    slices: &[&EndpointSlice],
-    port: &ServicePort,
-    port_name: &str,
-    proto: u8,
-    node_name: &str,
+    slices: &[&SliceModel],
+    port: &PortModel,
     publish_not_ready: bool,
 ) -> Endpoints {
     let mut endpoints = Endpoints::new();
     for slice in slices {
-        let Some(target) = target_port(slice, port, port_name, proto) else {
+        let Some(target) = slice.target_port(port) else {
             continue;
         };
         for ep in &slice.endpoints {
-            let Some(addr) = ep
-                .addresses
-                .first()
-                .and_then(|a| a.parse::<Ipv4Addr>().ok())
-            else {
-                continue;
-            };
-            let cond = ep.conditions.clone().unwrap_or_default();
-            let ready = cond.ready.unwrap_or(true);
             let state = EndpointState {
-                ready: publish_not_ready || ready,
-                serving: publish_not_ready || cond.serving.unwrap_or(ready),
-                terminating: cond.terminating.unwrap_or(false),
-                local: ep.node_name.as_deref() == Some(node_name),
+                ready: publish_not_ready || ep.ready,
+                serving: publish_not_ready || ep.serving,
+                terminating: ep.terminating,
+                local: ep.local,
             };
             endpoints
-                .entry((addr, target))
+                .entry((ep.addr, target))
                 .and_modify(|s| *s = s.merge(state))
                 .or_insert(state);
         }
@@ -519,39 +411,15 @@ fn endpoints_for_port(
     endpoints
 }
 
-/// The target port of a service port in one slice: the number of the slice
-/// port with the same name and protocol; a numeric `targetPort` when the
-/// slice names no ports or the matching one has no number.
-fn target_port(
-    slice: &EndpointSlice,
-    port: &ServicePort,
-    port_name: &str,
-    proto: u8,
-) -> Option<u16> {
-    let numeric = || match &port.target_port {
-        None => valid_port(port.port),
-        Some(IntOrString::Int(n)) => valid_port(*n),
-        Some(IntOrString::String(_)) => None,
-    };
-    match slice.ports.as_deref() {
-        None | Some([]) => numeric(),
-        Some(ports) => {
-            let matching = ports.iter().find(|p| {
-                p.name.as_deref().unwrap_or("") == port_name
-                    && parse_protocol(p.protocol.as_deref()) == Some(proto)
-            })?;
-            match matching.port {
-                Some(n) => valid_port(n),
-                None => numeric(),
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{ClientIPConfig, ServiceSpec, SessionAffinityConfig};
+    use k8s_openapi::api::core::v1::{
+        ClientIPConfig, Service, ServicePort, ServiceSpec, SessionAffinityConfig,
+    };
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    use nodeport_common::{PROTO_TCP, PROTO_UDP};
     use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 

@@ -1,0 +1,271 @@
+//! What the desired-state computation needs of each cluster object, and
+//! nothing more: a Service's serving settings and ports, an EndpointSlice's
+//! service, ports and endpoints (with locality decided against this node).
+//! The store keeps these instead of whole k8s-openapi objects (a slice of
+//! ten endpoints is a few hundred bytes here, kilobytes as an object), and
+//! shares them (`Arc`) rather than copying them on every change.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Service, ServicePort};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::k8s;
+
+/// A Service as served by this proxy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceModel {
+    /// `None` for a Service this proxy does not serve (ExternalName,
+    /// headless, labelled for another proxy, without a spec).
+    pub served: Option<Served>,
+}
+
+/// How a served Service is served.
+#[allow(clippy::struct_excessive_bools, reason = "independent settings of the spec")]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Served {
+    /// The IPv4 cluster IP, if any.
+    pub cluster_ip: Option<Ipv4Addr>,
+    /// NodePort or LoadBalancer: its ports' `nodePort`s are served.
+    pub node_ports: bool,
+    /// `externalTrafficPolicy: Local` (on a Service with node ports).
+    pub external_local: bool,
+    /// `internalTrafficPolicy: Local`.
+    pub internal_local: bool,
+    /// `sessionAffinity: ClientIP` with its timeout.
+    pub affinity_timeout_s: Option<u32>,
+    pub publish_not_ready: bool,
+    pub health_check_node_port: Option<u16>,
+    /// The ports that can be served (valid protocol and port), in order.
+    pub ports: Vec<PortModel>,
+}
+
+/// One port of a Service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortModel {
+    /// Empty for a single unnamed port.
+    pub name: String,
+    pub proto: u8,
+    pub port: u16,
+    pub node_port: Option<u16>,
+    /// The numeric target port when a slice does not say (the `targetPort`
+    /// number, or `port` when absent); `None` for a named or invalid one.
+    pub numeric_target: Option<u16>,
+}
+
+/// An EndpointSlice as the desired state reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SliceModel {
+    /// The Service it belongs to (`kubernetes.io/service-name`), when it is
+    /// an IPv4 slice this proxy serves; `None` otherwise.
+    pub service: Option<Arc<str>>,
+    /// `None`: the slice lists no ports (every service port's numeric
+    /// target applies).
+    pub ports: Option<Vec<SlicePortModel>>,
+    pub endpoints: Vec<EndpointModel>,
+    /// `endpoints.kubernetes.io/last-change-trigger-time`, for the network
+    /// programming latency.
+    pub trigger_time: Option<Arc<str>>,
+}
+
+/// A port of an EndpointSlice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlicePortModel {
+    pub name: String,
+    /// `None`: an unknown protocol (matches no service port).
+    pub proto: Option<u8>,
+    pub number: SlicePortNumber,
+}
+
+/// The number of a slice port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlicePortNumber {
+    /// Absent: "any port", the service port's numeric target applies.
+    Absent,
+    Valid(u16),
+    /// Out of range: the slice serves nothing on this port.
+    Invalid,
+}
+
+/// One endpoint (its first address).
+#[allow(clippy::struct_excessive_bools, reason = "the API's endpoint conditions")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EndpointModel {
+    pub addr: Ipv4Addr,
+    /// `ready` (absent means ready).
+    pub ready: bool,
+    /// `serving` (absent defers to `ready`).
+    pub serving: bool,
+    pub terminating: bool,
+    /// Its `nodeName` is this node.
+    pub local: bool,
+}
+
+/// A port number from the API (1..=65535).
+#[must_use]
+pub fn valid_port(n: i32) -> Option<u16> {
+    u16::try_from(n).ok().filter(|p| *p != 0)
+}
+
+impl ServiceModel {
+    #[must_use]
+    pub fn from_service(svc: &Service) -> Self {
+        Self {
+            served: Served::from_service(svc),
+        }
+    }
+}
+
+impl Served {
+    fn from_service(svc: &Service) -> Option<Self> {
+        if svc
+            .metadata
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key(k8s::LABEL_SERVICE_PROXY_NAME))
+        {
+            return None;
+        }
+        let spec = svc.spec.as_ref()?;
+        let node_ports = match spec.type_.as_deref().unwrap_or(k8s::TYPE_CLUSTER_IP) {
+            k8s::TYPE_CLUSTER_IP => false,
+            k8s::TYPE_NODE_PORT | k8s::TYPE_LOAD_BALANCER => true,
+            _ => return None,
+        };
+        if spec.cluster_ip.as_deref() == Some(k8s::CLUSTER_IP_NONE) {
+            return None;
+        }
+        let cluster_ip = spec
+            .cluster_ip
+            .iter()
+            .chain(spec.cluster_ips.iter().flatten())
+            .find_map(|ip| ip.parse::<Ipv4Addr>().ok())
+            .filter(|ip| !ip.is_unspecified());
+        let affinity_timeout_s = (spec.session_affinity.as_deref()
+            == Some(k8s::AFFINITY_CLIENT_IP))
+        .then(|| {
+            spec.session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds)
+                .and_then(|t| u32::try_from(t).ok())
+                .filter(|t| *t > 0)
+                .unwrap_or(k8s::DEFAULT_AFFINITY_TIMEOUT_S)
+        });
+        let ports = spec
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(PortModel::from_port)
+            .collect();
+        Some(Self {
+            cluster_ip,
+            node_ports,
+            external_local: node_ports
+                && spec.external_traffic_policy.as_deref() == Some(k8s::POLICY_LOCAL),
+            internal_local: spec.internal_traffic_policy.as_deref() == Some(k8s::POLICY_LOCAL),
+            affinity_timeout_s,
+            publish_not_ready: spec.publish_not_ready_addresses == Some(true),
+            health_check_node_port: spec.health_check_node_port.and_then(valid_port),
+            ports,
+        })
+    }
+}
+
+impl PortModel {
+    fn from_port(port: &ServicePort) -> Option<Self> {
+        let proto = k8s::protocol_number(port.protocol.as_deref())?;
+        let number = valid_port(port.port)?;
+        let numeric_target = match &port.target_port {
+            None => Some(number),
+            Some(IntOrString::Int(n)) => valid_port(*n),
+            Some(IntOrString::String(_)) => None,
+        };
+        Some(Self {
+            name: port.name.clone().unwrap_or_default(),
+            proto,
+            port: number,
+            node_port: port.node_port.and_then(valid_port),
+            numeric_target,
+        })
+    }
+}
+
+impl SliceModel {
+    /// The slice as seen from node `node_name`.
+    #[must_use]
+    pub fn from_slice(slice: &EndpointSlice, node_name: &str) -> Self {
+        let labels = slice.metadata.labels.as_ref();
+        let service = if slice.address_type == k8s::ADDRESS_TYPE_IPV4
+            && labels.is_some_and(|l| !l.contains_key(k8s::LABEL_SERVICE_PROXY_NAME))
+        {
+            labels
+                .and_then(|l| l.get(k8s::LABEL_SERVICE_NAME))
+                .map(|s| Arc::from(s.as_str()))
+        } else {
+            None
+        };
+        let ports = slice.ports.as_ref().filter(|p| !p.is_empty()).map(|ports| {
+            ports
+                .iter()
+                .map(|p| SlicePortModel {
+                    name: p.name.clone().unwrap_or_default(),
+                    proto: k8s::protocol_number(p.protocol.as_deref()),
+                    number: match p.port {
+                        None => SlicePortNumber::Absent,
+                        Some(n) => valid_port(n).map_or(SlicePortNumber::Invalid, SlicePortNumber::Valid),
+                    },
+                })
+                .collect()
+        });
+        let endpoints = slice
+            .endpoints
+            .iter()
+            .filter_map(|ep| {
+                let addr = ep.addresses.first()?.parse::<Ipv4Addr>().ok()?;
+                let cond = ep.conditions.clone().unwrap_or_default();
+                let ready = cond.ready.unwrap_or(true);
+                Some(EndpointModel {
+                    addr,
+                    ready,
+                    serving: cond.serving.unwrap_or(ready),
+                    terminating: cond.terminating.unwrap_or(false),
+                    local: ep.node_name.as_deref() == Some(node_name),
+                })
+            })
+            .collect();
+        let trigger_time = slice
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(k8s::ANNOTATION_TRIGGER_TIME))
+            .map(|s| Arc::from(s.as_str()));
+        Self {
+            service,
+            ports,
+            endpoints,
+            trigger_time,
+        }
+    }
+
+    /// The target port of service port `port` in this slice: the number of
+    /// the slice port with the same name and protocol; the numeric target
+    /// when the slice names no ports or the matching one has no number;
+    /// `None` when the slice serves nothing for it.
+    #[must_use]
+    pub fn target_port(&self, port: &PortModel) -> Option<u16> {
+        let Some(ports) = &self.ports else {
+            return port.numeric_target;
+        };
+        let matching = ports
+            .iter()
+            .find(|p| p.name == port.name && p.proto == Some(port.proto))?;
+        match matching.number {
+            SlicePortNumber::Valid(n) => Some(n),
+            SlicePortNumber::Absent => port.numeric_target,
+            SlicePortNumber::Invalid => None,
+        }
+    }
+}
