@@ -100,8 +100,8 @@ pub fn read(maps: &BpfMaps) -> Result<Figures, MapError> {
         // An SNATed flow's reverse entry: the reply to node address:port
         // leaves from the same node address (its NodePort).
         if rev.saddr_be == key.daddr_be && pool.contains(u16::from_be(key.dport_be)) {
-            let backend = Ipv4Addr::from(key.saddr_be.to_ne_bytes());
-            let node = Ipv4Addr::from(key.daddr_be.to_ne_bytes());
+            let backend = nodeport_common::addr::from_be(key.saddr_be);
+            let node = nodeport_common::addr::from_be(key.daddr_be);
             *in_use
                 .entry((backend, u16::from_be(key.sport_be), key.proto, node))
                 .or_default() += 1;

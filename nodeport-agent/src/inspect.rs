@@ -14,7 +14,7 @@ use crate::cli::{InspectArgs, InspectWhat, OutputFormat};
 use crate::maps::{MapWriter as _, bpf::BpfMaps};
 
 fn ip(addr_be: u32) -> Ipv4Addr {
-    Ipv4Addr::from(addr_be.to_ne_bytes())
+    nodeport_common::addr::from_be(addr_be)
 }
 
 fn proto(p: u8) -> String {

@@ -16,6 +16,7 @@ pub mod k8s;
 pub mod inspect;
 pub mod loader;
 pub mod maps;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod neighbours;

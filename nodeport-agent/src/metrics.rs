@@ -26,6 +26,8 @@
 //! | `nodeport_failing_devices` | gauge | devices whose transmits keep failing (`/healthz` is 503 meanwhile) |
 //! | `nodeport_snat_pool_ports` | gauge | SNAT ports per node address, backend and protocol |
 //! | `nodeport_snat_ports_in_use{backend,node_addr}` | gauge | SNAT ports held by flows to each remote backend |
+//! | `nodeport_memory_resident_bytes` | gauge | the agent's resident set |
+//! | `nodeport_memory_limit_bytes` | gauge | its cgroup's memory limit (0: none) |
 //! | `kubeproxy_sync_proxy_rules_duration_seconds` | histogram | kube-proxy's name for every sync, failed ones too (1 ms doubling to ~16 s) |
 //! | `kubeproxy_sync_proxy_rules_last_timestamp_seconds` | gauge | kube-proxy's name for the last successful sync |
 //! | `kubeproxy_network_programming_duration_seconds` | histogram | kube-proxy's name and buckets (0, 0.25 s, 0.5 s, 1 s … 59 s, 60 s … 115 s, 2 min … 5 min) for the network programming latency |
@@ -137,6 +139,8 @@ struct Own {
     endpoints: Gauge,
     health_check_servers: Gauge,
     failing_devices: Gauge,
+    memory_resident: Gauge,
+    memory_limit: Gauge,
     map_write_errors: Family<Labels2, Counter>,
     source_errors: Family<Labels1, Counter>,
 }
@@ -225,6 +229,18 @@ impl Own {
                 r,
                 "nodeport_failing_devices",
                 "Devices whose transmits keep failing (/healthz is 503 meanwhile)",
+                Gauge::default(),
+            ),
+            memory_resident: register(
+                r,
+                "nodeport_memory_resident_bytes",
+                "Resident set of the agent",
+                Gauge::default(),
+            ),
+            memory_limit: register(
+                r,
+                "nodeport_memory_limit_bytes",
+                "Memory limit of the agent's cgroup (0: none)",
                 Gauge::default(),
             ),
             map_write_errors: register(
@@ -365,6 +381,13 @@ impl Metrics {
 
     pub fn set_failing_devices(&self, n: usize) {
         self.own.failing_devices.set(gauge_value(n));
+    }
+
+    /// The agent's resident set and its cgroup's limit.
+    pub fn set_memory(&self, reading: &crate::memory::Reading) {
+        let bytes = |b: u64| i64::try_from(b).unwrap_or(i64::MAX);
+        self.own.memory_resident.set(bytes(reading.resident));
+        self.own.memory_limit.set(reading.limit.map_or(0, bytes));
     }
 
     /// `/healthz` answered with `status`.

@@ -97,14 +97,14 @@ pub type BackendAddr = (Ipv4Addr, u16);
 
 fn backend_addr(b: Backend) -> BackendAddr {
     (
-        Ipv4Addr::from(b.addr_be.to_ne_bytes()),
+        nodeport_common::addr::from_be(b.addr_be),
         u16::from_be(b.port_be),
     )
 }
 
 fn node_addr_key(addr: Ipv4Addr) -> NodeAddrKey {
     NodeAddrKey {
-        addr_be: u32::from_ne_bytes(addr.octets()),
+        addr_be: nodeport_common::addr::to_be(addr),
     }
 }
 
@@ -441,7 +441,7 @@ impl Reconciler {
         report: &mut ApplyReport,
     ) -> Result<(), ReconcileError> {
         let node_addr_object = |_: &Self, wr: &Write<NodeAddrKey, NodeAddr>| {
-            format!("node address {}", Ipv4Addr::from(wr.key().addr_be.to_ne_bytes()))
+            format!("node address {}", nodeport_common::addr::from_be(wr.key().addr_be))
         };
         if let Some(node_addrs) = &plan.node_addrs {
             let wanted = node_addrs.iter().map(|(k, v)| (*k, Some(*v))).collect();
@@ -577,7 +577,7 @@ impl Reconciler {
                 deletes,
                 w,
                 report,
-                |_, wr| format!("node address {}", Ipv4Addr::from(wr.key().addr_be.to_ne_bytes())),
+                |_, wr| format!("node address {}", nodeport_common::addr::from_be(wr.key().addr_be)),
                 |_, _, _| {},
             )?;
         }
@@ -648,7 +648,7 @@ impl Reconciler {
                     plan.backends.insert(
                         BackendKey { backend_id: id },
                         Some(Backend {
-                            addr_be: u32::from_ne_bytes(addr.octets()),
+                            addr_be: nodeport_common::addr::to_be(addr),
                             port_be: port.to_be(),
                             flags: b.flags,
                             pad: 0,
@@ -967,10 +967,10 @@ mod tests {
         ops.iter()
             .map(|op| match op {
                 Op::Write(TableWrite::NodeAddr(Write::Put(k, _))) => {
-                    format!("put addr {}", Ipv4Addr::from(k.addr_be.to_ne_bytes()))
+                    format!("put addr {}", nodeport_common::addr::from_be(k.addr_be))
                 }
                 Op::Write(TableWrite::NodeAddr(Write::Delete(k))) => {
-                    format!("delete addr {}", Ipv4Addr::from(k.addr_be.to_ne_bytes()))
+                    format!("delete addr {}", nodeport_common::addr::from_be(k.addr_be))
                 }
                 Op::Write(TableWrite::Backend(Write::Put(k, v))) => {
                     format!("put backend {}={}", k.backend_id, b(v))

@@ -42,6 +42,8 @@ const SETTLE: Duration = Duration::from_millis(10);
 const NEIGHBOUR_REFRESH: Duration = Duration::from_secs(30);
 /// How often the attached devices are checked (XDP mode, transmit failures).
 const DEVICE_CHECK: Duration = Duration::from_secs(1);
+/// How often the agent's memory is read.
+const MEMORY_CHECK: Duration = Duration::from_secs(10);
 
 fn node_name(args: &RunArgs) -> Result<String> {
     if let Some(n) = &args.node_name {
@@ -240,6 +242,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
         datapath,
         attached,
         last_device_check: Instant::now(),
+        memory: crate::memory::Watch::default(),
+        last_memory_check: None,
     };
     while !stop.load(Ordering::Relaxed) {
         sync.tick();
@@ -294,6 +298,8 @@ struct Sync {
     datapath: Datapath,
     attached: AttachedDevices,
     last_device_check: Instant,
+    memory: crate::memory::Watch,
+    last_memory_check: Option<Instant>,
 }
 
 impl Sync {
@@ -363,6 +369,15 @@ impl Sync {
             let failing = self.attached.check(&mut self.datapath, &mut self.maps);
             self.metrics.set_failing_devices(failing.len());
             self.health.set_failing_devices(failing);
+        }
+        if self
+            .last_memory_check
+            .is_none_or(|t| t.elapsed() >= MEMORY_CHECK)
+        {
+            self.last_memory_check = Some(Instant::now());
+            if let Some(reading) = self.memory.check() {
+                self.metrics.set_memory(&reading);
+            }
         }
     }
 

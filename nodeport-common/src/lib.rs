@@ -10,6 +10,7 @@
 // inlined (BPF-to-BPF calls cost and constrain the verifier).
 #![allow(clippy::inline_always)]
 
+pub mod addr;
 pub mod checksum;
 pub mod config;
 pub mod hash;

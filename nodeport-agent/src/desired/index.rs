@@ -436,7 +436,7 @@ mod tests {
 
     fn normalize(m: &MemoryMaps) -> Normalized {
         let state = m.read_state().unwrap();
-        let addr = |b: &Backend| (Ipv4Addr::from(b.addr_be.to_ne_bytes()), u16::from_be(b.port_be));
+        let addr = |b: &Backend| (nodeport_common::addr::from_be(b.addr_be), u16::from_be(b.port_be));
         let frontends = state
             .frontends
             .iter()

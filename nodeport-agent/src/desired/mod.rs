@@ -118,7 +118,7 @@ impl DesiredBackend {
     #[must_use]
     pub fn to_backend(&self) -> Backend {
         Backend {
-            addr_be: u32::from_ne_bytes(self.addr.octets()),
+            addr_be: nodeport_common::addr::to_be(self.addr),
             port_be: self.port.to_be(),
             flags: self.flags,
             pad: 0,
@@ -146,7 +146,7 @@ pub struct FrontendConflict {
 #[must_use]
 pub fn frontend_key(addr: Ipv4Addr, port: u16, proto: u8) -> FrontendKey {
     FrontendKey {
-        addr_be: u32::from_ne_bytes(addr.octets()),
+        addr_be: nodeport_common::addr::to_be(addr),
         port_be: port.to_be(),
         proto,
         pad: 0,
@@ -167,7 +167,7 @@ pub fn describe_frontend(key: &FrontendKey) -> String {
     if key.addr_be == 0 {
         format!("nodePort {port}/{proto}")
     } else {
-        let addr = Ipv4Addr::from(key.addr_be.to_ne_bytes());
+        let addr = nodeport_common::addr::from_be(key.addr_be);
         format!("{addr}:{port}/{proto}")
     }
 }
