@@ -6,7 +6,9 @@
 //! --manifests DIR --interfaces eth0 --bpffs /sys/fs/bpf/<cluster>/nodeN
 //! --healthz-bind-address 127.0.0.1:P --metrics-bind-address 127.0.0.1:Q`,
 //! stdout and stderr going to a log file in the cluster's temporary directory.
-//! It is ready once it logs a line containing [`READY_MARKER`].
+//! It is ready once its `/livez` answers 200: the maps hold the desired
+//! state (kube-proxy's meaning of "healthy", whatever the node's deletion
+//! state or its devices say).
 
 use std::ffi::OsString;
 use std::fs::OpenOptions;
@@ -20,9 +22,6 @@ use std::time::{Duration, Instant};
 use crate::netns::Netns;
 use crate::util::{describe, read_lossy, sibling_of_deps, tail};
 
-/// The agent logs a line containing this once programs are attached and the
-/// maps hold the desired state.
-pub const READY_MARKER: &str = "datapath ready";
 
 /// How long [`Agent::wait_ready`] waits.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -313,9 +312,35 @@ impl<'c> Agent<'c> {
         }
     }
 
-    /// Waits for [`READY_MARKER`] (up to [`READY_TIMEOUT`]).
+    /// Waits until `/livez` answers 200 (up to [`READY_TIMEOUT`]); panics
+    /// with the log if it does not, or if the agent exits first.
     pub fn wait_ready(&self) {
-        self.wait_for_log(READY_MARKER, READY_TIMEOUT);
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let exited = self.exit_status();
+            if crate::http::get(self.ns, self.healthz, "/livez").is_ok_and(|r| r.status == 200)
+            {
+                return;
+            }
+            let problem = match exited {
+                Some(status) => format!("exited ({status}) before /livez answered 200"),
+                None if Instant::now() >= deadline => {
+                    format!("/livez did not answer 200 within {READY_TIMEOUT:?}")
+                }
+                None => {
+                    thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+            };
+            panic!(
+                "agent {} (pid {}): {problem}\ncommand: {}\nlog {}, last lines:\n{}",
+                self.node_name,
+                self.pid,
+                self.command_line,
+                self.log_path.display(),
+                tail(&self.log(), LOG_LINES_ON_PANIC)
+            );
+        }
     }
 
     /// The exit status, if the agent has exited.

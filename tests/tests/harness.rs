@@ -423,7 +423,8 @@ exec sleep 600"#,
             .arg("--xdp-mode")
             .arg("native"),
     );
-    agent.wait_ready();
+    // The fake agent serves no /livez: wait for its last line instead.
+    agent.wait_for_log("datapath ready", Duration::from_secs(10));
     assert!(agent.is_running());
     assert_eq!(agent.node_name(), "node1");
     assert_eq!(agent.bpffs(), cluster.node_bpffs(1));
