@@ -8,12 +8,15 @@
 
 #[cfg(test)]
 mod control_plane;
+mod counters;
 mod e2e;
+mod hold;
 mod kube_proxy;
 mod machine;
 mod program_cost;
 mod report;
 mod results;
+mod snat;
 mod stats;
 mod svg;
 mod synthetic;
@@ -24,6 +27,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
+use nodeport_tests::Veths;
 
 #[cfg(test)]
 use crate::toolchain;
@@ -65,6 +69,16 @@ pub struct Plan {
     pub endpoints_per_service: usize,
 }
 
+/// The veth variants the end-to-end part runs on, side by side: the
+/// kernel's defaults (where native `XDP_TX` does not deliver and the
+/// agent's `--xdp-mode auto` is expected to pick generic XDP) and GRO on
+/// the LAN side of each node's veth (where native XDP delivers).
+const VARIANTS: [Veths; 2] = [Veths::KernelDefaults, Veths::LanGro];
+
+/// The datapaths of the SNAT-path tests: nodeport, kube-proxy's iptables
+/// rules as the baseline, and the pod reached directly.
+const SNAT_MODES: [e2e::Mode; 3] = [e2e::Mode::Direct, e2e::Mode::Nodeport, e2e::Mode::Iptables];
+
 /// The CPU the program-cost benchmark runs on: the last one.
 fn bench_cpu() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZero::get) - 1
@@ -81,6 +95,7 @@ fn full_plan() -> Plan {
         },
         e2e: e2e::Config {
             sizes: vec![1, 1_000, 10_000],
+            variants: VARIANTS.to_vec(),
             modes: e2e::Mode::ALL.to_vec(),
             warmup: Duration::from_millis(500),
             window: Duration::from_secs(1),
@@ -91,6 +106,16 @@ fn full_plan() -> Plan {
             rtt_samples: 2_000,
             udp_threads: 2,
             iperf_seconds: 3,
+            snat: Some(snat::Config {
+                modes: SNAT_MODES.to_vec(),
+                max_flows: 25_000,
+                target_flows: 20_000,
+                open_budget: Duration::from_mins(3),
+                paced_rate: 300.0,
+                paced_workers: 16,
+                paced_window: Duration::from_secs(5),
+                paced_windows: 4,
+            }),
         },
         control_sizes: vec![1_000, 10_000, 50_000],
         endpoints_per_service: 10,
@@ -101,6 +126,7 @@ fn full_plan() -> Plan {
 pub(crate) fn quick_e2e_config() -> e2e::Config {
     e2e::Config {
         sizes: vec![1],
+        variants: VARIANTS.to_vec(),
         modes: e2e::Mode::ALL.to_vec(),
         warmup: Duration::from_millis(100),
         window: Duration::from_millis(300),
@@ -111,6 +137,16 @@ pub(crate) fn quick_e2e_config() -> e2e::Config {
         rtt_samples: 50,
         udp_threads: 2,
         iperf_seconds: 1,
+        snat: Some(snat::Config {
+            modes: SNAT_MODES.to_vec(),
+            max_flows: 300,
+            target_flows: 200,
+            open_budget: Duration::from_secs(30),
+            paced_rate: 300.0,
+            paced_workers: 8,
+            paced_window: Duration::from_millis(300),
+            paced_windows: 2,
+        }),
     }
 }
 
@@ -273,8 +309,9 @@ mod tests {
     use super::*;
 
     /// A small run of the control plane through the agent's whole pipeline:
-    /// sane, finite figures. (Here rather than in `control_plane.rs`, which
-    /// the example compiles too.)
+    /// the entries it wrote (counts, exact) and finite figures; nothing
+    /// that depends on the machine's speed or load. (Here rather than in
+    /// `control_plane.rs`, which the example compiles too.)
     #[test]
     fn quick_control_plane_run_gives_sane_figures() {
         require_root_for_tests();
@@ -298,7 +335,8 @@ mod tests {
         assert_eq!(row.frontends, 10);
         assert_eq!(row.backends, 15);
         assert_eq!(row.slots, 30);
-        assert_eq!(row.change_samples, 5);
+        // As many changes as fit in the time budget: at least the first.
+        assert!((1..=5).contains(&row.change_samples), "{row:?}");
         for v in [
             row.parse_ms,
             row.compute_ms,
@@ -306,8 +344,9 @@ mod tests {
             row.change_p50_ms,
             row.change_p99_ms,
         ] {
-            assert!(v.is_finite() && v > 0.0, "{row:?}");
+            assert!(v.is_finite() && v >= 0.0, "{row:?}");
         }
+        // Order statistics of the same samples.
         assert!(row.change_p50_ms <= row.change_p99_ms);
         assert!(row.change_writes >= 2);
     }
@@ -318,7 +357,12 @@ mod tests {
         assert_eq!(p.program.sizes, vec![1]);
         assert!(p.program.repeat <= 10_000);
         assert_eq!(p.e2e.sizes, vec![1]);
+        let quick_snat = p.e2e.snat.as_ref().expect("quick SNAT tests");
+        assert!(quick_snat.max_flows <= 1_000);
         let f = full_plan();
+        let snat = f.e2e.snat.as_ref().expect("SNAT tests");
+        assert_eq!((snat.max_flows, snat.target_flows), (25_000, 20_000));
+        assert_eq!(f.e2e.variants, VARIANTS.to_vec());
         assert!(f.program.repeat >= 1_000_000 && f.program.runs >= 5);
         assert_eq!(f.program.sizes, vec![1, 1_000, 10_000, 100_000]);
     }

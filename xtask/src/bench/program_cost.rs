@@ -37,8 +37,8 @@ use aya::programs::{TestRun as _, TestRunOptions, Xdp};
 use aya::{Ebpf, EbpfLoader};
 use nodeport_common::{
     BACKEND_F_LOCAL, Backend, BackendKey, CT_F_SNAT, CtEntry, FlowKey, Frontend, FrontendKey,
-    NODE_ADDR_F_NODEPORT, NodeAddr, NodeAddrKey, PROTO_TCP, RevNat, SNAT_PORT_MAX, SNAT_PORT_MIN,
-    Slot, SlotKey, checksum, names, programs, stat,
+    NODE_ADDR_F_NODEPORT, NodeAddr, NodeAddrKey, PROTO_TCP, RevNat, Slot, SlotKey, checksum, names,
+    programs, stat,
 };
 
 use super::stats;
@@ -708,11 +708,16 @@ fn one_run(b: &mut Bench, f: &Frames, config: &Config) -> Result<RunFigures> {
     Ok(r)
 }
 
+/// Ports of the default SNAT pool per (node address, backend, protocol).
+pub fn snat_pool_size() -> usize {
+    nodeport_common::SnatPool::of(&nodeport_common::Config::default()).size() as usize
+}
+
 /// New flows to a Service with one remote backend until the first is
 /// dropped for want of an SNAT port; how many got one.
 fn snat_ports_per_backend(b: &mut Bench) -> Result<usize> {
     let xdp = programs::XDP_INGRESS;
-    let span = usize::from(SNAT_PORT_MAX - SNAT_PORT_MIN) + 1;
+    let span = snat_pool_size();
     let before = b.counter(stat::DROP_SNAT_EXHAUSTED)?;
     for i in 0..span + 64 {
         // Distinct clients: one flow each.
@@ -815,7 +820,9 @@ mod tests {
         );
     }
 
-    /// A tiny run on the real object: every figure positive and finite.
+    /// A tiny run on the real object: every figure is there and finite
+    /// (the run itself checks each call's verdict and the program's
+    /// per-path counters); nothing that depends on the machine's speed.
     #[test]
     fn quick_program_cost_run_gives_sane_figures() {
         crate::bench::require_root_for_tests();
@@ -833,14 +840,11 @@ mod tests {
         .expect("program-cost run");
         assert_eq!(r.cells.len(), Case::ALL.len());
         for c in &r.cells {
-            assert!(c.ns.is_finite() && c.ns > 0.0, "{c:?}");
-            assert!(c.ratio.is_finite() && c.ratio > 0.0, "{c:?}");
-            assert!(c.single_ns > 0.0, "{c:?}");
+            assert!(c.ns.is_finite(), "{c:?}");
+            assert!(c.ratio.is_finite(), "{c:?}");
+            assert!(c.single_ns.is_finite(), "{c:?}");
         }
-        assert!(r.baselines[0].repeat_ns > 0.0);
-        assert!(
-            (1..=usize::from(SNAT_PORT_MAX - SNAT_PORT_MIN) + 1)
-                .contains(&r.snat_ports_per_backend)
-        );
+        assert!(r.baselines[0].repeat_ns.is_finite());
+        assert!((1..=snat_pool_size()).contains(&r.snat_ports_per_backend));
     }
 }

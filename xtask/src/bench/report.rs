@@ -4,11 +4,14 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use super::e2e::{E2e, Mode};
+use nodeport_tests::Veths;
+
+use super::e2e::{E2e, Mode, veths_label, veths_short};
 use super::machine::Machine;
 use super::program_cost;
 use super::program_cost::{Case, ProgramCost};
 use super::results::ControlPlaneResults;
+use super::snat::{self, SnatRow};
 use super::svg::{self, BarChart, Series};
 
 /// Everything one run measured.
@@ -25,7 +28,7 @@ pub struct Report {
 
 /// A goal the figures are read against.
 pub struct Goal {
-    pub name: &'static str,
+    pub name: String,
     pub measured: String,
     /// `None`: not measured in this run.
     pub met: Option<bool>,
@@ -130,12 +133,12 @@ pub fn goals(r: &Report) -> Vec<Goal> {
         });
         out.push(match worst {
             Some((ratio, n)) => Goal {
-                name,
+                name: name.into(),
                 measured: format!("{ratio:.1}× (worst size: {})", services_label(n)),
                 met: Some(ratio <= 3.0),
             },
             None => Goal {
-                name,
+                name: name.into(),
                 measured: "not measured".into(),
                 met: None,
             },
@@ -157,7 +160,7 @@ pub fn goals(r: &Report) -> Vec<Goal> {
     });
     out.push(match flat {
         Some((case, d, hi)) => Goal {
-            name: "Cost flat within 10% from 1 to 100k Services",
+            name: "Cost flat within 10% from 1 to 100k Services".into(),
             measured: format!(
                 "largest change 1 → {}: {:+.1}% ({})",
                 size_label(hi),
@@ -167,46 +170,48 @@ pub fn goals(r: &Report) -> Vec<Goal> {
             met: Some(d.abs() <= 0.10),
         },
         None => Goal {
-            name: "Cost flat within 10% from 1 to 100k Services",
+            name: "Cost flat within 10% from 1 to 100k Services".into(),
             measured: "not measured (needs 1 and 100k Services)".into(),
             met: None,
         },
     });
     let e2e = r.e2e.as_ref();
-    for (n, factor, name) in [
-        (
-            1,
-            1.0,
-            "New-connection rate ≥ kube-proxy iptables mode at 1 Service",
-        ),
-        (
-            10_000,
-            2.0,
-            "New-connection rate ≥ 2× kube-proxy iptables mode at 10k Services",
-        ),
-    ] {
-        let ratio = e2e.and_then(|e| {
-            let np = e.row(Mode::Nodeport, n)?.conn_per_s;
-            let ipt = e.row(Mode::Iptables, n)?.conn_per_s;
-            Some((np, ipt))
-        });
-        out.push(match ratio {
-            Some((np, ipt)) => Goal {
-                name,
-                measured: format!(
-                    "{} vs {} conn/s: {:.2}×",
-                    thousands(np),
-                    thousands(ipt),
-                    np / ipt
-                ),
-                met: Some(np >= factor * ipt),
-            },
-            None => Goal {
-                name,
-                measured: "not measured".into(),
-                met: None,
-            },
-        });
+    for (e, veths) in e2e
+        .iter()
+        .flat_map(|e| e.config.variants.iter().map(move |&v| (*e, v)))
+    {
+        let variant = variant_label(e, veths);
+        for (n, factor, what) in [
+            (1, 1.0, "≥ kube-proxy iptables mode at 1 Service"),
+            (10_000, 2.0, "≥ 2× kube-proxy iptables mode at 10k Services"),
+        ] {
+            let name = format!("New-connection rate {what} ({variant})");
+            let ratio = (|| {
+                let np = e.row(veths, Mode::Nodeport, n)?.conn_per_s;
+                let ipt = e.row(veths, Mode::Iptables, n)?.conn_per_s;
+                Some((np, ipt))
+            })();
+            out.push(match ratio {
+                Some((np, ipt)) => Goal {
+                    name,
+                    measured: format!(
+                        "{} vs {} conn/s: {:.2}×",
+                        thousands(np),
+                        thousands(ipt),
+                        np / ipt
+                    ),
+                    met: Some(np >= factor * ipt),
+                },
+                None => Goal {
+                    name,
+                    measured: "not measured".into(),
+                    met: None,
+                },
+            });
+        }
+        if e.config.snat.is_some() {
+            out.extend(snat_goals(e, veths));
+        }
     }
     let cp10k = r
         .control
@@ -214,7 +219,7 @@ pub fn goals(r: &Report) -> Vec<Goal> {
         .and_then(|c| c.rows.iter().find(|row| row.services == 10_000));
     out.push(match cp10k {
         Some(row) => Goal {
-            name: "10k Services × 10 endpoints programmed in < 2 s",
+            name: "10k Services × 10 endpoints programmed in < 2 s".into(),
             measured: format!(
                 "{:.0} ms (compute {:.0} ms + apply {:.0} ms, {} map writes)",
                 row.cold_ms(),
@@ -225,14 +230,14 @@ pub fn goals(r: &Report) -> Vec<Goal> {
             met: Some(row.cold_ms() < 2_000.0),
         },
         None => Goal {
-            name: "10k Services × 10 endpoints programmed in < 2 s",
+            name: "10k Services × 10 endpoints programmed in < 2 s".into(),
             measured: "not measured".into(),
             met: None,
         },
     });
     out.push(match cp10k {
         Some(row) => Goal {
-            name: "One endpoint change written in < 10 ms at p99 (10k Services)",
+            name: "One endpoint change written in < 10 ms at p99 (10k Services)".into(),
             measured: format!(
                 "p99 {:.2} ms, p50 {:.2} ms ({} changes)",
                 row.change_p99_ms, row.change_p50_ms, row.change_samples
@@ -240,20 +245,26 @@ pub fn goals(r: &Report) -> Vec<Goal> {
             met: Some(row.change_p99_ms < 10.0),
         },
         None => Goal {
-            name: "One endpoint change written in < 10 ms at p99 (10k Services)",
+            name: "One endpoint change written in < 10 ms at p99 (10k Services)".into(),
             measured: "not measured".into(),
             met: None,
         },
     });
-    let agent = e2e.and_then(|e| e.agents.iter().find(|a| a.services == 10_000));
+    // The larger of the variants' (the agent is the same on both).
+    let agent = e2e.and_then(|e| {
+        e.agents
+            .iter()
+            .filter(|a| a.services == 10_000)
+            .max_by_key(|a| a.rss_kib)
+    });
     out.push(match agent {
         Some(a) => Goal {
-            name: "Agent RSS < 100 MiB at 10k Services",
+            name: "Agent RSS < 100 MiB at 10k Services".into(),
             measured: format!("{:.1} MiB (peak {:.1} MiB)", mib(a.rss_kib), mib(a.hwm_kib)),
             met: Some(mib(a.rss_kib) < 100.0),
         },
         None => Goal {
-            name: "Agent RSS < 100 MiB at 10k Services",
+            name: "Agent RSS < 100 MiB at 10k Services".into(),
             measured: "not measured".into(),
             met: None,
         },
@@ -378,22 +389,42 @@ fn raw_single_table(pc: &ProgramCost) -> String {
     s
 }
 
+/// The variant and the XDP mode nodeport ran in on it.
+fn variant_label(e: &E2e, veths: Veths) -> String {
+    match e.xdp_mode(veths) {
+        Some(m) => format!("{}, nodeport in {} XDP", veths_label(veths), m.label()),
+        None => veths_label(veths).into(),
+    }
+}
+
+/// Every (variant, size) pair of the run, in order.
+fn variant_sizes(e: &E2e) -> Vec<(Veths, usize)> {
+    e.config
+        .variants
+        .iter()
+        .flat_map(|&v| e.config.sizes.iter().map(move |&n| (v, n.max(1))))
+        .collect()
+}
+
 fn e2e_table(e: &E2e) -> String {
     let mut s = String::from(
-        "| Services | datapath | new conn/s | vs iptables | request p50 | request p99 | new conn/s, server closes first (SYNs refused by TIME_WAIT) | RTT p50 | RTT p99 | TCP Gbit/s | UDP pps received (sent) | requests (failed) |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| veths | Services | datapath | new conn/s | vs iptables | request p50 | request p99 | new conn/s, server closes first (SYNs refused by TIME_WAIT) | RTT p50 | RTT p99 | TCP Gbit/s | UDP pps received (sent) | connections completed (failed) |\n|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
-    for &n in &e.config.sizes {
+    for (veths, n) in variant_sizes(e) {
         for &mode in &e.config.modes {
-            let Some(row) = e.row(mode, n) else { continue };
-            let vs = e.row(Mode::Iptables, n).map_or_else(
+            let Some(row) = e.row(veths, mode, n) else {
+                continue;
+            };
+            let vs = e.row(veths, Mode::Iptables, n).map_or_else(
                 || "–".into(),
                 |i| format!("{:.2}×", row.conn_per_s / i.conn_per_s),
             );
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {vs} | {} µs | {} µs | {} ({}) | {} µs | {} µs | {} | {} ({}) | {} ({}) |",
+                "| {} | {} | {} | {} | {vs} | {} µs | {} µs | {} ({}) | {} µs | {} µs | {} | {} ({}) | {} ({}) |",
+                veths_label(veths),
                 size_label(n),
-                mode.label(),
+                row.label(),
                 thousands(row.conn_per_s),
                 thousands(row.latency_p50_us),
                 thousands(row.latency_p99_us),
@@ -404,7 +435,7 @@ fn e2e_table(e: &E2e) -> String {
                 f2(row.throughput_gbit),
                 thousands(row.udp_received_pps),
                 thousands(row.udp_sent_pps),
-                int(row.conn_ok),
+                int(row.connections_completed()),
                 row.conn_errors + row.latency_errors + row.conn_server_close_errors
             );
         }
@@ -412,19 +443,217 @@ fn e2e_table(e: &E2e) -> String {
     s
 }
 
+/// The datapath label of a SNAT-path row (with nodeport's XDP mode).
+fn snat_label(e: &E2e, r: &SnatRow) -> String {
+    e.row(r.veths, r.mode, r.services)
+        .map_or_else(|| r.mode.label().into(), super::e2e::Row::label)
+}
+
+fn opt_int(v: Option<u64>) -> String {
+    v.map_or_else(|| "–".into(), int)
+}
+
+fn snat_concurrent_table(e: &E2e) -> String {
+    let target = e.snat.first().map_or(0, |r| r.concurrent.target);
+    let mut s = format!(
+        "| veths | datapath | held open at once (tried at most) | first failure | drops until {} held | drops in all (counter) | acknowledged at the end | accepted by the pod | opening took |\n|---|---|---:|---|---:|---:|---:|---:|---:|\n",
+        int(target)
+    );
+    for r in &e.snat {
+        let c = &r.concurrent;
+        let _ = writeln!(
+            s,
+            "| {} | {} | **{}** ({}) | {} | {} | {} ({}) | {} | {} | {:.1} s |",
+            veths_label(r.veths),
+            snat_label(e, r),
+            int(c.held),
+            int(c.max),
+            c.first_failure
+                .as_deref()
+                .map_or_else(|| "none".into(), |f| f.replace('|', "/")),
+            opt_int(c.drops_at_target),
+            opt_int(c.drops),
+            if c.drop_counter.is_empty() {
+                "none"
+            } else {
+                c.drop_counter
+            },
+            int(c.acknowledged),
+            int(c.accepted),
+            c.open_s
+        );
+    }
+    s
+}
+
+fn snat_server_close_table(e: &E2e) -> String {
+    let rate = e.config.snat.as_ref().map_or(0.0, |c| c.paced_rate);
+    let mut s = format!(
+        "| veths | datapath | paced at {}/s: conn/s | SYNs refused by TIME_WAIT | failed | request p50 / p99 | unpaced: conn/s | vs direct | SYNs refused by TIME_WAIT | failed | SNAT ports taken before their rest ended (paced, unpaced) |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        thousands(rate)
+    );
+    for r in &e.snat {
+        let direct = e.snat_row(r.veths, Mode::Direct);
+        let vs = direct.map_or_else(
+            || "–".into(),
+            |d| format!("{:.2}×", r.unpaced.per_s / d.unpaced.per_s),
+        );
+        let early = match (r.paced.early_reuse, r.unpaced.early_reuse) {
+            (None, None) => "–".to_string(),
+            (p, u) => format!("{}, {}", opt_int(p), opt_int(u)),
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | **{}** | {} | {} / {} µs | {} | **{vs}** | {} | {} | {early} |",
+            veths_label(r.veths),
+            snat_label(e, r),
+            thousands(r.paced.per_s),
+            int(r.paced.paws_rejects),
+            int(r.paced.errors),
+            thousands(r.paced.latency_p50_us),
+            thousands(r.paced.latency_p99_us),
+            thousands(r.unpaced.per_s),
+            int(r.unpaced.paws_rejects),
+            int(r.unpaced.errors),
+        );
+    }
+    s
+}
+
+/// The SNAT-path goals of one variant.
+fn snat_goals(e: &E2e, veths: Veths) -> Vec<Goal> {
+    let Some(c) = e.config.snat.as_ref() else {
+        return Vec::new();
+    };
+    let variant = variant_label(e, veths);
+    let np = e.snat_row(veths, Mode::Nodeport);
+    let ipt = e.snat_row(veths, Mode::Iptables);
+    let direct = e.snat_row(veths, Mode::Direct);
+    vec![
+        concurrent_goal(c, &variant, np, ipt),
+        paced_goal(c, &variant, np, ipt),
+        unpaced_goal(&variant, np, ipt, direct),
+    ]
+}
+
+fn not_measured(name: String) -> Goal {
+    Goal {
+        name,
+        measured: "not measured".into(),
+        met: None,
+    }
+}
+
+fn concurrent_goal(
+    c: &snat::Config,
+    variant: &str,
+    np: Option<&SnatRow>,
+    ipt: Option<&SnatRow>,
+) -> Goal {
+    let target = c.target_flows;
+    let name = format!(
+        "Concurrent flows to one remote backend ≥ {} with no SNAT drop until {} are held ({variant})",
+        int(target),
+        int(target)
+    );
+    let Some(r) = np else {
+        return not_measured(name);
+    };
+    let k = &r.concurrent;
+    let baseline = ipt.map_or_else(String::new, |i| {
+        format!("; iptables {} held", int(i.concurrent.held))
+    });
+    Goal {
+        name,
+        measured: format!(
+            "{} held ({} acknowledged at the end; first failure: {}), `{}` +{} until {}, +{} in all{baseline}",
+            int(k.held),
+            int(k.acknowledged),
+            k.first_failure.as_deref().unwrap_or("none"),
+            snat::SNAT_EXHAUSTED,
+            opt_int(k.drops_at_target),
+            int(target),
+            opt_int(k.drops)
+        ),
+        met: Some(k.held >= target && k.acknowledged >= target && k.drops_at_target == Some(0)),
+    }
+}
+
+fn paced_goal(
+    c: &snat::Config,
+    variant: &str,
+    np: Option<&SnatRow>,
+    ipt: Option<&SnatRow>,
+) -> Goal {
+    let name = format!(
+        "Server closes first, remote backend, paced at {}/s: no SYN refused by TIME_WAIT, no connection failed ({variant})",
+        thousands(c.paced_rate)
+    );
+    let Some(r) = np else {
+        return not_measured(name);
+    };
+    let p = &r.paced;
+    let baseline = ipt.map_or_else(String::new, |i| {
+        format!("; iptables {} refused", int(i.paced.paws_rejects))
+    });
+    Goal {
+        name,
+        measured: format!(
+            "{} refused over {} connections ({} failed){baseline}",
+            int(p.paws_rejects),
+            int(p.ok + p.errors),
+            int(p.errors)
+        ),
+        met: Some(p.paws_rejects == 0 && p.errors == 0 && p.ok > 0),
+    }
+}
+
+fn unpaced_goal(
+    variant: &str,
+    np: Option<&SnatRow>,
+    ipt: Option<&SnatRow>,
+    direct: Option<&SnatRow>,
+) -> Goal {
+    let name = format!(
+        "Server closes first, remote backend, unpaced ≥ 0.8× direct to the pod ({variant})"
+    );
+    let (Some(r), Some(d)) = (np, direct) else {
+        return not_measured(name);
+    };
+    let baseline = ipt.map_or_else(String::new, |i| {
+        format!(
+            "; iptables {} ({:.2}×)",
+            thousands(i.unpaced.per_s),
+            i.unpaced.per_s / d.unpaced.per_s
+        )
+    });
+    Goal {
+        name,
+        measured: format!(
+            "{} vs {} conn/s: {:.2}× ({} SYNs refused by TIME_WAIT){baseline}",
+            thousands(r.unpaced.per_s),
+            thousands(d.unpaced.per_s),
+            r.unpaced.per_s / d.unpaced.per_s,
+            int(r.unpaced.paws_rejects)
+        ),
+        met: Some(r.unpaced.per_s >= 0.8 * d.unpaced.per_s),
+    }
+}
+
 fn programming_table(e: &E2e) -> String {
     let mut s = String::from(
-        "| Services | nodeport agent: start → datapath ready | `iptables-restore` | `nft -f` |\n|---:|---:|---:|---:|\n",
+        "| veths | Services | nodeport agent: start → datapath ready | `iptables-restore` | `nft -f` |\n|---|---:|---:|---:|---:|\n",
     );
-    for &n in &e.config.sizes {
+    for (veths, n) in variant_sizes(e) {
         let get = |m: Mode| {
-            e.row(m, n)
+            e.row(veths, m, n)
                 .and_then(|r| r.programming_ms)
                 .map_or_else(|| "–".into(), |v| format!("{} ms", thousands(v)))
         };
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} |",
+            veths_label(veths),
             size_label(n),
             get(Mode::Nodeport),
             get(Mode::Iptables),
@@ -436,26 +665,33 @@ fn programming_table(e: &E2e) -> String {
 
 fn agent_table(e: &E2e) -> String {
     let mut s = String::from(
-        "| Services | start → ready | VmRSS | VmHWM (peak) | BPF maps (memlock) | maps per Service | drop counters after the traffic |\n|---:|---:|---:|---:|---:|---:|---|\n",
+        "| veths | Services | XDP mode (after the traffic) | start → ready | VmRSS | VmHWM (peak) | BPF maps (memlock) | maps per Service | drop counters after the traffic |\n|---|---:|---|---:|---:|---:|---:|---:|---|\n",
     );
     for a in &e.agents {
         #[allow(clippy::cast_precision_loss, reason = "byte counts far below 2^52")]
         let per = a.map_bytes as f64 / a.services as f64;
-        let drops = if a.drops.is_empty() {
+        let drops = a.drops();
+        let drops = if drops.is_empty() {
             "none".to_string()
         } else {
-            a.drops
+            drops
                 .iter()
-                .map(|(n, v)| format!("{n} {v}"))
+                .map(|(n, v)| format!("{n} {}", int(*v)))
                 .collect::<Vec<_>>()
                 .join(", ")
+        };
+        let mode = |m: Option<super::counters::XdpMode>| {
+            m.map_or("unknown", super::counters::XdpMode::label)
         };
         #[allow(clippy::cast_precision_loss, reason = "byte counts far below 2^52")]
         let maps_mib = a.map_bytes as f64 / 1024.0 / 1024.0;
         let _ = writeln!(
             s,
-            "| {} | {} ms | {:.1} MiB | {:.1} MiB | {:.1} MiB | {} KiB | {drops} |",
+            "| {} | {} | {} ({}) | {} ms | {:.1} MiB | {:.1} MiB | {:.1} MiB | {} KiB | {drops} |",
+            veths_label(a.veths),
             size_label(a.services),
+            mode(a.xdp_mode),
+            mode(a.xdp_mode_end),
             thousands(a.ready_ms),
             mib(a.rss_kib),
             mib(a.hwm_kib),
@@ -517,6 +753,18 @@ pub fn tables(r: &Report) -> String {
     }
     if let Some(e) = &r.e2e {
         let _ = writeln!(s, "End to end through node1:nodePort\n\n{}", e2e_table(e));
+        if !e.snat.is_empty() {
+            let _ = writeln!(
+                s,
+                "SNAT path: concurrent flows to one remote backend\n\n{}",
+                snat_concurrent_table(e)
+            );
+            let _ = writeln!(
+                s,
+                "SNAT path: server closes first, remote backend\n\n{}",
+                snat_server_close_table(e)
+            );
+        }
         let _ = writeln!(
             s,
             "Programming the Services on a node\n\n{}",
@@ -567,14 +815,18 @@ pub fn plots(r: &Report) -> Vec<(String, String)> {
         ));
     }
     if let Some(e) = &r.e2e {
-        let groups: Vec<String> = e.config.sizes.iter().map(|&n| services_label(n)).collect();
+        let cells = variant_sizes(e);
+        let groups: Vec<String> = cells
+            .iter()
+            .map(|&(v, n)| format!("{} · {}", services_label(n), veths_short(v)))
+            .collect();
         let by_mode = |f: &dyn Fn(&super::e2e::Row) -> f64| -> Vec<Series> {
             e.config
                 .modes
                 .iter()
                 .map(|&m| Series {
                     name: m.label().into(),
-                    values: e.config.sizes.iter().map(|&n| e.row(m, n).map(f)).collect(),
+                    values: cells.iter().map(|&(v, n)| e.row(v, m, n).map(f)).collect(),
                 })
                 .collect()
         };
@@ -620,6 +872,51 @@ pub fn plots(r: &Report) -> Vec<(String, String)> {
                 }),
             ));
         }
+        if let Some(sc) = &e.config.snat {
+            let snat_groups: Vec<String> = e
+                .config
+                .variants
+                .iter()
+                .map(|&v| veths_label(v).to_string())
+                .collect();
+            let by_snat_mode = |f: &dyn Fn(&SnatRow) -> f64| -> Vec<Series> {
+                sc.modes
+                    .iter()
+                    .map(|&m| Series {
+                        name: m.label().into(),
+                        values: e
+                            .config
+                            .variants
+                            .iter()
+                            .map(|&v| e.snat_row(v, m).map(f))
+                            .collect(),
+                    })
+                    .collect()
+            };
+            #[allow(
+                clippy::cast_precision_loss,
+                reason = "connection counts far below 2^52"
+            )]
+            let held = |r: &SnatRow| r.concurrent.held as f64;
+            out.push((
+                "e2e-snat-concurrent.svg".into(),
+                svg::bar_chart(&BarChart {
+                    title: "TCP connections to one remote backend held open at once".into(),
+                    y_label: "connections".into(),
+                    groups: snat_groups.clone(),
+                    series: by_snat_mode(&held),
+                }),
+            ));
+            out.push((
+                "e2e-snat-server-close.svg".into(),
+                svg::bar_chart(&BarChart {
+                    title: "New connections per second to one remote backend, the server closing first (unpaced)".into(),
+                    y_label: "connections / s".into(),
+                    groups: snat_groups,
+                    series: by_snat_mode(&|r: &SnatRow| r.unpaced.per_s),
+                }),
+            ));
+        }
         let prog_modes = [Mode::Nodeport, Mode::Iptables, Mode::Nftables];
         out.push((
             "programming.svg".into(),
@@ -635,11 +932,9 @@ pub fn plots(r: &Report) -> Vec<(String, String)> {
                             Mode::Iptables => "iptables-restore".into(),
                             _ => "nft -f".into(),
                         },
-                        values: e
-                            .config
-                            .sizes
+                        values: cells
                             .iter()
-                            .map(|&n| e.row(m, n).and_then(|r| r.programming_ms))
+                            .map(|&(v, n)| e.row(v, m, n).and_then(|r| r.programming_ms))
                             .collect(),
                     })
                     .collect(),
@@ -754,6 +1049,81 @@ program fares when many flows compete for the caches.",
     )
 }
 
+/// The veth variants of the run, one bullet each.
+fn variants_text(e: &E2e) -> String {
+    let mut s = String::new();
+    for &v in &e.config.variants {
+        let what = match v {
+            Veths::KernelDefaults => {
+                "every veth end as the kernel makes it: GRO off, TX checksum offload on (frames from the client and the pods carry partial checksums), as on the host side of a kind node or a container's veth. A node's native `XDP_TX` or redirect does not deliver here (the LAN-side peer has neither GRO nor an XDP program), so `--xdp-mode auto` is expected to attach in generic mode."
+            }
+            Veths::LanGro => {
+                "the same, with GRO on on the LAN side of each node's veth, so a node's native XDP transmits deliver, as on a physical NIC; `--xdp-mode auto` is expected to attach natively."
+            }
+        };
+        let attached = e.xdp_mode(v).map_or_else(String::new, |m| {
+            format!(
+                " In this run node 1's agent attached in **{}** mode.",
+                m.label()
+            )
+        });
+        let _ = writeln!(s, "- **{}** — {what}{attached}", veths_label(v));
+    }
+    s
+}
+
+/// The SNAT-path subsection: tables, plots and how each figure is taken.
+fn snat_section(e: &E2e) -> String {
+    let Some(c) = &e.config.snat else {
+        return String::new();
+    };
+    if e.snat.is_empty() {
+        return String::new();
+    }
+    let modes: Vec<&str> = c.modes.iter().map(|m| m.label()).collect();
+    let size = e.config.sizes.first().copied().unwrap_or(1).max(1);
+    let paced = c.paced_window * u32::try_from(c.paced_windows).unwrap_or(u32::MAX);
+    let pool = super::program_cost::snat_pool_size();
+    let rest_s = nodeport_common::config::DEFAULT_SNAT_REST_S;
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        "### SNAT path: one remote backend\n\n\
+Traffic to Service ports of `bench` whose only endpoint is the pod on node 2, through `node1:nodePort`: node 1 rewrites the source of every flow (nodeport SNATs it to a port of its pool for that node address, backend and protocol; kube-proxy's rules MASQUERADE it, `--random-fully`), so these figures are the SNAT path's alone. \"Direct\" reaches the same pod at its own address, routed through node 1, with nothing rewritten. Run at {size} on each veth variant, for {modes} (`xtask/src/bench/snat.rs`); each test has a server port of its own, so it meets only the TIME_WAIT sockets it left itself and, on nodeport, draws on a pool of its own. The Goals table above reads each figure against its target.\n\n\
+**Concurrent flows to one remote backend until the first drop.**\n\n{}\n![Connections held open at once](benchmarks/e2e-snat-concurrent.svg)\n\n\
+- **How** — the client opens TCP connections to the hold port one after the other and keeps every one open, up to {max}; a connection fails when `connect` errs or its handshake takes over 3 s (one SYN retransmission fits). *Held open at once* is the number open when the first failed (or the maximum, \"first failure: none\"). The pod's server (`xtask/src/bench/hold.rs`) accepts on one listening socket (backlog 65,535, the pod's `somaxconn` raised to match) in a nonblocking accept loop on one thread and keeps every connection; no thread per connection. Both ends are threads of the benchmark, which raises its `RLIMIT_NOFILE` to twice the maximum and more; the client's `ip_local_port_range` is widened to 10000-60999 (51,000 ports) for this test.\n\
+- **Drops** — nodeport: node 1's `{exhausted}` counter (`nodeport-agent inspect stats -o json`), read before the first connection, when {target} were held, and at the end; kube-proxy: node 1's conntrack `insert_failed` + `drop` + `early_drop` (`/proc/net/stat/nf_conntrack`, where NAT port clashes show), read the same way.\n\
+- **Acknowledged at the end** — once all are open, one byte is sent on every held connection; those still established whose byte the pod acknowledged within 5 s (`TCP_INFO`, `SIOCOUTQ`): the path carries data both ways on all of them at once (a port taken from an open flow would break the earlier one). Then the client resets every connection (`SO_LINGER` 0, no TIME_WAIT) and the pod closes its ends.\n\
+- **Target** — at least {target} held at once, acknowledged at the end, and no `{exhausted}` until {target} were held (Goals). kube-proxy's iptables rules in the same run are the baseline.\n\n\
+**Server closes first to the remote backend.**\n\n{}\n![New connections per second to one remote backend, the server closing first](benchmarks/e2e-snat-server-close.svg)\n\n\
+- **How** — as the \"server closes first\" column above (connect, 64 B request and answer, the pod closes first and keeps the TIME_WAIT state), to the remote backend only; the client's `ip_local_port_range` is 20000-39999 (20,000 ports) in both regimes. SYNs the pods' TIME_WAIT sockets refused during each test are counted (`TcpExtPAWSTimewait`), and for nodeport the `{early}` counter (a port taken from a closed flow before its rest ended).\n\
+- **Paced** — {rate} new connections per second for {paced_s} s ({paced_n} connections, each started on schedule by one of {workers} threads, so a refused SYN delays no other request): below what the agent's default pool of {pool} ports resting {rest} s after close sustains ({sustain}/s), and with fewer connections than client ports, so no client tuple recurs. conn/s is the median of {paced_windows} windows of {paced_window} s; request p50/p99 from connect to the server's close. **Target: no SYN refused by TIME_WAIT and no connection failed.**\n\
+- **Unpaced** — {threads} client threads as fast as they go: {warm} s warm-up, then the median of {windows} windows of {window} s, and its ratio to direct to the same pod in the same run (\"vs direct\"). **Target: at least 0.8× direct.**\n\n",
+        snat_concurrent_table(e),
+        snat_server_close_table(e),
+        size = services_label(size),
+        modes = modes.join(", "),
+        max = int(c.max_flows),
+        target = int(c.target_flows),
+        exhausted = snat::SNAT_EXHAUSTED,
+        early = snat::SNAT_EARLY_REUSE,
+        rate = thousands(c.paced_rate),
+        paced_s = f1(paced.as_secs_f64()),
+        paced_n = thousands(c.paced_rate * paced.as_secs_f64()),
+        workers = c.paced_workers,
+        pool = int(pool),
+        rest = rest_s,
+        sustain = thousands(f64::from(u32::try_from(pool).unwrap_or(u32::MAX)) / f64::from(rest_s)),
+        paced_windows = c.paced_windows,
+        paced_window = f1(c.paced_window.as_secs_f64()),
+        threads = e.config.conn_threads,
+        warm = f1(e.config.warmup.as_secs_f64()),
+        windows = e.config.windows,
+        window = f1(e.config.window.as_secs_f64()),
+    );
+    s
+}
+
 /// The whole BENCHMARKS.md.
 #[must_use]
 #[allow(clippy::too_many_lines, reason = "one document, section by section")]
@@ -786,10 +1156,10 @@ expect some noise between runs.\n\n## Machine\n\n",
             cross_check_table(pc),
             raw_single_table(pc)
         );
-        let span = usize::from(nodeport_common::SNAT_PORT_MAX - nodeport_common::SNAT_PORT_MIN) + 1;
+        let span = super::program_cost::snat_pool_size();
         let _ = writeln!(
             s,
-            "**SNAT ports.** New TCP flows from distinct clients to a Service with one remote backend, sent back to back (every earlier flow still open): {} got an SNAT port before the first was dropped for want of one (`drop_snat_exhausted`); the SNAT range holds {} ports per node address and backend. The end-to-end client below therefore uses 3,000 source ports per datapath (see there).",
+            "**SNAT ports.** New TCP flows from distinct clients to a Service with one remote backend, sent back to back (every earlier flow still open): {} got an SNAT port before the first was dropped for want of one (`drop_snat_exhausted`); the SNAT range holds {} ports per node address and backend. The end-to-end SNAT-path tests below take the same path through the whole stack: connections held open at once to one remote backend, and new connections whose server closes first.",
             int(pc.snat_ports_per_backend),
             int(span)
         );
@@ -799,7 +1169,8 @@ expect some noise between runs.\n\n## Machine\n\n",
         let c = &e.config;
         let _ = write!(
             s,
-            "\n## 2. End to end\n\nTraffic from the client namespace to `node1:nodePort` on the namespace test cluster (two nodes, one pod each, a client; veth pairs on a bridge, TX checksum offload off as the test cluster runs them; `xtask/src/bench/e2e.rs`). The same Services are programmed on both nodes by the nodeport agent, by kube-proxy's iptables rules (`iptables-restore`) and by its nftables rules (`nft -f`); \"direct\" sends to the pods' own addresses, routed through node 1, with no Service in the way. The measured Service sits in the middle of the others (kube-proxy lists Services in no particular order).\n\n{}\n![New connections per second](benchmarks/e2e-connections.svg)\n![New connections per second, the server closing first](benchmarks/e2e-connections-server-close.svg)\n![Request latency p99](benchmarks/e2e-latency-p99.svg)\n![TCP throughput](benchmarks/e2e-throughput.svg)\n![UDP datagrams per second](benchmarks/e2e-udp.svg)\n\n",
+            "\n## 2. End to end\n\nTraffic from the client namespace to `node1:nodePort` on the namespace test cluster (two nodes, one pod each, a client; veth pairs on a bridge; `xtask/src/bench/e2e.rs`), on each veth variant below, a cluster each (the `veths` column; figures are compared within a variant):\n\n{}\nThe agents run with their default `--xdp-mode auto`. The mode node 1's agent attached in is read from its device (`ip -j link show`, `xdp.mode`) once it is ready and again after the traffic, and is named in the nodeport rows (\"native → generic\" where the agent moved the device while the traffic ran). The same Services are programmed on both nodes by the nodeport agent, by kube-proxy's iptables rules (`iptables-restore`) and by its nftables rules (`nft -f`); \"direct\" sends to the pods' own addresses, routed through node 1, with no Service in the way. The measured Service sits in the middle of the others (kube-proxy lists Services in no particular order).\n\n{}\n![New connections per second](benchmarks/e2e-connections.svg)\n![New connections per second, the server closing first](benchmarks/e2e-connections-server-close.svg)\n![Request latency p99](benchmarks/e2e-latency-p99.svg)\n![TCP throughput](benchmarks/e2e-throughput.svg)\n![UDP datagrams per second](benchmarks/e2e-udp.svg)\n\n",
+            variants_text(e),
             e2e_table(e)
         );
         let _ = write!(
@@ -807,11 +1178,11 @@ expect some noise between runs.\n\n## Machine\n\n",
             "How these are taken: the servers and clients are threads of the benchmark (`xtask/src/bench/traffic.rs`), the servers' sockets made inside the pods' namespaces, the clients' inside the client's.\n\n\
 - **new conn/s** — {threads} client threads, each connecting, sending 64 B, reading the 64 B answer and resetting the connection (`SO_LINGER` 0), in a loop; {warm} s warm-up, then the median of {windows} windows of {window} s. The Service's two endpoints (one local to node 1, one on node 2) share the load as the datapath picks them; \"direct\" alternates between the two pods. With a reset no side keeps TIME_WAIT state, so the figure is the datapath's.\n\
 - **request p50/p99** — {lat} such requests one after the other from one thread.\n\
-- **new conn/s, server closes first** — the same, but the server closes first and the pod keeps the TIME_WAIT state, as an HTTP server closing its side does (run after the other TCP tests, on another server port). Where a node rewrites the source address and port (kube-proxy masquerades NodePort traffic to random ports; nodeport SNATs flows to the remote backend), new connections can meet the pod's TIME_WAIT sockets of earlier connections under the same addresses and ports; the pod refuses those SYNs whose timestamps are older (counted in brackets: `TcpExtPAWSTimewait` of both pods during this test) and the client retries about 10 ms later, so the rate falls the longer the test runs. This column shows that effect more than the datapath's cost.\n\
+- **new conn/s, server closes first** — the same, but the server closes first and the pod keeps the TIME_WAIT state, as an HTTP server closing its side does (run after the other TCP tests, on another server port). As in the first column, the Service's two endpoints share the connections, so only those the datapath sends to the pod on node 2 are SNATed; the SNAT path alone is measured below. Where a node rewrites the source address and port (kube-proxy masquerades NodePort traffic to random ports; nodeport SNATs flows to the remote backend), new connections can meet the pod's TIME_WAIT sockets of earlier connections under the same addresses and ports; the pod refuses those SYNs whose timestamps are older (counted in brackets: `TcpExtPAWSTimewait` of both pods during this test) and the client retries about 10 ms later, so the rate falls the longer the test runs. This column shows that effect more than the datapath's cost.\n\
 - **RTT p50/p99** — 64 B round trips on {rttc} established connections to an echo server ({rtt} in all).\n\
 - **TCP Gbit/s** — `iperf3 -c` for {iperf} s after one omitted second, to the pod on node 2 (the Service's iperf port has that one endpoint).\n\
 - **UDP pps** — {udp} senders (one socket and flow each) sending 64 B datagrams as fast as they can; datagrams received by the pods' sinks per second, median of {windows} windows (sent in brackets).\n\
-- The client uses 3,000 source ports per datapath (40000-42999 direct, 43000-45999 nodeport, 46000-48999 iptables, 49000-51999 nftables) and reuses them, so that nodeport's SNAT ports for the remote backend (see the SNAT note above) do not run out during a run; separate ranges keep one datapath's connections from meeting the TIME_WAIT sockets an earlier one left in the pods. A caveat of reused ports: a reused port's SYN may find nodeport's conntrack entry of its earlier connection and take the established path, while kube-proxy's conntrack entry of a reset connection is closed and the SYN is a new connection again; per the program-cost table the difference is a few hundred nanoseconds per connection.\n\
+- The client uses 3,000 source ports per datapath (40000-42999 direct, 43000-45999 nodeport, 46000-48999 iptables, 49000-51999 nftables) and reuses them; separate ranges keep one datapath's connections from meeting the TIME_WAIT sockets an earlier one left in the pods. A caveat of reused ports: a reused port's SYN may find nodeport's conntrack entry of its earlier connection and take the established path, while kube-proxy's conntrack entry of a reset connection is closed and the SYN is a new connection again; per the program-cost table the difference is a few hundred nanoseconds per connection.\n\
 - Everything shares the machine's {cpus} CPUs: client, nodes, pods and servers.\n\n",
             threads = c.conn_threads,
             warm = f1(c.warmup.as_secs_f64()),
@@ -824,6 +1195,7 @@ expect some noise between runs.\n\n## Machine\n\n",
             udp = c.udp_threads,
             cpus = r.machine.cpus,
         );
+        s.push_str(&snat_section(e));
         let _ = write!(
             s,
             "### Programming the Services on a node\n\nTime until node 1 serves the Services: the nodeport agent from process start to \"datapath ready\" (loading and attaching the programs, reading the manifests, writing the maps), `iptables-restore` and `nft -f` of kube-proxy's rules. The Services here have two endpoints each. Most of `nft -f`'s time at 10k Services goes to the per-Service `numgen random mod N vmap {{ … : goto … }}` rules (their anonymous verdict maps); the same ruleset without them loads in seconds.\n\n{}\n![Programming time](benchmarks/programming.svg)\n\n### Agent memory\n\nThe node 1 agent after the traffic (`/proc/<pid>/status`), and the locked memory of its pinned maps (`bpftool map show`: hash maps are preallocated to their capacity, so this does not grow with Services).\n\n{}\n",
@@ -852,6 +1224,7 @@ expect some noise between runs.\n\n## Machine\n\n",
 - **IPVS mode** of kube-proxy, and kube-proxy's own process (its sync loop, its conntrack cleanup): only the rules it writes are measured, loaded with `iptables-restore` / `nft -f` as kube-proxy does.\n\
 - **iptables-legacy.** `iptables-restore` is Debian's default, the nf_tables backend (version above); kube-proxy picks the same backend as the host.\n\
 - **Conntrack-heavy state.** New flows are timed on quiet tables; a node with a full conntrack or reverse-NAT map (LRU eviction) is not measured.\n\
+- **Many clients on one SNAT pool.** The SNAT-path tests come from one client address; many clients sharing a backend's pool, and several backends at once, are not measured (each (node address, backend, protocol) has a pool of its own).\n\
 - **The Kubernetes API source.** The control plane is fed from a manifests directory; an API watch would replace the scan, not compute or apply.\n",
     );
     s
@@ -860,6 +1233,137 @@ expect some noise between runs.\n\n## Machine\n\n",
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bench::counters::XdpMode;
+    use crate::bench::e2e::{Config, Row};
+    use crate::bench::snat::{Concurrent, ServerClose};
+
+    fn row(veths: Veths, mode: Mode, conn_per_s: f64) -> Row {
+        Row {
+            veths,
+            mode,
+            services: 1,
+            xdp_mode: (mode == Mode::Nodeport).then_some(XdpMode::Generic),
+            xdp_mode_end: (mode == Mode::Nodeport).then_some(XdpMode::Generic),
+            conn_per_s,
+            conn_ok: 10,
+            conn_errors: 0,
+            conn_server_close_per_s: 5.0,
+            conn_server_close_ok: 5,
+            conn_server_close_errors: 0,
+            paws_rejects: 0,
+            latency_p50_us: 100.0,
+            latency_p99_us: 200.0,
+            latency_ok: 3,
+            latency_errors: 0,
+            rtt_p50_us: 50.0,
+            rtt_p99_us: 80.0,
+            rtt_ok: 4,
+            throughput_gbit: 2.0,
+            udp_sent_pps: 1_000.0,
+            udp_received_pps: 900.0,
+            udp_received: 900,
+            programming_ms: Some(10.0),
+        }
+    }
+
+    fn server_close(per_s: f64, paws_rejects: u64) -> ServerClose {
+        ServerClose {
+            per_s,
+            ok: 100,
+            errors: 0,
+            paws_rejects,
+            latency_p50_us: 100.0,
+            latency_p99_us: 300.0,
+            early_reuse: None,
+        }
+    }
+
+    fn snat_row(veths: Veths, mode: Mode, held: usize, unpaced: f64, paws: u64) -> SnatRow {
+        SnatRow {
+            veths,
+            mode,
+            services: 1,
+            paced: server_close(300.0, paws),
+            unpaced: server_close(unpaced, paws),
+            concurrent: Concurrent {
+                max: 25_000,
+                target: 20_000,
+                held,
+                first_failure: (held < 25_000).then(|| "connection 2 | timed out".to_string()),
+                acknowledged: held,
+                accepted: held as u64,
+                drop_counter: "drop_snat_exhausted",
+                drops_at_target: (held >= 20_000).then_some(0),
+                drops: Some(u64::from(held < 25_000)),
+                open_s: 1.0,
+            },
+        }
+    }
+
+    /// The SNAT goals and tables read the figures of each variant: met
+    /// where the figure reaches its target, not met where it does not.
+    #[test]
+    fn snat_goals_and_tables_per_variant() {
+        let mut config = crate::bench::quick_e2e_config();
+        config.variants = vec![Veths::KernelDefaults, Veths::LanGro];
+        config.modes = vec![Mode::Direct, Mode::Nodeport, Mode::Iptables];
+        let snat_config = config.snat.as_mut().expect("quick SNAT config");
+        snat_config.target_flows = 20_000;
+        snat_config.max_flows = 25_000;
+        let mut e = E2e {
+            rows: Vec::new(),
+            agents: Vec::new(),
+            snat: Vec::new(),
+            config: Config { ..config },
+        };
+        for v in [Veths::KernelDefaults, Veths::LanGro] {
+            for m in [Mode::Direct, Mode::Nodeport, Mode::Iptables] {
+                e.rows.push(row(v, m, 1_000.0));
+            }
+        }
+        // Kernel defaults: everything met; LAN GRO: nothing.
+        e.snat = vec![
+            snat_row(Veths::KernelDefaults, Mode::Direct, 25_000, 1_000.0, 0),
+            snat_row(Veths::KernelDefaults, Mode::Nodeport, 25_000, 900.0, 0),
+            snat_row(Veths::KernelDefaults, Mode::Iptables, 25_000, 500.0, 3),
+            snat_row(Veths::LanGro, Mode::Direct, 25_000, 1_000.0, 0),
+            snat_row(Veths::LanGro, Mode::Nodeport, 2_512, 100.0, 7),
+            snat_row(Veths::LanGro, Mode::Iptables, 25_000, 500.0, 3),
+        ];
+        let goals = snat_goals(&e, Veths::KernelDefaults);
+        assert_eq!(goals.len(), 3);
+        assert!(
+            goals.iter().all(|g| g.met == Some(true)),
+            "{:?}",
+            goals.iter().map(|g| &g.measured).collect::<Vec<_>>()
+        );
+        assert!(goals[0].name.contains("kernel-default veths"));
+        let goals = snat_goals(&e, Veths::LanGro);
+        assert!(goals.iter().all(|g| g.met == Some(false)));
+        assert!(goals[2].measured.contains("0.10×"), "{}", goals[2].measured);
+        let t = snat_concurrent_table(&e);
+        assert_eq!(t.lines().count(), 2 + 6);
+        assert!(t.contains("nodeport (XDP generic)"), "{t}");
+        // A failure message cannot break the table.
+        assert!(t.contains("connection 2 / timed out"), "{t}");
+        let t = snat_server_close_table(&e);
+        assert!(t.contains("**0.90×**") && t.contains("**0.10×**"), "{t}");
+        let r = Report {
+            machine: Machine::default(),
+            program: None,
+            control: None,
+            e2e: Some(e),
+            quick: true,
+            duration: Duration::from_secs(1),
+            loads: Vec::new(),
+        };
+        let md = markdown(&r);
+        assert!(md.contains("### SNAT path: one remote backend"));
+        assert!(md.contains("Concurrent flows to one remote backend ≥ 20,000"));
+        assert!(md.contains("| kernel-default veths | 1 | nodeport (XDP generic) |"));
+        let names: Vec<String> = plots(&r).into_iter().map(|(n, _)| n).collect();
+        assert!(names.contains(&"e2e-snat-concurrent.svg".to_string()));
+    }
 
     #[test]
     fn labels_and_numbers() {

@@ -27,6 +27,11 @@ pub const ONESHOT_PORT: u16 = 8080;
 pub const RESET_PORT: u16 = 8082;
 /// Port of the echo server in every pod.
 pub const ECHO_PORT: u16 = 8081;
+/// Ports of two more servers like [`ONESHOT_PORT`]'s (the server closes
+/// first), for the paced and the unpaced test of the SNAT path: each test
+/// meets only the TIME_WAIT sockets it left itself.
+pub const CLOSE_PACED_PORT: u16 = 8083;
+pub const CLOSE_UNPACED_PORT: u16 = 8084;
 /// Port of the UDP sink in every pod.
 pub const UDP_PORT: u16 = 9000;
 /// Port of iperf3's server.
@@ -77,20 +82,24 @@ impl PodServers {
             udp_received: Vec::new(),
         };
         for pod in pods {
-            let (oneshot, reset, echo, udp) = pod.run(|| -> io::Result<_> {
+            let (oneshots, reset, echo, udp) = pod.run(|| -> io::Result<_> {
                 Ok((
-                    TcpListener::bind((Ipv4Addr::UNSPECIFIED, ONESHOT_PORT))?,
+                    [ONESHOT_PORT, CLOSE_PACED_PORT, CLOSE_UNPACED_PORT]
+                        .map(|p| TcpListener::bind((Ipv4Addr::UNSPECIFIED, p))),
                     TcpListener::bind((Ipv4Addr::UNSPECIFIED, RESET_PORT))?,
                     TcpListener::bind((Ipv4Addr::UNSPECIFIED, ECHO_PORT))?,
                     UdpSocket::bind((Ipv4Addr::UNSPECIFIED, UDP_PORT))?,
                 ))
             })?;
-            for listener in [oneshot.try_clone()?, oneshot] {
-                listener.set_nonblocking(true)?;
-                let stop = Arc::clone(&stop);
-                servers.threads.push(thread::spawn(move || {
-                    accept_loop(&listener, &stop, oneshot_conn);
-                }));
+            for oneshot in oneshots {
+                let oneshot = oneshot?;
+                for listener in [oneshot.try_clone()?, oneshot] {
+                    listener.set_nonblocking(true)?;
+                    let stop = Arc::clone(&stop);
+                    servers.threads.push(thread::spawn(move || {
+                        accept_loop(&listener, &stop, oneshot_conn);
+                    }));
+                }
             }
             for listener in [reset.try_clone()?, reset] {
                 listener.set_nonblocking(true)?;
@@ -206,7 +215,7 @@ pub enum Close {
 }
 
 /// `SO_LINGER` with a zero timeout: `close` sends a reset.
-fn linger_zero(s: &TcpStream) {
+pub(crate) fn linger_zero(s: &TcpStream) {
     let l = libc::linger {
         l_onoff: 1,
         l_linger: 0,
@@ -320,6 +329,90 @@ pub fn connection_rate(
         per_window,
         ok: ok.load(Ordering::Relaxed),
         errors: errors.load(Ordering::Relaxed),
+    }
+}
+
+/// Requests at a fixed rate: what [`paced_requests`] measured.
+#[derive(Clone, Debug, Default)]
+pub struct Paced {
+    /// Completions per second in each window.
+    pub per_window: Vec<f64>,
+    pub ok: u64,
+    pub errors: u64,
+    /// Durations of the completed requests.
+    pub latencies: Vec<Duration>,
+}
+
+impl Paced {
+    #[must_use]
+    pub fn median(&self) -> f64 {
+        super::stats::median(&self.per_window).unwrap_or(f64::NAN)
+    }
+}
+
+/// Requests to `targets` (round robin) started at `rate` per second for
+/// `windows` windows of `window` each, in the calling thread's namespace:
+/// request `k` is due `k / rate` seconds after the start and is made by one
+/// of `workers` threads, so a slow request (a SYN retransmitted after a
+/// refusal) delays no other. A worker that falls behind catches up without
+/// sleeping; none starts later than 5 s after the last window (where
+/// requests keep failing slowly, fewer are made than were due).
+#[must_use]
+pub fn paced_requests(
+    targets: &[SocketAddr],
+    close: Close,
+    rate: f64,
+    workers: usize,
+    window: Duration,
+    n: usize,
+) -> Paced {
+    let ok = AtomicU64::new(0);
+    let errors = AtomicU64::new(0);
+    let next = AtomicU64::new(0);
+    let start = Instant::now();
+    let end = start + window * u32::try_from(n).unwrap_or(u32::MAX);
+    let last_start = end + Duration::from_secs(5);
+    let (per_window, latencies) = thread::scope(|s| {
+        let handles: Vec<_> = (0..workers.max(1))
+            .map(|_| {
+                let (ok, errors, next) = (&ok, &errors, &next);
+                s.spawn(move || {
+                    let mut lat = Vec::new();
+                    loop {
+                        let k = next.fetch_add(1, Ordering::Relaxed);
+                        #[allow(clippy::cast_precision_loss, reason = "counts far below 2^52")]
+                        let due = start + Duration::from_secs_f64(k as f64 / rate);
+                        if due >= end || Instant::now() > last_start {
+                            break;
+                        }
+                        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                            thread::sleep(wait);
+                        }
+                        let to = targets[usize::try_from(k).unwrap_or(0) % targets.len()];
+                        let t = Instant::now();
+                        if request(to, close).is_ok() {
+                            lat.push(t.elapsed());
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    lat
+                })
+            })
+            .collect();
+        let w = windows(&|| ok.load(Ordering::Relaxed), Duration::ZERO, window, n);
+        let lat: Vec<Duration> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect();
+        (w, lat)
+    });
+    Paced {
+        per_window,
+        ok: ok.load(Ordering::Relaxed),
+        errors: errors.load(Ordering::Relaxed),
+        latencies,
     }
 }
 
