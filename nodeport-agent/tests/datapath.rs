@@ -655,6 +655,11 @@ fn redirect_tx_devices_use_a_redirect() {
         assert_checksums(&out);
         let (rc, _) = f.xdp(&Frame::tcp(CLIENT, 40001, NODE, EMPTY_PORT).bytes());
         assert_eq!(rc, XDP_REDIRECT, "reject");
+        // Generic mode: XDP_TX, whose transmit path takes GSO skbs (a
+        // generic redirect refuses anything over the MTU).
+        f.device(DEVICE_F_REDIRECT_TX | DEVICE_F_SKB_MODE);
+        let (rc, _) = f.xdp(&Frame::tcp(CLIENT, 40002, NODE, NODE_PORT).bytes());
+        assert_eq!(rc, XDP_TX, "forward in generic mode");
     });
 }
 

@@ -45,10 +45,13 @@ impl Verdict {
     }
 
     /// Send the packet back out of the device it arrived on: `XDP_TX`, or a
-    /// redirect to the same device where the device asks for it.
+    /// redirect to the same device where the device asks for it (native
+    /// mode only).
     #[inline(always)]
     pub fn transmit(ingress_ifindex: u32, device: &crate::maps::DeviceInfo, stat: u32) -> Self {
-        if device.redirect_tx() {
+        // In generic mode `XDP_TX` goes through the device's transmit path;
+        // a generic redirect refuses skbs over the MTU (GSO, GRO ones).
+        if device.redirect_tx() && !device.skb_mode() {
             // SAFETY: plain helper call; the result is an XDP action.
             let action = unsafe { aya_ebpf::helpers::bpf_redirect(ingress_ifindex, 0) } as u32;
             Self::sent(action, stat, ingress_ifindex)

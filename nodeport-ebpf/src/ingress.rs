@@ -239,6 +239,9 @@ fn forward(
     device: &DeviceInfo,
     stat: u32,
 ) -> Result<Verdict, Error> {
+    // In generic mode a frame may be a GSO or GRO skb far larger than the
+    // MTU, which the egress device segments: no MTU check for it.
+    let tot_len = if device.skb_mode() { 0 } else { p.ip_len };
     let Route::Via(hop) = route::lookup(
         ctx,
         p.proto,
@@ -246,7 +249,7 @@ fn forward(
         new.daddr_be,
         new.sport_be,
         new.dport_be,
-        p.ip_len,
+        tot_len,
     )?
     else {
         return Err(Error::Fib);

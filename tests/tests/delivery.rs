@@ -14,7 +14,9 @@ use nodeport_tests::objects::ServiceSpec;
 use nodeport_tests::{AgentOptions, Answer, Cluster, ClusterConfig, Netns, Veths, eventually};
 
 const POD_PORT: u16 = 8080;
+const ECHO_PORT: u16 = 9000;
 const NODE_PORT: u16 = 31_500;
+const ECHO_NODE_PORT: u16 = 31_501;
 
 fn cluster(veths: Veths) -> Cluster {
     Cluster::with_config(ClusterConfig {
@@ -22,7 +24,7 @@ fn cluster(veths: Veths) -> Cluster {
         pods_per_node: 1,
         pod_tcp_ports: vec![POD_PORT],
         pod_udp_ports: vec![POD_PORT],
-        pod_tcp_echo_ports: vec![],
+        pod_tcp_echo_ports: vec![ECHO_PORT],
         veths,
         ..ClusterConfig::default()
     })
@@ -302,4 +304,44 @@ fn auto_mode_follows_the_peer_as_it_changes() {
         assert_eq!(a.server, pod_name(2, 1));
     }
     drop(agents);
+}
+
+/// Bulk TCP through the NodePort in both directions (the pod echoes 8 MiB)
+/// to a remote backend (SNAT) and a local one, on `veths`: large segments
+/// (GSO and GRO skbs in generic mode, partial checksums from the senders'
+/// offload) get through intact.
+fn bulk_transfers_complete(veths: Veths) {
+    let c = cluster(veths);
+    c.manifests().write(
+        "echo.yaml",
+        &ServiceSpec::new(
+            "echo",
+            &[("echo", "TCP", 9000, ECHO_PORT, ECHO_NODE_PORT)],
+            &[(2, 1, true)],
+        )
+        .yaml(),
+    );
+    let _agents = c.start_all_agents(c.manifests().dir());
+    let client = c.client().with_timeout(Duration::from_secs(20));
+    for node in [1, 2] {
+        let line = client
+            .tcp_echo(node_addr(node), ECHO_NODE_PORT, 8 << 20)
+            .unwrap_or_else(|e| {
+                panic!(
+                    "8 MiB echoed through node{node} on {veths:?} veths: {e}\nnode{node}:\n{}",
+                    stats_text(&c, node)
+                )
+            });
+        assert!(line.starts_with(&pod_name(2, 1)), "{line}");
+    }
+}
+
+#[test]
+fn bulk_transfers_complete_on_default_veths() {
+    bulk_transfers_complete(Veths::KernelDefaults);
+}
+
+#[test]
+fn bulk_transfers_complete_with_native_xdp() {
+    bulk_transfers_complete(Veths::LanGro);
 }
