@@ -16,6 +16,7 @@
 //! | `nodeport_services` | gauge | Services with at least one frontend in the maps |
 //! | `nodeport_frontends` | gauge | frontends (NodePort and ClusterIP) in the maps |
 //! | `nodeport_endpoints` | gauge | backends (pod address and port) in the maps |
+//! | `nodeport_map_writes_total{op}` | counter | map entries written (`put`) and deleted (`delete`) by syncs |
 //! | `nodeport_map_write_errors_total{map,op}` | counter | failed map writes |
 //! | `nodeport_source_errors_total{resource}` | counter | failed list/watch requests of the Kubernetes source |
 //! | `nodeport_health_check_servers` | gauge | healthCheckNodePort servers listening |
@@ -133,6 +134,7 @@ struct Own {
     sync_duration: Histogram,
     last_sync: FloatGauge,
     syncs: Family<Labels1, Counter>,
+    map_writes: Family<Labels1, Counter>,
     network_programming: Histogram,
     services: Gauge,
     frontends: Gauge,
@@ -195,6 +197,18 @@ impl Own {
                 FloatGauge::default(),
             ),
             syncs: register(r, "nodeport_syncs", "Syncs by result", syncs),
+            map_writes: register(
+                r,
+                "nodeport_map_writes",
+                "Map entries written (put) and deleted (delete) by syncs",
+                {
+                    let f = Family::<Labels1, Counter>::default();
+                    for op in ["put", "delete"] {
+                        drop(f.get_or_create(&[("op", op)]));
+                    }
+                    f
+                },
+            ),
             network_programming: register(
                 r,
                 "nodeport_network_programming_duration_seconds",
@@ -338,6 +352,16 @@ impl Metrics {
     }
 
     /// A sync that wrote the maps up to date in `took`.
+    /// Entries a successful sync put and deleted.
+    pub fn map_writes(&self, puts: usize, deletes: usize) {
+        let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
+        self.own.map_writes.get_or_create(&[("op", "put")]).inc_by(n(puts));
+        self.own
+            .map_writes
+            .get_or_create(&[("op", "delete")])
+            .inc_by(n(deletes));
+    }
+
     pub fn sync_succeeded(&self, took: Duration, served: Served) {
         self.synced(took);
         self.own.syncs.get_or_create(&[("result", "success")]).inc();

@@ -412,6 +412,7 @@ impl Sync {
                 self.metrics
                     .set_health_check_servers(self.health_checks.len());
                 let report = &applied.report;
+                self.metrics.map_writes(report.puts, report.deletes);
                 if !report.is_empty() {
                     info!(
                         puts = report.puts,

@@ -312,6 +312,41 @@ impl<'c> Agent<'c> {
         }
     }
 
+    /// The value of sample `sample` (`name` or `name{labels}`) of the
+    /// agent's `/metrics`, if it answers and has it.
+    #[must_use]
+    pub fn metric(&self, sample: &str) -> Option<f64> {
+        let r = crate::http::get(self.ns, self.metrics, "/metrics").ok()?;
+        r.body
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
+    /// Map entries the agent has written and deleted so far
+    /// (`nodeport_map_writes_total`).
+    #[must_use]
+    pub fn map_writes(&self) -> f64 {
+        self.metric("nodeport_map_writes_total{op=\"put\"}").unwrap_or(0.0)
+            + self.metric("nodeport_map_writes_total{op=\"delete\"}").unwrap_or(0.0)
+    }
+
+    /// Waits until the agent has written to its maps since `before` (a value
+    /// of [`Agent::map_writes`]); panics with the log after `timeout`.
+    pub fn wait_for_map_writes_since(&self, before: f64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.map_writes() <= before {
+            assert!(
+                Instant::now() < deadline && self.exit_status().is_none(),
+                "agent {}: no map write within {timeout:?} (nodeport_map_writes_total stayed {before})\nlog {}, last lines:\n{}",
+                self.node_name,
+                self.log_path.display(),
+                tail(&self.log(), LOG_LINES_ON_PANIC)
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits until `/livez` answers 200 (up to [`READY_TIMEOUT`]); panics
     /// with the log if it does not, or if the agent exits first.
     pub fn wait_ready(&self) {

@@ -290,11 +290,11 @@ fn endpoint_and_service_changes_apply_within_a_second() {
     // Writes a manifest change and waits until every agent has applied it,
     // which must take less than a second.
     let apply = |what: &str, change: &dyn Fn()| {
-        let marks: Vec<usize> = agents.iter().map(Agent::log_mark).collect();
+        let marks: Vec<f64> = agents.iter().map(Agent::map_writes).collect();
         let start = Instant::now();
         change();
         for (a, m) in agents.iter().zip(marks) {
-            a.wait_for_log_since(m, "datapath updated", Duration::from_secs(1));
+            a.wait_for_map_writes_since(m, Duration::from_secs(1));
         }
         eprintln!("{what} applied on every node in {:?}", start.elapsed());
     };

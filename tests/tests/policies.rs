@@ -347,7 +347,7 @@ fn stale_udp_flow_moves_to_the_new_backend_at_once() {
         assert_eq!(a.server, pod_name(1, 1));
     }
 
-    let mark = agents[0].log_mark();
+    let mark = agents[0].map_writes();
     c.manifests().write(
         "dns.yaml",
         &format!(
@@ -356,7 +356,7 @@ fn stale_udp_flow_moves_to_the_new_backend_at_once() {
             slice("dns", &ports, &[Endpoint::ready(2, 2)])
         ),
     );
-    agents[0].wait_for_log_since(mark, "datapath updated", Duration::from_secs(2));
+    agents[0].wait_for_map_writes_since(mark, Duration::from_secs(2));
     for node in [1, 2] {
         converges("the same client port reaches the new backend", || {
             c.client()
@@ -454,13 +454,13 @@ fn stale_udp_flow_to_a_backend_shared_with_another_service_moves() {
     assert_eq!(via(1, 31098), pod_name(1, 1));
     assert_eq!(via(2, 31098), pod_name(1, 1));
 
-    let marks: Vec<usize> = agents.iter().map(Agent::log_mark).collect();
+    let marks: Vec<f64> = agents.iter().map(Agent::map_writes).collect();
     c.manifests().write(
         "a.yaml",
         &service_with_slice(&a, &ports, &[Endpoint::ready(2, 2)]),
     );
     for (agent, mark) in agents.iter().zip(marks) {
-        agent.wait_for_log_since(mark, "datapath updated", Duration::from_secs(2));
+        agent.wait_for_map_writes_since(mark, Duration::from_secs(2));
     }
     assert_eq!(
         via(1, 31098),
