@@ -29,6 +29,4 @@ pub mod runtime;
 pub mod snat_pool;
 pub mod source;
 pub mod store;
-pub mod update_rules;
-pub mod validate;
 pub mod xdp_mode;

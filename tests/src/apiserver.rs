@@ -318,9 +318,9 @@ impl<'n> ApiServer<'n> {
     /// Creates or replaces every object of a multi-document YAML string
     /// (kinds Service, EndpointSlice, Node).
     pub fn apply_yaml(&self, yaml: &str) {
-        for doc in serde_yaml::Deserializer::from_str(yaml) {
-            let value: Value = serde::Deserialize::deserialize(doc)
-                .unwrap_or_else(|e| panic!("test API server: bad YAML: {e}\n{yaml}"));
+        let docs: Vec<Value> = serde_saphyr::from_multiple(yaml)
+            .unwrap_or_else(|e| panic!("test API server: bad YAML: {e}\n{yaml}"));
+        for value in docs {
             if !value.is_null() {
                 self.apply(value);
             }

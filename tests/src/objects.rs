@@ -139,9 +139,7 @@ mod tests {
         )
         .local(32000)
         .label("app", "web");
-        let docs: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(&spec.yaml())
-            .map(|d| serde::Deserialize::deserialize(d).expect("yaml"))
-            .collect();
+        let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&spec.yaml()).expect("yaml");
         assert_eq!(docs.len(), 2);
         let svc: k8s_openapi::api::core::v1::Service =
             serde_json::from_value(docs[0].clone()).expect("a Service");
@@ -153,7 +151,7 @@ mod tests {
         assert_eq!(slice.endpoints.len(), 2);
         assert_eq!(slice.endpoints[0].addresses, ["10.244.1.11"]);
         let node: k8s_openapi::api::core::v1::Node =
-            serde_yaml::from_str(&node_yaml("node1", Ipv4Addr::new(10, 200, 0, 11)))
+            serde_saphyr::from_str(&node_yaml("node1", Ipv4Addr::new(10, 200, 0, 11)))
                 .expect("a Node");
         assert_eq!(
             node.status.unwrap().addresses.unwrap()[0].type_,

@@ -33,9 +33,9 @@ fn documents() -> Vec<(String, Value)> {
     let mut docs = Vec::new();
     for f in files {
         let text = std::fs::read_to_string(&f).expect("readable");
-        for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
-            let v: Value = serde::Deserialize::deserialize(doc)
-                .unwrap_or_else(|e| panic!("{} document {}: {e}", f.display(), i + 1));
+        let values: Vec<Value> =
+            serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        for (i, v) in values.into_iter().enumerate() {
             if !v.is_null() {
                 docs.push((format!("{} document {}", f.display(), i + 1), v));
             }
@@ -107,7 +107,7 @@ fn every_document_is_a_known_type_without_unknown_fields() {
 
 #[test]
 fn the_unknown_field_check_catches_mistakes() {
-    let doc: Value = serde_yaml::from_str(
+    let doc: Value = serde_saphyr::from_str(
         "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: x\n  lables: {a: b}\n",
     )
     .unwrap();
@@ -230,7 +230,8 @@ fn the_daemonset_runs_the_agent_as_it_expects() {
 #[test]
 fn the_cluster_role_grants_what_the_source_watches() {
     let docs = documents();
-    let cluster_role: ClusterRole = serde_json::from_value(find(&docs, "ClusterRole").clone()).unwrap();
+    let cluster_role: ClusterRole =
+        serde_json::from_value(find(&docs, "ClusterRole").clone()).unwrap();
     let granted = cluster_role.rules.unwrap_or_default();
     for (group, resource) in [
         ("", "services"),

@@ -177,7 +177,7 @@ fn healthz_livez_and_metrics_follow_the_sync_state() {
 
     // The node is being deleted: /healthz fails (load balancers drain it),
     // /livez does not (the agent is fine).
-    let mut node = serde_yaml::from_str::<serde_json::Value>(&node_yaml("node1", node_addr(1)))
+    let mut node = serde_saphyr::from_str::<serde_json::Value>(&node_yaml("node1", node_addr(1)))
         .expect("node YAML");
     node["metadata"]["deletionTimestamp"] = "2030-01-01T00:00:00Z".into();
     api.apply(node);

@@ -73,7 +73,7 @@ pub trait Source {
 
 impl Source for manifests::ManifestsSource {
     fn poll(&mut self) -> Result<Option<Update>, SourceError> {
-        Ok(self.scan()?.map(Update::Full))
+        Ok(self.poll_changes()?.map(Update::Changes))
     }
 
     fn describe(&self) -> String {

@@ -4,7 +4,7 @@
 //! belonged to the old setting, and that keep the values allocated before
 //! when an edit omits them.
 //!
-//! A create is validated as written ([`crate::validate::validate_service`]).
+//! A create is validated as written ([`super::service::validate_service`]).
 //! An update — a manifest that replaces a Service accepted before — first
 //! goes through [`prepare_update`], then through the same validation and the
 //! nodePort allocator. [`prepare_update`] applies, in the API server's order:
@@ -29,16 +29,16 @@
 //! `ValidateServiceUpdate`'s own checks (an immutable clusterIP) are not done.
 //!
 //! Everything here is pure: no I/O, no logging. Omitted values are `None`
-//! (after [`crate::validate::normalize_service`], a nodePort of 0 is `None`).
+//! (after [`super::service::normalize_service`], a nodePort of 0 is `None`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{Service, ServiceSpec};
 
-use crate::validate::ServiceType;
+use super::service::ServiceType;
 
 /// Turns `new`, a Service as its manifest writes it (defaulted by
-/// [`crate::validate::normalize_service`]), into what the API server would
+/// [`super::service::normalize_service`]), into what the API server would
 /// validate when it replaces `old`, the Service as it is served (with its
 /// allocated nodePorts). See the module documentation for the steps.
 pub fn prepare_update(new: &mut Service, old: &Service) {
@@ -296,8 +296,8 @@ fn node_ports_used(spec: &ServiceSpec) -> BTreeSet<i32> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::service::{normalize_service, validate_service};
     use super::*;
-    use crate::validate::{normalize_service, validate_service};
     use std::ops::RangeInclusive;
 
     const RANGE: RangeInclusive<u16> = 30000..=32767;
@@ -307,7 +307,7 @@ mod tests {
     fn service(body: &str) -> Service {
         let yaml = format!("{{apiVersion: v1, kind: Service, metadata: {{name: web}}, {body}}}");
         let mut service: Service =
-            serde_yaml::from_str(&yaml).unwrap_or_else(|e| panic!("bad test YAML {yaml}: {e}"));
+            serde_saphyr::from_str(&yaml).unwrap_or_else(|e| panic!("bad test YAML {yaml}: {e}"));
         normalize_service(&mut service);
         service
     }

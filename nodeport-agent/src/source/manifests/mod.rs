@@ -5,61 +5,66 @@
 //! Every `*.yaml` / `*.yml` file of the directory (not recursive; hidden
 //! files are skipped) is a stream of `---` separated documents of kind
 //! `Service` (`v1`), `EndpointSlice` (`discovery.k8s.io/v1`) or `Node` (`v1`).
-//! Files are read in name order. Each document is defaulted and validated as
-//! the API server would ([`crate::validate`]); the whole set then goes
-//! through the nodePort allocator, which rejects colliding nodePorts and
-//! fills in omitted ones.
+//! Files are taken in name order. Each document is defaulted and validated as
+//! the API server would ([`service`], [`endpoint_slice`], [`node`], with the
+//! name rules of [`names`]); the Services then go through the nodePort
+//! allocator ([`node_ports`]), which rejects colliding nodePorts and fills in
+//! omitted ones.
 //!
 //! A Service document that replaces a Service of the last state (the same
 //! namespace and name, from whichever file) is an *update*: before it is
 //! validated it goes through the API server's update rules
-//! ([`crate::update_rules`]) against the served version, so that e.g. an
-//! edit to `type: ClusterIP` that leaves the old nodePorts in the file
-//! releases them instead of being rejected. Any other document is a create.
-//! A document unchanged since its version was accepted is not an update
-//! again: it keeps the outcome it had.
+//! ([`update_rules`]) against the served version, so that e.g. an edit to
+//! `type: ClusterIP` that leaves the old nodePorts in the file releases them
+//! instead of being rejected. Any other document is a create. A document
+//! unchanged since its version was accepted is not an update again: it keeps
+//! the outcome it had.
 //!
 //! A bad document is reported (file, document, reason) and skipped; the rest
-//! keeps serving. A file that turns bad keeps its last good objects: a file
-//! that no longer parses keeps everything it last provided, and a document
-//! that no longer validates keeps the last good version of its object
-//! (matched by kind, namespace and name). A deleted file's objects go away.
+//! keeps serving. A file that turns bad keeps its last good objects
+//! ([`last_good`]): a file that no longer parses keeps everything it last
+//! provided, and a document that no longer validates keeps the last good
+//! version of its object (matched by kind, namespace and name). A deleted
+//! file's objects go away.
 //!
-//! [`ManifestsSource::scan`] is cheap when nothing changed: it compares each
-//! file's size, times and inode with the previous scan and only reads files
-//! that changed (or were modified so recently that a same-tick rewrite could
-//! hide behind an unchanged timestamp).
+//! Work is proportional to what changed. [`files`] stats every file on each
+//! scan and reads (and [`decode`]s) only the files whose size, times or
+//! inode changed. Only the objects those files offered before or offer now
+//! are validated again; the Services whose nodePorts were refused are placed
+//! again when anything may have freed a port; every other Service keeps its
+//! ports in the allocator's index. [`ManifestsSource::scan_changes`] says
+//! which objects changed; the first scan holds every object.
+
+pub mod decode;
+pub mod endpoint_slice;
+pub mod files;
+pub mod invalid;
+pub mod last_good;
+pub mod names;
+pub mod node;
+pub mod node_ports;
+pub mod objects;
+pub mod scalars;
+pub mod service;
+pub mod update_rules;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::fs;
-use std::io;
 use std::ops::RangeInclusive;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use serde::Deserialize;
-use serde_yaml::{Mapping, Value};
+use k8s_openapi::api::core::v1::Service;
 use tracing::{error, info, warn};
 
-use super::SourceError;
-use crate::store::{ClusterState, ObjectKey};
-use crate::update_rules;
-use crate::validate::{self, AddressType, Candidate, DEFAULT_NAMESPACE, NodePortAllocator};
-
-/// A file modified less than this long before it was read is read again on
-/// the next scan even if its metadata looks unchanged: file timestamps are
-/// coarse, so a rewrite of the same size right after our read could keep the
-/// same modification time.
-const RACY_WINDOW: Duration = Duration::from_secs(3);
-
-/// A file that was just emptied is most likely being rewritten in place
-/// (truncated, then written): its objects stay until it has been empty this
-/// long, so that a scan between the two steps does not withdraw them.
-const EMPTY_GRACE: Duration = Duration::from_millis(500);
+use self::decode::{Document, Outcome, Parsed};
+use self::files::FileEntry;
+use self::invalid::Invalid;
+use self::last_good::{Accepted, LastGood, Version};
+use self::node_ports::{Candidate, NodePortAllocator};
+use self::objects::{Kind, Object, TypedKey};
+use super::{Changes, SourceError};
+use crate::store::ClusterState;
 
 /// How serious a [`Problem`] is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -91,193 +96,13 @@ impl fmt::Display for Problem {
     }
 }
 
-/// The kinds a manifest may hold.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-enum Kind {
-    Service,
-    EndpointSlice,
-    Node,
-}
-
-impl Kind {
-    const ALL: [Self; 3] = [Self::Service, Self::EndpointSlice, Self::Node];
-
-    fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|kind| kind.name() == name)
-    }
-
-    const fn name(self) -> &'static str {
-        match self {
-            Self::Service => "Service",
-            Self::EndpointSlice => "EndpointSlice",
-            Self::Node => "Node",
-        }
-    }
-
-    const fn api_version(self) -> &'static str {
-        match self {
-            Self::Service | Self::Node => "v1",
-            Self::EndpointSlice => "discovery.k8s.io/v1",
-        }
-    }
-
-    const fn namespaced(self) -> bool {
-        !matches!(self, Self::Node)
-    }
-}
-
-impl fmt::Display for Kind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// Kind, namespace and name: what identifies an object across documents.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-struct TypedKey {
-    kind: Kind,
-    key: ObjectKey,
-}
-
-impl fmt::Display for TypedKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.kind, self.key)
-    }
-}
-
-#[derive(Clone, Debug, PartialEq)]
-enum Object {
-    Service(Box<Service>),
-    EndpointSlice(Box<EndpointSlice>),
-    Node(Box<Node>),
-}
-
-/// What one document of a file amounts to.
-#[derive(Debug)]
-enum Outcome {
-    /// A valid object (not a Service).
-    Object { key: TypedKey, object: Object },
-    /// A defaulted Service, not validated yet: whether it is valid depends
-    /// on the version it replaces, if any (the update rules), which only the
-    /// whole directory tells.
-    Service {
-        key: TypedKey,
-        service: Box<Service>,
-    },
-    /// A valid object that is not served.
-    Ignored { reason: String },
-    /// A rejected document; `key` when it names an object.
-    Invalid {
-        key: Option<TypedKey>,
-        reason: String,
-    },
-}
-
-#[derive(Debug)]
-struct Document {
-    /// From 1.
-    index: usize,
-    outcome: Outcome,
-}
-
-#[derive(Debug)]
-enum Parsed {
-    /// The file could not be read, or is not YAML: nothing in it can be trusted.
-    Broken(String),
-    Documents(Vec<Document>),
-}
-
-/// File metadata that changes whenever the file is rewritten or replaced.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Signature {
-    len: u64,
-    modified: Option<SystemTime>,
-    inode: u64,
-    device: u64,
-    ctime: (i64, i64),
-}
-
-impl Signature {
-    fn of(metadata: &fs::Metadata) -> Self {
-        Self {
-            len: metadata.len(),
-            modified: metadata.modified().ok(),
-            inode: metadata.ino(),
-            device: metadata.dev(),
-            ctime: (metadata.ctime(), metadata.ctime_nsec()),
-        }
-    }
-}
-
-/// Why a file could not be read.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct ReadError {
-    kind: io::ErrorKind,
-    message: String,
-}
-
-/// The bytes of a file, or why they could not be read.
-type Content = Result<Vec<u8>, ReadError>;
-
-/// An object a file provided to the last state, kept for when the file turns bad.
-#[derive(Clone, Debug)]
-struct Kept {
-    document: usize,
-    object: Object,
-    /// For a Service: the document as written, before the update rules.
-    written: Option<Box<Service>>,
-}
-
-/// A Service of the last state, in its three forms.
-#[derive(Clone, Debug)]
-struct AcceptedService {
-    /// As its document wrote it (defaulted).
-    written: Service,
-    /// As it was validated: after the update rules, if it was an update.
-    validated: Service,
-    /// As it is served: with the nodePorts the allocator filled in.
-    served: Service,
-}
-
-#[derive(Debug)]
-struct FileEntry {
-    path: PathBuf,
-    signature: Option<Signature>,
-    read_at: SystemTime,
-    content: Content,
-    parsed: Parsed,
-    last_good: BTreeMap<TypedKey, Kept>,
-}
-
-impl FileEntry {
-    /// Whether the file can be trusted to be unchanged given its metadata.
-    fn unchanged(&self, signature: Option<&Signature>) -> bool {
-        let (Some(old), Some(new)) = (self.signature.as_ref(), signature) else {
-            return false;
-        };
-        let settled = old
-            .modified
-            .and_then(|modified| self.read_at.duration_since(modified).ok())
-            .is_some_and(|age| age >= RACY_WINDOW);
-        old == new && settled
-    }
-}
-
 /// One object offered by one file, with the versions that may be served.
 struct Entry {
     key: TypedKey,
     file: String,
-    versions: Vec<Version>,
-}
-
-struct Version {
-    /// The object as validated (for a Service, after the update rules).
-    object: Object,
-    /// For a Service: the document as written, before the update rules.
-    written: Option<Box<Service>>,
+    /// Where the entry stands among all entries (file, then document order).
     document: usize,
-    /// The last good version rather than the file's current content.
-    kept: bool,
+    versions: Vec<Version>,
 }
 
 /// Services, `EndpointSlice`s and Nodes from the YAML files of a directory.
@@ -287,11 +112,20 @@ pub struct ManifestsSource {
     node_port_range: RangeInclusive<u16>,
     files: BTreeMap<String, FileEntry>,
     scanned: bool,
+    /// A first delivery was made (`poll_changes`).
+    delivered: bool,
     allocator: NodePortAllocator,
-    /// Which file provided each object of the last state.
-    providers: BTreeMap<TypedKey, String>,
-    /// The Services of the last state: what an edit of one is an update of.
-    services: BTreeMap<ObjectKey, AcceptedService>,
+    /// Which documents (file, index into its documents) offer each object.
+    offered: BTreeMap<TypedKey, Vec<(String, usize)>>,
+    /// The objects of the last state, with their providers.
+    last_good: LastGood,
+    /// Services with a version the allocator refused: placed again when a
+    /// port may have been freed.
+    contended: BTreeSet<TypedKey>,
+    /// Problems of whole files and of documents that name no object.
+    file_problems: BTreeMap<String, Vec<Problem>>,
+    /// Problems found when an object was last looked at.
+    key_problems: BTreeMap<TypedKey, Vec<Problem>>,
     problems: Vec<Problem>,
     reported: BTreeSet<Problem>,
 }
@@ -305,8 +139,12 @@ impl ManifestsSource {
             node_port_range,
             files: BTreeMap::new(),
             scanned: false,
-            providers: BTreeMap::new(),
-            services: BTreeMap::new(),
+            delivered: false,
+            offered: BTreeMap::new(),
+            last_good: LastGood::default(),
+            contended: BTreeSet::new(),
+            file_problems: BTreeMap::new(),
+            key_problems: BTreeMap::new(),
             problems: Vec::new(),
             reported: BTreeSet::new(),
         }
@@ -324,136 +162,203 @@ impl ManifestsSource {
         &self.problems
     }
 
-    /// Reads the directory. Returns the complete new state when anything
+    /// Reads the directory. Returns the complete new state when any file
     /// changed since the last scan (always on the first), `None` otherwise.
     /// Fails only when the directory itself cannot be read; bad files and
     /// documents are reported through [`Self::problems`] and the log.
     pub fn scan(&mut self) -> Result<Option<ClusterState>, SourceError> {
-        let listing = list_manifests(&self.dir)?;
-        let mut previous = std::mem::take(&mut self.files);
-        let mut changed = !self.scanned;
-        for (name, path, metadata) in listing {
-            let old = previous.remove(&name);
-            let (entry, entry_changed) = self.refresh(path, metadata.as_ref(), old);
-            changed |= entry_changed;
-            self.files.insert(name, entry);
-        }
-        // Files that disappeared take their objects with them.
-        changed |= !previous.is_empty();
-        if !changed {
+        Ok(self.scan_changes()?.map(|_| self.state()))
+    }
+
+    /// Reads the directory. Returns the objects that changed when any file
+    /// changed since the last scan (always on the first: then every object),
+    /// `None` otherwise.
+    pub fn scan_changes(&mut self) -> Result<Option<Changes>, SourceError> {
+        let last_good = &self.last_good;
+        let files_changed =
+            files::refresh(&mut self.files, &self.dir, &self.node_port_range, |name| {
+                last_good.provides(name)
+            })?;
+        if files_changed.is_empty() && self.scanned {
             return Ok(None);
         }
         self.scanned = true;
-        Ok(Some(self.rebuild()))
+        let changes = self.apply(files_changed);
+        self.report();
+        let mut counts = [0usize; 3];
+        for (key, _) in self.last_good.iter() {
+            counts[key.kind as usize] += 1;
+        }
+        info!(
+            dir = %self.dir.display(),
+            files = self.files.len(),
+            services = counts[Kind::Service as usize],
+            endpoint_slices = counts[Kind::EndpointSlice as usize],
+            nodes = counts[Kind::Node as usize],
+            changed = changes.services.len() + changes.endpoint_slices.len() + changes.nodes.len(),
+            problems = self.problems.len(),
+            "manifests loaded"
+        );
+        Ok(Some(changes))
     }
 
-    /// Brings one file's entry up to date; says whether its content changed.
-    fn refresh(
-        &self,
-        path: PathBuf,
-        metadata: Option<&fs::Metadata>,
-        old: Option<FileEntry>,
-    ) -> (FileEntry, bool) {
-        let signature = metadata.map(Signature::of);
-        let unchanged = old
-            .as_ref()
-            .is_some_and(|old| old.path == path && old.unchanged(signature.as_ref()));
-        if unchanged && let Some(old) = old {
-            return (old, false);
-        }
-        let read_at = SystemTime::now();
-        let content: Content = fs::read(&path).map_err(|e| ReadError {
-            kind: e.kind(),
-            message: e.to_string(),
-        });
-        let just_emptied = matches!(&content, Ok(bytes) if bytes.is_empty())
-            && old.as_ref().is_some_and(|old| !old.last_good.is_empty())
-            && signature
-                .and_then(|s| s.modified)
-                .and_then(|modified| read_at.duration_since(modified).ok())
-                .is_none_or(|age| age < EMPTY_GRACE);
-        if just_emptied && let Some(old) = old {
-            // Keep the old entry (and its old signature, so that the file is
-            // looked at again on the next scan).
-            return (old, false);
-        }
-        let last_good = match old {
-            Some(mut old) if old.content == content => {
-                old.path = path;
-                old.signature = signature;
-                old.read_at = read_at;
-                return (old, false);
-            }
-            Some(old) => old.last_good,
-            None => BTreeMap::new(),
-        };
-        let parsed = match &content {
-            Ok(bytes) => parse_file(bytes, &self.node_port_range),
-            Err(e) => Parsed::Broken(format!("cannot read the file: {}", e.message)),
-        };
-        let entry = FileEntry {
-            path,
-            signature,
-            read_at,
-            content,
-            parsed,
-            last_good,
-        };
-        (entry, true)
+    /// What the agent's loop takes: the objects that changed since the last
+    /// delivery (the first delivery holds every object, even none).
+    pub fn poll_changes(&mut self) -> Result<Option<Changes>, SourceError> {
+        let changes = self
+            .scan_changes()?
+            .filter(|changes| !self.delivered || !changes.is_empty());
+        self.delivered |= changes.is_some();
+        Ok(changes)
     }
 
-    /// Computes the state from every file's documents and the last good
-    /// objects, checks the set as a whole and reports what is wrong.
-    fn rebuild(&mut self) -> ClusterState {
-        let mut problems = Vec::new();
-        let entries = self.collect_entries(&mut problems);
-        let winners = self.resolve_duplicates(&entries, &mut problems);
-
+    /// Every object of the current state.
+    #[must_use]
+    pub fn state(&self) -> ClusterState {
         let mut state = ClusterState::default();
-        let mut last_good: BTreeMap<String, BTreeMap<TypedKey, Kept>> = BTreeMap::new();
-        let mut providers = BTreeMap::new();
-        let mut accepted_services = BTreeMap::new();
-        let mut accept = |entry: &Entry, version: usize| {
-            let chosen = &entry.versions[version];
-            last_good.entry(entry.file.clone()).or_default().insert(
-                entry.key.clone(),
-                Kept {
-                    document: chosen.document,
-                    object: chosen.object.clone(),
-                    written: chosen.written.clone(),
-                },
-            );
-            providers.insert(entry.key.clone(), entry.file.clone());
-        };
-
-        // Services go through the nodePort allocator together.
-        let mut services = Vec::new();
-        let mut candidates = Vec::new();
-        for entry in winners.iter().map(|&i| &entries[i]) {
-            match &entry.versions[0].object {
-                Object::Service(_) => {
-                    candidates.push(Candidate {
-                        key: entry.key.key.clone(),
-                        versions: entry.services(),
-                    });
-                    services.push(entry);
+        for (key, accepted) in self.last_good.iter() {
+            match &accepted.served {
+                Object::Service(s) => {
+                    state.services.insert(key.key.clone(), s.as_ref().clone());
                 }
-                Object::EndpointSlice(slice) => {
+                Object::EndpointSlice(s) => {
                     state
                         .endpoint_slices
-                        .insert(entry.key.key.clone(), slice.as_ref().clone());
-                    accept(entry, 0);
+                        .insert(key.key.clone(), s.as_ref().clone());
                 }
-                Object::Node(node) => {
-                    state
-                        .nodes
-                        .insert(entry.key.key.name.clone(), node.as_ref().clone());
-                    accept(entry, 0);
+                Object::Node(n) => {
+                    state.nodes.insert(key.key.name.clone(), n.as_ref().clone());
                 }
             }
         }
-        let assignments = self.allocator.assign(&candidates);
+        state
+    }
+
+    /// Takes in the files that changed: their objects (those they offered
+    /// before and those they offer now) are looked at again.
+    fn apply(&mut self, changed: Vec<files::FileChange>) -> Changes {
+        let mut dirty = BTreeSet::new();
+        for change in changed {
+            let name = change.name;
+            dirty.extend(self.last_good.provided_by(&name).cloned());
+            if let Some(old) = &change.old {
+                for key in old.keys() {
+                    if let Some(offers) = self.offered.get_mut(key) {
+                        offers.retain(|(file, _)| *file != name);
+                        if offers.is_empty() {
+                            self.offered.remove(key);
+                        }
+                    }
+                    dirty.insert(key.clone());
+                }
+            }
+            let Some(file) = self.files.get(&name) else {
+                self.file_problems.remove(&name);
+                continue;
+            };
+            let mut problems = Vec::new();
+            match &file.parsed {
+                Parsed::Broken(e) => {
+                    let kept = self.last_good.provided_by(&name).count();
+                    let reason = if kept == 0 {
+                        e.to_string()
+                    } else {
+                        format!("{e}; keeping the {kept} object(s) it last provided")
+                    };
+                    problems.push(self.problem(&name, None, Severity::Error, reason));
+                }
+                Parsed::Documents(documents) => {
+                    for (i, document) in documents.iter().enumerate() {
+                        match &document.outcome {
+                            Outcome::Ignored { reason } => problems.push(self.problem(
+                                &name,
+                                Some(document.index),
+                                Severity::Warning,
+                                reason.clone(),
+                            )),
+                            Outcome::Invalid { key: None, reason } => {
+                                problems.push(self.problem(
+                                    &name,
+                                    Some(document.index),
+                                    Severity::Error,
+                                    reason.clone(),
+                                ));
+                            }
+                            outcome => {
+                                if let Some(key) = outcome.key() {
+                                    let offers = self.offered.entry(key.clone()).or_default();
+                                    let at = offers
+                                        .binary_search_by(|(f, d)| {
+                                            (f.as_str(), *d).cmp(&(name.as_str(), i))
+                                        })
+                                        .unwrap_or_else(|at| at);
+                                    offers.insert(at, (name.clone(), i));
+                                    dirty.insert(key.clone());
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            if problems.is_empty() {
+                self.file_problems.remove(&name);
+            } else {
+                self.file_problems.insert(name, problems);
+            }
+        }
+        self.evaluate(dirty)
+    }
+
+    /// Looks at `dirty` objects again: which file provides each, which
+    /// version is valid, and (for Services) which nodePorts they get.
+    /// Returns the objects whose served version changed.
+    fn evaluate(&mut self, mut dirty: BTreeSet<TypedKey>) -> Changes {
+        if dirty.iter().any(|k| k.kind == Kind::Service) {
+            dirty.extend(self.contended.iter().cloned());
+        }
+        let mut outcomes: Vec<(TypedKey, Option<Accepted>)> = Vec::with_capacity(dirty.len());
+        let mut services = Vec::new();
+        for key in &dirty {
+            let mut problems = Vec::new();
+            let entries = self.entries_of(key, &mut problems);
+            let winner = self.resolve_duplicates(entries, &mut problems);
+            match winner {
+                Some(entry) if key.kind == Kind::Service => services.push(entry),
+                Some(entry) => {
+                    let version = &entry.versions[0];
+                    let accepted = version.accept(&entry.file, version.object.clone());
+                    outcomes.push((key.clone(), Some(accepted)));
+                }
+                None => {
+                    if key.kind == Kind::Service {
+                        self.allocator.release(&key.key);
+                        self.contended.remove(key);
+                    }
+                    outcomes.push((key.clone(), None));
+                }
+            }
+            self.set_key_problems(key, problems);
+        }
+
+        // Services go through the nodePort allocator together, in file order.
+        services.sort_by(|a, b| (&a.file, a.document).cmp(&(&b.file, b.document)));
+        let candidates: Vec<Candidate> = services
+            .iter()
+            .map(|entry| Candidate {
+                key: entry.key.key.clone(),
+                versions: entry
+                    .versions
+                    .iter()
+                    .filter_map(|v| match &v.object {
+                        Object::Service(s) => Some(Arc::clone(s)),
+                        _ => None,
+                    })
+                    .collect(),
+            })
+            .collect();
+        let assignments = self.allocator.assign_changed(&candidates);
         for (entry, assignment) in services.into_iter().zip(assignments) {
+            let mut problems = self.key_problems.remove(&entry.key).unwrap_or_default();
             for (version, invalid) in &assignment.refused {
                 let refused = &entry.versions[*version];
                 let reason = if refused.kept {
@@ -476,136 +381,150 @@ impl ManifestsSource {
                     reason,
                 ));
             }
-            if let Some((version, service)) = assignment.accepted {
-                if let Some(accepted) = entry.versions[version].accepted_service(&service) {
-                    accepted_services.insert(entry.key.key.clone(), accepted);
-                }
-                state.services.insert(entry.key.key.clone(), service);
-                accept(entry, version);
+            if assignment.refused.is_empty() {
+                self.contended.remove(&entry.key);
+            } else {
+                self.contended.insert(entry.key.clone());
             }
+            let accepted = assignment.accepted.map(|(version, served)| {
+                entry.versions[version].accept(&entry.file, Object::Service(served))
+            });
+            self.set_key_problems(&entry.key, problems);
+            outcomes.push((entry.key, accepted));
         }
 
-        for (name, file) in &mut self.files {
-            file.last_good = last_good.remove(name.as_str()).unwrap_or_default();
-        }
-        self.providers = providers;
-        self.services = accepted_services;
-        self.report(problems);
-        info!(
-            dir = %self.dir.display(),
-            files = self.files.len(),
-            services = state.services.len(),
-            endpoint_slices = state.endpoint_slices.len(),
-            nodes = state.nodes.len(),
-            problems = self.problems.len(),
-            "manifests loaded"
-        );
-        state
+        self.take_outcomes(outcomes)
     }
 
-    /// Every object every file offers, in file and document order, with the
-    /// last good version behind a current one that may be refused.
-    fn collect_entries(&self, problems: &mut Vec<Problem>) -> Vec<Entry> {
-        let mut entries = Vec::new();
-        for (name, file) in &self.files {
-            match &file.parsed {
-                Parsed::Broken(reason) => {
-                    let reason = if file.last_good.is_empty() {
-                        reason.clone()
-                    } else {
-                        format!(
-                            "{reason}; keeping the {} object(s) it last provided",
-                            file.last_good.len()
-                        )
-                    };
-                    problems.push(self.problem(name, None, Severity::Error, reason));
-                    for (key, kept) in &file.last_good {
-                        entries.push(Entry {
-                            key: key.clone(),
-                            file: name.clone(),
-                            versions: vec![Version::kept(kept)],
-                        });
-                    }
+    /// Makes `outcomes` the state; returns the objects whose served version
+    /// changed.
+    fn take_outcomes(&mut self, outcomes: Vec<(TypedKey, Option<Accepted>)>) -> Changes {
+        let mut changes = Changes::default();
+        for (key, accepted) in outcomes {
+            let new = accepted.as_ref().map(|a| a.served.clone());
+            let old = self.last_good.set(&key, accepted).map(|a| a.served);
+            let same = match (&old, &new) {
+                (Some(old), Some(new)) => old.same(new),
+                (None, None) => true,
+                _ => false,
+            };
+            if same {
+                continue;
+            }
+            match new {
+                Some(Object::Service(s)) => {
+                    changes.services.insert(key.key, Some(s.as_ref().clone()));
                 }
-                Parsed::Documents(documents) => {
-                    for document in documents {
-                        entries.extend(self.document_entry(name, file, document, problems));
-                    }
+                Some(Object::EndpointSlice(s)) => {
+                    changes
+                        .endpoint_slices
+                        .insert(key.key, Some(s.as_ref().clone()));
                 }
+                Some(Object::Node(n)) => {
+                    changes.nodes.insert(key.key.name, Some(n.as_ref().clone()));
+                }
+                None => match key.kind {
+                    Kind::Service => {
+                        changes.services.insert(key.key, None);
+                    }
+                    Kind::EndpointSlice => {
+                        changes.endpoint_slices.insert(key.key, None);
+                    }
+                    Kind::Node => {
+                        changes.nodes.insert(key.key.name, None);
+                    }
+                },
             }
         }
+        changes
+    }
+
+    fn set_key_problems(&mut self, key: &TypedKey, problems: Vec<Problem>) {
+        if problems.is_empty() {
+            self.key_problems.remove(key);
+        } else {
+            self.key_problems.insert(key.clone(), problems);
+        }
+    }
+
+    /// Every entry of `key`, in file and document order: one per document
+    /// that names it (with the last good version behind a current one that
+    /// may be refused), and the kept version where a broken file provided it.
+    fn entries_of(&self, key: &TypedKey, problems: &mut Vec<Problem>) -> Vec<Entry> {
+        let mut entries = Vec::new();
+        if let Some(kept) = self.last_good.get(key)
+            && self
+                .files
+                .get(&kept.file)
+                .is_some_and(|f| matches!(f.parsed, Parsed::Broken(_)))
+        {
+            entries.push(Entry {
+                key: key.clone(),
+                file: kept.file.clone(),
+                document: kept.document,
+                versions: vec![Version::kept(kept)],
+            });
+        }
+        for (name, i) in self.offered.get(key).into_iter().flatten() {
+            let Some(FileEntry {
+                parsed: Parsed::Documents(documents),
+                ..
+            }) = self.files.get(name)
+            else {
+                continue;
+            };
+            if let Some(entry) = self.document_entry(name, key, &documents[*i], problems) {
+                entries.push(entry);
+            }
+        }
+        entries.sort_by(|a, b| (&a.file, a.document).cmp(&(&b.file, b.document)));
         entries
     }
 
-    /// The entry one document of `file` offers (with the last good version
-    /// behind it), if any; reports what is wrong with it.
+    /// The entry one document of file `name` offers for `key` (with the
+    /// last good version behind it), if any; reports what is wrong with it.
     fn document_entry(
         &self,
         name: &str,
-        file: &FileEntry,
+        key: &TypedKey,
         document: &Document,
         problems: &mut Vec<Problem>,
     ) -> Option<Entry> {
-        let (key, version) = match &document.outcome {
-            Outcome::Object { key, object } => (
-                key,
-                Version {
-                    object: object.clone(),
-                    written: None,
+        let version = match &document.outcome {
+            Outcome::Object { object, .. } => Version {
+                object: object.clone(),
+                written: None,
+                document: document.index,
+                kept: false,
+            },
+            Outcome::Service {
+                service, created, ..
+            } => match self.prepare_service(key, service, created) {
+                Ok(validated) => Version {
+                    object: Object::Service(validated),
+                    written: Some(Arc::clone(service)),
                     document: document.index,
                     kept: false,
                 },
-            ),
-            Outcome::Service { key, service } => match self.prepare_service(key, service) {
-                Ok(validated) => (
-                    key,
-                    Version {
-                        object: Object::Service(Box::new(validated)),
-                        written: Some(service.clone()),
-                        document: document.index,
-                        kept: false,
-                    },
-                ),
                 Err(reason) => {
-                    return self.invalid_document(
-                        name,
-                        file,
-                        document,
-                        Some(key),
-                        reason,
-                        problems,
-                    );
+                    return self.invalid_document(name, key, document, reason, problems);
                 }
             },
-            Outcome::Ignored { reason } => {
-                problems.push(self.problem(
-                    name,
-                    Some(document.index),
-                    Severity::Warning,
-                    reason.clone(),
-                ));
-                return None;
+            Outcome::Invalid { reason, .. } => {
+                return self.invalid_document(name, key, document, reason.clone(), problems);
             }
-            Outcome::Invalid { key, reason } => {
-                return self.invalid_document(
-                    name,
-                    file,
-                    document,
-                    key.as_ref(),
-                    reason.clone(),
-                    problems,
-                );
-            }
+            Outcome::Ignored { .. } => return None,
         };
         let mut versions = vec![version];
-        if let Some(kept) = file.last_good.get(key)
-            && kept.object != versions[0].object
+        if let Some(kept) = self.last_good.kept(name, key)
+            && !kept.object.same(&versions[0].object)
         {
             versions.push(Version::kept(kept));
         }
         Some(Entry {
             key: key.clone(),
             file: name.to_owned(),
+            document: document.index,
             versions,
         })
     }
@@ -615,18 +534,17 @@ impl ManifestsSource {
     fn invalid_document(
         &self,
         name: &str,
-        file: &FileEntry,
+        key: &TypedKey,
         document: &Document,
-        key: Option<&TypedKey>,
         reason: String,
         problems: &mut Vec<Problem>,
     ) -> Option<Entry> {
-        let kept = key.and_then(|k| Some((k, file.last_good.get(k)?)));
-        let (entry, reason) = match kept {
-            Some((key, kept)) => (
+        let (entry, reason) = match self.last_good.kept(name, key) {
+            Some(kept) => (
                 Some(Entry {
                     key: key.clone(),
                     file: name.to_owned(),
+                    document: document.index,
                     versions: vec![Version::kept(kept)],
                 }),
                 format!("{reason}; keeping its last good version"),
@@ -641,47 +559,57 @@ impl ManifestsSource {
     /// after the API server's update rules against the served version when
     /// it replaces a Service of the last state, unless it is the very
     /// document that version came from (the rules were applied then).
-    fn prepare_service(&self, key: &TypedKey, written: &Service) -> Result<Service, String> {
-        let mut service = written.clone();
-        if let Some(previous) = self.services.get(&key.key) {
-            if previous.written == *written {
-                return Ok(previous.validated.clone());
+    fn prepare_service(
+        &self,
+        key: &TypedKey,
+        written: &Arc<Service>,
+        created: &Result<(), Invalid>,
+    ) -> Result<Arc<Service>, String> {
+        if let Some(previous) = self.last_good.get(key)
+            && let (Some(previous_written), Object::Service(validated), Object::Service(served)) =
+                (&previous.written, &previous.object, &previous.served)
+        {
+            if Arc::ptr_eq(previous_written, written) || **previous_written == **written {
+                return Ok(Arc::clone(validated));
             }
-            update_rules::prepare_update(&mut service, &previous.served);
+            let mut service = written.as_ref().clone();
+            update_rules::prepare_update(&mut service, served);
+            service::validate_service(&service, &self.node_port_range)
+                .map_err(|e| format!("invalid {key}: {e}"))?;
+            return Ok(Arc::new(service));
         }
-        validate::validate_service(&service, &self.node_port_range)
-            .map_err(|e| format!("invalid {key}: {e}"))?;
-        Ok(service)
+        match created {
+            Ok(()) => Ok(Arc::clone(written)),
+            Err(e) => Err(format!("invalid {key}: {e}")),
+        }
     }
 
     /// Picks one entry per object: the file that provided it last time keeps
-    /// it, otherwise the first. Returns the indices of the chosen entries, in
-    /// order, and reports the others.
-    fn resolve_duplicates(&self, entries: &[Entry], problems: &mut Vec<Problem>) -> Vec<usize> {
-        let mut chosen: BTreeMap<&TypedKey, usize> = BTreeMap::new();
-        for (index, entry) in entries.iter().enumerate() {
-            let provider = self.providers.get(&entry.key);
-            chosen
-                .entry(&entry.key)
-                .and_modify(|current| {
-                    let current_is_provider = provider == Some(&entries[*current].file);
-                    if !current_is_provider && provider == Some(&entry.file) {
-                        *current = index;
-                    }
-                })
-                .or_insert(index);
-        }
-        let mut winners = Vec::new();
-        for (index, entry) in entries.iter().enumerate() {
-            let winner = chosen[&entry.key];
-            if winner == index {
-                winners.push(index);
+    /// it, otherwise the first. Reports the others.
+    fn resolve_duplicates(
+        &self,
+        entries: Vec<Entry>,
+        problems: &mut Vec<Problem>,
+    ) -> Option<Entry> {
+        let provider = entries
+            .first()
+            .and_then(|e| self.last_good.get(&e.key))
+            .map(|a| a.file.as_str());
+        let winner = entries
+            .iter()
+            .position(|e| Some(e.file.as_str()) == provider)
+            .unwrap_or(0);
+        let holder = entries.get(winner)?;
+        let (holder_file, holder_document) = (holder.file.clone(), holder.versions[0].document);
+        let mut chosen = None;
+        for (index, entry) in entries.into_iter().enumerate() {
+            if index == winner {
+                chosen = Some(entry);
                 continue;
             }
-            let holder = &entries[winner];
             let reason = format!(
-                "duplicate object: {} is already defined in {} (document {})",
-                entry.key, holder.file, holder.versions[0].document
+                "duplicate object: {} is already defined in {holder_file} (document {holder_document})",
+                entry.key
             );
             problems.push(self.problem(
                 &entry.file,
@@ -690,7 +618,7 @@ impl ManifestsSource {
                 reason,
             ));
         }
-        winners
+        chosen
     }
 
     fn problem(
@@ -708,8 +636,16 @@ impl ManifestsSource {
         }
     }
 
-    /// Logs the problems that are new since the last report, and those that went away.
-    fn report(&mut self, mut problems: Vec<Problem>) {
+    /// Gathers the current problems; logs those that are new since the last
+    /// report, and those that went away.
+    fn report(&mut self) {
+        let mut problems: Vec<Problem> = self
+            .file_problems
+            .values()
+            .chain(self.key_problems.values())
+            .flatten()
+            .cloned()
+            .collect();
         problems.sort_by(|a, b| (&a.file, a.document).cmp(&(&b.file, b.document)));
         let current: BTreeSet<Problem> = problems.iter().cloned().collect();
         for problem in problems.iter().filter(|p| !self.reported.contains(*p)) {
@@ -742,266 +678,17 @@ impl ManifestsSource {
     }
 }
 
-impl Entry {
-    /// The Service versions of a Service entry.
-    fn services(&self) -> Vec<Service> {
-        self.versions
-            .iter()
-            .filter_map(|v| match &v.object {
-                Object::Service(service) => Some(service.as_ref().clone()),
-                _ => None,
-            })
-            .collect()
-    }
-}
-
-impl Version {
-    /// This version of a Service, accepted and served as `served`.
-    fn accepted_service(&self, served: &Service) -> Option<AcceptedService> {
-        let (Object::Service(validated), Some(written)) = (&self.object, &self.written) else {
-            return None;
-        };
-        Some(AcceptedService {
-            written: written.as_ref().clone(),
-            validated: validated.as_ref().clone(),
-            served: served.clone(),
-        })
-    }
-
-    fn kept(kept: &Kept) -> Self {
-        Self {
-            object: kept.object.clone(),
-            written: kept.written.clone(),
-            document: kept.document,
-            kept: true,
-        }
-    }
-}
-
-/// The manifest files of `dir`, sorted by name, with their metadata
-/// (following symlinks; `None` when it cannot be read).
-fn list_manifests(dir: &Path) -> Result<Vec<(String, PathBuf, Option<fs::Metadata>)>, SourceError> {
-    let dir_error = |source| SourceError::ManifestsDir {
-        path: dir.to_path_buf(),
-        source,
-    };
-    let mut files = Vec::new();
-    for entry in fs::read_dir(dir).map_err(dir_error)? {
-        let entry = entry.map_err(dir_error)?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let extension = Path::new(&name)
-            .extension()
-            .and_then(|e| e.to_str())
-            .map(str::to_ascii_lowercase);
-        if name.starts_with('.') || !matches!(extension.as_deref(), Some("yaml" | "yml")) {
-            continue;
-        }
-        let path = entry.path();
-        let metadata = match fs::metadata(&path) {
-            Ok(metadata) if metadata.is_file() => Some(metadata),
-            // Directories and the like are not manifests.
-            Ok(_) => continue,
-            // Deleted since listed, or a dangling symlink.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(_) => None,
-        };
-        files.push((name, path, metadata));
-    }
-    files.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(files)
-}
-
-/// Parses one file into its documents. A file that is not valid YAML as a
-/// whole is [`Parsed::Broken`].
-fn parse_file(bytes: &[u8], node_port_range: &RangeInclusive<u16>) -> Parsed {
-    let text = match std::str::from_utf8(bytes) {
-        Ok(text) => text,
-        Err(e) => {
-            return Parsed::Broken(format!("malformed YAML: the file is not valid UTF-8: {e}"));
-        }
-    };
-    // First pass: is every document well-formed YAML? (The document iterator
-    // repeats its error forever, so stop at the first.)
-    let mut values = Vec::new();
-    for (i, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        match Value::deserialize(document) {
-            Ok(value) => values.push(value),
-            Err(e) if e.location().is_some() => {
-                return Parsed::Broken(format!("malformed YAML: {e}"));
-            }
-            Err(e) => return Parsed::Broken(format!("malformed YAML in document {}: {e}", i + 1)),
-        }
-    }
-    // Second pass: typed objects, deserialized from the text itself so that
-    // errors carry the field path and the line in the file.
-    let documents = serde_yaml::Deserializer::from_str(text)
-        .zip(values)
-        .enumerate()
-        .filter_map(|(i, (document, value))| {
-            let outcome = parse_document(document, &value, node_port_range)?;
-            Some(Document {
-                index: i + 1,
-                outcome,
-            })
-        })
-        .collect();
-    Parsed::Documents(documents)
-}
-
-/// One document; `None` for an empty one.
-fn parse_document(
-    document: serde_yaml::Deserializer<'_>,
-    value: &Value,
-    node_port_range: &RangeInclusive<u16>,
-) -> Option<Outcome> {
-    let invalid = |key: Option<TypedKey>, reason: String| Some(Outcome::Invalid { key, reason });
-    let map = match value {
-        Value::Null => return None,
-        Value::Mapping(map) => map,
-        other => {
-            return invalid(
-                None,
-                format!(
-                    "expected a Kubernetes object (a mapping), found {}",
-                    describe(other)
-                ),
-            );
-        }
-    };
-    let api_version = map.get("apiVersion").and_then(Value::as_str);
-    let kind = map.get("kind").and_then(Value::as_str);
-    let (Some(api_version), Some(kind)) = (api_version, kind) else {
-        return invalid(None, "missing apiVersion/kind".to_owned());
-    };
-    let Some(kind) = Kind::from_name(kind) else {
-        return invalid(
-            None,
-            format!("unknown kind {kind} (supported: Service, EndpointSlice, Node)"),
-        );
-    };
-    if api_version != kind.api_version() {
-        return invalid(
-            None,
-            format!(
-                "apiVersion {api_version} is not supported for kind {kind} (expected {})",
-                kind.api_version()
-            ),
-        );
-    }
-    let key = key_of(kind, map);
-    let described = key
-        .as_ref()
-        .map_or_else(|| kind.to_string(), ToString::to_string);
-    let mut address_type = AddressType::Ipv4;
-    let parsed: Result<Object, String> = match kind {
-        Kind::Service => {
-            let mut service = match Service::deserialize(document) {
-                Ok(service) => service,
-                Err(e) => return invalid(key, format!("invalid {described}: {e}")),
-            };
-            validate::normalize_service(&mut service);
-            // Validated with the whole directory at hand (an update is
-            // checked against the version it replaces); a document without
-            // a name cannot replace anything and is invalid anyway.
-            if let Some(key) = key {
-                return Some(Outcome::Service {
-                    key,
-                    service: Box::new(service),
-                });
-            }
-            let reason = validate::validate_service(&service, node_port_range)
-                .err()
-                .map_or_else(
-                    || "metadata.name: Required value: name is required".to_owned(),
-                    |e| e.to_string(),
-                );
-            return invalid(None, format!("invalid {described}: {reason}"));
-        }
-        Kind::EndpointSlice => EndpointSlice::deserialize(document)
-            .map_err(|e| e.to_string())
-            .and_then(|mut slice| {
-                validate::normalize_endpoint_slice(&mut slice);
-                address_type =
-                    validate::validate_endpoint_slice(&slice).map_err(|e| e.to_string())?;
-                Ok(Object::EndpointSlice(Box::new(slice)))
-            }),
-        Kind::Node => Node::deserialize(document)
-            .map_err(|e| e.to_string())
-            .and_then(|mut node| {
-                validate::normalize_node(&mut node);
-                validate::validate_node(&node).map_err(|e| e.to_string())?;
-                Ok(Object::Node(Box::new(node)))
-            }),
-    };
-    let object = match parsed {
-        Ok(object) => object,
-        Err(reason) => return invalid(key, format!("invalid {described}: {reason}")),
-    };
-    if address_type != AddressType::Ipv4 {
-        return Some(Outcome::Ignored {
-            reason: format!(
-                "{described} has addressType {}; only IPv4 is served, ignoring it",
-                address_type.as_str()
-            ),
-        });
-    }
-    let key = key_of_object(kind, &object)?;
-    Some(Outcome::Object { key, object })
-}
-
-/// The key a document names, read before it is known to be valid.
-fn key_of(kind: Kind, map: &Mapping) -> Option<TypedKey> {
-    let metadata = map.get("metadata")?;
-    let name = metadata.get("name")?.as_str()?.to_owned();
-    let namespace = if kind.namespaced() {
-        metadata
-            .get("namespace")
-            .and_then(Value::as_str)
-            .filter(|ns| !ns.is_empty())
-            .unwrap_or(DEFAULT_NAMESPACE)
-            .to_owned()
-    } else {
-        String::new()
-    };
-    Some(TypedKey {
-        kind,
-        key: ObjectKey { namespace, name },
-    })
-}
-
-/// The key of a validated (hence named) object.
-fn key_of_object(kind: Kind, object: &Object) -> Option<TypedKey> {
-    let metadata = match object {
-        Object::Service(service) => &service.metadata,
-        Object::EndpointSlice(slice) => &slice.metadata,
-        Object::Node(node) => &node.metadata,
-    };
-    Some(TypedKey {
-        kind,
-        key: ObjectKey {
-            namespace: metadata.namespace.clone().unwrap_or_default(),
-            name: metadata.name.clone()?,
-        },
-    })
-}
-
-fn describe(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "nothing",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Sequence(_) => "a list",
-        Value::Mapping(_) => "a mapping",
-        Value::Tagged(_) => "a tagged value",
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::files::{EMPTY_GRACE, RACY_WINDOW};
     use super::*;
+    use crate::store::ObjectKey;
+    use std::fs;
+    use std::io;
+    use std::net::Ipv4Addr;
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::sync::{Arc, Mutex};
+    use std::time::SystemTime;
 
     const RANGE: RangeInclusive<u16> = 30000..=32767;
 
@@ -1476,36 +1163,6 @@ metadata:
     }
 
     #[test]
-    fn recently_modified_files_are_not_trusted_on_metadata_alone() {
-        let modified = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
-        let signature = Signature {
-            len: 10,
-            modified: Some(modified),
-            inode: 1,
-            device: 1,
-            ctime: (1_000_000, 0),
-        };
-        let mut entry = FileEntry {
-            path: PathBuf::from("x.yaml"),
-            signature: Some(signature),
-            read_at: modified + Duration::from_millis(1),
-            content: Ok(Vec::new()),
-            parsed: Parsed::Documents(Vec::new()),
-            last_good: BTreeMap::new(),
-        };
-        // Read in the same timestamp tick as the write: could hide a rewrite.
-        assert!(!entry.unchanged(Some(&signature)));
-        entry.read_at = modified + RACY_WINDOW;
-        assert!(entry.unchanged(Some(&signature)));
-        let grown = Signature {
-            len: 11,
-            ..signature
-        };
-        assert!(!entry.unchanged(Some(&grown)));
-        assert!(!entry.unchanged(None));
-    }
-
-    #[test]
     fn settled_files_are_not_read_again() {
         let dir = TempDir::new();
         dir.write("svc.yaml", &service("web", Some(30080)));
@@ -1824,5 +1481,121 @@ metadata:
         let state = scan(&mut source);
         assert!(source.problems().is_empty(), "{:?}", problems(&source));
         assert_eq!(spec(&state, "web").health_check_node_port, None);
+    }
+
+    /// The control-plane benchmark's manifests (as `xtask/src/bench/synthetic.rs`
+    /// writes them): `n` Services, each with one EndpointSlice of
+    /// `endpoints` endpoints.
+    fn synthetic(n: usize, endpoints: usize, node_ports: usize) -> Vec<String> {
+        use std::fmt::Write as _;
+        (0..n)
+            .map(|i| {
+                let mut out = String::new();
+                let np = i < node_ports;
+                let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 1)) + i as u32);
+                let _ = write!(
+                    out,
+                    "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: svc-{i}\n  namespace: bench\nspec:\n  type: {}\n  clusterIP: {ip}\n  ports:\n    - name: http\n      protocol: TCP\n      port: 80\n      targetPort: 8080\n",
+                    if np { "NodePort" } else { "ClusterIP" },
+                );
+                if np {
+                    let _ = writeln!(out, "      nodePort: {}", 30000 + i);
+                }
+                let _ = write!(
+                    out,
+                    "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: svc-{i}-0\n  namespace: bench\n  labels:\n    kubernetes.io/service-name: svc-{i}\naddressType: IPv4\nports:\n  - name: http\n    protocol: TCP\n    port: 8080\nendpoints:\n"
+                );
+                for j in 0..endpoints {
+                    let addr = Ipv4Addr::from(
+                        u32::from(Ipv4Addr::new(10, 128, 0, 0)) + (i * endpoints + j) as u32,
+                    );
+                    let _ = write!(
+                        out,
+                        "  - addresses: [\"{addr}\"]\n    conditions: {{ ready: true, serving: true, terminating: false }}\n    nodeName: node{}\n",
+                        1 + (i + j) % 2
+                    );
+                }
+                out
+            })
+            .collect()
+    }
+
+    /// Cold scan and one edited file at 10k Services × 10 endpoints, in one
+    /// file and in a file per Service. A timing harness, not a test: run
+    /// with `cargo test --release -p nodeport-agent --lib -- --ignored
+    /// --nocapture manifests_timing`.
+    #[test]
+    #[ignore = "timing harness"]
+    fn manifests_timing() {
+        use std::time::Instant;
+        let n = 10_000;
+        let docs = synthetic(n, 10, 20_000);
+        let range = 30000..=40000;
+        let all = docs.concat();
+        let t = Instant::now();
+        let parsed = decode::decode_files(&[all.as_bytes()], &range);
+        assert!(matches!(&parsed[0], Parsed::Documents(d) if d.len() == 2 * n));
+        eprintln!(
+            "decoding {} MB: {:.0} ms",
+            all.len() / 1_000_000,
+            t.elapsed().as_secs_f64() * 1e3
+        );
+        for layout in ["one file", "a file per Service"] {
+            let dir = TempDir::new();
+            if layout == "one file" {
+                dir.write("services.yaml", &docs.concat());
+            } else {
+                for (i, doc) in docs.iter().enumerate() {
+                    dir.write(&format!("svc-{i:05}.yaml"), doc);
+                }
+            }
+            // Written a while ago: trusted on their metadata.
+            for entry in fs::read_dir(&dir.0).expect("list") {
+                let file = fs::File::options()
+                    .write(true)
+                    .open(entry.expect("entry").path())
+                    .expect("open");
+                file.set_modified(SystemTime::now() - RACY_WINDOW * 2)
+                    .expect("set mtime");
+            }
+            let mut source = ManifestsSource::new(dir.0.clone(), range.clone());
+            let t = Instant::now();
+            let changes = source.scan_changes().expect("scan").expect("changes");
+            let cold = t.elapsed();
+            assert_eq!(changes.services.len(), n);
+            assert_eq!(changes.endpoint_slices.len(), n);
+            assert!(source.problems().is_empty(), "{:?}", source.problems());
+            let t = Instant::now();
+            assert_eq!(source.state().services.len(), n);
+            let state = t.elapsed();
+            let t = Instant::now();
+            assert!(source.scan_changes().expect("scan").is_none());
+            let idle = t.elapsed();
+            let edited = if layout == "one file" {
+                dir.write(
+                    "services.yaml",
+                    &docs.concat().replace("10.128.0.7\"", "10.192.0.7\""),
+                );
+                "services.yaml".to_owned()
+            } else {
+                dir.write(
+                    "svc-00000.yaml",
+                    &docs[0].replace("10.128.0.7\"", "10.192.0.7\""),
+                );
+                "svc-00000.yaml".to_owned()
+            };
+            let t = Instant::now();
+            let edit = source.scan_changes().expect("scan").expect("changes");
+            let change = t.elapsed();
+            assert_eq!(edit.endpoint_slices.len(), 1);
+            assert!(edit.services.is_empty());
+            eprintln!(
+                "{layout}: cold scan {:.0} ms (+ {:.0} ms for a full copy of the state), idle scan {:.1} ms, edit of {edited} {:.1} ms",
+                cold.as_secs_f64() * 1e3,
+                state.as_secs_f64() * 1e3,
+                idle.as_secs_f64() * 1e3,
+                change.as_secs_f64() * 1e3
+            );
+        }
     }
 }
