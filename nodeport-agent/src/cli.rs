@@ -111,23 +111,35 @@ pub enum OutputFormat {
     Json,
 }
 
+/// A port range that does not parse.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PortRangeError {
+    #[error("`{0}` is not a port range A-B")]
+    Shape(String),
+    #[error("`{value}` is not a port")]
+    Port {
+        value: String,
+        #[source]
+        source: std::num::ParseIntError,
+    },
+    #[error("`{0}` is not a port range: need 1 <= A <= B <= 65535")]
+    Order(String),
+}
+
 /// Parses `A-B` with `1 <= A <= B <= 65535`.
-pub fn parse_port_range(s: &str) -> Result<RangeInclusive<u16>, String> {
+pub fn parse_port_range(s: &str) -> Result<RangeInclusive<u16>, PortRangeError> {
     let (a, b) = s
         .split_once('-')
-        .ok_or_else(|| format!("`{s}` is not a port range A-B"))?;
-    let a: u16 = a
-        .trim()
-        .parse()
-        .map_err(|e| format!("`{a}` is not a port: {e}"))?;
-    let b: u16 = b
-        .trim()
-        .parse()
-        .map_err(|e| format!("`{b}` is not a port: {e}"))?;
+        .ok_or_else(|| PortRangeError::Shape(s.to_owned()))?;
+    let port = |v: &str| {
+        v.trim().parse::<u16>().map_err(|source| PortRangeError::Port {
+            value: v.to_owned(),
+            source,
+        })
+    };
+    let (a, b) = (port(a)?, port(b)?);
     if a == 0 || a > b {
-        return Err(format!(
-            "`{s}` is not a port range: need 1 <= A <= B <= 65535"
-        ));
+        return Err(PortRangeError::Order(s.to_owned()));
     }
     Ok(a..=b)
 }

@@ -3,7 +3,6 @@
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
-use anyhow::{Context as _, Result};
 use nodeport_common::{
     BACKEND_F_LOCAL, BACKEND_F_TERMINATING, CT_F_SNAT, FRONTEND_F_AFFINITY, FRONTEND_F_DROP_EMPTY,
     FRONTEND_F_LOCAL_ONLY, PROTO_SCTP, PROTO_TCP, PROTO_UDP, SlotKey,
@@ -34,9 +33,28 @@ fn flag_names(flags: u32, table: &[(u32, &'static str)]) -> Vec<&'static str> {
         .collect()
 }
 
+/// Why `inspect` could not print.
+#[derive(Debug, thiserror::Error)]
+pub enum InspectError {
+    #[error("opening the maps pinned under {}", path.display())]
+    Open {
+        path: std::path::PathBuf,
+        #[source]
+        source: crate::maps::MapError,
+    },
+    #[error(transparent)]
+    Map(#[from] crate::maps::MapError),
+    #[error("encoding JSON")]
+    Json(#[from] serde_json::Error),
+}
+
+type Result<T> = std::result::Result<T, InspectError>;
+
 pub fn inspect(args: &InspectArgs) -> Result<()> {
-    let maps = BpfMaps::open(&args.bpffs)
-        .with_context(|| format!("opening the maps pinned under {}", args.bpffs.display()))?;
+    let maps = BpfMaps::open(&args.bpffs).map_err(|source| InspectError::Open {
+        path: args.bpffs.clone(),
+        source,
+    })?;
     let value = match args.what {
         InspectWhat::Services => services(&maps)?,
         InspectWhat::Backends => backends(&maps)?,

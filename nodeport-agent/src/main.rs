@@ -19,8 +19,8 @@ fn main() -> Result<()> {
         .init();
     let cli = cli::Cli::parse();
     match cli.command {
-        cli::Command::Run(args) => run::run(&args),
-        cli::Command::Inspect(args) => inspect::inspect(&args),
+        cli::Command::Run(args) => Ok(run::run(&args)?),
+        cli::Command::Inspect(args) => Ok(inspect::inspect(&args)?),
         cli::Command::Cleanup { bpffs } => {
             // The SNAT ports this node's agent reserved from the host's
             // ephemeral use are released with the datapath.

@@ -55,9 +55,11 @@ use tracing::{info, warn};
 use crate::http::{Handler, Request, Response};
 
 /// Reads the datapath counters (name, packets) at scrape time.
-pub type StatsReader = Box<dyn Fn() -> Result<Vec<(&'static str, u64)>, String> + Send + Sync>;
+pub type StatsReader =
+    Box<dyn Fn() -> Result<Vec<(&'static str, u64)>, crate::maps::MapError> + Send + Sync>;
 /// Reads per-device transmits and SNAT pool use at scrape time.
-pub type FiguresReader = Box<dyn Fn() -> Result<crate::figures::Figures, String> + Send + Sync>;
+pub type FiguresReader =
+    Box<dyn Fn() -> Result<crate::figures::Figures, crate::maps::MapError> + Send + Sync>;
 
 /// The `Content-Type` of [`Metrics::render`]'s text.
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
@@ -470,7 +472,11 @@ impl fmt::Debug for DatapathCollector {
 
 /// Reports a failing reader once when it starts failing and once when it
 /// recovers, not at every scrape.
-fn report<T>(read: Result<T, String>, failing: &AtomicBool, what: &str) -> Option<T> {
+fn report<T>(
+    read: Result<T, crate::maps::MapError>,
+    failing: &AtomicBool,
+    what: &str,
+) -> Option<T> {
     match read {
         Ok(v) => {
             if failing.swap(false, Ordering::Relaxed) {
@@ -778,7 +784,14 @@ mod tests {
         );
 
         // A failing reader leaves its samples out; the rest stays.
-        m.set_stats_reader(Box::new(|| Err("map gone".into())));
+        m.set_stats_reader(Box::new(|| {
+            Err(crate::maps::MapError {
+                map: "stats",
+                op: "lookup",
+                key: "0".into(),
+                source: "map gone".into(),
+            })
+        }));
         let text = m.render();
         assert_has(&text, &["# TYPE nodeport_datapath_packets_total counter"]);
         assert!(!text.contains("nodeport_datapath_packets_total{"), "{text}");

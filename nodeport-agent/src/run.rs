@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{Context as _, Result, bail};
 use k8s_openapi::api::core::v1::Node;
 use tracing::{error, info, warn};
 
@@ -45,12 +44,58 @@ const DEVICE_CHECK: Duration = Duration::from_secs(1);
 /// How often the agent's memory is read.
 const MEMORY_CHECK: Duration = Duration::from_secs(10);
 
+/// Why `nodeport-agent run` could not start (once running, failures are
+/// logged and retried, never fatal).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("reading the hostname for the default --node-name")]
+    Hostname(#[source] std::io::Error),
+    #[error("reading /proc/net/route for the default --interfaces")]
+    Routes(#[source] std::io::Error),
+    #[error("no default route to pick devices from: pass --interfaces")]
+    NoDefaultRoute,
+    #[error("listing the node's addresses")]
+    Addresses(#[source] std::io::Error),
+    #[error("--nodeport-addresses {value}")]
+    NodePortAddresses {
+        value: String,
+        #[source]
+        source: crate::config::ConfigError,
+    },
+    #[error("starting the {what} source")]
+    Source {
+        what: &'static str,
+        #[source]
+        source: crate::source::SourceError,
+    },
+    #[error("handling {signal}")]
+    Signal {
+        signal: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Runtime(#[from] crate::runtime::RuntimeError),
+    #[error(transparent)]
+    Load(#[from] crate::loader::LoadError),
+    #[error(transparent)]
+    Map(#[from] crate::maps::MapError),
+    #[error(transparent)]
+    Attach(#[from] crate::attached::AttachError),
+    #[error(transparent)]
+    SnatPool(#[from] crate::snat_pool::PoolError),
+    #[error(transparent)]
+    Bind(#[from] crate::http::BindError),
+}
+
+type Result<T> = std::result::Result<T, RunError>;
+
 fn node_name(args: &RunArgs) -> Result<String> {
     if let Some(n) = &args.node_name {
         return Ok(n.clone());
     }
-    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .context("reading the hostname for the default --node-name")?;
+    let name =
+        std::fs::read_to_string("/proc/sys/kernel/hostname").map_err(RunError::Hostname)?;
     Ok(name.trim().to_string())
 }
 
@@ -58,9 +103,9 @@ fn interfaces(args: &RunArgs) -> Result<Vec<String>> {
     if !args.interfaces.is_empty() {
         return Ok(args.interfaces.clone());
     }
-    let devs = node_addrs::default_route_devices().context("reading /proc/net/route")?;
+    let devs = node_addrs::default_route_devices().map_err(RunError::Routes)?;
     if devs.is_empty() {
-        bail!("no default route to pick devices from: pass --interfaces");
+        return Err(RunError::NoDefaultRoute);
     }
     Ok(devs)
 }
@@ -70,7 +115,7 @@ fn interfaces(args: &RunArgs) -> Result<Vec<String>> {
 /// first address of the first default-route device (or of the first
 /// attached device).
 fn interface_addrs(primary_dev: &str, internal_ip: Option<Ipv4Addr>) -> Result<Vec<InterfaceAddr>> {
-    let all = node_addrs::local_ipv4().context("listing the node's addresses")?;
+    let all = node_addrs::local_ipv4().map_err(RunError::Addresses)?;
     let primary = internal_ip
         .filter(|ip| all.iter().any(|a| a.addr == *ip))
         .or_else(|| all.iter().find(|a| a.iface == primary_dev).map(|a| a.addr));
@@ -117,7 +162,10 @@ fn open_source(
                 Arc::clone(metrics),
                 runtime,
             )
-            .context("starting the Kubernetes API source")?,
+            .map_err(|source| RunError::Source {
+                what: "Kubernetes API",
+                source,
+            })?,
         ),
     })
 }
@@ -140,7 +188,6 @@ fn serve_health_and_metrics(
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .stats()
-            .map_err(|e| e.to_string())
     }));
     metrics.set_figures_reader(Box::new(move || {
         crate::figures::read(
@@ -148,7 +195,6 @@ fn serve_health_and_metrics(
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         )
-        .map_err(|e| e.to_string())
     }));
     let healthz = Server::bind(
         runtime,
@@ -175,7 +221,10 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let selection: NodePortAddresses = match &args.nodeport_addresses {
         Some(s) => s
             .parse()
-            .with_context(|| format!("--nodeport-addresses {s}"))?,
+            .map_err(|source| RunError::NodePortAddresses {
+                value: s.clone(),
+                source,
+            })?,
         None => NodePortAddresses::All,
     };
     let ifaces = interfaces(args)?;
@@ -553,8 +602,14 @@ fn stop_on_signals(runtime: &tokio::runtime::Handle) -> Result<Arc<AtomicBool>> 
     let (mut term, mut int) = {
         let _context = runtime.enter();
         (
-            signal(SignalKind::terminate()).context("handling SIGTERM")?,
-            signal(SignalKind::interrupt()).context("handling SIGINT")?,
+            signal(SignalKind::terminate()).map_err(|source| RunError::Signal {
+                signal: "SIGTERM",
+                source,
+            })?,
+            signal(SignalKind::interrupt()).map_err(|source| RunError::Signal {
+                signal: "SIGINT",
+                source,
+            })?,
         )
     };
     let stop = Arc::new(AtomicBool::new(false));

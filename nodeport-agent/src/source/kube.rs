@@ -298,22 +298,21 @@ impl KubeSource {
 async fn client(kubeconfig: Option<&PathBuf>) -> Result<(Client, String), SourceError> {
     let config = match kubeconfig {
         Some(path) => {
-            let file = kube::config::Kubeconfig::read_from(path).map_err(|e| {
-                SourceError::Kube(format!("reading kubeconfig {}: {e}", path.display()))
-            })?;
+            let bad = |source| SourceError::Kubeconfig {
+                path: path.clone(),
+                source,
+            };
+            let file = kube::config::Kubeconfig::read_from(path).map_err(bad)?;
             kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
                 .await
-                .map_err(|e| SourceError::Kube(format!("kubeconfig {}: {e}", path.display())))?
+                .map_err(bad)?
         }
-        None => kube::Config::infer().await.map_err(|e| {
-            SourceError::Kube(format!(
-                "no Kubernetes client configuration (--kubeconfig, KUBECONFIG or in-cluster): {e}"
-            ))
-        })?,
+        None => kube::Config::infer()
+            .await
+            .map_err(SourceError::NoClientConfig)?,
     };
     let url = config.cluster_url.to_string();
-    let client = Client::try_from(config)
-        .map_err(|e| SourceError::Kube(format!("creating the client: {e}")))?;
+    let client = Client::try_from(config).map_err(SourceError::Client)?;
     Ok((client, url))
 }
 

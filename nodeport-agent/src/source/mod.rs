@@ -21,9 +21,19 @@ pub enum SourceError {
         #[source]
         source: std::io::Error,
     },
-    /// The Kubernetes API source could not start (configuration, client).
-    #[error("Kubernetes API source: {0}")]
-    Kube(String),
+    /// A kubeconfig could not be read or used.
+    #[error("kubeconfig {}", path.display())]
+    Kubeconfig {
+        path: PathBuf,
+        #[source]
+        source: ::kube::config::KubeconfigError,
+    },
+    /// No client configuration was found.
+    #[error("no Kubernetes client configuration (--kubeconfig, KUBECONFIG or in-cluster)")]
+    NoClientConfig(#[source] ::kube::config::InferConfigError),
+    /// The client could not be built from its configuration.
+    #[error("creating the Kubernetes client")]
+    Client(#[source] ::kube::Error),
 }
 
 /// What a source delivers.
