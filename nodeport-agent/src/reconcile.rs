@@ -37,6 +37,7 @@ use nodeport_common::{
 };
 
 use crate::desired::{Desired, DesiredFrontend, ServicePortRef, describe_frontend};
+use crate::ids::Ids;
 use crate::maps::{
     Backends, Frontends, MapError, MapState, MapWriter, NodeAddrs, Slots, Table, Write, diff,
 };
@@ -115,13 +116,11 @@ pub struct Reconciler {
     current: MapState,
     /// Backend ids by identity: those in the maps, plus any allocated by an
     /// apply that failed before writing them.
-    backend_ids: BTreeMap<BackendAddr, u32>,
+    backend_ids: Ids<BackendAddr>,
     /// Service ids by frontend, likewise.
-    service_ids: BTreeMap<FrontendKey, u32>,
+    service_ids: Ids<FrontendKey>,
     /// Who owns each frontend, for reports and errors.
     owners: BTreeMap<FrontendKey, ServicePortRef>,
-    next_backend_id: u32,
-    next_service_id: u32,
     /// Deleted backends whose flows are still to be purged.
     pending_purge: BTreeSet<u32>,
     /// (service id, backend id) pairs whose UDP flows are still to be purged.
@@ -279,11 +278,9 @@ impl Reconciler {
             .unwrap_or(0);
         Self {
             current,
-            backend_ids,
-            service_ids,
+            backend_ids: Ids::adopted(backend_ids, max_backend),
+            service_ids: Ids::adopted(service_ids, max_service),
             owners: BTreeMap::new(),
-            next_backend_id: max_backend.wrapping_add(1).max(1),
-            next_service_id: max_service.wrapping_add(1).max(1),
             pending_purge: BTreeSet::new(),
             pending_udp_purge: BTreeSet::new(),
         }
@@ -294,12 +291,12 @@ impl Reconciler {
     pub fn resync(&mut self, maps: &dyn MapWriter) -> Result<(), MapError> {
         let owners = std::mem::take(&mut self.owners);
         let pending = std::mem::take(&mut self.pending_purge);
-        let (next_backend, next_service) = (self.next_backend_id, self.next_service_id);
+        let (next_backend, next_service) = (self.backend_ids.next(), self.service_ids.next());
         *self = Self::adopt(maps.read_state()?);
         self.owners = owners;
         self.pending_purge = pending;
-        self.next_backend_id = self.next_backend_id.max(next_backend);
-        self.next_service_id = self.next_service_id.max(next_service);
+        self.backend_ids.advance_to(next_backend);
+        self.service_ids.advance_to(next_service);
         Ok(())
     }
 
@@ -312,13 +309,13 @@ impl Reconciler {
     /// The service id of a frontend, if it has one.
     #[must_use]
     pub fn service_id(&self, key: &FrontendKey) -> Option<u32> {
-        self.service_ids.get(key).copied()
+        self.service_ids.get(key)
     }
 
     /// The backend id of `addr:port`, if it has one.
     #[must_use]
     pub fn backend_id(&self, addr: Ipv4Addr, port: u16) -> Option<u32> {
-        self.backend_ids.get(&(addr, port)).copied()
+        self.backend_ids.get(&(addr, port))
     }
 
     /// Writes the difference between the maps and `desired` into `w`: a
@@ -400,7 +397,7 @@ impl Reconciler {
             self.backend_ids.retain(|_, id| {
                 current
                     .backends
-                    .contains_key(&BackendKey { backend_id: *id })
+                    .contains_key(&BackendKey { backend_id: id })
             });
         }
         Ok(report)
@@ -549,9 +546,7 @@ impl Reconciler {
                 let id = wr.key().backend_id;
                 if let Some(b) = gone.get(&id) {
                     let addr = backend_addr(*b);
-                    if me.backend_ids.get(&addr) == Some(&id) {
-                        me.backend_ids.remove(&addr);
-                    }
+                    me.backend_ids.remove_if(&addr, id);
                 }
                 me.pending_purge.insert(id);
             },
@@ -632,18 +627,15 @@ impl Reconciler {
         delta: &Delta,
         full: bool,
     ) -> BTreeMap<BackendAddr, u32> {
-        let mut backend_ids_in_use = None;
         let mut id_of: BTreeMap<BackendAddr, u32> = BTreeMap::new();
         for &(addr, port) in &delta.backends {
             match wanted.backend((addr, port)) {
                 Some(b) => {
-                    let id = if let Some(id) = self.backend_ids.get(&(addr, port)) {
-                        *id
-                    } else {
-                        let id = self.alloc_backend_id(&mut backend_ids_in_use);
-                        self.backend_ids.insert((addr, port), id);
-                        id
-                    };
+                    let (current, purging) = (&self.current.backends, &self.pending_purge);
+                    let id = self.backend_ids.get_or_alloc(&(addr, port), |id| {
+                        current.contains_key(&BackendKey { backend_id: id })
+                            || purging.contains(&id)
+                    });
                     id_of.insert((addr, port), id);
                     plan.backends.insert(
                         BackendKey { backend_id: id },
@@ -658,7 +650,7 @@ impl Reconciler {
                 }
                 None => {
                     if let Some(id) = self.backend_ids.get(&(addr, port)) {
-                        plan.backends.insert(BackendKey { backend_id: *id }, None);
+                        plan.backends.insert(BackendKey { backend_id: id }, None);
                     }
                 }
             }
@@ -682,25 +674,34 @@ impl Reconciler {
         full: bool,
         id_of: &BTreeMap<BackendAddr, u32>,
     ) {
-        let mut service_ids_in_use = None;
         for k in &delta.frontends {
             let before = self.current.frontends.get(k).copied();
             let before_ids = before.map(|fe| self.current_slot_backends(&fe));
             match wanted.frontend(k) {
                 Some(f) => {
-                    let service_id = if let Some(id) = self.service_ids.get(k) {
-                        *id
-                    } else {
-                        let id = self.alloc_service_id(&mut service_ids_in_use);
-                        self.service_ids.insert(*k, id);
-                        id
-                    };
+                    let slots = &self.current.slots;
+                    // Free unless slots the maps hold still name it (ids of
+                    // frontends the maps hold are in `service_ids`).
+                    let service_id = self.service_ids.get_or_alloc(k, |id| {
+                        slots
+                            .range(
+                                SlotKey {
+                                    service_id: id,
+                                    slot: 0,
+                                }..=SlotKey {
+                                    service_id: id,
+                                    slot: u32::MAX,
+                                },
+                            )
+                            .next()
+                            .is_some()
+                    });
                     let mut after_ids = BTreeSet::new();
                     for (slot, b) in (0u32..).zip(&f.backends) {
                         let backend_id = id_of
                             .get(&(b.addr, b.port))
-                            .or_else(|| self.backend_ids.get(&(b.addr, b.port)))
                             .copied()
+                            .or_else(|| self.backend_ids.get(&(b.addr, b.port)))
                             .unwrap_or(0);
                         after_ids.insert(backend_id);
                         plan.slots
@@ -814,37 +815,6 @@ impl Reconciler {
         }
     }
 
-    /// A backend id in use nowhere; `in_use` caches the ids in use for one
-    /// plan and records the new one.
-    fn alloc_backend_id(&mut self, in_use: &mut Option<BTreeSet<u32>>) -> u32 {
-        let in_use = in_use.get_or_insert_with(|| {
-            self.backend_ids
-                .values()
-                .copied()
-                .chain(self.current.backends.keys().map(|k| k.backend_id))
-                .chain(self.pending_purge.iter().copied())
-                .collect()
-        });
-        let id = next_free(&mut self.next_backend_id, in_use);
-        in_use.insert(id);
-        id
-    }
-
-    /// A service id in use nowhere; `in_use` as for [`Self::alloc_backend_id`].
-    fn alloc_service_id(&mut self, in_use: &mut Option<BTreeSet<u32>>) -> u32 {
-        let in_use = in_use.get_or_insert_with(|| {
-            self.service_ids
-                .values()
-                .copied()
-                .chain(self.current.frontends.values().map(|f| f.service_id))
-                .chain(self.current.slots.keys().map(|k| k.service_id))
-                .collect()
-        });
-        let id = next_free(&mut self.next_service_id, in_use);
-        in_use.insert(id);
-        id
-    }
-
     fn frontend_object(&self, key: FrontendKey) -> String {
         match self.owners.get(&key) {
             Some(owner) => format!("service {owner} ({})", describe_frontend(&key)),
@@ -865,17 +835,6 @@ impl Reconciler {
     fn note_changed(&self, key: Option<&FrontendKey>, report: &mut ApplyReport) {
         if let Some(owner) = key.and_then(|k| self.owners.get(k)) {
             report.changed_services.insert(owner.service.clone());
-        }
-    }
-}
-
-/// The first id at or after `*next` (skipping 0) not in `in_use`; advances `*next`.
-fn next_free(next: &mut u32, in_use: &BTreeSet<u32>) -> u32 {
-    loop {
-        let id = (*next).max(1);
-        *next = id.wrapping_add(1);
-        if !in_use.contains(&id) {
-            return id;
         }
     }
 }

@@ -364,14 +364,14 @@ impl Sync {
                     }
                     Update::Changes(changes) => {
                         for (key, svc) in &changes.services {
-                            self.pipeline.set_service(key, svc.as_ref());
+                            self.pipeline.set_service(key, svc.as_deref());
                         }
                         for (key, slice) in &changes.endpoint_slices {
-                            self.pipeline.set_slice(key, slice.as_ref());
+                            self.pipeline.set_slice(key, slice.as_deref());
                         }
                         for (name, node) in changes.nodes {
                             match node {
-                                Some(n) => self.nodes.insert(name, n),
+                                Some(n) => self.nodes.insert(name, Arc::unwrap_or_clone(n)),
                                 None => self.nodes.remove(&name),
                             };
                         }

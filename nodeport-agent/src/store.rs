@@ -10,12 +10,25 @@ use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::model::{ServiceModel, SliceModel};
+use crate::small_map::SmallMap;
 
-/// `namespace/name` of an object (cluster-scoped objects have an empty namespace).
+/// `namespace/name` of an object (cluster-scoped objects have an empty
+/// namespace). The names are shared (`Arc<str>`): the desired state keeps a
+/// key per Service in several indexes, and a clone costs no allocation.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ObjectKey {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
+}
+
+impl ObjectKey {
+    #[must_use]
+    pub fn new(namespace: &str, name: &str) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
 }
 
 impl std::fmt::Display for ObjectKey {
@@ -54,7 +67,7 @@ pub struct Store {
     services: BTreeMap<ObjectKey, Arc<ServiceModel>>,
     slices: BTreeMap<ObjectKey, Arc<SliceModel>>,
     /// Slice keys by the Service they belong to.
-    slices_of: BTreeMap<ObjectKey, BTreeSet<ObjectKey>>,
+    slices_of: BTreeMap<ObjectKey, SmallMap<ObjectKey, ()>>,
 }
 
 impl Store {
@@ -98,7 +111,7 @@ impl Store {
         self.slices_of
             .get(key)
             .into_iter()
-            .flatten()
+            .flat_map(SmallMap::keys)
             .filter_map(|k| self.slices.get(k).map(AsRef::as_ref))
     }
 
@@ -138,8 +151,8 @@ impl Store {
         }
         let service_of = |m: &SliceModel| {
             m.service.as_ref().map(|s| ObjectKey {
-                namespace: key.namespace.clone(),
-                name: s.to_string(),
+                namespace: Arc::clone(&key.namespace),
+                name: Arc::clone(s),
             })
         };
         let mut touched = Vec::new();
@@ -158,7 +171,7 @@ impl Store {
                     self.slices_of
                         .entry(svc.clone())
                         .or_default()
-                        .insert(key.clone());
+                        .insert(key.clone(), ());
                     if !touched.contains(&svc) {
                         touched.push(svc);
                     }

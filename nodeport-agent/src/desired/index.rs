@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use nodeport_common::FrontendKey;
 
@@ -22,6 +23,7 @@ use super::{
     service_share,
 };
 use crate::reconcile::{BackendAddr, Delta, Wanted, WantedBackend};
+use crate::small_map::SmallMap;
 use crate::store::{ObjectKey, Store};
 
 /// The union of every Service's share, indexed for incremental updates.
@@ -30,14 +32,14 @@ pub struct DesiredIndex {
     shares: BTreeMap<ObjectKey, ServiceShare>,
     /// Who claims each frontend: (Service, position in its share), in
     /// claim order; the first one wins.
-    claims: BTreeMap<FrontendKey, BTreeSet<(ObjectKey, usize)>>,
-    /// The winning claim of each frontend.
-    frontends: BTreeMap<FrontendKey, DesiredFrontend>,
+    claims: BTreeMap<FrontendKey, SmallMap<(ObjectKey, usize), ()>>,
+    /// The winning claim of each frontend (shared with its share).
+    frontends: BTreeMap<FrontendKey, Arc<DesiredFrontend>>,
     /// For each backend, the winning frontends that select it and the
     /// flags each gives it.
-    selected_by: BTreeMap<BackendAddr, BTreeMap<FrontendKey, u8>>,
+    selected_by: BTreeMap<BackendAddr, SmallMap<FrontendKey, u8>>,
     /// For each serving endpoint, the Services it serves and its flags there.
-    serving_by: BTreeMap<BackendAddr, BTreeMap<ObjectKey, u8>>,
+    serving_by: BTreeMap<BackendAddr, SmallMap<ObjectKey, u8>>,
     health_checks: BTreeMap<ObjectKey, HealthCheck>,
     node_addrs: BTreeSet<Ipv4Addr>,
     /// Number of winning frontends per Service.
@@ -108,10 +110,10 @@ impl DesiredIndex {
                 self.claims
                     .entry(*fk)
                     .or_default()
-                    .insert((key.clone(), i));
+                    .insert((key.clone(), i), ());
                 dirty.insert(*fk);
             }
-            for (addr, flags) in &new.serving {
+            for (addr, flags) in new.serving.iter() {
                 self.serving_by
                     .entry(*addr)
                     .or_default()
@@ -134,9 +136,9 @@ impl DesiredIndex {
         let winner = self
             .claims
             .get(&fk)
-            .and_then(|c| c.first())
-            .and_then(|(svc, i)| self.shares.get(svc)?.frontends.get(*i))
-            .map(|(_, f)| f.clone());
+            .and_then(SmallMap::first)
+            .and_then(|((svc, i), ())| self.shares.get(svc)?.frontends.get(*i))
+            .map(|(_, f)| Arc::clone(f));
         if self.frontends.get(&fk) == winner.as_ref() {
             return;
         }
@@ -166,8 +168,7 @@ impl DesiredIndex {
                     .selected_by
                     .entry(addr)
                     .or_default()
-                    .entry(fk)
-                    .or_default() |= b.flags;
+                    .entry_or_default(fk) |= b.flags;
                 delta.backends.insert(addr);
             }
             *self.won.entry(new.owner.service.clone()).or_default() += 1;
@@ -224,7 +225,7 @@ impl DesiredIndex {
                     .and_then(|s| s.frontends.get(*i))
                     .map(|(_, f)| f.owner.clone())
             };
-            let mut it = claims.iter();
+            let mut it = claims.keys();
             let Some(kept) = it.next().and_then(owner) else {
                 continue;
             };
@@ -247,7 +248,7 @@ impl DesiredIndex {
 
     /// Every frontend.
     #[must_use]
-    pub fn frontends(&self) -> &BTreeMap<FrontendKey, DesiredFrontend> {
+    pub fn frontends(&self) -> &BTreeMap<FrontendKey, Arc<DesiredFrontend>> {
         &self.frontends
     }
 
@@ -278,7 +279,11 @@ impl DesiredIndex {
         let conflicts = self.conflicts(self.claims.keys());
         Desired {
             node_addrs: self.node_addrs.clone(),
-            frontends: self.frontends.clone(),
+            frontends: self
+                .frontends
+                .iter()
+                .map(|(k, f)| (*k, f.as_ref().clone()))
+                .collect(),
             draining,
             health_checks: self.health_checks.clone(),
             conflicts,
@@ -288,7 +293,7 @@ impl DesiredIndex {
 
 impl Wanted for DesiredIndex {
     fn frontend(&self, key: &FrontendKey) -> Option<&DesiredFrontend> {
-        self.frontends.get(key)
+        self.frontends.get(key).map(AsRef::as_ref)
     }
 
     fn backend(&self, addr: BackendAddr) -> Option<WantedBackend<'_>> {

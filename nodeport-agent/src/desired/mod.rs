@@ -36,6 +36,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use nodeport_common::{
     BACKEND_F_LOCAL, BACKEND_F_TERMINATING, Backend, FRONTEND_F_AFFINITY, FRONTEND_F_DROP_EMPTY,
@@ -43,6 +44,7 @@ use nodeport_common::{
 };
 
 use crate::model::{PortModel, Served, ServiceModel, SliceModel};
+use crate::small_map::SmallMap;
 use crate::store::{ClusterState, ObjectKey, Store};
 
 pub mod index;
@@ -221,10 +223,10 @@ type Endpoints = BTreeMap<(Ipv4Addr, u16), EndpointState>;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ServiceShare {
     /// Its frontends in claim order: per port, the ClusterIP, then the
-    /// NodePort.
-    pub frontends: Vec<(FrontendKey, DesiredFrontend)>,
+    /// NodePort (shared with the index's winners).
+    pub frontends: Vec<(FrontendKey, Arc<DesiredFrontend>)>,
     /// Its serving endpoints and their flags.
-    pub serving: BTreeMap<(Ipv4Addr, u16), u8>,
+    pub serving: SmallMap<(Ipv4Addr, u16), u8>,
     pub health_check: Option<HealthCheck>,
 }
 
@@ -246,7 +248,7 @@ pub fn service_share(
         let endpoints = endpoints_for_port(slices, port, info.publish_not_ready);
         for (&(addr, target), ep) in &endpoints {
             if ep.serving || ep.ready {
-                *share.serving.entry((addr, target)).or_default() |= ep.flags();
+                *share.serving.entry_or_default((addr, target)) |= ep.flags();
             }
             if ep.local && ep.ready {
                 local_ready.insert(addr);
@@ -255,7 +257,13 @@ pub fn service_share(
         if let Some(cluster_ip) = info.cluster_ip {
             share.frontends.push((
                 frontend_key(cluster_ip, port.port, port.proto),
-                build_frontend(&owner, FrontendKind::ClusterIp, info.internal_local, info, &endpoints),
+                Arc::new(build_frontend(
+                    &owner,
+                    FrontendKind::ClusterIp,
+                    info.internal_local,
+                    info,
+                    &endpoints,
+                )),
             ));
         }
         if info.node_ports
@@ -263,7 +271,13 @@ pub fn service_share(
         {
             share.frontends.push((
                 frontend_key(Ipv4Addr::UNSPECIFIED, node_port, port.proto),
-                build_frontend(&owner, FrontendKind::NodePort, info.external_local, info, &endpoints),
+                Arc::new(build_frontend(
+                    &owner,
+                    FrontendKind::NodePort,
+                    info.external_local,
+                    info,
+                    &endpoints,
+                )),
             ));
         }
     }
@@ -300,10 +314,11 @@ pub fn compute_store(store: &Store, node_addrs: &[Ipv4Addr]) -> Desired {
         let Some(share) = service_share(key, svc, &slices) else {
             continue;
         };
-        for (addr, flags) in share.serving {
-            *serving.entry(addr).or_default() |= flags;
+        for (addr, flags) in share.serving.iter() {
+            *serving.entry(*addr).or_default() |= flags;
         }
         for (fkey, frontend) in share.frontends {
+            let frontend = Arc::unwrap_or_clone(frontend);
             if let Some(existing) = desired.frontends.get(&fkey) {
                 desired.conflicts.push(FrontendConflict {
                     key: fkey,

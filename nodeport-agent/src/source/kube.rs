@@ -91,8 +91,8 @@ fn version_of<K: Resource>(obj: &K) -> String {
 fn key_of<K: Resource>(obj: &K) -> ObjectKey {
     let meta = obj.meta();
     ObjectKey {
-        namespace: meta.namespace.clone().unwrap_or_default(),
-        name: meta.name.clone().unwrap_or_default(),
+        namespace: meta.namespace.clone().unwrap_or_default().into(),
+        name: meta.name.clone().unwrap_or_default().into(),
     }
 }
 
@@ -157,8 +157,11 @@ impl<K: Resource + PartialEq> Objects<K> {
     }
 
     /// The changes since the last call.
-    fn take_changed(&mut self) -> BTreeMap<ObjectKey, Option<K>> {
+    fn take_changed(&mut self) -> BTreeMap<ObjectKey, Option<Arc<K>>> {
         std::mem::take(&mut self.changed)
+            .into_iter()
+            .map(|(k, v)| (k, v.map(Arc::new)))
+            .collect()
     }
 }
 
@@ -186,7 +189,7 @@ impl Watched {
                 .nodes
                 .take_changed()
                 .into_iter()
-                .map(|(k, v)| (k.name, v))
+                .map(|(k, v)| (k.name.to_string(), v))
                 .collect(),
         }
     }
@@ -455,7 +458,7 @@ mod tests {
         o.take_changed()
             .into_iter()
             .map(|(k, v)| match v {
-                Some(_) => k.name,
+                Some(_) => k.name.to_string(),
                 None => format!("-{}", k.name),
             })
             .collect()

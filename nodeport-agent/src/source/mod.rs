@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -48,12 +49,12 @@ pub enum Update {
 }
 
 /// Objects changed since the last delivery, each with its new version or
-/// `None` when it was deleted.
+/// `None` when it was deleted. Shared with the source (`Arc`), not copied.
 #[derive(Debug, Default)]
 pub struct Changes {
-    pub services: BTreeMap<ObjectKey, Option<Service>>,
-    pub endpoint_slices: BTreeMap<ObjectKey, Option<EndpointSlice>>,
-    pub nodes: BTreeMap<String, Option<Node>>,
+    pub services: BTreeMap<ObjectKey, Option<Arc<Service>>>,
+    pub endpoint_slices: BTreeMap<ObjectKey, Option<Arc<EndpointSlice>>>,
+    pub nodes: BTreeMap<String, Option<Arc<Node>>>,
 }
 
 impl Changes {

@@ -1,7 +1,9 @@
-//! Control-plane benchmark through the agent's own pipeline: manifests →
-//! `ManifestsSource::scan` → `desired::compute` → `Reconciler::apply` into
-//! freshly created, pinned BPF maps (`maps::bpf::BpfMaps`), then single
-//! endpoint changes through compute + apply, as the agent's loop does them.
+//! Control-plane benchmark through the agent's own pipeline, as its loop
+//! runs it: manifests → `ManifestsSource::scan_changes` (parse, validate) →
+//! `Pipeline` (store, incremental desired state) → the reconciler's writes
+//! into freshly created, pinned BPF maps (`maps::bpf::BpfMaps`); then single
+//! endpoint changes, each timed from the changed EndpointSlice reaching the
+//! pipeline to the last map write, and the agent process's memory.
 //!
 //! Built into the `bench-control-plane` example (which `cargo xtask bench`
 //! runs) and into xtask's tests; it links the agent's library, whose build
@@ -12,9 +14,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
-use nodeport_agent::desired;
 use nodeport_agent::loader::{self, Datapath, MapSizes};
 use nodeport_agent::maps::{MapWriter as _, bpf::BpfMaps};
+use nodeport_agent::pipeline::Pipeline;
 use nodeport_agent::reconcile::Reconciler;
 use nodeport_agent::source::manifests::ManifestsSource;
 use nodeport_agent::store::ObjectKey;
@@ -135,6 +137,17 @@ impl Drop for PinnedMaps {
     }
 }
 
+/// This process's resident set (the pipeline's objects, desired state and
+/// map views, as the agent holds them), `VmRSS` of `/proc/self/status`.
+fn rss_kib() -> Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS in /proc/self/status")
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -155,10 +168,14 @@ impl Rng {
 
 /// Cold programming of `n` Services and up to `changes` single-endpoint
 /// changes (as many as fit in `change_budget`).
+#[allow(
+    clippy::too_many_lines,
+    reason = "one measurement, cold then changes, read top to bottom"
+)]
 pub fn run_size(
     n: usize,
     endpoints: usize,
-    changes: usize,
+    changes_wanted: usize,
     change_budget: Duration,
     work_dir: &Path,
 ) -> Result<ControlPlaneRow> {
@@ -178,47 +195,62 @@ pub fn run_size(
 
     let t = Instant::now();
     let mut source = ManifestsSource::new(dir.clone(), lo..=hi);
-    let mut state = source
-        .scan()
+    let changes = source
+        .scan_changes()
         .context("reading the manifests")?
-        .context("the first scan returns the state")?;
+        .context("the first scan returns every object")?;
     let parse = t.elapsed();
     if let Some(p) = source.problems().first() {
         bail!("the manifests have problems, e.g. {p:?}");
     }
     ensure!(
-        state.services.len() == n,
+        changes.services.len() == n,
         "{} of {n} Services were accepted",
-        state.services.len()
+        changes.services.len()
     );
 
     let mut pinned = PinnedMaps::create()?;
-    let mut reconciler = Reconciler::adopt(pinned.maps.read_state().context("reading the maps")?);
-    let addrs = [NODE_ADDR];
+    let mut pipeline = Pipeline::new(
+        NODE,
+        Reconciler::adopt(pinned.maps.read_state().context("reading the maps")?),
+    );
+    pipeline.set_node_addrs(&[NODE_ADDR]);
 
     let t = Instant::now();
-    let desired = desired::compute(&state, NODE, &addrs);
+    for (key, svc) in &changes.services {
+        pipeline.set_service(key, svc.as_deref());
+    }
+    for (key, slice) in &changes.endpoint_slices {
+        pipeline.set_slice(key, slice.as_deref());
+    }
     let compute = t.elapsed();
     let t = Instant::now();
-    let report = reconciler
-        .apply(&desired, &mut pinned.maps)
-        .context("cold apply")?;
+    let applied = pipeline.apply(&mut pinned.maps).context("cold apply")?;
     let apply = t.elapsed();
+    let report = applied.report;
     let written = pinned.maps.read_state().context("reading the maps back")?;
+    let (frontends, _, _) = pipeline.served();
     ensure!(
-        written.frontends.len() == desired.frontends.len(),
-        "the maps hold {} frontends, {} wanted",
+        written.frontends.len() == frontends,
+        "the maps hold {} frontends, {frontends} wanted",
         written.frontends.len(),
-        desired.frontends.len()
     );
+    // What stays allocated, not what the allocator keeps from the cold
+    // scan's peak (the agent trims the same way after a large delivery).
+    // SAFETY: malloc_trim only returns free memory to the kernel.
+    unsafe { libc::malloc_trim(0) };
+    let rss_kib = rss_kib()?;
 
     // Single endpoint changes: a new address for one endpoint of a random
-    // Service; timed from the changed cluster state to the maps written.
+    // Service, timed from the changed EndpointSlice reaching the pipeline
+    // to the maps written.
+    let mut slices = changes.endpoint_slices;
+    drop(changes.services);
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ n as u64);
-    let mut samples = Vec::with_capacity(changes);
-    let mut writes = Vec::with_capacity(changes);
+    let mut samples = Vec::with_capacity(changes_wanted);
+    let mut writes = Vec::with_capacity(changes_wanted);
     let started = Instant::now();
-    for c in 0..changes {
+    for c in 0..changes_wanted {
         if c > 0 && started.elapsed() > change_budget {
             break;
         }
@@ -226,20 +258,21 @@ pub fn run_size(
         let ep = rng.below(endpoints);
         let key = ObjectKey {
             namespace: NAMESPACE.into(),
-            name: format!("svc-{svc}-0"),
+            name: format!("svc-{svc}-0").into(),
         };
-        let slice = state
-            .endpoint_slices
+        let slice = slices
             .get_mut(&key)
+            .and_then(Option::as_mut)
             .with_context(|| format!("EndpointSlice {key} is missing"))?;
         let fresh = synthetic::offset(Ipv4Addr::new(10, 192, 0, 0), c);
-        slice.endpoints[ep].addresses = vec![fresh.to_string()];
+        std::sync::Arc::make_mut(slice).endpoints[ep].addresses = vec![fresh.to_string()];
 
         let t = Instant::now();
-        let desired = desired::compute(&state, NODE, &addrs);
-        let report = reconciler
-            .apply(&desired, &mut pinned.maps)
-            .context("applying a change")?;
+        pipeline.set_slice(&key, Some(slice));
+        let report = pipeline
+            .apply(&mut pinned.maps)
+            .context("applying a change")?
+            .report;
         samples.push(t.elapsed());
         ensure!(
             report.puts > 0 && report.deletes > 0,
@@ -256,6 +289,7 @@ pub fn run_size(
         endpoints_per_service: endpoints,
         frontends: written.frontends.len(),
         backends: written.backends.len(),
+        rss_kib,
         slots: written.slots.len(),
         map_writes: report.puts,
         parse_ms: ms(parse),

@@ -16,16 +16,20 @@ pub struct ControlPlaneRow {
     pub frontends: usize,
     pub backends: usize,
     pub slots: usize,
+    /// Resident set of the process after the cold programming (KiB): what
+    /// the agent holds at this size.
+    #[serde(default)]
+    pub rss_kib: u64,
     /// Map writes (puts) of the cold apply.
     pub map_writes: usize,
-    /// Manifests directory → validated cluster state (`ManifestsSource::scan`).
+    /// Manifests directory → validated objects (`ManifestsSource::scan_changes`).
     pub parse_ms: f64,
-    /// Cluster state → desired state (`desired::compute`).
+    /// Objects → store and desired state (`Pipeline::set_service` / `set_slice`).
     pub compute_ms: f64,
-    /// Desired state → written into empty pinned maps (`Reconciler::apply`).
+    /// Desired state → written into empty pinned maps (`Pipeline::apply`).
     pub apply_ms: f64,
-    /// One endpoint address changed in the cluster state → the maps hold the
-    /// new state (compute + apply, as the agent's loop does on a change).
+    /// One endpoint address changed: the changed EndpointSlice reaches the
+    /// pipeline → the maps hold the new state (as the agent's loop does).
     pub change_samples: usize,
     pub change_p50_ms: f64,
     pub change_p99_ms: f64,
@@ -35,10 +39,10 @@ pub struct ControlPlaneRow {
 }
 
 impl ControlPlaneRow {
-    /// Cold programming: compute + apply.
+    /// Cold programming: parse + compute + apply.
     #[must_use]
     pub fn cold_ms(&self) -> f64 {
-        self.compute_ms + self.apply_ms
+        self.parse_ms + self.compute_ms + self.apply_ms
     }
 }
 

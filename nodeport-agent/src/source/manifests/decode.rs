@@ -399,10 +399,11 @@ fn slow(piece: &Piece<'_>, range: &RangeInclusive<u16>) -> Result<Option<Outcome
                     .namespace
                     .filter(|ns| !ns.is_empty())
                     .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned())
+                    .into()
             } else {
-                String::new()
+                "".into()
             },
-            name,
+            name: name.into(),
         },
     });
     let described = key
@@ -517,8 +518,8 @@ fn finish(typed: Typed, range: &RangeInclusive<u16>) -> Outcome {
         Some(TypedKey {
             kind,
             key: ObjectKey {
-                namespace: metadata.namespace.clone().unwrap_or_default(),
-                name: metadata.name.clone()?,
+                namespace: metadata.namespace.clone().unwrap_or_default().into(),
+                name: metadata.name.clone()?.into(),
             },
         })
     }

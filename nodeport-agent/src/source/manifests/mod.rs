@@ -227,7 +227,7 @@ impl ManifestsSource {
                         .insert(key.key.clone(), s.as_ref().clone());
                 }
                 Object::Node(n) => {
-                    state.nodes.insert(key.key.name.clone(), n.as_ref().clone());
+                    state.nodes.insert(key.key.name.to_string(), n.as_ref().clone());
                 }
             }
         }
@@ -413,15 +413,13 @@ impl ManifestsSource {
             }
             match new {
                 Some(Object::Service(s)) => {
-                    changes.services.insert(key.key, Some(s.as_ref().clone()));
+                    changes.services.insert(key.key, Some(Arc::clone(&s)));
                 }
                 Some(Object::EndpointSlice(s)) => {
-                    changes
-                        .endpoint_slices
-                        .insert(key.key, Some(s.as_ref().clone()));
+                    changes.endpoint_slices.insert(key.key, Some(Arc::clone(&s)));
                 }
                 Some(Object::Node(n)) => {
-                    changes.nodes.insert(key.key.name, Some(n.as_ref().clone()));
+                    changes.nodes.insert(key.key.name.to_string(), Some(Arc::clone(&n)));
                 }
                 None => match key.kind {
                     Kind::Service => {
@@ -431,7 +429,7 @@ impl ManifestsSource {
                         changes.endpoint_slices.insert(key.key, None);
                     }
                     Kind::Node => {
-                        changes.nodes.insert(key.key.name, None);
+                        changes.nodes.insert(key.key.name.to_string(), None);
                     }
                 },
             }
@@ -777,8 +775,8 @@ metadata:
 
     fn key(name: &str) -> ObjectKey {
         ObjectKey {
-            namespace: "default".to_owned(),
-            name: name.to_owned(),
+            namespace: "default".into(),
+            name: name.into(),
         }
     }
 

@@ -599,8 +599,8 @@ mod tests {
 
     fn key(name: &str) -> ObjectKey {
         ObjectKey {
-            namespace: DEFAULT_NAMESPACE.to_owned(),
-            name: name.to_owned(),
+            namespace: DEFAULT_NAMESPACE.into(),
+            name: name.into(),
         }
     }
 
@@ -659,7 +659,7 @@ mod tests {
         );
         assert!(out[0].refused.is_empty());
         assert_eq!(
-            allocator.holder(31000).map(|h| h.service.name.as_str()),
+            allocator.holder(31000).map(|h| h.service.name.as_ref()),
             Some("t")
         );
     }
