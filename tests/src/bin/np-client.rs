@@ -1,6 +1,9 @@
 //! `np-client tcp|udp ADDR PORT`: one request to a pod server, printing its
 //! answer line. The test cluster runs it inside a pod (its network namespace
 //! and its node's cgroup) to test traffic that starts in a pod.
+//!
+//! `np-client hold ADDR PORT`: holds many connections open, driven by
+//! commands on stdin ([`nodeport_tests::hold`]).
 
 use std::io::{BufRead as _, BufReader};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
@@ -30,7 +33,7 @@ fn request(proto: &str, to: SocketAddr) -> std::io::Result<String> {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [proto, addr, port] = args.as_slice() else {
-        eprintln!("usage: np-client tcp|udp ADDR PORT");
+        eprintln!("usage: np-client tcp|udp|hold ADDR PORT");
         return ExitCode::from(2);
     };
     let to: SocketAddr = match format!("{addr}:{port}").parse() {
@@ -40,6 +43,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if proto == "hold" {
+        let stdin = std::io::stdin().lock();
+        return match nodeport_tests::hold::serve(to, stdin, std::io::stdout().lock()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("np-client: hold {to}: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match request(proto, to) {
         Ok(line) => {
             println!("{line}");

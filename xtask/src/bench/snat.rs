@@ -23,7 +23,7 @@ use nodeport_tests::{Cluster, Veths};
 
 use super::counters;
 use super::e2e::Mode;
-use super::hold::{self, Held, HoldServer};
+use super::hold::{HoldClients, HoldServer};
 use super::stats;
 use super::traffic::{self, Close};
 
@@ -107,7 +107,7 @@ pub struct Concurrent {
     /// Of the held connections, those still established with a byte sent
     /// at the end acknowledged by the pod.
     pub acknowledged: usize,
-    /// Connections the pod's server accepted.
+    /// Connections the pod's kernel established and queued for its server.
     pub accepted: u64,
     /// The drop counter read (nodeport: [`SNAT_EXHAUSTED`]; kube-proxy:
     /// conntrack's `insert_failed` + `drop` + `early_drop` of node 1);
@@ -233,46 +233,43 @@ fn concurrent(
 ) -> Concurrent {
     let client = cluster.client_netns();
     client.set_sysctl("net.ipv4.ip_local_port_range", HOLD_CLIENT_PORTS);
-    // This process holds both ends of every connection.
-    let want = u64::try_from(config.max_flows).unwrap_or(u64::MAX) * 2 + 4_096;
-    let limit = hold::raise_nofile(want);
-    if limit < want {
-        eprintln!("bench:   RLIMIT_NOFILE is {limit}, below the {want} this test needs");
-    }
     server.release();
-    let accepted_before = server.accepted();
+    let queued_before = server.queued();
     let before = read_drops(cluster, mode);
     let deadline = Instant::now() + config.open_budget;
-    let mut held = Held::default();
+    let mut held = HoldClients::new(client, to);
     let target = config.target_flows.min(config.max_flows);
-    client.run(|| hold::open_more(&mut held, to, target, HOLD_CONNECT_TIMEOUT, deadline));
-    let at_target = (held.streams.len() >= target)
+    let opened = held.open_more(target, HOLD_CONNECT_TIMEOUT, deadline);
+    let at_target = (held.held() >= target)
         .then(|| delta(before, read_drops(cluster, mode)))
         .flatten();
-    client.run(|| {
-        hold::open_more(
-            &mut held,
-            to,
-            config.max_flows,
-            HOLD_CONNECT_TIMEOUT,
-            deadline,
-        );
+    let opened = opened.and_then(|()| {
+        held.open_more(config.max_flows, HOLD_CONNECT_TIMEOUT, deadline)
     });
-    let acknowledged = hold::acknowledged(&held.streams, HOLD_ACK_WAIT);
+    if let Err(e) = &opened {
+        held.first_failure.get_or_insert_with(|| format!("the client failed: {e:#}"));
+    }
+    let acknowledged = held.acknowledged(HOLD_ACK_WAIT).unwrap_or_else(|e| {
+        eprintln!("bench:   acknowledgements not read: {e:#}");
+        0
+    });
     let drops = delta(before, read_drops(cluster, mode));
     let out = Concurrent {
         max: config.max_flows,
         target,
-        held: held.streams.len(),
+        held: held.held(),
         first_failure: held.first_failure.clone(),
         acknowledged,
-        accepted: server.accepted() - accepted_before,
+        accepted: server.queued().saturating_sub(queued_before),
         drop_counter: drop_counter(mode),
         drops_at_target: at_target,
         drops,
         open_s: held.opening.as_secs_f64(),
     };
-    held.reset_all();
+    if let Err(e) = held.reset_all() {
+        eprintln!("bench:   resetting the held connections: {e:#}");
+    }
+    drop(held);
     // Let the resets reach the pod before its ends are closed.
     std::thread::sleep(Duration::from_millis(200));
     server.release();

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use nodeport_tests::Netns;
+use nodeport_tests::hold::linger_zero;
 
 /// Bytes of every request and response.
 pub const MESSAGE: usize = 64;
@@ -214,23 +215,6 @@ pub enum Close {
     ClientReset,
 }
 
-/// `SO_LINGER` with a zero timeout: `close` sends a reset.
-pub(crate) fn linger_zero(s: &TcpStream) {
-    let l = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a valid socket and a linger struct of the given size.
-    unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&raw const l).cast(),
-            size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
-}
 
 /// One request on a new connection: connect, send, read the response, end
 /// the connection as `close` says. In the calling thread's namespace.
