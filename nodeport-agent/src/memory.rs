@@ -9,6 +9,22 @@ use std::path::{Path, PathBuf};
 /// limit (and again after it fell below it).
 pub const WARN_RATIO: f64 = 0.8;
 
+/// A delivery of at least this many objects (a start, a re-list) is
+/// followed by [`release_free`] once it is written.
+pub const TRIM_AFTER_OBJECTS: usize = 1_000;
+
+/// Returns the allocator's free memory to the kernel (glibc's
+/// `malloc_trim`): after a large delivery the peak of decoding it would
+/// otherwise stay in the resident set, and count against the container's
+/// limit, until the allocator happens to reuse it.
+pub fn release_free() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free memory to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Resident set size of this process in bytes (`/proc/self/statm`).
 #[must_use]
 pub fn resident_bytes() -> Option<u64> {

@@ -293,6 +293,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         last_device_check: Instant::now(),
         memory: crate::memory::Watch::default(),
         last_memory_check: None,
+        trim_after_apply: false,
     };
     while !stop.load(Ordering::Relaxed) {
         sync.tick();
@@ -349,6 +350,9 @@ struct Sync {
     last_device_check: Instant,
     memory: crate::memory::Watch,
     last_memory_check: Option<Instant>,
+    /// A large delivery was taken: free memory goes back to the kernel
+    /// once it is written.
+    trim_after_apply: bool,
 }
 
 impl Sync {
@@ -357,6 +361,7 @@ impl Sync {
     fn tick(&mut self) {
         match self.source.poll() {
             Ok(Some(update)) => {
+                self.trim_after_apply |= update.objects() >= crate::memory::TRIM_AFTER_OBJECTS;
                 match update {
                     Update::Full(state) => {
                         self.pipeline.replace_state(&state);
@@ -400,6 +405,10 @@ impl Sync {
         }
         if self.dirty && self.source_ready() {
             self.apply();
+            if self.trim_after_apply && !self.dirty {
+                self.trim_after_apply = false;
+                crate::memory::release_free();
+            }
         } else if !self.health_checks_complete {
             let wanted = self.pipeline.health_checks().clone();
             self.health_checks_complete = self.health_checks.update(&wanted);

@@ -19,6 +19,15 @@ impl<K, V> Default for SmallMap<K, V> {
 }
 
 impl<K: Ord, V> SmallMap<K, V> {
+    /// Room for one more entry: exactly one for the first (most of these
+    /// maps never hold a second, and a vector's first growth would make
+    /// room for four), the vector's own growth after that.
+    fn make_room(&mut self) {
+        if self.entries.capacity() == 0 {
+            self.entries.reserve_exact(1);
+        }
+    }
+
     fn find(&self, key: &K) -> Result<usize, usize> {
         self.entries.binary_search_by(|(k, _)| k.cmp(key))
     }
@@ -28,6 +37,7 @@ impl<K: Ord, V> SmallMap<K, V> {
         match self.find(&key) {
             Ok(i) => Some(std::mem::replace(&mut self.entries[i].1, value)),
             Err(i) => {
+                self.make_room();
                 self.entries.insert(i, (key, value));
                 None
             }
@@ -42,6 +52,7 @@ impl<K: Ord, V> SmallMap<K, V> {
         let i = match self.find(&key) {
             Ok(i) => i,
             Err(i) => {
+                self.make_room();
                 self.entries.insert(i, (key, V::default()));
                 i
             }

@@ -64,6 +64,17 @@ impl Changes {
     }
 }
 
+impl Update {
+    /// The objects it holds.
+    #[must_use]
+    pub fn objects(&self) -> usize {
+        match self {
+            Self::Full(s) => s.services.len() + s.endpoint_slices.len() + s.nodes.len(),
+            Self::Changes(c) => c.services.len() + c.endpoint_slices.len() + c.nodes.len(),
+        }
+    }
+}
+
 /// A source of cluster objects: the Kubernetes API or a manifests
 /// directory. The agent's loop polls it; everything after it (store
 /// → desired state → reconcile) is the same whatever the source.

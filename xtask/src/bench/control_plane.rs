@@ -139,7 +139,7 @@ impl Drop for PinnedMaps {
 
 /// This process's resident set (the pipeline's objects, desired state and
 /// map views, as the agent holds them), `VmRSS` of `/proc/self/status`.
-fn rss_kib() -> Result<u64> {
+fn resident_kib() -> Result<u64> {
     let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
     status
         .lines()
@@ -235,11 +235,16 @@ pub fn run_size(
         "the maps hold {} frontends, {frontends} wanted",
         written.frontends.len(),
     );
+    let (frontends, backends, slots) = (
+        written.frontends.len(),
+        written.backends.len(),
+        written.slots.len(),
+    );
+    drop(written);
     // What stays allocated, not what the allocator keeps from the cold
     // scan's peak (the agent trims the same way after a large delivery).
-    // SAFETY: malloc_trim only returns free memory to the kernel.
-    unsafe { libc::malloc_trim(0) };
-    let rss_kib = rss_kib()?;
+    nodeport_agent::memory::release_free();
+    let rss_kib = resident_kib()?;
 
     // Single endpoint changes: a new address for one endpoint of a random
     // Service, timed from the changed EndpointSlice reaching the pipeline
@@ -280,6 +285,12 @@ pub fn run_size(
         );
         writes.push(report.puts + report.deletes);
     }
+    // The pipeline alone: what an agent on the Kubernetes source holds (that
+    // source keeps only resourceVersions, not the objects).
+    drop(slices);
+    drop(source);
+    nodeport_agent::memory::release_free();
+    let pipeline_rss_kib = resident_kib()?;
     let change_ms = stats::millis(&samples);
     let mut sorted_writes = writes.clone();
     sorted_writes.sort_unstable();
@@ -287,10 +298,11 @@ pub fn run_size(
     Ok(ControlPlaneRow {
         services: n,
         endpoints_per_service: endpoints,
-        frontends: written.frontends.len(),
-        backends: written.backends.len(),
+        frontends,
+        backends,
         rss_kib,
-        slots: written.slots.len(),
+        pipeline_rss_kib,
+        slots,
         map_writes: report.puts,
         parse_ms: ms(parse),
         compute_ms: ms(compute),

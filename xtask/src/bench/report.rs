@@ -14,6 +14,9 @@ use super::results::ControlPlaneResults;
 use super::snat::{self, SnatRow};
 use super::svg::{self, BarChart, Series};
 
+/// One figure of a control-plane row.
+type RowFigure = fn(&super::results::ControlPlaneRow) -> u64;
+
 /// Everything one run measured.
 pub struct Report {
     pub machine: Machine,
@@ -254,17 +257,23 @@ pub fn goals(r: &Report) -> Vec<Goal> {
         });
     }
     for (n, label, limit) in [(10_000, "10k", 100.0), (50_000, "50k", 400.0)] {
-        let name = format!(
-            "Control-plane memory < {limit:.0} MiB at {label} Services × 10 (the pipeline's process)"
-        );
-        out.push(match cp(n) {
-            Some(row) if row.rss_kib > 0 => Goal {
-                name,
-                measured: format!("{:.1} MiB", mib(row.rss_kib)),
-                met: Some(mib(row.rss_kib) < limit),
-            },
-            _ => missing(name),
-        });
+        let sources: [(&str, RowFigure); 2] = [
+            ("Kubernetes source: the pipeline alone", |r| r.pipeline_rss_kib),
+            ("manifests source and pipeline", |r| r.rss_kib),
+        ];
+        for (source, kib) in sources {
+            let name = format!(
+                "Control-plane memory < {limit:.0} MiB at {label} Services × 10 ({source})"
+            );
+            out.push(match cp(n).map(kib) {
+                Some(kib) if kib > 0 => Goal {
+                    name,
+                    measured: format!("{:.1} MiB", mib(kib)),
+                    met: Some(mib(kib) < limit),
+                },
+                _ => missing(name),
+            });
+        }
     }
     // The larger of the variants' (the agent is the same on both).
     let agent = e2e.and_then(|e| {
@@ -726,12 +735,12 @@ fn per_write_us(r: &super::results::ControlPlaneRow) -> f64 {
 
 fn control_table(c: &ControlPlaneResults) -> String {
     let mut s = String::from(
-        "| Services × endpoints | frontends / backends / slots | parse + validate manifests | compute | apply (map writes, µs per write) | cold total | one change p50 | p99 | max (changes timed) | RSS |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| Services × endpoints | frontends / backends / slots | parse + validate manifests | compute | apply (map writes, µs per write) | cold total | one change p50 | p99 | max (changes timed) | RSS: manifests source + pipeline | RSS: pipeline alone |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in &c.rows {
         let _ = writeln!(
             s,
-            "| {} × {} | {} / {} / {} | {} ms | {} ms | {} ms ({}, {} µs) | **{} ms** | {} ms | **{} ms** | {} ms ({}) | {:.1} MiB |",
+            "| {} × {} | {} / {} / {} | {} ms | {} ms | {} ms ({}, {} µs) | **{} ms** | {} ms | **{} ms** | {} ms ({}) | {:.1} MiB | {:.1} MiB |",
             size_label(r.services),
             r.endpoints_per_service,
             int(r.frontends),
@@ -747,11 +756,12 @@ fn control_table(c: &ControlPlaneResults) -> String {
             f2(r.change_p99_ms),
             f2(r.change_max_ms),
             r.change_samples,
-            mib(r.rss_kib)
+            mib(r.rss_kib),
+            mib(r.pipeline_rss_kib)
         );
     }
     for (n, why) in &c.skipped {
-        let _ = writeln!(s, "| {} × – | {why} | | | | | | | | |", size_label(*n));
+        let _ = writeln!(s, "| {} × – | {why} | | | | | | | | | |", size_label(*n));
     }
     s
 }

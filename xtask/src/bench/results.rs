@@ -17,9 +17,14 @@ pub struct ControlPlaneRow {
     pub backends: usize,
     pub slots: usize,
     /// Resident set of the process after the cold programming (KiB): what
-    /// the agent holds at this size.
+    /// an agent serving a manifests directory holds at this size.
     #[serde(default)]
     pub rss_kib: u64,
+    /// Resident set with the manifests source and its objects dropped
+    /// (KiB): what an agent on the Kubernetes source holds (that source
+    /// keeps each object's resourceVersion only).
+    #[serde(default)]
+    pub pipeline_rss_kib: u64,
     /// Map writes (puts) of the cold apply.
     pub map_writes: usize,
     /// Manifests directory → validated objects (`ManifestsSource::scan_changes`).

@@ -550,6 +550,9 @@ fn finish(typed: Typed, range: &RangeInclusive<u16>) -> Outcome {
         Typed::EndpointSlice(slice) => {
             let mut slice = *slice;
             normalize_endpoint_slice(&mut slice);
+            // Kept for as long as the file provides it: without the room
+            // decoding grew the list by (an endpoint is some 400 bytes).
+            slice.endpoints.shrink_to_fit();
             let key = key_of(Kind::EndpointSlice, &slice.metadata);
             let described = key
                 .as_ref()

@@ -4,6 +4,8 @@
 //! bytes did.
 
 use std::collections::BTreeMap;
+use std::hash::{BuildHasher as _, RandomState};
+use std::sync::LazyLock;
 use std::fs;
 use std::io;
 use std::ops::RangeInclusive;
@@ -51,14 +53,42 @@ impl Signature {
 #[derive(Debug)]
 pub struct ReadError(io::Error);
 
+impl ReadError {
+    /// The same error again (an `io::Error` is not `Clone`).
+    fn again(&self) -> Self {
+        Self(io::Error::new(self.0.kind(), self.0.to_string()))
+    }
+}
+
 impl PartialEq for ReadError {
     fn eq(&self, other: &Self) -> bool {
         self.0.kind() == other.0.kind() && self.0.to_string() == other.0.to_string()
     }
 }
 
-/// The bytes of a file, or why they could not be read.
-pub type Content = Result<Vec<u8>, ReadError>;
+/// What is kept of a file's bytes to tell whether they changed: their
+/// length and two 64-bit hashes under keys of their own (random per
+/// process), not the bytes (at 10k Services the files are megabytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fingerprint {
+    len: usize,
+    hashes: [u64; 2],
+}
+
+impl Fingerprint {
+    #[must_use]
+    pub fn of(bytes: &[u8]) -> Self {
+        static KEYS: LazyLock<[RandomState; 2]> =
+            LazyLock::new(|| [RandomState::new(), RandomState::new()]);
+        Self {
+            len: bytes.len(),
+            hashes: KEYS.each_ref().map(|keys| keys.hash_one(bytes)),
+        }
+    }
+}
+
+/// The fingerprint of a file's bytes, or why they could not be read.
+pub type Content = Result<Fingerprint, ReadError>;
 
 /// One manifest file as last read.
 #[derive(Debug)]
@@ -93,6 +123,17 @@ pub struct FileChange {
     pub old: Option<Parsed>,
 }
 
+/// A file whose content changed, to be decoded.
+struct Fresh {
+    name: String,
+    path: PathBuf,
+    signature: Option<Signature>,
+    read_at: SystemTime,
+    content: Content,
+    /// `None` when the file could not be read.
+    bytes: Option<Vec<u8>>,
+}
+
 /// Brings `files` up to date with the directory: re-reads the files whose
 /// metadata changed, decodes those whose content changed, drops the ones
 /// that are gone. `provides(name)` says whether a file provides objects (an
@@ -107,7 +148,7 @@ pub fn refresh(
     let mut previous = std::mem::take(files);
     let mut changes = Vec::new();
     // Files whose content changed, decoded together below.
-    let mut fresh: Vec<(String, PathBuf, Option<Signature>, SystemTime, Content)> = Vec::new();
+    let mut fresh: Vec<Fresh> = Vec::new();
     for (name, path, metadata) in listing {
         let old = previous.remove(&name);
         let signature = metadata.as_ref().map(Signature::of);
@@ -119,8 +160,12 @@ pub fn refresh(
             continue;
         }
         let read_at = SystemTime::now();
-        let content: Content = fs::read(&path).map_err(ReadError);
-        let just_emptied = matches!(&content, Ok(bytes) if bytes.is_empty())
+        let bytes = fs::read(&path).map_err(ReadError);
+        let content: Content = match &bytes {
+            Ok(bytes) => Ok(Fingerprint::of(bytes)),
+            Err(e) => Err(e.again()),
+        };
+        let just_emptied = matches!(&bytes, Ok(bytes) if bytes.is_empty())
             && old.is_some()
             && provides(&name)
             && signature
@@ -144,7 +189,14 @@ pub fn refresh(
                     name: name.clone(),
                     old: old.map(|o| o.parsed),
                 });
-                fresh.push((name, path, signature, read_at, content));
+                fresh.push(Fresh {
+                    name,
+                    path,
+                    signature,
+                    read_at,
+                    content,
+                    bytes: bytes.ok(),
+                });
             }
         }
     }
@@ -156,12 +208,20 @@ pub fn refresh(
         });
     }
 
-    let readable: Vec<&[u8]> = fresh
-        .iter()
-        .filter_map(|(.., content)| content.as_ref().ok().map(Vec::as_slice))
-        .collect();
+    let readable: Vec<&[u8]> = fresh.iter().filter_map(|f| f.bytes.as_deref()).collect();
     let mut decoded = decode::decode_files(&readable, range).into_iter();
-    for (name, path, signature, read_at, content) in fresh {
+    drop(readable);
+    for Fresh {
+        name,
+        path,
+        signature,
+        read_at,
+        content,
+        bytes,
+    } in fresh
+    {
+        // The bytes go once decoded: only their fingerprint is kept.
+        drop(bytes);
         let parsed = match &content {
             Ok(_) => decoded.next().expect("one decoded file per readable file"),
             Err(ReadError(e)) => {
@@ -234,7 +294,7 @@ mod tests {
             path: PathBuf::from("x.yaml"),
             signature: Some(signature),
             read_at: modified + Duration::from_millis(1),
-            content: Ok(Vec::new()),
+            content: Ok(Fingerprint::of(&[])),
             parsed: Parsed::Documents(Vec::new()),
         };
         // Read in the same timestamp tick as the write: could hide a rewrite.
