@@ -19,6 +19,8 @@
 //! | `nodeport_map_writes_total{op}` | counter | map entries written (`put`) and deleted (`delete`) by syncs |
 //! | `nodeport_map_write_errors_total{map,op}` | counter | failed map writes |
 //! | `nodeport_source_errors_total{resource}` | counter | failed list/watch requests of the Kubernetes source |
+//! | `nodeport_manifests_loads_total` | counter | reads of the manifests directory that found a changed file (the first read counts) |
+//! | `nodeport_manifests_rejected` | gauge | documents and files the last read of the manifests directory rejected (their last good version, if any, is still served) |
 //! | `nodeport_health_check_servers` | gauge | healthCheckNodePort servers listening |
 //! | `nodeport_datapath_packets_total{reason}` | counter | the datapath's `stats` map, summed over CPUs |
 //! | `nodeport_xdp_transmitted_total{device}` | counter | frames the datapath sent back out that the kernel transmitted (native mode) |
@@ -147,6 +149,8 @@ struct Own {
     memory_limit: Gauge,
     map_write_errors: Family<Labels2, Counter>,
     source_errors: Family<Labels1, Counter>,
+    manifests_loads: Counter,
+    manifests_rejected: Gauge,
 }
 
 /// kube-proxy's metrics for the same measurements (`kubeproxy_*`).
@@ -180,6 +184,10 @@ fn unix_seconds(t: SystemTime) -> f64 {
 }
 
 impl Own {
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one registration per metric, in the order they are listed"
+    )]
     fn register(r: &mut Registry) -> Self {
         let syncs = Family::<Labels1, Counter>::default();
         for result in ["success", "error"] {
@@ -273,6 +281,18 @@ impl Own {
                 Listed(Family::default()),
             )
             .0,
+            manifests_loads: register(
+                r,
+                "nodeport_manifests_loads",
+                "Reads of the manifests directory that found a changed file",
+                Counter::default(),
+            ),
+            manifests_rejected: register(
+                r,
+                "nodeport_manifests_rejected",
+                "Documents and files the last read of the manifests directory rejected",
+                Gauge::default(),
+            ),
         }
     }
 }
@@ -357,7 +377,10 @@ impl Metrics {
     /// Entries a successful sync put and deleted.
     pub fn map_writes(&self, puts: usize, deletes: usize) {
         let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
-        self.own.map_writes.get_or_create(&[("op", "put")]).inc_by(n(puts));
+        self.own
+            .map_writes
+            .get_or_create(&[("op", "put")])
+            .inc_by(n(puts));
         self.own
             .map_writes
             .get_or_create(&[("op", "delete")])
@@ -399,6 +422,13 @@ impl Metrics {
             .source_errors
             .get_or_create(&[("resource", resource)])
             .inc();
+    }
+
+    /// The manifests source read a changed directory and rejected
+    /// `rejected` documents and files in it.
+    pub fn manifests_loaded(&self, rejected: usize) {
+        self.own.manifests_loads.inc();
+        self.own.manifests_rejected.set(gauge_value(rejected));
     }
 
     pub fn set_health_check_servers(&self, n: usize) {
@@ -644,6 +674,8 @@ mod tests {
         m.sync_failed(Duration::from_millis(20), "frontends", "put");
         m.network_programmed(Duration::from_millis(700));
         m.source_error("services");
+        m.manifests_loaded(0);
+        m.manifests_loaded(2);
         m.healthz_answered(503);
         m.healthz_answered(200);
         m.healthz_answered(200);
@@ -674,6 +706,10 @@ mod tests {
                 "# TYPE nodeport_map_write_errors_total counter",
                 "nodeport_map_write_errors_total{map=\"frontends\",op=\"put\"} 1",
                 "nodeport_source_errors_total{resource=\"services\"} 1",
+                "# TYPE nodeport_manifests_loads_total counter",
+                "nodeport_manifests_loads_total 2",
+                "# TYPE nodeport_manifests_rejected gauge",
+                "nodeport_manifests_rejected 2",
                 "# TYPE nodeport_datapath_packets_total counter",
                 "nodeport_datapath_packets_total{reason=\"pass_not_ipv4\"} 7",
                 "nodeport_datapath_packets_total{reason=\"tx_remote\"} 2",
@@ -739,6 +775,8 @@ mod tests {
                 "# TYPE nodeport_source_errors_total counter",
                 "# TYPE nodeport_datapath_packets_total counter",
                 "nodeport_health_check_servers 0",
+                "nodeport_manifests_loads_total 0",
+                "nodeport_manifests_rejected 0",
             ],
         );
     }

@@ -24,11 +24,11 @@ use crate::http::Server;
 use crate::loader::{Datapath, MapSizes};
 use crate::maps::{MapWriter as _, bpf::BpfMaps};
 use crate::metrics::{Metrics, Served};
+use crate::pipeline::Pipeline;
 use crate::reconcile::Reconciler;
 use crate::runtime::Runtime;
 use crate::source::kube::{KubeOptions, KubeSource};
 use crate::source::{Source, Update, manifests::ManifestsSource};
-use crate::pipeline::Pipeline;
 use crate::store::ObjectKey;
 use crate::{neighbours, node_addrs, snat_pool};
 
@@ -94,8 +94,7 @@ fn node_name(args: &RunArgs) -> Result<String> {
     if let Some(n) = &args.node_name {
         return Ok(n.clone());
     }
-    let name =
-        std::fs::read_to_string("/proc/sys/kernel/hostname").map_err(RunError::Hostname)?;
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").map_err(RunError::Hostname)?;
     Ok(name.trim().to_string())
 }
 
@@ -149,10 +148,10 @@ fn open_source(
     runtime: &tokio::runtime::Handle,
 ) -> Result<Box<dyn Source>> {
     Ok(match &args.manifests {
-        Some(dir) => Box::new(ManifestsSource::new(
-            dir.clone(),
-            args.service_node_port_range.clone(),
-        )),
+        Some(dir) => Box::new(
+            ManifestsSource::new(dir.clone(), args.service_node_port_range.clone())
+                .with_metrics(Arc::clone(metrics)),
+        ),
         None => Box::new(
             KubeSource::start(
                 &KubeOptions {
@@ -219,12 +218,10 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let health = Arc::new(ProxyHealth::default());
     let source = open_source(args, &node, &metrics, runtime.handle())?;
     let selection: NodePortAddresses = match &args.nodeport_addresses {
-        Some(s) => s
-            .parse()
-            .map_err(|source| RunError::NodePortAddresses {
-                value: s.clone(),
-                source,
-            })?,
+        Some(s) => s.parse().map_err(|source| RunError::NodePortAddresses {
+            value: s.clone(),
+            source,
+        })?,
         None => NodePortAddresses::All,
     };
     let ifaces = interfaces(args)?;
@@ -389,10 +386,7 @@ impl Sync {
             Ok(None) => {}
             Err(e) => warn!(error = %e, "reading the source failed; serving the last known state"),
         }
-        match interface_addrs(
-            &self.primary_dev,
-            node_internal_ip(&self.nodes, &self.node),
-        ) {
+        match interface_addrs(&self.primary_dev, node_internal_ip(&self.nodes, &self.node)) {
             Ok(a) => {
                 let selected = self.selection.select(&a);
                 if selected != self.addrs {
@@ -518,7 +512,6 @@ impl Sync {
             self.programmed.insert(key.clone(), trigger);
         }
     }
-
 }
 
 /// `CGROUP2_SUPER_MAGIC` from `linux/magic.h`.
@@ -557,9 +550,14 @@ fn configure_snat(args: &RunArgs, maps: &mut BpfMaps) -> Result<()> {
         config.handoff_token = random_token();
     }
     match snat_pool::reserve(&mut config) {
-        Ok(added) if added > 0 => info!(added, "reserved the SNAT ports from the host's ephemeral use"),
+        Ok(added) if added > 0 => info!(
+            added,
+            "reserved the SNAT ports from the host's ephemeral use"
+        ),
         Ok(_) => {}
-        Err(e) => warn!(error = %e, "cannot reserve the SNAT ports (net.ipv4.ip_local_reserved_ports)"),
+        Err(e) => {
+            warn!(error = %e, "cannot reserve the SNAT ports (net.ipv4.ip_local_reserved_ports)")
+        }
     }
     maps.put_config(config)?;
     let pool = nodeport_common::SnatPool::of(&config);

@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 use crate::netns::Netns;
 use crate::util::{describe, read_lossy, sibling_of_deps, tail};
 
-
 /// How long [`Agent::wait_ready`] waits.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -320,25 +319,44 @@ impl<'c> Agent<'c> {
         r.body
             .lines()
             .filter(|l| !l.starts_with('#'))
-            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
+            .find_map(|l| {
+                l.strip_prefix(sample)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
     }
 
-    /// Map entries the agent has written and deleted so far
-    /// (`nodeport_map_writes_total`).
+    /// The sum of every sample of family `name` (all its label sets) of the
+    /// agent's `/metrics`, if it answers and has one.
     #[must_use]
-    pub fn map_writes(&self) -> f64 {
-        self.metric("nodeport_map_writes_total{op=\"put\"}").unwrap_or(0.0)
-            + self.metric("nodeport_map_writes_total{op=\"delete\"}").unwrap_or(0.0)
+    pub fn metric_sum(&self, name: &str) -> Option<f64> {
+        let r = crate::http::get(self.ns, self.metrics, "/metrics").ok()?;
+        let values: Vec<f64> = r
+            .body
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let rest = l.strip_prefix(name)?;
+                let rest = match rest.strip_prefix('{') {
+                    Some(labelled) => labelled.split_once("} ")?.1,
+                    None => rest.strip_prefix(' ')?,
+                };
+                rest.trim().parse().ok()
+            })
+            .collect();
+        (!values.is_empty()).then(|| values.iter().sum())
     }
 
-    /// Waits until the agent has written to its maps since `before` (a value
-    /// of [`Agent::map_writes`]); panics with the log after `timeout`.
-    pub fn wait_for_map_writes_since(&self, before: f64, timeout: Duration) {
+    /// Waits until the sum of family `name` (see [`Agent::metric_sum`]) is
+    /// above `mark`; panics with the log after `timeout`.
+    pub fn wait_for_metric_above(&self, name: &str, mark: f64, timeout: Duration) {
         let deadline = Instant::now() + timeout;
-        while self.map_writes() <= before {
+        while self.metric_sum(name).is_none_or(|v| v <= mark) {
             assert!(
                 Instant::now() < deadline && self.exit_status().is_none(),
-                "agent {}: no map write within {timeout:?} (nodeport_map_writes_total stayed {before})\nlog {}, last lines:\n{}",
+                "agent {}: {name} did not rise above {mark} within {timeout:?}\nlog {}, last lines:\n{}",
                 self.node_name,
                 self.log_path.display(),
                 tail(&self.log(), LOG_LINES_ON_PANIC)
@@ -347,14 +365,31 @@ impl<'c> Agent<'c> {
         }
     }
 
+    /// Map entries the agent has written and deleted so far
+    /// (`nodeport_map_writes_total`).
+    #[must_use]
+    pub fn map_writes(&self) -> f64 {
+        self.metric("nodeport_map_writes_total{op=\"put\"}")
+            .unwrap_or(0.0)
+            + self
+                .metric("nodeport_map_writes_total{op=\"delete\"}")
+                .unwrap_or(0.0)
+    }
+
+    /// Waits until the agent has written to its maps since `before` (a value
+    /// of [`Agent::map_writes`]); panics with the log after `timeout`.
+    pub fn wait_for_map_writes_since(&self, before: f64, timeout: Duration) {
+        // Its `put` and `delete` samples: what `map_writes` adds up.
+        self.wait_for_metric_above("nodeport_map_writes_total", before, timeout);
+    }
+
     /// Waits until `/livez` answers 200 (up to [`READY_TIMEOUT`]); panics
     /// with the log if it does not, or if the agent exits first.
     pub fn wait_ready(&self) {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             let exited = self.exit_status();
-            if crate::http::get(self.ns, self.healthz, "/livez").is_ok_and(|r| r.status == 200)
-            {
+            if crate::http::get(self.ns, self.healthz, "/livez").is_ok_and(|r| r.status == 200) {
                 return;
             }
             let problem = match exited {

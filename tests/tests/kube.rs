@@ -257,13 +257,19 @@ fn api_server_outage_keeps_traffic_and_converges_after_return() {
     let both: BTreeSet<String> = [pod_name(1, 1), pod_name(2, 1)].into();
 
     // Away: the datapath keeps serving what it has.
-    let marks: Vec<usize> = agents.iter().map(Agent::log_mark).collect();
+    let source_errors = |a: &Agent<'_>| a.metric_sum("nodeport_source_errors_total").unwrap_or(0.0);
+    let marks: Vec<f64> = agents.iter().map(source_errors).collect();
     api.stop();
     let n = keep_serving(&c, 31085, Duration::from_secs(2), &both);
     eprintln!("{n} requests served while the API server was away");
-    for (a, mark) in agents.iter().zip(&marks) {
-        a.wait_for_log_since(*mark, "list/watch failed", Duration::from_secs(5));
+    for (a, &mark) in agents.iter().zip(&marks) {
+        a.wait_for_metric_above("nodeport_source_errors_total", mark, Duration::from_secs(5));
     }
+    let log = agents[0].log();
+    assert!(
+        log.contains("list/watch failed"),
+        "the agent logs the failed list/watch:\n{log}"
+    );
     // Changes while away: an endpoint goes, a Service comes.
     api.apply_yaml(&ServiceSpec::new("svc", &ports, &[(1, 1, true)]).slice_yaml());
     api.apply_yaml(

@@ -552,6 +552,13 @@ fn bad_manifests_are_reported_and_change_nothing() {
             "the agent's log names {file} with `{reason}`:\n{log}"
         );
     }
+    // The out-of-range port, the duplicate nodePort and the broken file at
+    // least are rejected, and the metric says so.
+    let rejected = agents[0].metric("nodeport_manifests_rejected");
+    assert!(
+        rejected.is_some_and(|n| n >= 3.0),
+        "nodeport_manifests_rejected is {rejected:?}"
+    );
     for _ in 0..10 {
         for node in [1, 2] {
             assert_eq!(

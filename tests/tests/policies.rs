@@ -546,22 +546,31 @@ fn converges_or(what: &str, mut check: impl FnMut() -> Result<(), String>) {
     }
 }
 
-/// Where each agent's log ends now.
-fn log_marks(agents: &[Agent<'_>]) -> Vec<usize> {
-    agents.iter().map(Agent::log_mark).collect()
+/// The manifests reads each agent has made that found a change
+/// (`nodeport_manifests_loads_total`).
+fn load_marks(agents: &[Agent<'_>]) -> Vec<f64> {
+    agents
+        .iter()
+        .map(|a| a.metric("nodeport_manifests_loads_total").unwrap_or(0.0))
+        .collect()
 }
 
-/// Waits until every agent has read the manifests changed after `marks`,
-/// and checks that none of them rejected anything in them.
-fn edit_applied(agents: &[Agent<'_>], marks: &[usize], what: &str) {
+/// Waits until every agent has read the manifests changed after `marks`
+/// (values of [`load_marks`]), and checks that none of them rejected
+/// anything in them (`nodeport_manifests_rejected`).
+fn edit_applied(agents: &[Agent<'_>], marks: &[f64], what: &str) {
     for (agent, &mark) in agents.iter().zip(marks) {
-        agent.wait_for_log_since(mark, "manifests loaded", Duration::from_secs(3));
-        let log = agent.log();
-        let since = log.get(mark..).unwrap_or_default();
-        assert!(
-            !since.contains("invalid manifest"),
-            "{what}: the agent of {} rejected the edit:\n{since}",
-            agent.node_name()
+        agent.wait_for_metric_above(
+            "nodeport_manifests_loads_total",
+            mark,
+            Duration::from_secs(3),
+        );
+        assert_eq!(
+            agent.metric("nodeport_manifests_rejected"),
+            Some(0.0),
+            "{what}: the agent of {} rejected the edit:\n{}",
+            agent.node_name(),
+            agent.log()
         );
     }
 }
@@ -605,7 +614,7 @@ fn edit_to_cluster_policy_leaving_the_health_check_node_port_is_applied() {
         "Local: node 1 has no local endpoint and drops"
     );
 
-    let marks = log_marks(&agents);
+    let marks = load_marks(&agents);
     svc.external_traffic_policy = Some("Cluster");
     c.manifests()
         .write("hc.yaml", &service_with_slice(&svc, &ports, &eps));
@@ -658,7 +667,7 @@ fn edit_to_cluster_ip_leaving_the_node_ports_is_applied() {
         assert!(endpoints.contains(&a.server), "via node{node}: {a:?}");
     }
 
-    let marks = log_marks(&agents);
+    let marks = load_marks(&agents);
     svc.kind = "ClusterIP";
     svc.leave_node_ports = true;
     c.manifests()

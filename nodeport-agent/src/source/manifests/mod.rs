@@ -64,6 +64,7 @@ use self::last_good::{Accepted, LastGood, Version};
 use self::node_ports::{Candidate, NodePortAllocator};
 use self::objects::{Kind, Object, TypedKey};
 use super::{Changes, SourceError};
+use crate::metrics::Metrics;
 use crate::store::ClusterState;
 
 /// How serious a [`Problem`] is.
@@ -128,6 +129,8 @@ pub struct ManifestsSource {
     key_problems: BTreeMap<TypedKey, Vec<Problem>>,
     problems: Vec<Problem>,
     reported: BTreeSet<Problem>,
+    /// Where each read that found a change is counted.
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl ManifestsSource {
@@ -147,7 +150,17 @@ impl ManifestsSource {
             key_problems: BTreeMap::new(),
             problems: Vec::new(),
             reported: BTreeSet::new(),
+            metrics: None,
         }
+    }
+
+    /// Counts each read that finds a change, and what it rejected, in
+    /// `metrics` (`nodeport_manifests_loads_total`,
+    /// `nodeport_manifests_rejected`).
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     #[must_use]
@@ -199,6 +212,14 @@ impl ManifestsSource {
             problems = self.problems.len(),
             "manifests loaded"
         );
+        if let Some(metrics) = &self.metrics {
+            let rejected = self
+                .problems
+                .iter()
+                .filter(|p| p.severity == Severity::Error)
+                .count();
+            metrics.manifests_loaded(rejected);
+        }
         Ok(Some(changes))
     }
 
@@ -227,7 +248,9 @@ impl ManifestsSource {
                         .insert(key.key.clone(), s.as_ref().clone());
                 }
                 Object::Node(n) => {
-                    state.nodes.insert(key.key.name.to_string(), n.as_ref().clone());
+                    state
+                        .nodes
+                        .insert(key.key.name.to_string(), n.as_ref().clone());
                 }
             }
         }
@@ -416,10 +439,14 @@ impl ManifestsSource {
                     changes.services.insert(key.key, Some(Arc::clone(&s)));
                 }
                 Some(Object::EndpointSlice(s)) => {
-                    changes.endpoint_slices.insert(key.key, Some(Arc::clone(&s)));
+                    changes
+                        .endpoint_slices
+                        .insert(key.key, Some(Arc::clone(&s)));
                 }
                 Some(Object::Node(n)) => {
-                    changes.nodes.insert(key.key.name.to_string(), Some(Arc::clone(&n)));
+                    changes
+                        .nodes
+                        .insert(key.key.name.to_string(), Some(Arc::clone(&n)));
                 }
                 None => match key.kind {
                     Kind::Service => {
