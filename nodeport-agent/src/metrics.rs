@@ -30,6 +30,7 @@
 //! | `nodeport_snat_pool_ports` | gauge | SNAT ports per node address, backend and protocol |
 //! | `nodeport_snat_ports_in_use{backend,node_addr}` | gauge | SNAT ports held by flows to each remote backend |
 //! | `nodeport_memory_resident_bytes` | gauge | the agent's resident set |
+//! | `nodeport_memory_cgroup_bytes` | gauge | memory charged to its cgroup, the BPF maps it created included (0: unknown) |
 //! | `nodeport_memory_limit_bytes` | gauge | its cgroup's memory limit (0: none) |
 //! | `kubeproxy_sync_proxy_rules_duration_seconds` | histogram | kube-proxy's name for every sync, failed ones too (1 ms doubling to ~16 s) |
 //! | `kubeproxy_sync_proxy_rules_last_timestamp_seconds` | gauge | kube-proxy's name for the last successful sync |
@@ -146,6 +147,7 @@ struct Own {
     health_check_servers: Gauge,
     failing_devices: Gauge,
     memory_resident: Gauge,
+    memory_cgroup: Gauge,
     memory_limit: Gauge,
     map_write_errors: Family<Labels2, Counter>,
     source_errors: Family<Labels1, Counter>,
@@ -259,6 +261,12 @@ impl Own {
                 r,
                 "nodeport_memory_resident_bytes",
                 "Resident set of the agent",
+                Gauge::default(),
+            ),
+            memory_cgroup: register(
+                r,
+                "nodeport_memory_cgroup_bytes",
+                "Memory charged to the agent's cgroup, BPF maps included (0: unknown)",
                 Gauge::default(),
             ),
             memory_limit: register(
@@ -439,10 +447,11 @@ impl Metrics {
         self.own.failing_devices.set(gauge_value(n));
     }
 
-    /// The agent's resident set and its cgroup's limit.
+    /// The agent's resident set, its cgroup's charge and limit.
     pub fn set_memory(&self, reading: &crate::memory::Reading) {
         let bytes = |b: u64| i64::try_from(b).unwrap_or(i64::MAX);
         self.own.memory_resident.set(bytes(reading.resident));
+        self.own.memory_cgroup.set(reading.charged.map_or(0, bytes));
         self.own.memory_limit.set(reading.limit.map_or(0, bytes));
     }
 
@@ -777,6 +786,7 @@ mod tests {
                 "nodeport_health_check_servers 0",
                 "nodeport_manifests_loads_total 0",
                 "nodeport_manifests_rejected 0",
+                "nodeport_memory_cgroup_bytes 0",
             ],
         );
     }

@@ -556,7 +556,7 @@ fn configure_snat(args: &RunArgs, maps: &mut BpfMaps) -> Result<()> {
         ),
         Ok(_) => {}
         Err(e) => {
-            warn!(error = %e, "cannot reserve the SNAT ports (net.ipv4.ip_local_reserved_ports)")
+            warn!(error = %e, "cannot reserve the SNAT ports (net.ipv4.ip_local_reserved_ports)");
         }
     }
     maps.put_config(config)?;

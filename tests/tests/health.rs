@@ -152,9 +152,14 @@ fn healthz_livez_and_metrics_follow_the_sync_state() {
         "# TYPE nodeport_endpoints gauge",
         "# TYPE nodeport_map_write_errors_total counter",
         "# TYPE nodeport_datapath_packets_total counter",
+        "# TYPE nodeport_memory_cgroup_bytes gauge",
+        "# TYPE nodeport_memory_limit_bytes gauge",
     ] {
         assert!(text.lines().any(|l| l == name), "{name} missing:\n{text}");
     }
+    // Read on the loop's first pass: a resident set of at least a MiB.
+    let resident = sample(&text, "nodeport_memory_resident_bytes").unwrap_or(0.0);
+    assert!(resident > 1.0e6, "nodeport_memory_resident_bytes {resident}:\n{text}");
     assert_eq!(sample(&text, "nodeport_services"), Some(1.0), "{text}");
     assert_eq!(sample(&text, "nodeport_frontends"), Some(1.0), "{text}");
     assert_eq!(sample(&text, "nodeport_endpoints"), Some(3.0), "{text}");
