@@ -369,17 +369,13 @@ impl<'c> Agent<'c> {
     /// (`nodeport_map_writes_total`).
     #[must_use]
     pub fn map_writes(&self) -> f64 {
-        self.metric("nodeport_map_writes_total{op=\"put\"}")
-            .unwrap_or(0.0)
-            + self
-                .metric("nodeport_map_writes_total{op=\"delete\"}")
-                .unwrap_or(0.0)
+        // Its `put` and `delete` samples.
+        self.metric_sum("nodeport_map_writes_total").unwrap_or(0.0)
     }
 
     /// Waits until the agent has written to its maps since `before` (a value
     /// of [`Agent::map_writes`]); panics with the log after `timeout`.
     pub fn wait_for_map_writes_since(&self, before: f64, timeout: Duration) {
-        // Its `put` and `delete` samples: what `map_writes` adds up.
         self.wait_for_metric_above("nodeport_map_writes_total", before, timeout);
     }
 

@@ -53,13 +53,6 @@ impl Signature {
 #[derive(Debug)]
 pub struct ReadError(io::Error);
 
-impl ReadError {
-    /// The same error again (an `io::Error` is not `Clone`).
-    fn again(&self) -> Self {
-        Self(io::Error::new(self.0.kind(), self.0.to_string()))
-    }
-}
-
 impl PartialEq for ReadError {
     fn eq(&self, other: &Self) -> bool {
         self.0.kind() == other.0.kind() && self.0.to_string() == other.0.to_string()
@@ -160,12 +153,12 @@ pub fn refresh(
             continue;
         }
         let read_at = SystemTime::now();
-        let bytes = fs::read(&path).map_err(ReadError);
-        let content: Content = match &bytes {
-            Ok(bytes) => Ok(Fingerprint::of(bytes)),
-            Err(e) => Err(e.again()),
+        // The bytes (to decode, then dropped) and what is kept of them.
+        let (content, bytes): (Content, Option<Vec<u8>>) = match fs::read(&path) {
+            Ok(bytes) => (Ok(Fingerprint::of(&bytes)), Some(bytes)),
+            Err(e) => (Err(ReadError(e)), None),
         };
-        let just_emptied = matches!(&bytes, Ok(bytes) if bytes.is_empty())
+        let just_emptied = bytes.as_ref().is_some_and(Vec::is_empty)
             && old.is_some()
             && provides(&name)
             && signature
@@ -195,7 +188,7 @@ pub fn refresh(
                     signature,
                     read_at,
                     content,
-                    bytes: bytes.ok(),
+                    bytes,
                 });
             }
         }
@@ -210,7 +203,6 @@ pub fn refresh(
 
     let readable: Vec<&[u8]> = fresh.iter().filter_map(|f| f.bytes.as_deref()).collect();
     let mut decoded = decode::decode_files(&readable, range).into_iter();
-    drop(readable);
     for Fresh {
         name,
         path,
