@@ -39,7 +39,8 @@ use nodeport_common::{
 use crate::desired::{Desired, DesiredFrontend, ServicePortRef, describe_frontend};
 use crate::ids::Ids;
 use crate::maps::{
-    Backends, Frontends, MapError, MapState, MapWriter, NodeAddrs, Slots, Table, Write, diff,
+    Backends, Frontends, MapError, MapState, MapWriter, NodeAddrs, Slots, Table, TableWrite, Write,
+    diff,
 };
 use crate::store::ObjectKey;
 
@@ -408,26 +409,29 @@ impl Reconciler {
     /// write is for (in errors), `done` notes what a successful write means.
     fn exec<T: Table>(
         &mut self,
-        writes: Vec<Write<T::Key, T::Value>>,
+        writes: &[Write<T::Key, T::Value>],
         w: &mut dyn MapWriter,
         report: &mut ApplyReport,
         object: impl Fn(&Self, &Write<T::Key, T::Value>) -> String,
         mut done: impl FnMut(&mut Self, &Write<T::Key, T::Value>, &mut ApplyReport),
     ) -> Result<(), ReconcileError> {
-        for write in writes {
-            w.write(&T::wrap(write))
-                .map_err(|source| ReconcileError {
-                    object: object(self, &write),
-                    source,
-                })?;
-            T::wrap(write).apply_to(&mut self.current);
+        let wrapped: Vec<TableWrite> = writes.iter().map(|wr| T::wrap(*wr)).collect();
+        let outcome = w.write_all(&wrapped);
+        let written = outcome
+            .as_ref()
+            .map_or_else(|s| s.written, |()| writes.len());
+        for (write, table_write) in writes.iter().zip(&wrapped).take(written) {
+            table_write.apply_to(&mut self.current);
             match write {
                 Write::Put(..) => report.puts += 1,
                 Write::Delete(_) => report.deletes += 1,
             }
-            done(self, &write, report);
+            done(self, write, report);
         }
-        Ok(())
+        outcome.map_err(|stopped| ReconcileError {
+            object: object(self, &writes[stopped.written]),
+            source: stopped.error,
+        })
     }
 
     /// Steps 1-4: node addresses, backends, slots, frontends.
@@ -443,11 +447,11 @@ impl Reconciler {
         if let Some(node_addrs) = &plan.node_addrs {
             let wanted = node_addrs.iter().map(|(k, v)| (*k, Some(*v))).collect();
             let (puts, _) = diff::<NodeAddrs>(&self.current, &wanted);
-            self.exec::<NodeAddrs>(puts, w, report, node_addr_object, |_, _, _| {})?;
+            self.exec::<NodeAddrs>(&puts, w, report, node_addr_object, |_, _, _| {})?;
         }
         let (puts, _) = diff::<Backends>(&self.current, &plan.backends);
         self.exec::<Backends>(
-            puts,
+            &puts,
             w,
             report,
             |_, wr| {
@@ -473,7 +477,7 @@ impl Reconciler {
         // Slots before the counts that cover them.
         let (puts, _) = diff::<Slots>(&self.current, &plan.slots);
         self.exec::<Slots>(
-            puts,
+            &puts,
             w,
             report,
             |me, wr| me.slot_object(wr.key(), &plan.slot_frontends),
@@ -482,7 +486,7 @@ impl Reconciler {
         // Frontends: raise (or lower) counts, set flags.
         let (puts, _) = diff::<Frontends>(&self.current, &plan.frontends);
         self.exec::<Frontends>(
-            puts,
+            &puts,
             w,
             report,
             |me, wr| me.frontend_object(wr.key()),
@@ -499,7 +503,7 @@ impl Reconciler {
     ) -> Result<(), ReconcileError> {
         let (_, deletes) = diff::<Frontends>(&self.current, &plan.frontends);
         self.exec::<Frontends>(
-            deletes,
+            &deletes,
             w,
             report,
             |me, wr| me.frontend_object(wr.key()),
@@ -513,7 +517,7 @@ impl Reconciler {
         )?;
         let (_, deletes) = diff::<Slots>(&self.current, &plan.slots);
         self.exec::<Slots>(
-            deletes,
+            &deletes,
             w,
             report,
             |me, wr| me.slot_object(wr.key(), &plan.slot_frontends),
@@ -529,7 +533,7 @@ impl Reconciler {
             })
             .collect();
         self.exec::<Backends>(
-            deletes,
+            &deletes,
             w,
             report,
             |_, wr| {
@@ -569,7 +573,7 @@ impl Reconciler {
                 .collect();
             let (_, deletes) = diff::<NodeAddrs>(&self.current, &wanted);
             self.exec::<NodeAddrs>(
-                deletes,
+                &deletes,
                 w,
                 report,
                 |_, wr| format!("node address {}", nodeport_common::addr::from_be(wr.key().addr_be)),

@@ -52,6 +52,82 @@ impl Drop for Root {
     }
 }
 
+fn frontend(port: u16) -> (FrontendKey, Frontend) {
+    (
+        FrontendKey {
+            addr_be: 0,
+            port_be: port.to_be(),
+            proto: PROTO_TCP,
+            pad: 0,
+        },
+        Frontend {
+            service_id: u32::from(port),
+            backend_count: 1,
+            flags: 0,
+            affinity_timeout_s: 0,
+        },
+    )
+}
+
+/// `write_all` carries runs of puts in batches: the map ends up holding
+/// exactly what single writes would leave, and a full map stops the run
+/// at the first entry that does not fit, with that entry's error.
+#[test]
+fn batched_writes_equal_single_writes_and_stop_where_the_map_is_full() {
+    require_root();
+    let root = Root::new();
+    let sizes = MapSizes {
+        frontends: 1000,
+        ..MapSizes::default()
+    };
+    let _dp = Datapath::load(&root.0, sizes).expect("load and pin");
+    let mut maps = BpfMaps::open(&root.0).expect("open pinned maps");
+
+    // A delete of an absent key, then more puts than the map holds.
+    let (absent, _) = frontend(1);
+    let mut writes = vec![TableWrite::Frontend(Write::Delete(absent))];
+    writes.extend((2..=1501).map(|p| {
+        let (k, v) = frontend(p);
+        TableWrite::Frontend(Write::Put(k, v))
+    }));
+    let stopped = maps
+        .write_all(&writes)
+        .expect_err("1,500 puts do not fit a map of 1,000");
+    assert_eq!(
+        stopped.written, 1001,
+        "the delete and 1,000 puts went in, the next put failed: {}",
+        stopped.error
+    );
+    assert_eq!(stopped.error.map, names::FRONTENDS);
+    let state = maps.read_state().expect("read state");
+    let expected: BTreeMap<_, _> = (2..=1001).map(frontend).collect();
+    assert_eq!(state.frontends, expected, "the map holds the first 1,000 puts");
+    assert_eq!(
+        maps.batched_entries(),
+        1000,
+        "the puts went in batches (Linux 5.6 and later take them)"
+    );
+
+    // Deletes and puts mixed: the outcome equals writing them one by one.
+    let mut writes = Vec::new();
+    for p in (2..=1001).step_by(2) {
+        writes.push(TableWrite::Frontend(Write::Delete(frontend(p).0)));
+    }
+    for p in 3000..3300 {
+        let (k, v) = frontend(p);
+        writes.push(TableWrite::Frontend(Write::Put(k, v)));
+    }
+    writes.push(TableWrite::Frontend(Write::Delete(frontend(3).0)));
+    maps.write_all(&writes).expect("mixed writes fit");
+    let state = maps.read_state().expect("read state");
+    let expected: BTreeMap<_, _> = (5..=1001)
+        .step_by(2)
+        .chain(3000..3300)
+        .map(frontend)
+        .collect();
+    assert_eq!(state.frontends, expected, "deletes and puts applied in order");
+}
+
 #[test]
 fn maps_are_pinned_with_field_names_and_adopted_on_reload() {
     require_root();

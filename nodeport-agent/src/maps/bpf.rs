@@ -3,17 +3,20 @@
 //! exactly the same objects.
 
 use std::collections::BTreeSet;
+use std::os::fd::{AsFd as _, AsRawFd as _};
 use std::path::Path;
 
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
+use aya::maps::{
+    Array, HashMap, IterableMap as _, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues,
+};
 use nodeport_common::{
     Affinity, AffinityKey, Backend, BackendKey, Config, CtEntry, Device, DeviceKey, DeviceTx,
     FlowKey, Frontend, FrontendKey, NodeAddr, NodeAddrKey, RevNat, Slot, SlotKey, names, stat,
 };
 
 use super::{
-    Backends, Frontends, MapError, MapState, MapWriter, NodeAddrs, Slots, Table as _, TableWrite,
-    Write,
+    Backends, Frontends, MapError, MapState, MapWriter, NodeAddrs, Slots, Stopped, Table,
+    TableWrite, Write,
 };
 
 fn err(
@@ -77,6 +80,11 @@ pub struct BpfMaps {
     stats: PerCpuArray<MapData, u64>,
     config: Array<MapData, Config>,
     device_tx: PerCpuHashMap<MapData, DeviceKey, DeviceTx>,
+    /// Whether the kernel takes runs of puts in one `BPF_MAP_UPDATE_BATCH`
+    /// (Linux 5.6 and later); cleared the first time it does not.
+    batch_puts: bool,
+    /// Entries written by batches so far.
+    batched: u64,
 }
 
 impl BpfMaps {
@@ -94,7 +102,15 @@ impl BpfMaps {
             stats: open_map(root, names::STATS)?,
             config: open_map(root, names::CONFIG)?,
             device_tx: open_map(root, names::DEVICE_TX)?,
+            batch_puts: true,
+            batched: 0,
         })
+    }
+
+    /// How many entries [`MapWriter::write_all`] wrote in batches.
+    #[must_use]
+    pub fn batched_entries(&self) -> u64 {
+        self.batched
     }
 
     /// The datapath's run-time settings.
@@ -123,14 +139,13 @@ impl BpfMaps {
             key: format!("{key:?}"),
             source: Box::new(e),
         })?;
-        let values = PerCpuValues::try_from(vec![DeviceTx::default(); cpus]).map_err(|e| {
-            MapError {
+        let values =
+            PerCpuValues::try_from(vec![DeviceTx::default(); cpus]).map_err(|e| MapError {
                 map: names::DEVICE_TX,
                 op: "update",
                 key: format!("{key:?}"),
                 source: Box::new(e),
-            }
-        })?;
+            })?;
         self.device_tx
             .insert(key, values, 0)
             .map_err(err(names::DEVICE_TX, "update", key))
@@ -225,6 +240,115 @@ fn apply<K: aya::Pod + std::fmt::Debug, V: aya::Pod>(
     }
 }
 
+/// The most entries one batch carries (bounds the copies of keys and
+/// values made for it).
+const BATCH_MAX: usize = 4096;
+
+/// `BPF_MAP_UPDATE_BATCH` of `<linux/bpf.h>`.
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+
+/// The `batch` member of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// Puts the run of puts of table `T` that `writes` opens (at most
+/// [`BATCH_MAX`]) into `map` in one system call. Returns how many entries
+/// went in, and the error that stopped the rest.
+fn put_batch<T: Table>(
+    map: &HashMap<MapData, T::Key, T::Value>,
+    writes: &[TableWrite],
+) -> (usize, Option<std::io::Error>)
+where
+    T::Key: aya::Pod,
+    T::Value: aya::Pod,
+{
+    let (keys, values): (Vec<T::Key>, Vec<T::Value>) = writes
+        .iter()
+        .take(BATCH_MAX)
+        .map_while(|w| match T::unwrap(w) {
+            Some(Write::Put(k, v)) => Some((k, v)),
+            _ => None,
+        })
+        .unzip();
+    let fd = map.map().fd().as_fd().as_raw_fd();
+    let mut attr = BatchAttr {
+        keys: keys.as_ptr() as u64,
+        values: values.as_ptr() as u64,
+        count: u32::try_from(keys.len()).unwrap_or(u32::MAX),
+        map_fd: u32::try_from(fd).unwrap_or(u32::MAX),
+        ..BatchAttr::default()
+    };
+    // SAFETY: `attr` is a valid `bpf_attr` prefix (the kernel zero-fills
+    // the rest); `keys` and `values` hold `count` entries of the map's key
+    // and value sizes and outlive the call; the kernel writes back only
+    // `attr.count`.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_UPDATE_BATCH,
+            &raw mut attr,
+            std::mem::size_of::<BatchAttr>(),
+        )
+    };
+    if rc == 0 {
+        (keys.len(), None)
+    } else {
+        let error = std::io::Error::last_os_error();
+        (
+            usize::try_from(attr.count).unwrap_or(0).min(keys.len()),
+            Some(error),
+        )
+    }
+}
+
+/// Whether a batch failed because the kernel has no batch operation for
+/// the map (`ENOTSUPP`, 524, from Linux 5.6 on; `EINVAL` before).
+fn unsupported(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL | libc::EOPNOTSUPP | 524)
+    )
+}
+
+impl BpfMaps {
+    /// Puts the run of puts `writes` opens in one batch, where the kernel
+    /// takes batches; returns how many went in (0: write them singly).
+    fn put_run(&mut self, writes: &[TableWrite]) -> usize {
+        if !self.batch_puts || !matches!(writes.get(1), Some(w) if w.verb() == "put") {
+            return 0;
+        }
+        let (done, error) = match writes[0] {
+            TableWrite::NodeAddr(Write::Put(..)) => {
+                put_batch::<NodeAddrs>(&self.node_addrs, writes)
+            }
+            TableWrite::Frontend(Write::Put(..)) => put_batch::<Frontends>(&self.frontends, writes),
+            TableWrite::Slot(Write::Put(..)) => put_batch::<Slots>(&self.slots, writes),
+            TableWrite::Backend(Write::Put(..)) => put_batch::<Backends>(&self.backends, writes),
+            _ => return 0,
+        };
+        match error {
+            Some(e) if done == 0 && unsupported(&e) => {
+                tracing::info!(error = %e, "the kernel takes no batched map updates; writing entries one by one");
+                self.batch_puts = false;
+            }
+            Some(e) => tracing::debug!(error = %e, done, "batched map update stopped"),
+            None => {}
+        }
+        self.batched += done as u64;
+        done
+    }
+}
+
 impl MapWriter for BpfMaps {
     fn write(&mut self, write: &TableWrite) -> Result<(), MapError> {
         match *write {
@@ -233,6 +357,24 @@ impl MapWriter for BpfMaps {
             TableWrite::Slot(w) => apply(&mut self.slots, Slots::NAME, w),
             TableWrite::Backend(w) => apply(&mut self.backends, Backends::NAME, w),
         }
+    }
+
+    fn write_all(&mut self, writes: &[TableWrite]) -> Result<(), Stopped> {
+        let mut written = 0;
+        while written < writes.len() {
+            let batched = self.put_run(&writes[written..]);
+            if batched > 0 {
+                written += batched;
+                continue;
+            }
+            // One at a time: a delete, a lone put, or the entry a batch
+            // stopped at (whose own error is then the one reported).
+            let write = &writes[written];
+            self.write(write)
+                .map_err(|error| Stopped { written, error })?;
+            written += 1;
+        }
+        Ok(())
     }
 
     fn purge_flows(&mut self, backend_ids: &BTreeSet<u32>) -> Result<usize, MapError> {

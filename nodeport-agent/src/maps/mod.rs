@@ -48,6 +48,8 @@ pub trait Table {
     fn entries_mut(state: &mut MapState) -> &mut BTreeMap<Self::Key, Self::Value>;
     /// A write of this table as a write of any table.
     fn wrap(write: Write<Self::Key, Self::Value>) -> TableWrite;
+    /// The write of this table that `write` is, if it is one.
+    fn unwrap(write: &TableWrite) -> Option<Write<Self::Key, Self::Value>>;
 }
 
 /// One entry written or deleted.
@@ -158,6 +160,12 @@ macro_rules! table {
             fn wrap(write: Write<$k, $v>) -> TableWrite {
                 TableWrite::$variant(write)
             }
+            fn unwrap(write: &TableWrite) -> Option<Write<$k, $v>> {
+                match write {
+                    TableWrite::$variant(w) => Some(*w),
+                    _ => None,
+                }
+            }
         }
     };
 }
@@ -203,11 +211,29 @@ pub fn diff<T: Table>(
     (puts, deletes)
 }
 
+/// A [`MapWriter::write_all`] that stopped: the writes before `written`
+/// were carried out, the one at `written` failed with `error`.
+#[derive(Debug)]
+pub struct Stopped {
+    pub written: usize,
+    pub error: MapError,
+}
+
 /// Writes datapath state. Every write is idempotent: putting an existing
 /// entry overwrites it, deleting a missing one succeeds.
 pub trait MapWriter {
     /// Writes one entry of a service table.
     fn write(&mut self, write: &TableWrite) -> Result<(), MapError>;
+    /// Carries out `writes` in order, as many [`MapWriter::write`] calls
+    /// would, stopping at the first that fails. A writer may carry out a
+    /// run of puts to one map at once (one system call for many entries).
+    fn write_all(&mut self, writes: &[TableWrite]) -> Result<(), Stopped> {
+        for (written, write) in writes.iter().enumerate() {
+            self.write(write)
+                .map_err(|error| Stopped { written, error })?;
+        }
+        Ok(())
+    }
     /// Deletes the flow state (conntrack and reverse-NAT entries) of the
     /// connectionless (UDP) flows that were sent to any of `backend_ids`, and
     /// their ClientIP affinity; TCP connections keep their backend until they
