@@ -85,6 +85,13 @@ pub struct RunArgs {
     /// have it (the backend keeps TIME_WAIT for 60 s).
     #[arg(long, default_value_t = nodeport_common::config::DEFAULT_SNAT_REST_S)]
     pub snat_port_rest_seconds: u32,
+    /// Refuse (EADDRINUSE) a bind of an allocated nodePort on a served node
+    /// address or the wildcard address by processes of the node's network
+    /// namespace, as kube-proxy's held ports do, and keep the NodePort range
+    /// out of the host's ephemeral ports (net.ipv4.ip_local_reserved_ports).
+    /// Needs socket load balancing's cgroup (--cgroup-root).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
+    pub node_port_bind_protection: bool,
 }
 
 #[derive(clap::Args, Debug)]

@@ -395,19 +395,31 @@ impl Datapath {
     /// to the cgroup v2 directory `cgroup`, so connections started by its
     /// processes (the node's, its pods') to a frontend go to a backend
     /// directly. A link pinned by an earlier agent is replaced after the new
-    /// one is attached, so no connect() goes untranslated in between.
-    pub fn attach_socket_lb(&mut self, cgroup: &Path) -> Result<(), LoadError> {
+    /// one is attached, so no connect() goes untranslated in between. With
+    /// `bind_protection`, the bind hook too (`bind_protect` of the datapath).
+    pub fn attach_socket_lb(
+        &mut self,
+        cgroup: &Path,
+        bind_protection: bool,
+    ) -> Result<(), LoadError> {
         let attach_err = |source: Box<dyn std::error::Error + Send + Sync>| LoadError::Attach {
             what: "socket LB",
             iface: cgroup.display().to_string(),
             source,
         };
         let dir = std::fs::File::open(cgroup).map_err(|e| attach_err(e.into()))?;
-        for name in [
+        let mut hooks = vec![
             programs::SOCK_CONNECT4,
             programs::SOCK_SENDMSG4,
             programs::SOCK_RECVMSG4,
-        ] {
+        ];
+        if bind_protection {
+            hooks.push(programs::SOCK_BIND4);
+        } else {
+            // An earlier agent's bind hook goes with its pin.
+            let _ = std::fs::remove_file(self.link_path("cgroup", programs::SOCK_BIND4));
+        }
+        for name in hooks {
             let pin = self.link_path("cgroup", name);
             let prog: &mut CgroupSockAddr = loaded(&mut self.ebpf, name)?;
             let id = prog
@@ -439,7 +451,11 @@ fn drop_foreign_maps(root: &Path) {
             continue;
         };
         let Ok(info) = map.info() else { continue };
-        if info.key_size() as usize != key || info.value_size() as usize != value {
+        // The counters' array grows with the counters of a newer datapath.
+        let entries_differ =
+            name == names::STATS && info.max_entries() != nodeport_common::stat::COUNT;
+        if info.key_size() as usize != key || info.value_size() as usize != value || entries_differ
+        {
             warn!(
                 map = name,
                 key_size = info.key_size(),

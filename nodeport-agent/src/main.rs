@@ -22,13 +22,14 @@ fn main() -> Result<()> {
         cli::Command::Run(args) => Ok(run::run(&args)?),
         cli::Command::Inspect(args) => Ok(inspect::inspect(&args)?),
         cli::Command::Cleanup { bpffs } => {
-            // The SNAT ports this node's agent reserved from the host's
-            // ephemeral use are released with the datapath.
+            // The ports this node's agent reserved from the host's
+            // ephemeral use (SNAT pool, NodePort range) are released with
+            // the datapath.
             if let Ok(maps) = nodeport_agent::maps::bpf::BpfMaps::open(&bpffs)
                 && let Ok(config) = maps.config()
                 && let Err(e) = nodeport_agent::snat_pool::release(&config)
             {
-                eprintln!("releasing the reserved SNAT ports: {e}");
+                eprintln!("releasing the reserved ports: {e}");
             }
             let removed = loader::cleanup(&bpffs)?;
             for p in &removed {

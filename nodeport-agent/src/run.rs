@@ -9,11 +9,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd as _, FromRawFd as _};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use k8s_openapi::api::core::v1::Node;
+use nodeport_common::PortRange;
 use tracing::{error, info, warn};
 
 use crate::attached::AttachedDevices;
@@ -241,8 +243,12 @@ pub fn run(args: &RunArgs) -> Result<()> {
         warn!(error = %e, "transmit failures of the datapath are not counted (tracepoints unavailable)");
     }
     if let Some(cgroup) = socket_lb_cgroup(args) {
-        datapath.attach_socket_lb(&cgroup)?;
-        info!(cgroup = %cgroup.display(), "attached socket load balancing");
+        datapath.attach_socket_lb(&cgroup, args.node_port_bind_protection)?;
+        info!(
+            cgroup = %cgroup.display(),
+            bind_protection = args.node_port_bind_protection,
+            "attached socket load balancing"
+        );
     } else {
         warn!(
             "no cgroup v2 hierarchy: connections from the node and its pods to a NodePort of this node are not load balanced"
@@ -549,14 +555,35 @@ fn configure_snat(args: &RunArgs, maps: &mut BpfMaps) -> Result<()> {
     if config.handoff_token == 0 {
         config.handoff_token = random_token();
     }
-    match snat_pool::reserve(&mut config) {
+    let mut reserve = ranges.to_vec();
+    config.bind_protect_netns = 0;
+    if args.node_port_bind_protection {
+        if socket_lb_cgroup(args).is_none() {
+            warn!(
+                "nodePorts are not protected from binds on the node: bind protection needs the socket load balancing cgroup (--cgroup-root)"
+            );
+        } else {
+            match own_netns_cookie() {
+                Ok(cookie) => {
+                    config.bind_protect_netns = cookie;
+                    let node_ports = &args.service_node_port_range;
+                    reserve.push(PortRange::new(*node_ports.start(), *node_ports.end()));
+                }
+                Err(e) => warn!(
+                    error = %e,
+                    "nodePorts are not protected from binds on the node: this kernel does not name network namespaces (SO_NETNS_COOKIE, Linux 5.14)"
+                ),
+            }
+        }
+    }
+    match snat_pool::reserve(&mut config, &reserve) {
         Ok(added) if added > 0 => info!(
             added,
-            "reserved the SNAT ports from the host's ephemeral use"
+            "reserved the SNAT ports (and the NodePort range, with bind protection) from the host's ephemeral use"
         ),
         Ok(_) => {}
         Err(e) => {
-            warn!(error = %e, "cannot reserve the SNAT ports (net.ipv4.ip_local_reserved_ports)");
+            warn!(error = %e, "cannot reserve the SNAT ports and the NodePort range (net.ipv4.ip_local_reserved_ports)");
         }
     }
     maps.put_config(config)?;
@@ -568,6 +595,34 @@ fn configure_snat(args: &RunArgs, maps: &mut BpfMaps) -> Result<()> {
         "SNAT port pool"
     );
     Ok(())
+}
+
+/// The cookie of the agent's network namespace (the node's), which the
+/// datapath's bind hook protects.
+fn own_netns_cookie() -> std::io::Result<u64> {
+    // SAFETY: a plain socket call; the descriptor is owned at once.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor nothing else owns.
+    let socket = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let mut cookie = 0u64;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: `cookie` and `len` are valid for the 8 bytes the kernel writes.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &raw mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cookie)
 }
 
 /// A random non-zero 32-bit value (from the kernel's random source).

@@ -201,12 +201,13 @@ fn write_reserved(ranges: &[RangeInclusive<u16>]) -> Result<(), PoolError> {
     })
 }
 
-/// Adds the pool of `config` to the host's reserved ports and records in
+/// Adds `ranges` (the pool of `config`, and the NodePort range where binds
+/// of nodePorts are refused) to the host's reserved ports and records in
 /// `config` what was added (beyond what it recorded before, which is still
 /// its own).
-pub fn reserve(config: &mut Config) -> Result<usize, PoolError> {
+pub fn reserve(config: &mut Config, ranges: &[PortRange]) -> Result<usize, PoolError> {
     let reserved = read_reserved()?;
-    let add = missing(&reserved, &config.snat_ranges);
+    let add = missing(&reserved, ranges);
     if add.is_empty() {
         return Ok(0);
     }

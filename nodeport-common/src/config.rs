@@ -79,6 +79,11 @@ pub struct Config {
     /// with another node's (stale) handoff metadata is not taken for one.
     pub handoff_token: u32,
     pub pad: u32,
+    /// The network namespace (its cookie, `SO_NETNS_COOKIE`) whose sockets
+    /// may not bind an allocated nodePort on a served node address or the
+    /// wildcard address (they get `EADDRINUSE`, as with kube-proxy's held
+    /// ports); zero: no bind is refused.
+    pub bind_protect_netns: u64,
 }
 
 /// The default SNAT pool: every port from 1024 up that is neither in the
@@ -100,6 +105,7 @@ impl Config {
             reserved: [PortRange::EMPTY; RESERVED_RANGES],
             handoff_token: 0,
             pad: 0,
+            bind_protect_netns: 0,
         }
     }
 
@@ -199,8 +205,9 @@ impl SnatPool {
 
 const _: () = {
     assert!(size_of::<PortRange>() == 4);
-    assert!(size_of::<Config>() == 40);
+    assert!(size_of::<Config>() == 48);
     assert!(offset_of!(Config, handoff_token) == 32);
+    assert!(offset_of!(Config, bind_protect_netns) == 40);
     assert!(offset_of!(Config, snat_rest_s) == 8);
     assert!(offset_of!(Config, reserved_count) == 12);
     assert!(offset_of!(Config, reserved) == 16);

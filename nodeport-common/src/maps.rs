@@ -79,6 +79,7 @@ pub mod programs {
     pub const SOCK_CONNECT4: &str = "nodeport_connect4";
     pub const SOCK_SENDMSG4: &str = "nodeport_sendmsg4";
     pub const SOCK_RECVMSG4: &str = "nodeport_recvmsg4";
+    pub const SOCK_BIND4: &str = "nodeport_bind4";
     /// TC ingress: sends frames the XDP program handed over (next hop
     /// without a neighbour entry) with `bpf_redirect_neigh`.
     pub const TC_INGRESS: &str = "nodeport_tc_ingress";
@@ -427,9 +428,13 @@ pub mod stat {
     /// An IPv4 total length that disagrees with the frame: passed to the
     /// stack, which drops it.
     pub const PASS_BAD_LENGTH: u32 = 25;
+    /// A `bind()` of an allocated nodePort on a served node address (or the
+    /// wildcard address) in the node's network namespace, refused with
+    /// `EADDRINUSE`.
+    pub const BIND_REFUSED: u32 = 26;
 
     /// Number of counters.
-    pub const COUNT: u32 = 26;
+    pub const COUNT: u32 = 27;
 
     /// Human-readable names, indexed by counter.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -459,6 +464,7 @@ pub mod stat {
         "csum_partial",
         "snat_port_early_reuse",
         "pass_bad_length",
+        "bind_refused",
     ];
 }
 

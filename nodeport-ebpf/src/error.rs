@@ -79,6 +79,14 @@ impl Verdict {
         1
     }
 
+    /// The bind hook: a refused bind (0, with the error the program set)
+    /// or one that goes ahead (1).
+    #[inline(always)]
+    pub fn finish_bind(self) -> i32 {
+        count(self.stat);
+        i32::from(self.stat != stat::BIND_REFUSED)
+    }
+
     /// TC: `XDP_PASS` maps to "continue" so other programs still see the
     /// packet; anything the TC program rewrote is `TC_ACT_OK`.
     #[inline(always)]

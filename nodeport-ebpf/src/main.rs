@@ -19,6 +19,7 @@
 #![no_std]
 #![no_main]
 
+mod bind_protect;
 mod egress;
 mod error;
 mod headers;
@@ -150,6 +151,16 @@ pub fn nodeport_sendmsg4(ctx: SockAddrContext) -> i32 {
 )]
 pub fn nodeport_recvmsg4(ctx: SockAddrContext) -> i32 {
     sock_lb::try_reverse(&ctx).map_or_else(error::Error::finish_sock, error::Verdict::finish_sock)
+}
+
+/// NodePort bind protection, `bind()` of TCP and UDP sockets.
+#[cgroup_sock_addr(bind4)]
+#[allow(
+    clippy::needless_pass_by_value,
+    reason = "the program macro fixes the signature"
+)]
+pub fn nodeport_bind4(ctx: SockAddrContext) -> i32 {
+    bind_protect::try_bind(&ctx).map_or_else(error::Error::finish_sock, error::Verdict::finish_bind)
 }
 
 /// The trivial program: `XDP_PASS` and nothing else. The benchmarks run it

@@ -4,9 +4,13 @@
 //!
 //! `np-client hold ADDR PORT`: holds many connections open, driven by
 //! commands on stdin ([`nodeport_tests::hold`]).
+//!
+//! `np-client bind-tcp|bind-udp ADDR PORT`: binds a socket (and listens,
+//! for TCP) and prints `bound`, or fails with `errno=N` on stderr (the
+//! datapath's bind protection answers EADDRINUSE, 98).
 
 use std::io::{BufRead as _, BufReader};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -33,7 +37,7 @@ fn request(proto: &str, to: SocketAddr) -> std::io::Result<String> {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [proto, addr, port] = args.as_slice() else {
-        eprintln!("usage: np-client tcp|udp|hold ADDR PORT");
+        eprintln!("usage: np-client tcp|udp|hold|bind-tcp|bind-udp ADDR PORT");
         return ExitCode::from(2);
     };
     let to: SocketAddr = match format!("{addr}:{port}").parse() {
@@ -43,6 +47,29 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(kind) = proto.strip_prefix("bind-") {
+        let bound = match kind {
+            "tcp" => TcpListener::bind(to).map(drop),
+            "udp" => UdpSocket::bind(to).map(drop),
+            _ => {
+                eprintln!("np-client: bind-tcp or bind-udp, not {proto}");
+                return ExitCode::from(2);
+            }
+        };
+        return match bound {
+            Ok(()) => {
+                println!("bound");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!(
+                    "np-client: {proto} {to}: {e} errno={}",
+                    e.raw_os_error().unwrap_or(0)
+                );
+                ExitCode::FAILURE
+            }
+        };
+    }
     if proto == "hold" {
         let stdin = std::io::stdin().lock();
         return match nodeport_tests::hold::serve(to, stdin, std::io::stdout().lock()) {
