@@ -1,180 +1,85 @@
 //! The real XDP and TC programs run through `BPF_PROG_TEST_RUN`: table-driven
 //! input frames with their exact expected output and verdict. Every
-//! rewritten frame's checksums are also verified by recomputation.
+//! rewritten frame's checksums are also verified by an independent parser.
 //!
 //! Needs root (loading BPF programs). Each test runs in its own network
-//! namespace (unshared by the test's thread) so that FIB lookups see a small
-//! topology the test builds: node address 10.200.0.11 on device `np0`, a
-//! neighbouring node 10.200.0.12 routing pod CIDR 10.244.2.0/24, and the
-//! client 10.200.0.2; 10.200.0.13 routes pod CIDR 10.244.3.0/24 and, like
-//! the client 10.200.0.3, has no neighbour entry.
-
-mod support;
+//! namespace (entered by a thread of the test's own) so that FIB lookups see
+//! a small topology (`nodeport_tests::datapath::PrivateNetns`): node address
+//! 10.200.0.11 on device `np0`, a neighbouring node 10.200.0.12 routing pod
+//! CIDR 10.244.2.0/24, and the client 10.200.0.2; here 10.200.0.13 routes
+//! pod CIDR 10.244.3.0/24 too and, like the client 10.200.0.3, has no
+//! neighbour entry.
 
 use std::net::Ipv4Addr;
-use std::process::Command;
+use std::ops::{Deref, DerefMut};
 
-use aya::{
-    Ebpf, EbpfLoader,
-    maps::{HashMap, MapData},
-    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
-};
 use nodeport_agent::loader;
 use nodeport_common::{
-    BACKEND_F_LOCAL, Backend, BackendKey, CT_F_CLOSING, CT_F_SNAT, Config, CtEntry,
-    DEVICE_F_REDIRECT_TX, DEVICE_F_SKB_MODE, Device, DeviceKey, FRONTEND_F_AFFINITY,
-    FRONTEND_F_DROP_EMPTY, FlowKey, Frontend, FrontendKey, NODE_ADDR_F_NODEPORT, NodeAddr,
-    NodeAddrKey, PROTO_TCP, PROTO_UDP, PortRange, RevNat, Slot, SlotKey, SnatPool,
-    names, programs,
+    BACKEND_F_LOCAL, BackendKey, CT_F_CLOSING, CT_F_SNAT, Config, CtEntry, DEVICE_F_REDIRECT_TX,
+    DEVICE_F_SKB_MODE, FRONTEND_F_AFFINITY, FRONTEND_F_DROP_EMPTY, FlowKey, PROTO_TCP, PROTO_UDP,
+    PortRange, RevNat, SnatPool, programs,
 };
-use support::frames::{
-    CLIENT_MAC, Frame, NODE_MAC, TCP_ACK, TCP_PSH, TCP_SYN, assert_checksums,
-    assert_partial_seed,
+use nodeport_tests::datapath::{
+    CLIENT, CLIENT_MAC, Datapath, Frame, NODE, NODE_MAC, OTHER_NODE_MAC, PrivateNetns, TC_ACT_OK,
+    TC_ACT_UNSPEC, TCP_ACK, TCP_PSH, TCP_SYN, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX,
+    assert_checksums, assert_partial_seed, backend, be, flow, node_port, on_own_thread,
 };
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-const XDP_REDIRECT: u32 = 4;
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_UNSPEC: u32 = u32::MAX;
-
-const CLIENT: [u8; 4] = [10, 200, 0, 2];
-const NODE: [u8; 4] = [10, 200, 0, 11];
-const OTHER_NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x12];
 const LOCAL_POD: [u8; 4] = [10, 244, 1, 10];
 const REMOTE_POD: [u8; 4] = [10, 244, 2, 10];
 const NODE_PORT: u16 = 31000;
 const EMPTY_PORT: u16 = 31002;
 const DROP_PORT: u16 = 31003;
 
-fn be(a: [u8; 4]) -> u32 {
-    u32::from_ne_bytes(a)
-}
-
-fn sh(cmd: &str) {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .output()
-        .expect("run sh");
-    assert!(
-        out.status.success(),
-        "`{cmd}` failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// The programs loaded (maps unpinned, private to the test) in a fresh
 /// network namespace of the calling thread.
 struct Fixture {
-    ebpf: Ebpf,
-    ifindex: u32,
+    dp: Datapath,
+    _netns: PrivateNetns,
+}
+
+impl Deref for Fixture {
+    type Target = Datapath;
+
+    fn deref(&self) -> &Datapath {
+        &self.dp
+    }
+}
+
+impl DerefMut for Fixture {
+    fn deref_mut(&mut self) -> &mut Datapath {
+        &mut self.dp
+    }
 }
 
 impl Fixture {
     fn new() -> Self {
-        // SAFETY: geteuid has no preconditions.
-        assert!(
-            unsafe { libc::geteuid() } == 0,
-            "datapath tests load BPF programs and need root: run them as root, e.g. `cargo xtask test`"
-        );
-        // SAFETY: moves only this thread into a new network namespace.
-        assert_eq!(
-            unsafe { libc::unshare(libc::CLONE_NEWNET) },
-            0,
-            "unshare(CLONE_NEWNET)"
-        );
-        sh("ip link set lo up \
-            && ip link add np0 address 02:00:00:00:00:11 type veth peer name np1 \
-            && ip link set np1 up \
-            && ip link set np0 up \
-            && ip addr add 10.200.0.11/24 dev np0 \
-            && ip neigh add 10.200.0.12 lladdr 02:00:00:00:00:12 dev np0 nud permanent \
-            && ip neigh add 10.200.0.2 lladdr 02:00:00:00:00:02 dev np0 nud permanent \
-            && ip route add 10.244.2.0/24 via 10.200.0.12 \
-            && ip route add 10.244.3.0/24 via 10.200.0.13 \
-            && echo 1 > /proc/sys/net/ipv4/ip_forward");
-        let name = std::ffi::CString::new("np0").unwrap();
-        // SAFETY: valid C string.
-        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        assert_ne!(ifindex, 0, "np0 has no ifindex");
-
-        let mut ebpf = EbpfLoader::new()
-            .load(loader::object())
-            .expect("loading the datapath object");
-        let xdp: &mut Xdp = ebpf
-            .program_mut(programs::XDP_INGRESS)
-            .expect("XDP program in object")
-            .try_into()
-            .expect("XDP program type");
-        xdp.load().expect("the verifier accepts the XDP program");
-        let tc: &mut SchedClassifier = ebpf
-            .program_mut(programs::TC_EGRESS)
-            .expect("TC program in object")
-            .try_into()
-            .expect("TC program type");
-        tc.load().expect("the verifier accepts the TC program");
-        let tc_in: &mut SchedClassifier = ebpf
-            .program_mut(programs::TC_INGRESS)
-            .expect("TC ingress program in object")
-            .try_into()
-            .expect("TC program type");
-        tc_in
-            .load()
-            .expect("the verifier accepts the TC ingress program");
-        for (name, _) in programs::TX_TRACEPOINTS {
-            let tp: &mut aya::programs::TracePoint = ebpf
-                .program_mut(name)
-                .expect("tracepoint program in object")
-                .try_into()
-                .expect("tracepoint program type");
-            tp.load().expect("the verifier accepts the tracepoint program");
-        }
-        let mut f = Self { ebpf, ifindex };
-        f.node_addr(NODE);
+        let netns = PrivateNetns::enter().expect("a private network namespace");
+        netns
+            .sh("ip route add 10.244.3.0/24 via 10.200.0.13")
+            .expect("a route via a next hop without a neighbour entry");
+        let mut progs = vec![
+            programs::XDP_INGRESS,
+            programs::TC_EGRESS,
+            programs::TC_INGRESS,
+        ];
+        progs.extend(programs::TX_TRACEPOINTS.iter().map(|(name, _)| *name));
+        let dp = Datapath::load(loader::object(), netns.ifindex(), &progs, &[])
+            .expect("the datapath object loads and the verifier accepts its programs");
+        let mut f = Self { dp, _netns: netns };
+        f.dp.node_addr(NODE).expect("node address");
         f.device(0);
         f
     }
 
     /// Describes np0 to the datapath: its MAC and `flags`.
     fn device(&mut self, flags: u32) {
-        let ifindex = self.ifindex;
-        self.map::<DeviceKey, Device>(names::DEVICES)
-            .insert(
-                DeviceKey { ifindex },
-                Device {
-                    flags,
-                    mac: NODE_MAC,
-                    pad: 0,
-                },
-                0,
-            )
-            .expect("device");
+        self.dp.device(NODE_MAC, flags).expect("device");
     }
 
     /// Sets the SNAT pool (and the rest of closed flows' ports).
     fn snat_pool(&mut self, ranges: [PortRange; 2], rest_s: u32) {
-        let mut m: aya::maps::Array<&mut MapData, Config> =
-            aya::maps::Array::try_from(self.ebpf.map_mut(names::CONFIG).expect("config map"))
-                .expect("array");
-        m.set(0, Config::new(ranges, rest_s), 0).expect("config");
-    }
-
-    fn map<K: aya::Pod, V: aya::Pod>(&mut self, name: &str) -> HashMap<&mut MapData, K, V> {
-        HashMap::try_from(self.ebpf.map_mut(name).expect("map in object")).expect("hash map")
-    }
-
-    fn node_addr(&mut self, addr: [u8; 4]) {
-        self.map::<NodeAddrKey, NodeAddr>(names::NODE_ADDRS)
-            .insert(
-                NodeAddrKey { addr_be: be(addr) },
-                NodeAddr {
-                    flags: NODE_ADDR_F_NODEPORT,
-                },
-                0,
-            )
-            .expect("node addr");
+        self.dp.snat_pool(ranges, rest_s).expect("config");
     }
 
     /// A NodePort frontend with the given backends (id, addr, port, flags).
@@ -193,124 +98,32 @@ impl Fixture {
     fn service_with_affinity(
         &mut self,
         service_id: u32,
-        node_port: u16,
+        port: u16,
         proto: u8,
         flags: u32,
         affinity_timeout_s: u32,
         backends: &[(u32, [u8; 4], u16, u8)],
     ) {
-        for (slot, (id, addr, port, bflags)) in backends.iter().enumerate() {
-            self.map::<BackendKey, Backend>(names::BACKENDS)
-                .insert(
-                    BackendKey { backend_id: *id },
-                    Backend {
-                        addr_be: be(*addr),
-                        port_be: port.to_be(),
-                        flags: *bflags,
-                        pad: 0,
-                    },
-                    0,
-                )
-                .expect("backend");
-            self.map::<SlotKey, Slot>(names::BACKEND_SLOTS)
-                .insert(
-                    SlotKey {
-                        service_id,
-                        slot: slot as u32,
-                    },
-                    Slot { backend_id: *id },
-                    0,
-                )
-                .expect("slot");
-        }
-        self.map::<FrontendKey, Frontend>(names::FRONTENDS)
-            .insert(
-                FrontendKey {
-                    addr_be: 0,
-                    port_be: node_port.to_be(),
-                    proto,
-                    pad: 0,
-                },
-                Frontend {
-                    service_id,
-                    backend_count: backends.len() as u32,
-                    flags,
-                    affinity_timeout_s,
-                },
-                0,
-            )
-            .expect("frontend");
-    }
-
-    fn run(&self, prog: &str, input: &[u8], with_ctx: bool) -> (u32, Vec<u8>) {
-        let mut out = vec![0u8; 4096];
-        let ctx: [u32; 6] = [0, input.len() as u32, 0, self.ifindex, 0, 0];
-        let ctx_bytes: Vec<u8> = ctx.iter().flat_map(|v| v.to_ne_bytes()).collect();
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(input);
-        opts.data_out = Some(&mut out);
-        if with_ctx {
-            opts.ctx_in = Some(&ctx_bytes);
-        }
-        let r = if prog == programs::XDP_INGRESS {
-            let p: &Xdp = self.ebpf.program(prog).unwrap().try_into().unwrap();
-            p.test_run(opts)
-        } else {
-            let p: &SchedClassifier = self.ebpf.program(prog).unwrap().try_into().unwrap();
-            p.test_run(opts)
-        }
-        .expect("BPF_PROG_TEST_RUN");
-        out.truncate(r.data_size_out as usize);
-        (r.return_value, out)
-    }
-
-    fn xdp(&self, input: &[u8]) -> (u32, Vec<u8>) {
-        self.run(programs::XDP_INGRESS, input, true)
-    }
-
-    fn tc(&self, input: &[u8]) -> (u32, Vec<u8>) {
-        self.run(programs::TC_EGRESS, input, false)
-    }
-
-    /// Non-zero counters, by name, summed over CPUs.
-    fn stats(&mut self) -> Vec<(&'static str, u64)> {
-        let m: aya::maps::PerCpuArray<&mut MapData, u64> =
-            aya::maps::PerCpuArray::try_from(self.ebpf.map_mut(names::STATS).expect("stats map"))
-                .expect("per-CPU array");
-        nodeport_common::stat::NAMES
+        let backends: Vec<_> = backends
             .iter()
-            .enumerate()
-            .map(|(i, n)| {
-                (
-                    *n,
-                    m.get(&(i as u32), 0).expect("counter").iter().sum::<u64>(),
-                )
-            })
-            .filter(|(_, v)| *v > 0)
-            .collect()
-    }
-
-    fn conntrack(&mut self) -> Vec<(FlowKey, CtEntry)> {
-        let m: HashMap<&mut MapData, FlowKey, CtEntry> = self.map(names::CONNTRACK);
-        m.iter().map(|r| r.expect("conntrack entry")).collect()
-    }
-
-    fn rev_nat(&mut self) -> Vec<(FlowKey, RevNat)> {
-        let m: HashMap<&mut MapData, FlowKey, RevNat> = self.map(names::REV_NAT);
-        m.iter().map(|r| r.expect("rev nat entry")).collect()
+            .map(|(id, addr, port, bflags)| (*id, backend(*addr, *port, *bflags)))
+            .collect();
+        self.dp
+            .service(
+                service_id,
+                node_port(port, proto),
+                flags,
+                affinity_timeout_s,
+                &backends,
+            )
+            .expect("service");
     }
 }
 
-fn in_fixture(test: impl FnOnce(&mut Fixture) + Send + 'static) {
-    // A thread of its own, so unshare() never touches the harness's thread.
-    std::thread::spawn(move || {
-        let mut f = Fixture::new();
-        test(&mut f);
-    })
-    .join()
-    .unwrap_or_else(|e| std::panic::resume_unwind(e));
+fn in_fixture(test: impl FnOnce(&mut Fixture) + Send) {
+    // A thread of its own, so the namespace never touches the harness's thread.
+    on_own_thread(|| test(&mut Fixture::new())).unwrap_or_else(|e| std::panic::resume_unwind(e));
 }
-
 
 /// The SNAT port the default pool offers a client first.
 fn preferred_port(f: &Frame) -> u16 {
@@ -421,7 +234,7 @@ fn packets_that_are_not_ours_pass_untouched() {
             assert_eq!(out, input, "{name}: frame must be untouched");
         }
         assert!(
-            f.conntrack().is_empty(),
+            f.conntrack_entries().is_empty(),
             "no flow state for foreign packets"
         );
     });
@@ -514,7 +327,7 @@ fn local_backend_dnat_and_reply() {
             assert_eq!(out, want.bytes(), "{name}: reverse NAT output");
             assert_checksums(&out);
         }
-        let ct = f.conntrack();
+        let ct = f.conntrack_entries();
         assert_eq!(ct.len(), 5, "one flow per case");
         assert!(
             ct.iter().all(|(_, e)| e.snat_addr_be == 0),
@@ -534,16 +347,9 @@ fn tc_passes_unrelated_packets() {
 
         // A reverse entry left behind by an ended flow (no conntrack entry)
         // must not rewrite a connection that reuses the tuple; it goes.
-        f.map::<FlowKey, RevNat>(names::REV_NAT)
+        f.rev_nat
             .insert(
-                FlowKey {
-                    saddr_be: be(LOCAL_POD),
-                    daddr_be: be(CLIENT),
-                    sport_be: 8080u16.to_be(),
-                    dport_be: 40000u16.to_be(),
-                    proto: PROTO_TCP,
-                    pad: [0; 3],
-                },
+                flow(LOCAL_POD, 8080, CLIENT, 40000, PROTO_TCP),
                 RevNat {
                     saddr_be: be(NODE),
                     daddr_be: be(CLIENT),
@@ -559,7 +365,10 @@ fn tc_passes_unrelated_packets() {
             "a stale reverse entry translates nothing"
         );
         assert_eq!(out, input);
-        assert!(f.rev_nat().is_empty(), "the stale reverse entry is removed");
+        assert!(
+            f.rev_nat_entries().is_empty(),
+            "the stale reverse entry is removed"
+        );
     });
 }
 
@@ -638,7 +447,11 @@ fn remote_backend_snat_forward_and_reply() {
                 "{name}: same SNAT port"
             );
         }
-        assert_eq!(f.rev_nat().len(), 2, "one reverse entry per SNATed flow");
+        assert_eq!(
+            f.rev_nat_entries().len(),
+            2,
+            "one reverse entry per SNATed flow"
+        );
     });
 }
 
@@ -677,24 +490,10 @@ fn monotonic_ns() -> u64 {
 /// Holds SNAT port `port` of a pool towards REMOTE_POD:80 by a flow of
 /// client `client`:40000, closed `closed_s_ago` seconds ago (`None`: live).
 fn hold_port(f: &mut Fixture, port: u16, client: [u8; 4], closed_s_ago: Option<u64>) -> FlowKey {
-    let ct_key = FlowKey {
-        saddr_be: be(client),
-        daddr_be: be(NODE),
-        sport_be: 40000u16.to_be(),
-        dport_be: NODE_PORT.to_be(),
-        proto: PROTO_TCP,
-        pad: [0; 3],
-    };
-    f.map::<FlowKey, RevNat>(names::REV_NAT)
+    let ct_key = flow(client, 40000, NODE, NODE_PORT, PROTO_TCP);
+    f.rev_nat
         .insert(
-            FlowKey {
-                saddr_be: be(REMOTE_POD),
-                daddr_be: be(NODE),
-                sport_be: 80u16.to_be(),
-                dport_be: port.to_be(),
-                proto: PROTO_TCP,
-                pad: [0; 3],
-            },
+            flow(REMOTE_POD, 80, NODE, port, PROTO_TCP),
             RevNat {
                 saddr_be: be(NODE),
                 daddr_be: be(client),
@@ -705,7 +504,7 @@ fn hold_port(f: &mut Fixture, port: u16, client: [u8; 4], closed_s_ago: Option<u
         )
         .expect("rev entry");
     let now = monotonic_ns();
-    f.map::<FlowKey, CtEntry>(names::CONNTRACK)
+    f.conntrack
         .insert(
             ct_key,
             CtEntry {
@@ -727,10 +526,7 @@ fn hold_port(f: &mut Fixture, port: u16, client: [u8; 4], closed_s_ago: Option<u
 }
 
 fn counter(f: &mut Fixture, name: &str) -> u64 {
-    f.stats()
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map_or(0, |(_, v)| *v)
+    f.counter_named(name)
 }
 
 /// SNAT ports of live flows are never taken; a closed flow's port rests
@@ -764,7 +560,7 @@ fn snat_ports_rest_after_close_and_live_ones_are_never_taken() {
         assert_checksums(&out);
         assert_eq!(counter(f, "snat_port_early_reuse"), 1, "{:?}", f.stats());
         assert!(
-            !f.conntrack().iter().any(|(k, _)| *k == stale),
+            !f.conntrack_entries().iter().any(|(k, _)| *k == stale),
             "the old flow's conntrack entry went with its port"
         );
 
@@ -778,8 +574,7 @@ fn snat_ports_rest_after_close_and_live_ones_are_never_taken() {
 
         // A port whose flow state vanished (conntrack evicted) is free.
         let gone = hold_port(f, 5003, clients[3], None);
-        let mut ct: HashMap<&mut MapData, FlowKey, CtEntry> = f.map(names::CONNTRACK);
-        ct.remove(&gone).expect("remove");
+        f.conntrack.remove(&gone).expect("remove");
         let third = Frame::tcp(CLIENT, 50002, NODE, NODE_PORT);
         let (rc, out) = f.xdp(&third.bytes());
         assert_eq!(rc, XDP_TX, "{:?}", f.stats());
@@ -1117,7 +912,7 @@ fn tcp_connections_keep_their_backend_and_reopened_tuples_move() {
         assert_eq!(dst(f, syn(40000)), Ipv4Addr::from(a.1));
         // Endpoint a leaves; its backend entry is deleted.
         f.service(1, NODE_PORT, PROTO_TCP, 0, &[b]);
-        f.map::<BackendKey, Backend>(names::BACKENDS)
+        f.backends
             .remove(&BackendKey { backend_id: 1 })
             .expect("remove backend");
         assert_eq!(
@@ -1174,20 +969,12 @@ fn empty_service_rejects() {
             seq: 0,
             ack: 5001,
             tcp_flags: 0x04 | TCP_ACK,
+            window: 0,
             ip_id: 0,
             frag: 0,
             ..syn.clone()
         };
-        let mut want = want.bytes();
-        want[48..50].copy_from_slice(&[0, 0]); // window 0
-        let c = nodeport_common::checksum::l4_ipv4(NODE, CLIENT, PROTO_TCP, &{
-            let mut seg = want[34..54].to_vec();
-            seg[16] = 0;
-            seg[17] = 0;
-            seg
-        });
-        want[50..52].copy_from_slice(&c.to_be_bytes());
-        assert_eq!(out, want, "RST bytes");
+        assert_eq!(out, want.bytes(), "RST bytes");
         assert_checksums(&out);
 
         let data = Frame {
@@ -1235,7 +1022,7 @@ fn empty_service_rejects() {
 
         let (rc, _) = f.xdp(&Frame::tcp(CLIENT, 40004, NODE, DROP_PORT).bytes());
         assert_eq!(rc, XDP_DROP, "Local policy without local endpoints drops");
-        assert!(f.conntrack().is_empty(), "rejected flows leave no state");
+        assert!(f.conntrack_entries().is_empty(), "rejected flows leave no state");
     });
 }
 

@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::netns::Netns;
+use crate::objects::{self, ToYaml as _};
 
 /// Bookmark interval of watches that allow them.
 const BOOKMARK_EVERY: Duration = Duration::from_secs(1);
@@ -194,7 +195,7 @@ impl<'n> ApiServer<'n> {
             c.temp_dir(),
         );
         for node in c.nodes() {
-            api.apply_yaml(&crate::objects::node_yaml(&node.name, node.addr));
+            api.apply_yaml(&objects::node(&node.name, node.addr).yaml());
         }
         api
     }

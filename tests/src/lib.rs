@@ -21,6 +21,7 @@ pub mod apiserver;
 pub mod cgroup;
 pub mod client;
 pub mod cluster;
+pub mod datapath;
 pub mod hold;
 pub mod http;
 pub mod manifests;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use nodeport_tests::cluster::{node_addr, pod_addr, pod_name};
 use nodeport_tests::http::get;
-use nodeport_tests::objects::ServiceSpec;
+use nodeport_tests::objects::{ServiceBuilder, to_yaml};
 use nodeport_tests::{AgentOptions, Answer, Cluster, ClusterConfig, Netns, Veths, eventually};
 
 const POD_PORT: u16 = 8080;
@@ -33,17 +33,13 @@ fn cluster(veths: Veths) -> Cluster {
 /// A NodePort Service (TCP and UDP) whose only endpoint is pod 1 of node 2,
 /// so that node 1 SNATs every flow to it.
 fn remote_only_service(c: &Cluster) {
+    let svc = ServiceBuilder::node_port("remote").ports(&[
+        ("tcp", "TCP", 80, POD_PORT, NODE_PORT),
+        ("udp", "UDP", 80, POD_PORT, NODE_PORT),
+    ]);
     c.manifests().write(
         "remote.yaml",
-        &ServiceSpec::new(
-            "remote",
-            &[
-                ("tcp", "TCP", 80, POD_PORT, NODE_PORT),
-                ("udp", "UDP", 80, POD_PORT, NODE_PORT),
-            ],
-            &[(2, 1, true)],
-        )
-        .yaml(),
+        &to_yaml(&[&svc, &svc.slice("x1").pods(&[(2, 1, true)])]),
     );
 }
 
@@ -312,14 +308,10 @@ fn auto_mode_follows_the_peer_as_it_changes() {
 /// offload) get through intact.
 fn bulk_transfers_complete(veths: Veths) {
     let c = cluster(veths);
+    let svc = ServiceBuilder::node_port("echo").tcp("echo", 9000, ECHO_PORT, ECHO_NODE_PORT);
     c.manifests().write(
         "echo.yaml",
-        &ServiceSpec::new(
-            "echo",
-            &[("echo", "TCP", 9000, ECHO_PORT, ECHO_NODE_PORT)],
-            &[(2, 1, true)],
-        )
-        .yaml(),
+        &to_yaml(&[&svc, &svc.slice("x1").pods(&[(2, 1, true)])]),
     );
     let _agents = c.start_all_agents(c.manifests().dir());
     let client = c.client().with_timeout(Duration::from_secs(20));

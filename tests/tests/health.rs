@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use nodeport_tests::cluster::{node_addr, pod_name};
 use nodeport_tests::http::{HttpResponse, get};
-use nodeport_tests::objects::{ServiceSpec, node_yaml};
+use nodeport_tests::objects::{Ep, ServiceBuilder, ToYaml as _, node, to_yaml};
 use nodeport_tests::{Agent, AgentOptions, ApiServer, Cluster, ClusterConfig, eventually};
 
 const POD_PORT: u16 = 8080;
@@ -52,14 +52,11 @@ fn sample(text: &str, name: &str) -> Option<f64> {
 fn healthz_livez_and_metrics_follow_the_sync_state() {
     let c = cluster();
     let api = ApiServer::for_cluster(&c);
-    api.apply_yaml(
-        &ServiceSpec::new(
-            "web",
-            &[("tcp", "TCP", 80, POD_PORT, 31100)],
-            &[(1, 1, true), (2, 1, true)],
-        )
-        .yaml(),
-    );
+    let web = ServiceBuilder::node_port("web").tcp("tcp", 80, POD_PORT, 31100);
+    api.apply_yaml(&to_yaml(&[
+        &web,
+        &web.slice("x1").pods(&[(1, 1, true), (2, 1, true)]),
+    ]));
     // The API server is away when the agent starts: no sync, so unhealthy.
     api.stop();
     let agent = c.start_agent_with(1, &AgentOptions::kube(api.kubeconfig()));
@@ -129,12 +126,9 @@ fn healthz_livez_and_metrics_follow_the_sync_state() {
             .expect("TCP through node 1");
     }
     api.apply_yaml(
-        &ServiceSpec::new(
-            "web",
-            &[("tcp", "TCP", 80, POD_PORT, 31100)],
-            &[(1, 1, true), (1, 2, true), (2, 1, true)],
-        )
-        .slice_yaml(),
+        &web.slice("x1")
+            .pods(&[(1, 1, true), (1, 2, true), (2, 1, true)])
+            .yaml(),
     );
     within(Duration::from_secs(2), "latency measured", || {
         let m = agent_get(&agent, metrics, "/metrics");
@@ -182,8 +176,7 @@ fn healthz_livez_and_metrics_follow_the_sync_state() {
 
     // The node is being deleted: /healthz fails (load balancers drain it),
     // /livez does not (the agent is fine).
-    let mut node = serde_saphyr::from_str::<serde_json::Value>(&node_yaml("node1", node_addr(1)))
-        .expect("node YAML");
+    let mut node = serde_json::to_value(node("node1", node_addr(1))).expect("a Node");
     node["metadata"]["deletionTimestamp"] = "2030-01-01T00:00:00Z".into();
     api.apply(node);
     within(
@@ -226,10 +219,17 @@ fn expect_check(c: &Cluster, node: usize, port: u16, status: u16, local: u64) ->
 fn health_check_node_port_reports_local_endpoints_moves_and_closes() {
     let c = cluster();
     let api = ApiServer::for_cluster(&c);
-    let ports = [("tcp", "TCP", 80, POD_PORT, 31101)];
-    let web =
-        |eps: &[(usize, usize, bool)], hc: u16| ServiceSpec::new("web", &ports, eps).local(hc);
-    api.apply_yaml(&web(&[(1, 1, true), (1, 2, true), (2, 1, false)], 32100).yaml());
+    let web = ServiceBuilder::node_port("web").tcp("tcp", 80, POD_PORT, 31101);
+    let local = |hc: u16| {
+        web.clone()
+            .external_traffic_policy("Local")
+            .health_check_node_port(hc)
+    };
+    let slice = |eps: &[Ep]| web.slice("x1").pods(eps);
+    api.apply_yaml(&to_yaml(&[
+        &local(32100),
+        &slice(&[(1, 1, true), (1, 2, true), (2, 1, false)]),
+    ]));
     let agents: Vec<Agent<'_>> = (1..=2)
         .map(|i| c.start_agent_with(i, &AgentOptions::kube(api.kubeconfig())))
         .collect();
@@ -256,7 +256,7 @@ fn health_check_node_port_reports_local_endpoints_moves_and_closes() {
     assert!(a.server.starts_with("node1-"), "{a:?}");
 
     // The endpoints move to node 2.
-    api.apply_yaml(&web(&[(1, 1, false), (2, 1, true)], 32100).slice_yaml());
+    api.apply_yaml(&slice(&[(1, 1, false), (2, 1, true)]).yaml());
     within(
         Duration::from_secs(1),
         "the checks follow the endpoints",
@@ -271,7 +271,7 @@ fn health_check_node_port_reports_local_endpoints_moves_and_closes() {
     assert_eq!(a.server, pod_name(2, 1));
 
     // The port changes: the old one closes, the new one answers.
-    api.apply_yaml(&web(&[(1, 1, false), (2, 1, true)], 32101).service_yaml());
+    api.apply_yaml(&local(32101).yaml());
     within(Duration::from_secs(1), "the check moved", || {
         [1, 2].iter().all(|n| {
             check(&c, *n, 32100).is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
@@ -280,7 +280,7 @@ fn health_check_node_port_reports_local_endpoints_moves_and_closes() {
     });
 
     // Switched to Cluster: no health check any more.
-    api.apply_yaml(&ServiceSpec::new("web", &ports, &[(2, 1, true)]).service_yaml());
+    api.apply_yaml(&web.yaml());
     within(
         Duration::from_secs(1),
         "closed with the Local policy",
@@ -288,7 +288,7 @@ fn health_check_node_port_reports_local_endpoints_moves_and_closes() {
     );
 
     // Local again, then the Service goes away: closed again.
-    api.apply_yaml(&web(&[(2, 1, true)], 32102).service_yaml());
+    api.apply_yaml(&local(32102).yaml());
     within(Duration::from_secs(1), "open again", || {
         expect_check(&c, 2, 32102, 200, 1)
     });

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use nodeport_tests::apiserver::Resource;
 use nodeport_tests::cluster::{CLIENT_ADDR, node_addr, pod_name};
-use nodeport_tests::objects::{ServiceSpec, node_yaml};
+use nodeport_tests::objects::{ServiceBuilder, ToYaml as _, node, to_yaml};
 use nodeport_tests::{Agent, AgentOptions, Answer, ApiServer, Cluster, ClusterConfig, eventually};
 
 const POD_PORT: u16 = 8080;
@@ -86,34 +86,24 @@ fn api_source_serves_nodeports_with_local_and_remote_backends() {
     let c = cluster();
     let api = ApiServer::for_cluster(&c);
     let all = [(1, 1, true), (1, 2, true), (2, 1, true), (2, 2, true)];
-    api.apply_yaml(
-        &ServiceSpec::new(
-            "echo",
-            &[
-                ("tcp", "TCP", 80, POD_PORT, 31080),
-                ("udp", "UDP", 80, POD_PORT, 31080),
-            ],
-            &all,
-        )
-        .yaml(),
-    );
-    api.apply_yaml(
-        &ServiceSpec::new(
-            "remote",
-            &[
-                ("tcp", "TCP", 80, POD_PORT, 31081),
-                ("udp", "UDP", 80, POD_PORT, 31081),
-            ],
-            &[(2, 1, true)],
-        )
-        .yaml(),
-    );
+    let echo = ServiceBuilder::node_port("echo").ports(&[
+        ("tcp", "TCP", 80, POD_PORT, 31080),
+        ("udp", "UDP", 80, POD_PORT, 31080),
+    ]);
+    api.apply_yaml(&to_yaml(&[&echo, &echo.slice("x1").pods(&all)]));
+    let remote = ServiceBuilder::node_port("remote").ports(&[
+        ("tcp", "TCP", 80, POD_PORT, 31081),
+        ("udp", "UDP", 80, POD_PORT, 31081),
+    ]);
+    api.apply_yaml(&to_yaml(&[
+        &remote,
+        &remote.slice("x1").pods(&[(2, 1, true)]),
+    ]));
     // Another proxy's Service: filtered out at the API, never served.
-    api.apply_yaml(
-        &ServiceSpec::new("other-proxy", &[("tcp", "TCP", 80, POD_PORT, 31082)], &all)
-            .label("service.kubernetes.io/service-proxy-name", "other")
-            .yaml(),
-    );
+    let other = ServiceBuilder::node_port("other-proxy")
+        .tcp("tcp", 80, POD_PORT, 31082)
+        .label("service.kubernetes.io/service-proxy-name", "other");
+    api.apply_yaml(&to_yaml(&[&other, &other.slice("x1").pods(&all)]));
     let _agents = agents(&c, &api);
 
     let mut seen = BTreeSet::new();
@@ -176,16 +166,16 @@ fn api_source_serves_nodeports_with_local_and_remote_backends() {
 fn api_changes_apply_within_a_second() {
     let c = cluster();
     let api = ApiServer::for_cluster(&c);
-    let ports = [("tcp", "TCP", 80, POD_PORT, 31083)];
-    api.apply_yaml(&ServiceSpec::new("svc", &ports, &[(1, 1, true), (2, 1, true)]).yaml());
-    api.apply_yaml(
-        &ServiceSpec::new(
-            "other",
-            &[("tcp", "TCP", 80, POD_PORT_2, 31084)],
-            &[(1, 2, true)],
-        )
-        .yaml(),
-    );
+    let svc = ServiceBuilder::node_port("svc").tcp("tcp", 80, POD_PORT, 31083);
+    api.apply_yaml(&to_yaml(&[
+        &svc,
+        &svc.slice("x1").pods(&[(1, 1, true), (2, 1, true)]),
+    ]));
+    let other = ServiceBuilder::node_port("other").tcp("tcp", 80, POD_PORT_2, 31084);
+    api.apply_yaml(&to_yaml(&[
+        &other,
+        &other.slice("x1").pods(&[(1, 2, true)]),
+    ]));
     let _agents = agents(&c, &api);
     let other_ok = || {
         for node in [1, 2] {
@@ -194,7 +184,7 @@ fn api_changes_apply_within_a_second() {
     };
     other_ok();
 
-    api.apply_yaml(&ServiceSpec::new("svc", &ports, &[(1, 1, true)]).slice_yaml());
+    api.apply_yaml(&svc.slice("x1").pods(&[(1, 1, true)]).yaml());
     let took = within(Duration::from_secs(1), "removed endpoint unused", || {
         (0..10).all(|i| server_of(&c, 1 + i % 2, 31083) == Some(pod_name(1, 1)))
     });
@@ -204,7 +194,7 @@ fn api_changes_apply_within_a_second() {
     }
     other_ok();
 
-    api.apply_yaml(&ServiceSpec::new("svc", &ports, &[(1, 1, true), (2, 2, true)]).slice_yaml());
+    api.apply_yaml(&svc.slice("x1").pods(&[(1, 1, true), (2, 2, true)]).yaml());
     within(Duration::from_secs(2), "added endpoint used", || {
         (0..20).any(|i| server_of(&c, 1 + i % 2, 31083) == Some(pod_name(2, 2)))
     });
@@ -248,11 +238,14 @@ fn keep_serving(c: &Cluster, port: u16, for_: Duration, allowed: &BTreeSet<Strin
 fn api_server_outage_keeps_traffic_and_converges_after_return() {
     let c = cluster();
     let api = ApiServer::for_cluster(&c);
-    let ports = [
+    let svc = ServiceBuilder::node_port("svc").ports(&[
         ("tcp", "TCP", 80, POD_PORT, 31085),
         ("udp", "UDP", 80, POD_PORT, 31085),
-    ];
-    api.apply_yaml(&ServiceSpec::new("svc", &ports, &[(1, 1, true), (2, 1, true)]).yaml());
+    ]);
+    api.apply_yaml(&to_yaml(&[
+        &svc,
+        &svc.slice("x1").pods(&[(1, 1, true), (2, 1, true)]),
+    ]));
     let agents = agents(&c, &api);
     let both: BTreeSet<String> = [pod_name(1, 1), pod_name(2, 1)].into();
 
@@ -271,15 +264,9 @@ fn api_server_outage_keeps_traffic_and_converges_after_return() {
         "the agent logs the failed list/watch:\n{log}"
     );
     // Changes while away: an endpoint goes, a Service comes.
-    api.apply_yaml(&ServiceSpec::new("svc", &ports, &[(1, 1, true)]).slice_yaml());
-    api.apply_yaml(
-        &ServiceSpec::new(
-            "late",
-            &[("tcp", "TCP", 80, POD_PORT_2, 31086)],
-            &[(2, 2, true)],
-        )
-        .yaml(),
-    );
+    api.apply_yaml(&svc.slice("x1").pods(&[(1, 1, true)]).yaml());
+    let late = ServiceBuilder::node_port("late").tcp("tcp", 80, POD_PORT_2, 31086);
+    api.apply_yaml(&to_yaml(&[&late, &late.slice("x1").pods(&[(2, 2, true)])]));
     keep_serving(&c, 31085, Duration::from_millis(500), &both);
     assert!(
         c.client()
@@ -310,7 +297,7 @@ fn api_server_outage_keeps_traffic_and_converges_after_return() {
     api.stop();
     api.delete("Service", "default", "late");
     api.delete("EndpointSlice", "default", "late-x1");
-    api.apply_yaml(&ServiceSpec::new("svc", &ports, &[(2, 1, true)]).slice_yaml());
+    api.apply_yaml(&svc.slice("x1").pods(&[(2, 1, true)]).yaml());
     api.compact();
     let lists_before = api.requests().iter().filter(|r| !r.watch).count();
     keep_serving(&c, 31085, Duration::from_millis(500), &both);
@@ -357,15 +344,9 @@ fn primary_nodeport_address_is_the_node_internal_ip() {
         SocketAddr::new(CLIENT_ADDR.into(), 6443),
         c.temp_dir(),
     );
-    api.apply_yaml(&node_yaml("node1", extra));
-    api.apply_yaml(
-        &ServiceSpec::new(
-            "svc",
-            &[("tcp", "TCP", 80, POD_PORT, 31087)],
-            &[(1, 1, true)],
-        )
-        .yaml(),
-    );
+    api.apply_yaml(&node("node1", extra).yaml());
+    let svc = ServiceBuilder::node_port("svc").tcp("tcp", 80, POD_PORT, 31087);
+    api.apply_yaml(&to_yaml(&[&svc, &svc.slice("x1").pods(&[(1, 1, true)])]));
     let agent = c.start_agent_with(
         1,
         &AgentOptions::kube(api.kubeconfig())

@@ -11,7 +11,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use nodeport_tests::cluster::{CLIENT_ADDR, node_addr, pod_name};
-use nodeport_tests::objects::{Ep, ServiceSpec, SvcPort};
+use nodeport_tests::objects::{Ep, ServiceBuilder, SvcPort, to_yaml};
 use nodeport_tests::{Agent, Answer, Cluster, ClusterConfig, ConnectResult, ServerSpec, Veths};
 
 /// TCP and UDP port every pod serves (and answers with its name).
@@ -22,7 +22,8 @@ const POD_PORT_2: u16 = 8081;
 /// A Service of type `NodePort` with ports `(name, protocol, port,
 /// targetPort, nodePort)` and one `EndpointSlice` of `(node, pod, ready)`.
 fn service(name: &str, ports: &[SvcPort<'_>], endpoints: &[Ep]) -> String {
-    ServiceSpec::new(name, ports, endpoints).yaml()
+    let svc = ServiceBuilder::node_port(name).ports(ports);
+    to_yaml(&[&svc, &svc.slice("x1").pods(endpoints)])
 }
 
 fn cluster() -> Cluster {

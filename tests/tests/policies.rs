@@ -7,22 +7,28 @@
 //!
 //! Needs root. Run with `cargo xtask test`.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::discovery::v1::Endpoint;
 use nodeport_tests::cluster::{CLIENT_ADDR, node_addr, pod_name};
 use nodeport_tests::http::get;
+use nodeport_tests::objects::{
+    NOT_READY, READY, ServiceBuilder, TERMINATING, Target, pod_endpoint, service_port, to_yaml,
+};
 use nodeport_tests::{
     Agent, AgentOptions, Answer, Cluster, ClusterConfig, ConnectResult, eventually,
 };
-use support::yaml::{Endpoint, Port, Service, Target, service_with_slice, slice};
 
 const POD_PORT: u16 = 8080;
 const NAMED_PORT: u16 = 8081;
+
+/// `svc` and its EndpointSlice `<name>-abcde` of `endpoints` in one file.
+fn with_slice(svc: &ServiceBuilder, endpoints: &[Endpoint]) -> String {
+    to_yaml(&[svc, &svc.slice("abcde").endpoints(endpoints)])
+}
 
 fn cluster() -> Cluster {
     Cluster::with_config(ClusterConfig {
@@ -106,12 +112,11 @@ fn dropped(c: &Cluster, node: usize, port: u16) -> bool {
 #[test]
 fn external_traffic_policy_local_and_live_switch() {
     let c = cluster();
-    let ports = [("tcp", "TCP", POD_PORT)];
-    let eps = [Endpoint::ready(2, 1)];
-    let mut svc = Service::node_port("local", vec![Port::tcp("tcp", 80, POD_PORT, 31090)]);
-    svc.external_traffic_policy = Some("Local");
-    c.manifests()
-        .write("local.yaml", &service_with_slice(&svc, &ports, &eps));
+    let eps = [pod_endpoint(2, 1, READY)];
+    let mut svc = ServiceBuilder::node_port("local")
+        .tcp("tcp", 80, POD_PORT, 31090)
+        .external_traffic_policy("Local");
+    c.manifests().write("local.yaml", &with_slice(&svc, &eps));
     let _agents = agents(&c);
 
     for _ in 0..5 {
@@ -124,9 +129,8 @@ fn external_traffic_policy_local_and_live_switch() {
         "a node without local endpoints drops (kube-proxy does)"
     );
 
-    svc.external_traffic_policy = Some("Cluster");
-    c.manifests()
-        .write("local.yaml", &service_with_slice(&svc, &ports, &eps));
+    svc = svc.external_traffic_policy("Cluster");
+    c.manifests().write("local.yaml", &with_slice(&svc, &eps));
     converges("Cluster serves through node 1", || {
         c.client().tcp_request(node_addr(1), 31090).is_ok()
     });
@@ -134,9 +138,8 @@ fn external_traffic_policy_local_and_live_switch() {
     assert_eq!(a.server, pod_name(2, 1));
     assert_eq!(a.peer.ip(), node_addr(1), "Cluster SNATs to the node");
 
-    svc.external_traffic_policy = Some("Local");
-    c.manifests()
-        .write("local.yaml", &service_with_slice(&svc, &ports, &eps));
+    svc = svc.external_traffic_policy("Local");
+    c.manifests().write("local.yaml", &with_slice(&svc, &eps));
     converges("Local drops again on node 1", || dropped(&c, 1, 31090));
     assert_eq!(tcp(&c, 2, 31090).peer.ip(), CLIENT_ADDR);
 }
@@ -146,17 +149,16 @@ fn external_traffic_policy_local_and_live_switch() {
 #[test]
 fn session_affinity_client_ip_sticks_and_switches_live() {
     let c = cluster();
-    let ports = [("tcp", "TCP", POD_PORT)];
     let eps = [
-        Endpoint::ready(1, 1),
-        Endpoint::ready(1, 2),
-        Endpoint::ready(2, 1),
-        Endpoint::ready(2, 2),
+        pod_endpoint(1, 1, READY),
+        pod_endpoint(1, 2, READY),
+        pod_endpoint(2, 1, READY),
+        pod_endpoint(2, 2, READY),
     ];
-    let mut svc = Service::node_port("sticky", vec![Port::tcp("tcp", 80, POD_PORT, 31091)]);
-    svc.affinity_timeout = Some(10_800);
-    c.manifests()
-        .write("sticky.yaml", &service_with_slice(&svc, &ports, &eps));
+    let mut svc = ServiceBuilder::node_port("sticky")
+        .tcp("tcp", 80, POD_PORT, 31091)
+        .session_affinity_client_ip(10_800);
+    c.manifests().write("sticky.yaml", &with_slice(&svc, &eps));
     let _agents = agents(&c);
 
     for node in [1, 2] {
@@ -164,16 +166,14 @@ fn session_affinity_client_ip_sticks_and_switches_live() {
         assert_eq!(s.len(), 1, "ClientIP affinity via node{node}: {s:?}");
     }
 
-    svc.affinity_timeout = None;
-    c.manifests()
-        .write("sticky.yaml", &service_with_slice(&svc, &ports, &eps));
+    svc = svc.without_session_affinity();
+    c.manifests().write("sticky.yaml", &with_slice(&svc, &eps));
     converges("affinity off spreads the client", || {
         try_servers(&c, 1, 31091, 20).is_some_and(|s| s.len() >= 2)
     });
 
-    svc.affinity_timeout = Some(60);
-    c.manifests()
-        .write("sticky.yaml", &service_with_slice(&svc, &ports, &eps));
+    svc = svc.session_affinity_client_ip(60);
+    c.manifests().write("sticky.yaml", &with_slice(&svc, &eps));
     converges("affinity on again", || {
         try_servers(&c, 1, 31091, 20).is_some_and(|s| s.len() == 1)
     });
@@ -184,13 +184,14 @@ fn session_affinity_client_ip_sticks_and_switches_live() {
 #[test]
 fn endpoint_conditions_decide_who_serves() {
     let c = cluster();
-    let ports = [("tcp", "TCP", POD_PORT)];
-    let mut svc = Service::node_port("cond", vec![Port::tcp("tcp", 80, POD_PORT, 31092)]);
-    let write = |svc: &Service, eps: &[Endpoint]| {
-        c.manifests()
-            .write("cond.yaml", &service_with_slice(svc, &ports, eps));
+    let mut svc = ServiceBuilder::node_port("cond").tcp("tcp", 80, POD_PORT, 31092);
+    let write = |svc: &ServiceBuilder, eps: &[Endpoint]| {
+        c.manifests().write("cond.yaml", &with_slice(svc, eps));
     };
-    write(&svc, &[Endpoint::ready(1, 1), Endpoint::not_ready(2, 1)]);
+    write(
+        &svc,
+        &[pod_endpoint(1, 1, READY), pod_endpoint(2, 1, NOT_READY)],
+    );
     let _agents = agents(&c);
     let only = |who: &str| BTreeSet::from([who.to_string()]);
 
@@ -204,7 +205,10 @@ fn endpoint_conditions_decide_who_serves() {
     // No ready endpoint: the serving, terminating one takes the traffic.
     write(
         &svc,
-        &[Endpoint::terminating(1, 1), Endpoint::not_ready(2, 1)],
+        &[
+            pod_endpoint(1, 1, TERMINATING),
+            pod_endpoint(2, 1, NOT_READY),
+        ],
     );
     converges("terminating fallback", || {
         c.client().tcp_request(node_addr(2), 31092).is_ok()
@@ -218,7 +222,7 @@ fn endpoint_conditions_decide_who_serves() {
     // Nothing serving: rejected.
     write(
         &svc,
-        &[Endpoint::not_ready(1, 1), Endpoint::not_ready(2, 1)],
+        &[pod_endpoint(1, 1, NOT_READY), pod_endpoint(2, 1, NOT_READY)],
     );
     converges("no serving endpoint rejects", || {
         matches!(
@@ -228,10 +232,10 @@ fn endpoint_conditions_decide_who_serves() {
     });
 
     // publishNotReadyAddresses: every endpoint serves whatever its conditions.
-    svc.publish_not_ready = true;
+    svc = svc.publish_not_ready_addresses();
     write(
         &svc,
-        &[Endpoint::not_ready(1, 1), Endpoint::not_ready(2, 1)],
+        &[pod_endpoint(1, 1, NOT_READY), pod_endpoint(2, 1, NOT_READY)],
     );
     converges("publishNotReadyAddresses serves all", || {
         try_servers(&c, 1, 31092, 30).is_some_and(|s| s.len() == 2)
@@ -244,28 +248,24 @@ fn endpoint_conditions_decide_who_serves() {
 #[test]
 fn named_target_port_load_balancer_and_type_change() {
     let c = cluster();
-    let named = Service::node_port(
-        "named",
-        vec![Port {
-            target: Target::Name("web"),
-            ..Port::tcp("http", 80, 0, 31093)
-        }],
-    );
+    let named = ServiceBuilder::node_port("named").port(service_port(
+        "http",
+        "TCP",
+        80,
+        Target::Name("web"),
+        Some(31093),
+    ));
     // The slice carries the service port's name with the container's number.
-    c.manifests().write(
-        "named.yaml",
-        &service_with_slice(
-            &named,
-            &[("http", "TCP", NAMED_PORT)],
-            &[Endpoint::ready(1, 1), Endpoint::ready(2, 1)],
-        ),
-    );
-    let mut lb = Service::node_port("lb", vec![Port::tcp("tcp", 80, POD_PORT, 31094)]);
-    lb.kind = "LoadBalancer";
-    let lb_slice = [("tcp", "TCP", POD_PORT)];
-    let lb_eps = [Endpoint::ready(2, 2)];
+    let named_slice = named
+        .slice("abcde")
+        .port("http", "TCP", NAMED_PORT)
+        .endpoints(&[pod_endpoint(1, 1, READY), pod_endpoint(2, 1, READY)]);
     c.manifests()
-        .write("lb.yaml", &service_with_slice(&lb, &lb_slice, &lb_eps));
+        .write("named.yaml", &to_yaml(&[&named, &named_slice]));
+    let mut lb =
+        ServiceBuilder::new("default", "lb", "LoadBalancer").tcp("tcp", 80, POD_PORT, 31094);
+    let lb_eps = [pod_endpoint(2, 2, READY)];
+    c.manifests().write("lb.yaml", &with_slice(&lb, &lb_eps));
     let _agents = agents(&c);
 
     for node in [1, 2] {
@@ -281,9 +281,8 @@ fn named_target_port_load_balancer_and_type_change() {
         );
     }
 
-    lb.kind = "ClusterIP";
-    c.manifests()
-        .write("lb.yaml", &service_with_slice(&lb, &lb_slice, &lb_eps));
+    lb = lb.type_("ClusterIP").without_node_ports();
+    c.manifests().write("lb.yaml", &with_slice(&lb, &lb_eps));
     converges("ClusterIP no longer answers on the old nodePort", || {
         [1, 2].iter().all(|n| {
             c.client()
@@ -304,10 +303,9 @@ fn nodeport_addresses_primary_serves_only_the_primary_address() {
     let c = cluster();
     c.manifests().write(
         "svc.yaml",
-        &service_with_slice(
-            &Service::node_port("svc", vec![Port::tcp("tcp", 80, POD_PORT, 31095)]),
-            &[("tcp", "TCP", POD_PORT)],
-            &[Endpoint::ready(1, 1)],
+        &with_slice(
+            &ServiceBuilder::node_port("svc").tcp("tcp", 80, POD_PORT, 31095),
+            &[pod_endpoint(1, 1, READY)],
         ),
     );
     let secondary = Ipv4Addr::new(10, 200, 0, 111);
@@ -331,12 +329,9 @@ fn nodeport_addresses_primary_serves_only_the_primary_address() {
 #[test]
 fn stale_udp_flow_moves_to_the_new_backend_at_once() {
     let c = cluster();
-    let svc = Service::node_port("dns", vec![Port::udp("udp", 53, POD_PORT, 31096)]);
-    let ports = [("udp", "UDP", POD_PORT)];
-    c.manifests().write(
-        "dns.yaml",
-        &service_with_slice(&svc, &ports, &[Endpoint::ready(1, 1)]),
-    );
+    let svc = ServiceBuilder::node_port("dns").udp("udp", 53, POD_PORT, 31096);
+    c.manifests()
+        .write("dns.yaml", &with_slice(&svc, &[pod_endpoint(1, 1, READY)]));
     let agents = agents(&c);
     let from = Some(45_000);
     for node in [1, 2] {
@@ -348,14 +343,8 @@ fn stale_udp_flow_moves_to_the_new_backend_at_once() {
     }
 
     let mark = agents[0].map_writes();
-    c.manifests().write(
-        "dns.yaml",
-        &format!(
-            "{}---\n{}",
-            svc.yaml(),
-            slice("dns", &ports, &[Endpoint::ready(2, 2)])
-        ),
-    );
+    c.manifests()
+        .write("dns.yaml", &with_slice(&svc, &[pod_endpoint(2, 2, READY)]));
     agents[0].wait_for_map_writes_since(mark, Duration::from_secs(2));
     for node in [1, 2] {
         converges("the same client port reaches the new backend", || {
@@ -376,20 +365,15 @@ fn stale_udp_flow_moves_to_the_new_backend_at_once() {
 #[test]
 fn hairpin_pod_reaches_its_own_service() {
     let c = cluster();
-    let mut svc = Service::node_port(
-        "hair",
-        vec![
-            Port::tcp("tcp", 80, POD_PORT, 31097),
-            Port::udp("udp", 80, POD_PORT, 31097),
-        ],
-    );
-    svc.cluster_ip = Some("10.96.0.30");
+    let svc = ServiceBuilder::node_port("hair")
+        .tcp("tcp", 80, POD_PORT, 31097)
+        .udp("udp", 80, POD_PORT, 31097)
+        .cluster_ip(Ipv4Addr::new(10, 96, 0, 30));
     c.manifests().write(
         "hair.yaml",
-        &service_with_slice(
+        &with_slice(
             &svc,
-            &[("tcp", "TCP", POD_PORT), ("udp", "UDP", POD_PORT)],
-            &[Endpoint::ready(1, 1), Endpoint::ready(2, 1)],
+            &[pod_endpoint(1, 1, READY), pod_endpoint(2, 1, READY)],
         ),
     );
     let _agents = agents(&c);
@@ -435,17 +419,12 @@ fn hairpin_pod_reaches_its_own_service() {
 #[test]
 fn stale_udp_flow_to_a_backend_shared_with_another_service_moves() {
     let c = cluster();
-    let ports = [("udp", "UDP", POD_PORT)];
-    let a = Service::node_port("svc-a", vec![Port::udp("udp", 53, POD_PORT, 31098)]);
-    let b = Service::node_port("svc-b", vec![Port::udp("udp", 53, POD_PORT, 31099)]);
-    c.manifests().write(
-        "a.yaml",
-        &service_with_slice(&a, &ports, &[Endpoint::ready(1, 1)]),
-    );
-    c.manifests().write(
-        "b.yaml",
-        &service_with_slice(&b, &ports, &[Endpoint::ready(1, 1)]),
-    );
+    let a = ServiceBuilder::node_port("svc-a").udp("udp", 53, POD_PORT, 31098);
+    let b = ServiceBuilder::node_port("svc-b").udp("udp", 53, POD_PORT, 31099);
+    c.manifests()
+        .write("a.yaml", &with_slice(&a, &[pod_endpoint(1, 1, READY)]));
+    c.manifests()
+        .write("b.yaml", &with_slice(&b, &[pod_endpoint(1, 1, READY)]));
     let agents = agents(&c);
     let from = Some(45_001);
     let via = |node: usize, port: u16| {
@@ -455,10 +434,8 @@ fn stale_udp_flow_to_a_backend_shared_with_another_service_moves() {
     assert_eq!(via(2, 31098), pod_name(1, 1));
 
     let marks: Vec<f64> = agents.iter().map(Agent::map_writes).collect();
-    c.manifests().write(
-        "a.yaml",
-        &service_with_slice(&a, &ports, &[Endpoint::ready(2, 2)]),
-    );
+    c.manifests()
+        .write("a.yaml", &with_slice(&a, &[pod_endpoint(2, 2, READY)]));
     for (agent, mark) in agents.iter().zip(marks) {
         agent.wait_for_map_writes_since(mark, Duration::from_secs(2));
     }
@@ -486,23 +463,17 @@ fn generic_xdp_mode_serves_the_same() {
     let c = cluster();
     c.manifests().write(
         "svc.yaml",
-        &service_with_slice(
-            &Service::node_port(
-                "svc",
-                vec![
-                    Port::tcp("tcp", 80, POD_PORT, 31100),
-                    Port::udp("udp", 80, POD_PORT, 31100),
-                ],
-            ),
-            &[("tcp", "TCP", POD_PORT), ("udp", "UDP", POD_PORT)],
-            &[Endpoint::ready(2, 1)],
+        &with_slice(
+            &ServiceBuilder::node_port("svc")
+                .tcp("tcp", 80, POD_PORT, 31100)
+                .udp("udp", 80, POD_PORT, 31100),
+            &[pod_endpoint(2, 1, READY)],
         ),
     );
     c.manifests().write(
         "empty.yaml",
-        &service_with_slice(
-            &Service::node_port("empty", vec![Port::tcp("tcp", 80, POD_PORT, 31101)]),
-            &[("tcp", "TCP", POD_PORT)],
+        &with_slice(
+            &ServiceBuilder::node_port("empty").tcp("tcp", 80, POD_PORT, 31101),
             &[],
         ),
     );
@@ -594,14 +565,12 @@ fn health_check(c: &Cluster, node: usize, port: u16) -> io::Result<u16> {
 #[test]
 fn edit_to_cluster_policy_leaving_the_health_check_node_port_is_applied() {
     let c = cluster();
-    let ports = [("tcp", "TCP", POD_PORT)];
-    let eps = [Endpoint::ready(2, 1)];
-    let mut svc = Service::node_port("hc", vec![Port::tcp("tcp", 80, POD_PORT, 31102)]);
-    svc.kind = "LoadBalancer";
-    svc.external_traffic_policy = Some("Local");
-    svc.health_check_node_port = Some(32110);
-    c.manifests()
-        .write("hc.yaml", &service_with_slice(&svc, &ports, &eps));
+    let eps = [pod_endpoint(2, 1, READY)];
+    let mut svc = ServiceBuilder::new("default", "hc", "LoadBalancer")
+        .tcp("tcp", 80, POD_PORT, 31102)
+        .external_traffic_policy("Local")
+        .health_check_node_port(32110);
+    c.manifests().write("hc.yaml", &with_slice(&svc, &eps));
     let agents = agents(&c);
     converges_or("the health check reports the local endpoints", || {
         match (health_check(&c, 1, 32110), health_check(&c, 2, 32110)) {
@@ -615,9 +584,8 @@ fn edit_to_cluster_policy_leaving_the_health_check_node_port_is_applied() {
     );
 
     let marks = load_marks(&agents);
-    svc.external_traffic_policy = Some("Cluster");
-    c.manifests()
-        .write("hc.yaml", &service_with_slice(&svc, &ports, &eps));
+    svc = svc.external_traffic_policy("Cluster");
+    c.manifests().write("hc.yaml", &with_slice(&svc, &eps));
     let written = c.manifests().read("hc.yaml").unwrap_or_default();
     assert!(
         written.contains("healthCheckNodePort: 32110") && written.contains("Cluster"),
@@ -653,14 +621,13 @@ fn edit_to_cluster_policy_leaving_the_health_check_node_port_is_applied() {
 #[test]
 fn edit_to_cluster_ip_leaving_the_node_ports_is_applied() {
     let c = cluster();
-    let ports = [("tcp", "TCP", POD_PORT)];
-    let eps = [Endpoint::ready(1, 1), Endpoint::ready(2, 1)];
+    let eps = [pod_endpoint(1, 1, READY), pod_endpoint(2, 1, READY)];
     let endpoints = [pod_name(1, 1), pod_name(2, 1)];
     let cluster_ip = Ipv4Addr::new(10, 96, 0, 31);
-    let mut svc = Service::node_port("clip", vec![Port::tcp("tcp", 80, POD_PORT, 31103)]);
-    svc.cluster_ip = Some("10.96.0.31");
-    c.manifests()
-        .write("clip.yaml", &service_with_slice(&svc, &ports, &eps));
+    let mut svc = ServiceBuilder::node_port("clip")
+        .tcp("tcp", 80, POD_PORT, 31103)
+        .cluster_ip(cluster_ip);
+    c.manifests().write("clip.yaml", &with_slice(&svc, &eps));
     let agents = agents(&c);
     for node in [1, 2] {
         let a = tcp(&c, node, 31103);
@@ -668,10 +635,9 @@ fn edit_to_cluster_ip_leaving_the_node_ports_is_applied() {
     }
 
     let marks = load_marks(&agents);
-    svc.kind = "ClusterIP";
-    svc.leave_node_ports = true;
-    c.manifests()
-        .write("clip.yaml", &service_with_slice(&svc, &ports, &eps));
+    // Only the type changes: the nodePorts stay in the file.
+    svc = svc.type_("ClusterIP");
+    c.manifests().write("clip.yaml", &with_slice(&svc, &eps));
     let written = c.manifests().read("clip.yaml").unwrap_or_default();
     assert!(
         written.contains("type: ClusterIP") && written.contains("nodePort: 31103"),

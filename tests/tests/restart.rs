@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use nodeport_tests::cluster::node_addr;
-use nodeport_tests::objects::ServiceSpec;
+use nodeport_tests::objects::{Ep, ServiceBuilder, ToYaml as _, to_yaml};
 use nodeport_tests::{Agent, AgentOptions, ApiServer, Cluster, ClusterConfig};
 
 const POD_PORT: u16 = 8080;
@@ -202,25 +202,13 @@ fn kill_restart_and_upgrade_under_load_lose_nothing() {
     });
     let api = ApiServer::for_cluster(&c);
     let all = [(1, 1, true), (1, 2, true), (2, 1, true), (2, 2, true)];
-    api.apply_yaml(
-        &ServiceSpec::new(
-            "svc",
-            &[
-                ("tcp", "TCP", 80, POD_PORT, NODE_PORT),
-                ("udp", "UDP", 80, POD_PORT, NODE_PORT),
-            ],
-            &all,
-        )
-        .yaml(),
-    );
-    api.apply_yaml(
-        &ServiceSpec::new(
-            "echo",
-            &[("tcp", "TCP", 9000, ECHO_PORT, ECHO_NODE_PORT)],
-            &all,
-        )
-        .yaml(),
-    );
+    let svc = ServiceBuilder::node_port("svc").ports(&[
+        ("tcp", "TCP", 80, POD_PORT, NODE_PORT),
+        ("udp", "UDP", 80, POD_PORT, NODE_PORT),
+    ]);
+    api.apply_yaml(&to_yaml(&[&svc, &svc.slice("x1").pods(&all)]));
+    let echo = ServiceBuilder::node_port("echo").tcp("tcp", 9000, ECHO_PORT, ECHO_NODE_PORT);
+    api.apply_yaml(&to_yaml(&[&echo, &echo.slice("x1").pods(&all)]));
     let kube = AgentOptions::kube(api.kubeconfig());
     let (agents, _) = start_agents(&c, &kube);
     let before: Vec<MapSnapshot> = (1..=2).map(|n| snapshot(&c, n)).collect();
@@ -383,17 +371,12 @@ fn restart_while_the_api_server_is_away_keeps_serving() {
         ..ClusterConfig::default()
     });
     let api = ApiServer::for_cluster(&c);
-    let spec = |eps: &[(usize, usize, bool)]| {
-        ServiceSpec::new(
-            "svc",
-            &[
-                ("tcp", "TCP", 80, POD_PORT, NODE_PORT),
-                ("udp", "UDP", 80, POD_PORT, NODE_PORT),
-            ],
-            eps,
-        )
-    };
-    api.apply_yaml(&spec(&[(1, 1, true), (1, 2, true)]).yaml());
+    let svc = ServiceBuilder::node_port("svc").ports(&[
+        ("tcp", "TCP", 80, POD_PORT, NODE_PORT),
+        ("udp", "UDP", 80, POD_PORT, NODE_PORT),
+    ]);
+    let slice = |eps: &[Ep]| svc.slice("x1").pods(eps);
+    api.apply_yaml(&to_yaml(&[&svc, &slice(&[(1, 1, true), (1, 2, true)])]));
     let kube = AgentOptions::kube(api.kubeconfig());
     let agent = c.start_agent_with(1, &kube);
     agent.wait_ready();
@@ -424,7 +407,7 @@ fn restart_while_the_api_server_is_away_keeps_serving() {
     );
 
     // Meanwhile one endpoint went away; the API server returns.
-    api.apply_yaml(&spec(&[(1, 2, true)]).slice_yaml());
+    api.apply_yaml(&slice(&[(1, 2, true)]).yaml());
     api.resume();
     agent.wait_ready();
     served(&c);

@@ -28,29 +28,18 @@
 //! figure is always the cost of the path it is named after.
 
 use std::net::Ipv4Addr;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
-use aya::maps::{HashMap, MapData, PerCpuArray};
-use aya::programs::{TestRun as _, TestRunOptions, Xdp};
-use aya::{Ebpf, EbpfLoader};
 use nodeport_common::{
-    BACKEND_F_LOCAL, Backend, BackendKey, CT_F_SNAT, CtEntry, FlowKey, Frontend, FrontendKey,
-    NODE_ADDR_F_NODEPORT, NodeAddr, NodeAddrKey, PROTO_TCP, RevNat, Slot, SlotKey, checksum, names,
-    programs, stat,
+    BACKEND_F_LOCAL, Backend, CT_F_SNAT, FlowKey, FrontendKey, PROTO_TCP, names, programs, stat,
+};
+use nodeport_tests::datapath::{
+    CLIENT, Datapath, Frame, NODE, OTHER_NODE_MAC, PrivateNetns, TCP_ACK, TCP_SYN, XDP_PASS,
+    XDP_TX, backend, be, flow, node_port, on_own_thread,
 };
 
 use super::stats;
-
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-
-const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 2);
-const NODE: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 11);
-const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x02];
-const NODE_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x11];
-const OTHER_NODE_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x12];
 /// Backends per Service (filler and measured).
 pub const BACKENDS_PER_SERVICE: usize = 10;
 
@@ -198,89 +187,28 @@ impl ProgramCost {
     }
 }
 
-fn be(a: Ipv4Addr) -> u32 {
-    u32::from_ne_bytes(a.octets())
-}
-
-/// An Ethernet + IPv4 + TCP frame with correct checksums.
-#[allow(clippy::too_many_arguments, reason = "one frame's header fields")]
-fn tcp_frame(
-    src_mac: [u8; 6],
-    dst_mac: [u8; 6],
-    saddr: Ipv4Addr,
+/// A TCP segment of the benchmark's flows: sequence 1000, acknowledgment
+/// 7 with the ACK flag (0 without), from the client's MAC to the node's.
+fn segment(
+    saddr: impl Into<Ipv4Addr>,
     sport: u16,
-    daddr: Ipv4Addr,
+    daddr: impl Into<Ipv4Addr>,
     dport: u16,
     flags: u8,
-    ttl: u8,
-) -> Vec<u8> {
-    let mut l4 = Vec::with_capacity(20);
-    l4.extend_from_slice(&sport.to_be_bytes());
-    l4.extend_from_slice(&dport.to_be_bytes());
-    l4.extend_from_slice(&1000u32.to_be_bytes());
-    l4.extend_from_slice(&(if flags & 0x10 != 0 { 7u32 } else { 0 }).to_be_bytes());
-    l4.push(5 << 4);
-    l4.push(flags);
-    l4.extend_from_slice(&64_240u16.to_be_bytes());
-    l4.extend_from_slice(&[0, 0, 0, 0]);
-    let c = checksum::l4_ipv4(saddr.octets(), daddr.octets(), PROTO_TCP, &l4);
-    l4[16..18].copy_from_slice(&c.to_be_bytes());
-    let mut ip = Vec::with_capacity(20);
-    ip.push(0x45);
-    ip.push(0);
-    ip.extend_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
-    ip.extend_from_slice(&0x1234u16.to_be_bytes());
-    ip.extend_from_slice(&0x4000u16.to_be_bytes());
-    ip.push(ttl);
-    ip.push(PROTO_TCP);
-    ip.extend_from_slice(&[0, 0]);
-    ip.extend_from_slice(&saddr.octets());
-    ip.extend_from_slice(&daddr.octets());
-    let c = checksum::compute(&ip);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    let mut f = Vec::with_capacity(54);
-    f.extend_from_slice(&dst_mac);
-    f.extend_from_slice(&src_mac);
-    f.extend_from_slice(&0x0800u16.to_be_bytes());
-    f.extend_from_slice(&ip);
-    f.extend_from_slice(&l4);
-    f
+) -> Frame {
+    Frame {
+        tcp_flags: flags,
+        ack: if flags & TCP_ACK != 0 { 7 } else { 0 },
+        ..Frame::tcp(saddr, sport, daddr, dport)
+    }
 }
 
 fn client_frame(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
-    tcp_frame(CLIENT_MAC, NODE_MAC, CLIENT, sport, NODE, dport, flags, 64)
+    segment(CLIENT, sport, NODE, dport, flags).bytes()
 }
 
-fn flow(sport: u16, dport: u16) -> FlowKey {
-    FlowKey {
-        saddr_be: be(CLIENT),
-        daddr_be: be(NODE),
-        sport_be: sport.to_be(),
-        dport_be: dport.to_be(),
-        proto: PROTO_TCP,
-        pad: [0; 3],
-    }
-}
-
-fn sh(cmd: &str) -> Result<()> {
-    let out = Command::new("sh").arg("-c").arg(cmd).output()?;
-    if !out.status.success() {
-        bail!(
-            "`{cmd}` failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-/// Moves the calling thread into a new network namespace with the topology
-/// the FIB lookups need, and onto `cpu`. Returns the ifindex of `np0`.
-fn enter_private_netns(cpu: usize) -> Result<u32> {
-    // SAFETY: moves only the calling thread (a thread of our own) into a
-    // new network namespace.
-    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-        bail!("unshare(CLONE_NEWNET): {}", std::io::Error::last_os_error());
-    }
+/// Pins the calling thread to `cpu`.
+fn pin_to_cpu(cpu: usize) -> Result<()> {
     // SAFETY: a zeroed cpu_set_t is empty; CPU_SET stays within it for cpu < 1024.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
@@ -292,45 +220,16 @@ fn enter_private_netns(cpu: usize) -> Result<u32> {
             );
         }
     }
-    sh("ip link set lo up \
-        && ip link add np0 address 02:00:00:00:00:11 type veth peer name np1 \
-        && ip link set np1 up && ip link set np0 up \
-        && ip addr add 10.200.0.11/24 dev np0 \
-        && ip neigh add 10.200.0.12 lladdr 02:00:00:00:00:12 dev np0 nud permanent \
-        && ip neigh add 10.200.0.2 lladdr 02:00:00:00:00:02 dev np0 nud permanent \
-        && ip route add 10.244.2.0/24 via 10.200.0.12 \
-        && echo 1 > /proc/sys/net/ipv4/ip_forward")?;
-    let name = std::ffi::CString::new("np0")?;
-    // SAFETY: valid C string.
-    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    ensure!(ifindex != 0, "np0 has no ifindex");
-    Ok(ifindex)
+    Ok(())
 }
 
-/// The loaded programs and the maps the benchmark writes.
+/// The loaded programs and the measured backends.
 struct Bench {
-    ebpf: Ebpf,
-    ctx: Vec<u8>,
-    frontends: HashMap<MapData, FrontendKey, Frontend>,
-    slots: HashMap<MapData, SlotKey, Slot>,
-    backends: HashMap<MapData, BackendKey, Backend>,
-    conntrack: HashMap<MapData, FlowKey, CtEntry>,
-    rev_nat: HashMap<MapData, FlowKey, RevNat>,
-    stats: PerCpuArray<MapData, u64>,
+    dp: Datapath,
     /// Filler Services in the maps.
     fillers: usize,
     /// Measured backends: id → (address, port).
     measured: Vec<(u32, Ipv4Addr, u16)>,
-}
-
-fn take_hash<K: aya::Pod, V: aya::Pod>(
-    ebpf: &mut Ebpf,
-    name: &str,
-) -> Result<HashMap<MapData, K, V>> {
-    let map = ebpf
-        .take_map(name)
-        .with_context(|| format!("map {name} in the object"))?;
-    HashMap::try_from(map).with_context(|| format!("map {name}"))
 }
 
 impl Bench {
@@ -338,47 +237,22 @@ impl Bench {
         let backends = u32::try_from((max_services + 16) * BACKENDS_PER_SERVICE)?
             .max(nodeport_common::capacity::BACKENDS);
         let frontends = u32::try_from(max_services + 16)?.max(nodeport_common::capacity::FRONTENDS);
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(names::FRONTENDS, frontends)
-            .map_max_entries(names::BACKENDS, backends)
-            .map_max_entries(
-                names::BACKEND_SLOTS,
-                backends.max(nodeport_common::capacity::BACKEND_SLOTS),
-            )
-            .load(object)
-            .context("loading the datapath object")?;
-        for name in [programs::XDP_INGRESS, programs::XDP_PASS_BASELINE] {
-            let prog: &mut Xdp = ebpf
-                .program_mut(name)
-                .with_context(|| format!("program {name} in the object"))?
-                .try_into()
-                .with_context(|| format!("{name} is an XDP program"))?;
-            prog.load()
-                .with_context(|| format!("the verifier accepts {name}"))?;
-        }
-        let mut node_addrs: HashMap<MapData, NodeAddrKey, NodeAddr> =
-            take_hash(&mut ebpf, names::NODE_ADDRS)?;
-        node_addrs.insert(
-            NodeAddrKey { addr_be: be(NODE) },
-            NodeAddr {
-                flags: NODE_ADDR_F_NODEPORT,
-            },
-            0,
+        let mut dp = Datapath::load(
+            object,
+            ifindex,
+            &[programs::XDP_INGRESS, programs::XDP_PASS_BASELINE],
+            &[
+                (names::FRONTENDS, frontends),
+                (names::BACKENDS, backends),
+                (
+                    names::BACKEND_SLOTS,
+                    backends.max(nodeport_common::capacity::BACKEND_SLOTS),
+                ),
+            ],
         )?;
-        let stats_map = ebpf.take_map(names::STATS).context("stats map")?;
-        let ctx: Vec<u8> = [0u32, 54, 0, ifindex, 0, 0]
-            .iter()
-            .flat_map(|v| v.to_ne_bytes())
-            .collect();
+        dp.node_addr(NODE)?;
         let mut bench = Self {
-            frontends: take_hash(&mut ebpf, names::FRONTENDS)?,
-            slots: take_hash(&mut ebpf, names::BACKEND_SLOTS)?,
-            backends: take_hash(&mut ebpf, names::BACKENDS)?,
-            conntrack: take_hash(&mut ebpf, names::CONNTRACK)?,
-            rev_nat: take_hash(&mut ebpf, names::REV_NAT)?,
-            stats: PerCpuArray::try_from(stats_map).context("stats map")?,
-            ebpf,
-            ctx,
+            dp,
             fillers: 0,
             measured: Vec::new(),
         };
@@ -393,38 +267,11 @@ impl Bench {
         key: FrontendKey,
         backends: &[(u32, Backend)],
     ) -> Result<()> {
-        for (slot, (id, backend)) in backends.iter().enumerate() {
-            self.backends
-                .insert(BackendKey { backend_id: *id }, *backend, 0)?;
-            self.slots.insert(
-                SlotKey {
-                    service_id,
-                    slot: u32::try_from(slot)?,
-                },
-                Slot { backend_id: *id },
-                0,
-            )?;
-        }
-        self.frontends.insert(
-            key,
-            Frontend {
-                service_id,
-                backend_count: u32::try_from(backends.len())?,
-                flags: 0,
-                affinity_timeout_s: 0,
-            },
-            0,
-        )?;
-        Ok(())
+        Ok(self.dp.service(service_id, key, 0, 0, backends)?)
     }
 
     fn measured_services(&mut self) -> Result<()> {
-        let node_port = |port: u16| FrontendKey {
-            addr_be: 0,
-            port_be: port.to_be(),
-            proto: PROTO_TCP,
-            pad: 0,
-        };
+        let key = |port: u16| node_port(port, PROTO_TCP);
         let mut next_id = MEASURED_BACKEND_ID;
         let mut make = |bench: &mut Self, addrs: &[(Ipv4Addr, u16, u8)]| {
             let list: Vec<(u32, Backend)> = addrs
@@ -432,15 +279,7 @@ impl Bench {
                 .map(|(a, p, f)| {
                     next_id += 1;
                     bench.measured.push((next_id, *a, *p));
-                    (
-                        next_id,
-                        Backend {
-                            addr_be: be(*a),
-                            port_be: p.to_be(),
-                            flags: *f,
-                            pad: 0,
-                        },
-                    )
+                    (next_id, backend(*a, *p, *f))
                 })
                 .collect();
             list
@@ -451,16 +290,16 @@ impl Bench {
                 .collect()
         };
         let local = make(self, &pods(1, BACKEND_F_LOCAL));
-        self.service(MEASURED_SERVICE_ID + 1, node_port(LOCAL_PORT), &local)?;
+        self.service(MEASURED_SERVICE_ID + 1, key(LOCAL_PORT), &local)?;
         let remote = make(self, &pods(2, 0));
-        self.service(MEASURED_SERVICE_ID + 2, node_port(REMOTE_PORT), &remote)?;
+        self.service(MEASURED_SERVICE_ID + 2, key(REMOTE_PORT), &remote)?;
         // The node's own NodePort as the backend: the DNAT of an
         // established flow rewrites the packet to itself.
-        let itself = make(self, &[(NODE, SELF_PORT, BACKEND_F_LOCAL)]);
-        self.service(MEASURED_SERVICE_ID + 3, node_port(SELF_PORT), &itself)?;
+        let itself = make(self, &[(NODE.into(), SELF_PORT, BACKEND_F_LOCAL)]);
+        self.service(MEASURED_SERVICE_ID + 3, key(SELF_PORT), &itself)?;
         // One remote backend, for counting SNAT ports.
         let one = make(self, &[(Ipv4Addr::new(10, 244, 2, 99), 8080, 0)]);
-        self.service(MEASURED_SERVICE_ID + 4, node_port(PROBE_PORT), &one)?;
+        self.service(MEASURED_SERVICE_ID + 4, key(PROBE_PORT), &one)?;
         Ok(())
     }
 
@@ -481,13 +320,8 @@ impl Bench {
                     let n = i * BACKENDS_PER_SERVICE + j;
                     let id = u32::try_from(n + 1).expect("backend id fits");
                     let addr = super::synthetic::offset(Ipv4Addr::new(10, 128, 0, 0), n);
-                    let b = Backend {
-                        addr_be: be(addr),
-                        port_be: 8080u16.to_be(),
-                        flags: if j % 2 == 0 { BACKEND_F_LOCAL } else { 0 },
-                        pad: 0,
-                    };
-                    (id, b)
+                    let flags = if j % 2 == 0 { BACKEND_F_LOCAL } else { 0 };
+                    (id, backend(addr, 8080, flags))
                 })
                 .collect();
             self.service(sid, key, &backends)?;
@@ -497,30 +331,14 @@ impl Bench {
     }
 
     fn counter(&self, index: u32) -> Result<u64> {
-        Ok(self.stats.get(&index, 0)?.iter().sum())
+        Ok(self.dp.counter(index)?)
     }
 
-    /// One `BPF_PROG_TEST_RUN` call; verdict, kernel-reported duration and
-    /// wall time.
-    fn call(&self, prog: &str, frame: &[u8], repeat: u32) -> Result<(u32, Duration, Duration)> {
-        let p: &Xdp = self
-            .ebpf
-            .program(prog)
-            .context("program")?
-            .try_into()
-            .context("XDP program")?;
+    /// One `BPF_PROG_TEST_RUN` call; verdict and kernel-reported duration.
+    fn call(&self, prog: &str, frame: &[u8], repeat: u32) -> Result<(u32, Duration)> {
         let mut out = [0u8; 256];
-        let mut ctx = self.ctx.clone();
-        ctx[4..8].copy_from_slice(&u32::try_from(frame.len())?.to_ne_bytes());
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(frame);
-        opts.data_out = Some(&mut out);
-        opts.ctx_in = Some(&ctx);
-        opts.repeat = repeat;
-        let t = Instant::now();
-        let r = p.test_run(opts).context("BPF_PROG_TEST_RUN")?;
-        let wall = t.elapsed();
-        Ok((r.return_value, r.duration, wall))
+        let r = self.dp.run_xdp(prog, frame, repeat, &mut out)?;
+        Ok((r.verdict, r.duration))
     }
 
     /// ns per packet of one call with `repeat` repetitions: the kernel's
@@ -528,7 +346,7 @@ impl Bench {
     /// timed loop the kernel swaps the XDP dispatcher's program, which
     /// waits for RCU grace periods (milliseconds).
     fn repeat_ns(&self, prog: &str, frame: &[u8], repeat: u32, verdict: u32) -> Result<f64> {
-        let (rc, kernel, _) = self.call(prog, frame, repeat)?;
+        let (rc, kernel) = self.call(prog, frame, repeat)?;
         ensure!(rc == verdict, "{prog}: verdict {rc}, expected {verdict}");
         Ok(kernel.as_secs_f64() * 1e9)
     }
@@ -545,7 +363,7 @@ impl Bench {
     ) -> Result<f64> {
         let mut samples = Vec::with_capacity(calls);
         for _ in 0..calls {
-            let (rc, kernel, _) = self.call(prog, frame, 1)?;
+            let (rc, kernel) = self.call(prog, frame, 1)?;
             ensure!(rc == verdict, "{prog}: verdict {rc}, expected {verdict}");
             samples.push(kernel.as_secs_f64() * 1e9);
             after(self)?;
@@ -556,6 +374,7 @@ impl Bench {
     /// Deletes a flow's conntrack entry and the reverse entry it made.
     fn forget_flow(&mut self, key: &FlowKey) -> Result<()> {
         let ct = self
+            .dp
             .conntrack
             .get(key, 0)
             .context("the new flow's conntrack entry")?;
@@ -566,25 +385,18 @@ impl Bench {
             .context("the flow's backend")?;
         let rev = if ct.flags & CT_F_SNAT != 0 {
             FlowKey {
-                saddr_be: be(addr),
-                daddr_be: be(NODE),
-                sport_be: port.to_be(),
                 dport_be: ct.snat_port_be,
-                proto: PROTO_TCP,
-                pad: [0; 3],
+                ..flow(addr, port, NODE, 0, PROTO_TCP)
             }
         } else {
             FlowKey {
-                saddr_be: be(addr),
                 daddr_be: key.saddr_be,
-                sport_be: port.to_be(),
                 dport_be: key.sport_be,
-                proto: PROTO_TCP,
-                pad: [0; 3],
+                ..flow(addr, port, NODE, 0, PROTO_TCP)
             }
         };
-        self.conntrack.remove(key)?;
-        self.rev_nat.remove(&rev)?;
+        self.dp.conntrack.remove(key)?;
+        self.dp.rev_nat.remove(&rev)?;
         Ok(())
     }
 }
@@ -599,8 +411,8 @@ struct Frames {
     reply: Vec<u8>,
 }
 
-const SYN: u8 = 0x02;
-const ACK: u8 = 0x10;
+const SYN: u8 = TCP_SYN;
+const ACK: u8 = TCP_ACK;
 
 fn frames(b: &mut Bench) -> Result<Frames> {
     let xdp = programs::XDP_INGRESS;
@@ -609,37 +421,39 @@ fn frames(b: &mut Bench) -> Result<Frames> {
     b.call(xdp, &client_frame(40_001, SELF_PORT, SYN), 1)?;
     b.call(xdp, &client_frame(40_002, REMOTE_PORT, SYN), 1)?;
     let est_remote = client_frame(40_002, REMOTE_PORT, ACK);
-    let ct = b
-        .conntrack
-        .get(&flow(40_002, REMOTE_PORT), 0)
-        .context("the remote flow's conntrack entry")?;
+    let ct =
+        b.dp.conntrack
+            .get(&flow(CLIENT, 40_002, NODE, REMOTE_PORT, PROTO_TCP), 0)
+            .context("the remote flow's conntrack entry")?;
     ensure!(ct.flags & CT_F_SNAT != 0, "the remote flow is SNATed");
     let &(_, backend, backend_port) = b
         .measured
         .iter()
         .find(|(id, _, _)| *id == ct.backend_id)
         .context("the remote flow's backend")?;
-    let reply = tcp_frame(
-        OTHER_NODE_MAC,
-        NODE_MAC,
-        backend,
-        backend_port,
-        NODE,
-        u16::from_be(ct.snat_port_be),
-        SYN | ACK,
-        63,
-    );
+    let reply = Frame {
+        src_mac: OTHER_NODE_MAC,
+        ttl: 63,
+        ..segment(
+            backend,
+            backend_port,
+            NODE,
+            u16::from_be(ct.snat_port_be),
+            SYN | ACK,
+        )
+    }
+    .bytes();
     Ok(Frames {
         pass: client_frame(40_000, 22, SYN),
         est_local,
         est_remote,
         new_local: (
             client_frame(40_003, LOCAL_PORT, SYN),
-            flow(40_003, LOCAL_PORT),
+            flow(CLIENT, 40_003, NODE, LOCAL_PORT, PROTO_TCP),
         ),
         new_remote: (
             client_frame(40_004, REMOTE_PORT, SYN),
-            flow(40_004, REMOTE_PORT),
+            flow(CLIENT, 40_004, NODE, REMOTE_PORT, PROTO_TCP),
         ),
         reply,
     })
@@ -722,10 +536,8 @@ fn snat_ports_per_backend(b: &mut Bench) -> Result<usize> {
     for i in 0..span + 64 {
         // Distinct clients: one flow each.
         let client = super::synthetic::offset(Ipv4Addr::new(10, 201, 0, 0), i);
-        let frame = tcp_frame(
-            CLIENT_MAC, NODE_MAC, client, 50_000, NODE, PROBE_PORT, SYN, 64,
-        );
-        let (rc, _, _) = b.call(xdp, &frame, 1)?;
+        let frame = segment(client, 50_000, NODE, PROBE_PORT, SYN).bytes();
+        let (rc, _) = b.call(xdp, &frame, 1)?;
         if b.counter(stat::DROP_SNAT_EXHAUSTED)? > before {
             return Ok(i);
         }
@@ -740,17 +552,15 @@ fn snat_ports_per_backend(b: &mut Bench) -> Result<usize> {
 /// Runs the benchmark on a thread of its own (in a private network
 /// namespace, pinned to one CPU).
 pub fn run(object: &[u8], config: &Config) -> Result<ProgramCost> {
-    let config = config.clone();
-    let object = object.to_vec();
-    std::thread::spawn(move || run_here(&object, config))
-        .join()
+    on_own_thread(|| run_here(object, config.clone()))
         .map_err(|_| anyhow::anyhow!("the program-cost thread panicked"))?
 }
 
 fn run_here(object: &[u8], config: Config) -> Result<ProgramCost> {
-    let ifindex = enter_private_netns(config.cpu)?;
+    let netns = PrivateNetns::enter()?;
+    pin_to_cpu(config.cpu)?;
     let max = config.sizes.iter().copied().max().unwrap_or(1);
-    let mut b = Bench::load(object, ifindex, max)?;
+    let mut b = Bench::load(object, netns.ifindex(), max)?;
     let f = frames(&mut b)?;
     let mut sizes = config.sizes.clone();
     sizes.sort_unstable();
@@ -813,11 +623,7 @@ mod tests {
     fn frames_have_valid_checksums() {
         let f = client_frame(40_000, 31_000, SYN);
         assert_eq!(f.len(), 54);
-        assert_eq!(checksum::compute(&f[14..34]), 0);
-        assert_eq!(
-            checksum::l4_ipv4(CLIENT.octets(), NODE.octets(), PROTO_TCP, &f[34..]),
-            0
-        );
+        nodeport_tests::datapath::assert_checksums(&f);
     }
 
     /// A tiny run on the real object: every figure is there and finite

@@ -2,8 +2,11 @@
 //! agent's manifests and kube-proxy's iptables and nftables rules, so every
 //! datapath is programmed with exactly the same Services.
 
-use std::fmt::Write as _;
 use std::net::Ipv4Addr;
+
+use nodeport_tests::objects::{
+    READY, ServiceBuilder, SliceBuilder, Target, ToYaml as _, endpoint, service_port,
+};
 
 /// Namespace of every synthetic object.
 pub const NAMESPACE: &str = "bench";
@@ -172,64 +175,47 @@ pub fn node_port(i: usize) -> u16 {
     NODE_PORT_BASE + u16::try_from(i).expect("nodePort index fits in u16")
 }
 
-fn write_service(out: &mut String, svc: &ServiceDef) {
-    let node_port = svc.ports.iter().any(|p| p.node_port.is_some());
-    let _ = write!(
-        out,
-        "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: {}\n  namespace: {NAMESPACE}\nspec:\n  type: {}\n  clusterIP: {}\n  ports:\n",
-        svc.name,
-        if node_port { "NodePort" } else { "ClusterIP" },
-        svc.cluster_ip
-    );
-    for p in &svc.ports {
-        let _ = write!(
-            out,
-            "    - name: {}\n      protocol: {}\n      port: {}\n      targetPort: {}\n",
-            p.name,
+/// `svc` as a Service object: NodePort when any port has a nodePort,
+/// ClusterIP otherwise.
+fn service(svc: &ServiceDef) -> ServiceBuilder {
+    let type_ = if svc.ports.iter().any(|p| p.node_port.is_some()) {
+        "NodePort"
+    } else {
+        "ClusterIP"
+    };
+    let object = ServiceBuilder::new(NAMESPACE, &svc.name, type_).cluster_ip(svc.cluster_ip);
+    svc.ports.iter().fold(object, |object, p| {
+        object.port(service_port(
+            &p.name,
             p.proto.api(),
             p.port,
-            p.target_port
-        );
-        if let Some(np) = p.node_port {
-            let _ = writeln!(out, "      nodePort: {np}");
-        }
-    }
+            Target::Port(p.target_port),
+            p.node_port,
+        ))
+    })
 }
 
-fn write_slice(out: &mut String, svc: &ServiceDef, index: usize, slice: &SliceDef) {
-    let _ = write!(
-        out,
-        "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {}-{index}\n  namespace: {NAMESPACE}\n  labels:\n    kubernetes.io/service-name: {}\naddressType: IPv4\nports:\n",
-        svc.name, svc.name
+/// Slice `index` of `svc` as an EndpointSlice object `<name>-<index>`, every
+/// endpoint ready.
+fn slice(svc: &ServiceDef, index: usize, slice: &SliceDef) -> SliceBuilder {
+    let name = format!("{}-{index}", svc.name);
+    let object = slice.ports.iter().map(|&p| &svc.ports[p]).fold(
+        SliceBuilder::new(NAMESPACE, &svc.name, &name),
+        |object, p| object.port(&p.name, p.proto.api(), p.target_port),
     );
-    for &p in &slice.ports {
-        let port = &svc.ports[p];
-        let _ = write!(
-            out,
-            "  - name: {}\n    protocol: {}\n    port: {}\n",
-            port.name,
-            port.proto.api(),
-            port.target_port
-        );
-    }
-    out.push_str("endpoints:\n");
-    for ep in &slice.endpoints {
-        let _ = write!(
-            out,
-            "  - addresses: [\"{}\"]\n    conditions: {{ ready: true, serving: true, terminating: false }}\n    nodeName: {}\n",
-            ep.addr, ep.node
-        );
-    }
+    slice.endpoints.iter().fold(object, |object, ep| {
+        object.endpoint(endpoint(ep.addr, &ep.node, READY))
+    })
 }
 
 /// The Services and their EndpointSlices as one multi-document YAML file.
 #[must_use]
 pub fn manifests_yaml(services: &[ServiceDef]) -> String {
-    let mut out = String::with_capacity(services.len() * 900);
+    let mut out = String::new();
     for svc in services {
-        write_service(&mut out, svc);
-        for (i, slice) in svc.slices.iter().enumerate() {
-            write_slice(&mut out, svc, i, slice);
+        service(svc).write_yaml(&mut out);
+        for (i, s) in svc.slices.iter().enumerate() {
+            slice(svc, i, s).write_yaml(&mut out);
         }
     }
     out
@@ -272,11 +258,16 @@ mod tests {
     fn yaml_has_every_object() {
         let s = control_plane_services(3, 2, 1);
         let y = manifests_yaml(&s);
+        assert_eq!(y.matches("---\n").count(), 5, "{y}");
         assert_eq!(y.matches("kind: Service\n").count(), 3);
         assert_eq!(y.matches("kind: EndpointSlice\n").count(), 3);
         assert_eq!(y.matches("type: NodePort").count(), 1);
+        assert_eq!(y.matches("type: ClusterIP").count(), 2);
+        assert_eq!(y.matches("nodePort:").count(), 1);
         assert!(y.contains("nodePort: 30000"));
+        assert!(y.contains("name: svc-2-0\n"));
         assert!(y.contains("kubernetes.io/service-name: svc-2"));
-        assert!(y.contains("addresses: [\"10.128.0.5\"]"));
+        assert!(y.contains("\"10.128.0.5\""), "{y}");
+        assert_eq!(y.matches("terminating: false").count(), 6);
     }
 }
