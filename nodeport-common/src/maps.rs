@@ -432,9 +432,13 @@ pub mod stat {
     /// wildcard address) in the node's network namespace, refused with
     /// `EADDRINUSE`.
     pub const BIND_REFUSED: u32 = 26;
+    /// A `connect()` / `sendmsg()` to a frontend under a Local traffic
+    /// policy whose endpoints are all on other nodes, refused with
+    /// `EHOSTUNREACH` (kube-proxy drops such traffic).
+    pub const SOCK_NO_LOCAL_BACKEND: u32 = 27;
 
     /// Number of counters.
-    pub const COUNT: u32 = 27;
+    pub const COUNT: u32 = 28;
 
     /// Human-readable names, indexed by counter.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -465,6 +469,7 @@ pub mod stat {
         "snat_port_early_reuse",
         "pass_bad_length",
         "bind_refused",
+        "sock_no_local_backend",
     ];
 }
 

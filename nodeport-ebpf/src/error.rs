@@ -71,20 +71,15 @@ impl Verdict {
         self.action
     }
 
-    /// Socket hooks: the call always goes ahead (1); the counter tells what
-    /// was done.
+    /// Socket hooks: the call goes ahead (1) unless the verdict refuses it
+    /// (0, with the error the program set); the counter tells what was done.
     #[inline(always)]
     pub fn finish_sock(self) -> i32 {
         count(self.stat);
-        1
-    }
-
-    /// The bind hook: a refused bind (0, with the error the program set)
-    /// or one that goes ahead (1).
-    #[inline(always)]
-    pub fn finish_bind(self) -> i32 {
-        count(self.stat);
-        i32::from(self.stat != stat::BIND_REFUSED)
+        i32::from(!matches!(
+            self.stat,
+            stat::BIND_REFUSED | stat::SOCK_NO_LOCAL_BACKEND
+        ))
     }
 
     /// TC: `XDP_PASS` maps to "continue" so other programs still see the

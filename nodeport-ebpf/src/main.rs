@@ -123,7 +123,7 @@ pub fn nodeport_xdp_redirect_err(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// Socket LB, `connect()` of TCP and UDP sockets. Always allows the call.
+/// Socket LB, `connect()` of TCP and UDP sockets.
 #[cgroup_sock_addr(connect4)]
 #[allow(
     clippy::needless_pass_by_value,
@@ -160,7 +160,7 @@ pub fn nodeport_recvmsg4(ctx: SockAddrContext) -> i32 {
     reason = "the program macro fixes the signature"
 )]
 pub fn nodeport_bind4(ctx: SockAddrContext) -> i32 {
-    bind_protect::try_bind(&ctx).map_or_else(error::Error::finish_sock, error::Verdict::finish_bind)
+    bind_protect::try_bind(&ctx).map_or_else(error::Error::finish_sock, error::Verdict::finish_sock)
 }
 
 /// The trivial program: `XDP_PASS` and nothing else. The benchmarks run it

@@ -8,15 +8,23 @@
 //! source at `recvmsg()`.
 
 use aya_ebpf::{
-    EbpfContext as _, bindings::BPF_ANY, helpers::bpf_get_socket_cookie, programs::SockAddrContext,
+    EbpfContext as _,
+    bindings::BPF_ANY,
+    helpers::{bpf_get_socket_cookie, bpf_set_retval},
+    programs::SockAddrContext,
 };
-use nodeport_common::{FrontendKey, PROTO_TCP, PROTO_UDP, SockRev, SockRevKey, stat};
+use nodeport_common::{
+    FRONTEND_F_DROP_EMPTY, FrontendKey, PROTO_TCP, PROTO_UDP, SockRev, SockRevKey, stat,
+};
 
 use crate::{
     error::{Error, Verdict},
     maps::{self, SOCK_REV},
     select,
 };
+
+/// `EHOSTUNREACH` of Linux.
+const EHOSTUNREACH: i32 = 113;
 
 #[inline(always)]
 fn cookie(ctx: &SockAddrContext) -> u64 {
@@ -48,6 +56,13 @@ pub fn try_translate(ctx: &SockAddrContext) -> Result<Verdict, Error> {
         return Ok(Verdict::not_ours());
     };
     if fe.backend_count == 0 {
+        if fe.flags & FRONTEND_F_DROP_EMPTY != 0 {
+            // A Local traffic policy whose endpoints are all elsewhere:
+            // kube-proxy drops the traffic; the call fails at once.
+            // SAFETY: plain helper call; sets the error the call returns.
+            unsafe { bpf_set_retval(-EHOSTUNREACH) };
+            return Ok(Verdict::new(0, stat::SOCK_NO_LOCAL_BACKEND));
+        }
         // Left to the stack: a local nodePort has no listener (refused),
         // another node's datapath rejects.
         return Ok(Verdict::not_ours());

@@ -1,0 +1,279 @@
+//! End-to-end tests of Service behaviours kube-proxy has beyond plain
+//! NodePorts and ClusterIPs, on the namespace test cluster with real
+//! traffic: `internalTrafficPolicy: Local`; an allocated nodePort cannot be
+//! taken by a process of the node (its bind fails with EADDRINUSE) while the
+//! NodePort keeps serving, and the NodePort range is kept out of the node's
+//! ephemeral ports.
+//!
+//! Needs root. Run with `cargo xtask test`.
+
+use std::net::Ipv4Addr;
+use std::process::Output;
+use std::time::Duration;
+
+use nodeport_tests::cluster::{node_addr, pod_name};
+use nodeport_tests::objects::{ServiceBuilder, to_yaml};
+use nodeport_tests::server::client_binary;
+use nodeport_tests::{AgentOptions, Answer, Cluster, ClusterConfig, Veths, eventually};
+
+const POD_PORT: u16 = 8080;
+const NODE_PORT: u16 = 31_600;
+/// In the NodePort range, allocated to no Service.
+const FREE_NODE_PORT: u16 = 31_601;
+/// `EADDRINUSE`.
+const ADDR_IN_USE: &str = "errno=98";
+/// `EHOSTUNREACH`, as `std::io::Error` shows it.
+const HOST_UNREACHABLE: &str = "os error 113";
+const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 60);
+const ITP_NODE_PORT: u16 = 31_602;
+
+fn cluster() -> Cluster {
+    Cluster::with_config(ClusterConfig {
+        nodes: 2,
+        pods_per_node: 1,
+        pod_tcp_ports: vec![POD_PORT],
+        pod_udp_ports: vec![POD_PORT],
+        veths: Veths::KernelDefaults,
+        ..ClusterConfig::default()
+    })
+}
+
+fn answer(r: std::io::Result<String>, what: &str) -> Answer {
+    let line = r.unwrap_or_else(|e| panic!("{what}: {e}"));
+    line.parse().unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+/// `np-client bind-tcp|bind-udp ADDR PORT` as a process of node `i`: in its
+/// network namespace and its cgroup (where the agent's hooks are attached).
+fn node_bind(c: &Cluster, i: usize, kind: &str, addr: Ipv4Addr, port: u16) -> Output {
+    let mut cmd = c.node(i).netns().command(client_binary());
+    nodeport_tests::cgroup::join_on_exec(&mut cmd, c.node_cgroup(i));
+    cmd.args([kind, &addr.to_string(), &port.to_string()])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run np-client: {e}"))
+}
+
+fn describe(out: &Output) -> String {
+    format!(
+        "{} stdout {:?} stderr {:?}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout).trim(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    )
+}
+
+/// Whether the kernel port list `list` (`1024-32767,61000`) holds every
+/// port of `ports` (the kernel merges adjacent ranges).
+fn reserves(list: &str, ports: std::ops::RangeInclusive<u16>) -> bool {
+    let ranges: Vec<(u16, u16)> = list
+        .trim()
+        .split(',')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (a, b) = p.split_once('-').unwrap_or((p, p));
+            let port = |s: &str| {
+                s.trim()
+                    .parse::<u16>()
+                    .unwrap_or_else(|e| panic!("reserved ports {list:?}: {e}"))
+            };
+            (port(a), port(b))
+        })
+        .collect();
+    ports
+        .into_iter()
+        .all(|p| ranges.iter().any(|&(a, b)| (a..=b).contains(&p)))
+}
+
+fn assert_refused(out: &Output, what: &str) {
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains(ADDR_IN_USE),
+        "{what}: the bind fails with EADDRINUSE: {}",
+        describe(out)
+    );
+}
+
+fn assert_bound(out: &Output, what: &str) {
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("bound"),
+        "{what}: the bind succeeds: {}",
+        describe(out)
+    );
+}
+
+/// `internalTrafficPolicy: Local`: a pod's connections to the ClusterIP
+/// (TCP and UDP) reach only endpoints on its own node; on a node whose
+/// endpoints are all gone elsewhere they fail at once (kube-proxy drops
+/// them), while the NodePort (`externalTrafficPolicy: Cluster`) still
+/// reaches every endpoint from outside.
+#[test]
+fn internal_traffic_policy_local_keeps_cluster_ip_traffic_on_the_node() {
+    let c = cluster();
+    let svc = ServiceBuilder::node_port("itp")
+        .tcp("tcp", 80, POD_PORT, ITP_NODE_PORT)
+        .udp("udp", 80, POD_PORT, ITP_NODE_PORT)
+        .cluster_ip(CLUSTER_IP)
+        .internal_traffic_policy("Local");
+    let both = to_yaml(&[&svc, &svc.slice("x1").pods(&[(1, 1, true), (2, 1, true)])]);
+    c.manifests().write("itp.yaml", &both);
+    let agent1 = c.start_agent(1, c.manifests().dir());
+    let agent2 = c.start_agent(2, c.manifests().dir());
+    agent1.wait_ready();
+    agent2.wait_ready();
+    let from_pod = |node: usize, proto: &str| -> Result<Answer, String> {
+        c.pod_request(node, 1, proto, CLUSTER_IP, 80).map(|line| {
+            line.parse()
+                .unwrap_or_else(|e| panic!("answer of {proto} from pod {node}/1: {e}"))
+        })
+    };
+    eventually(Duration::from_secs(5), || from_pod(1, "tcp").ok())
+        .expect("pod 1 of node 1 reaches the ClusterIP");
+    for node in [1, 2] {
+        for round in 0..16 {
+            for proto in ["tcp", "udp"] {
+                let a = from_pod(node, proto)
+                    .unwrap_or_else(|e| panic!("{proto} {round} from node {node}'s pod: {e}"));
+                assert_eq!(
+                    a.server,
+                    pod_name(node, 1),
+                    "{proto} from node {node}'s pod stays on node {node}"
+                );
+            }
+        }
+    }
+
+    // Only node 1 has an endpoint left: node 2's pods are refused.
+    let writes = agent2.map_writes();
+    c.manifests().write(
+        "itp.yaml",
+        &to_yaml(&[&svc, &svc.slice("x1").pods(&[(1, 1, true)])]),
+    );
+    agent2.wait_for_map_writes_since(writes, Duration::from_secs(5));
+    let refused = eventually(Duration::from_secs(5), || from_pod(2, "tcp").err())
+        .expect("node 2's pod is refused once node 2 has no endpoint");
+    assert!(refused.contains(HOST_UNREACHABLE), "TCP: {refused}");
+    let refused = from_pod(2, "udp").expect_err("UDP from node 2's pod is refused");
+    assert!(refused.contains(HOST_UNREACHABLE), "UDP: {refused}");
+    assert!(
+        agent2
+            .metric("nodeport_datapath_packets_total{reason=\"sock_no_local_backend\"}")
+            .is_some_and(|n| n >= 2.0),
+        "the refusals are counted"
+    );
+    let a = from_pod(1, "tcp").expect("node 1's pod still reaches its own endpoint");
+    assert_eq!(a.server, pod_name(1, 1));
+    // External traffic to the NodePort is not internal: every endpoint.
+    let a = answer(
+        c.client().tcp_request(node_addr(2), ITP_NODE_PORT),
+        "the NodePort through node 2",
+    );
+    assert_eq!(a.server, pod_name(1, 1), "reached through SNAT");
+}
+
+/// kube-proxy holds every allocated nodePort on the node's addresses, so
+/// no other process of the node can take it: a bind of the nodePort (TCP
+/// and UDP, on the node address and the wildcard address) by a process of
+/// the node gets EADDRINUSE, while the NodePort keeps answering; a port of
+/// the range that no Service has binds, a pod binds the number in its own
+/// namespace, the port binds again once its Service is gone, and
+/// `--node-port-bind-protection=false` lets every bind through. The range
+/// is reserved from the node's ephemeral ports until `cleanup`.
+#[test]
+fn binding_an_allocated_node_port_on_the_node_fails_while_the_node_port_serves() {
+    let c = cluster();
+    let svc = ServiceBuilder::node_port("held").ports(&[
+        ("tcp", "TCP", 80, POD_PORT, NODE_PORT),
+        ("udp", "UDP", 80, POD_PORT, NODE_PORT),
+    ]);
+    c.manifests().write(
+        "held.yaml",
+        &to_yaml(&[&svc, &svc.slice("x1").pods(&[(1, 1, true), (2, 1, true)])]),
+    );
+    let node1 = c.node(1).netns();
+    let before = node1.sysctl("net.ipv4.ip_local_reserved_ports");
+    let agent1 = c.start_agent(1, c.manifests().dir());
+    let agent2 = c.start_agent_with(
+        2,
+        &AgentOptions::new(c.manifests().dir()).arg("--node-port-bind-protection=false"),
+    );
+    agent1.wait_ready();
+    agent2.wait_ready();
+    eventually(Duration::from_secs(5), || {
+        c.client().tcp_request(node_addr(1), NODE_PORT).ok()
+    })
+    .expect("the NodePort answers through node 1");
+
+    for (kind, addr) in [
+        ("bind-tcp", node_addr(1)),
+        ("bind-tcp", Ipv4Addr::UNSPECIFIED),
+        ("bind-udp", node_addr(1)),
+        ("bind-udp", Ipv4Addr::UNSPECIFIED),
+    ] {
+        assert_refused(
+            &node_bind(&c, 1, kind, addr, NODE_PORT),
+            &format!("node 1 {kind} {addr}:{NODE_PORT}"),
+        );
+    }
+    assert!(
+        agent1
+            .metric("nodeport_datapath_packets_total{reason=\"bind_refused\"}")
+            .is_some_and(|n| n >= 4.0),
+        "the refused binds are counted"
+    );
+    assert_bound(
+        &node_bind(&c, 1, "bind-tcp", node_addr(1), FREE_NODE_PORT),
+        "node 1 binds a port of the range that no Service has",
+    );
+    let mut pod_bind = c.pod_command(1, 1, client_binary());
+    let out = pod_bind
+        .args(["bind-tcp", "0.0.0.0", &NODE_PORT.to_string()])
+        .output()
+        .expect("run np-client in the pod");
+    assert_bound(&out, "a pod binds the nodePort's number in its own namespace");
+    assert_bound(
+        &node_bind(&c, 2, "bind-tcp", node_addr(2), NODE_PORT),
+        "node 2 runs without bind protection",
+    );
+
+    // The NodePort serves as before, TCP and UDP.
+    for _ in 0..10 {
+        let a = answer(
+            c.client().tcp_request(node_addr(1), NODE_PORT),
+            "TCP through node 1",
+        );
+        assert!(
+            [pod_name(1, 1), pod_name(2, 1)].contains(&a.server),
+            "{a:?}"
+        );
+        answer(
+            c.client().udp_request(node_addr(1), NODE_PORT, None),
+            "UDP through node 1",
+        );
+    }
+    let reserved = node1.sysctl("net.ipv4.ip_local_reserved_ports");
+    assert!(
+        reserves(&reserved, 30_000..=32_767),
+        "the NodePort range is reserved from node 1's ephemeral ports: {reserved:?}"
+    );
+
+    // Once the Service is gone, its port is free again.
+    let writes = agent1.map_writes();
+    c.manifests().remove("held.yaml");
+    agent1.wait_for_map_writes_since(writes, Duration::from_secs(5));
+    let freed = eventually(Duration::from_secs(5), || {
+        let out = node_bind(&c, 1, "bind-tcp", node_addr(1), NODE_PORT);
+        out.status.success().then_some(out)
+    });
+    assert!(freed.is_some(), "the nodePort binds once its Service is deleted");
+
+    drop(agent1);
+    let out = c.agent_cli(
+        1,
+        &["cleanup", "--bpffs", &c.node_bpffs(1).to_string_lossy()],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        node1.sysctl("net.ipv4.ip_local_reserved_ports"),
+        before,
+        "cleanup restores the reserved ports"
+    );
+}
