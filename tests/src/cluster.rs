@@ -541,6 +541,18 @@ impl Cluster {
         run_output(self.node(i).netns.command(agent_binary()).args(args))
     }
 
+    /// Runs `nodeport-agent cleanup` for node `i` (its `--bpffs`); panics
+    /// with its stderr if it fails.
+    pub fn cleanup_node(&self, i: usize) {
+        let bpffs = self.node_bpffs(i);
+        let out = self.agent_cli(i, &["cleanup", "--bpffs", &bpffs.to_string_lossy()]);
+        assert!(
+            out.status.success(),
+            "cleanup of node {i}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Starts an `np-podserver` in any namespace of the cluster (e.g. an
     /// ordinary server in a node namespace) and waits until it is ready.
     #[must_use]

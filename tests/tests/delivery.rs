@@ -212,11 +212,7 @@ fn node_connections_to_a_backend_pod_work_beside_snat_flows() {
         );
     }
     drop(agent1);
-    let out = c.agent_cli(
-        1,
-        &["cleanup", "--bpffs", &c.node_bpffs(1).to_string_lossy()],
-    );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    c.cleanup_node(1);
     assert_eq!(
         node1.sysctl("net.ipv4.ip_local_reserved_ports"),
         before,

@@ -606,13 +606,8 @@ fn datapath_outlives_the_agent_until_cleanup() {
         );
     }
 
+    c.cleanup_node(1);
     let bpffs = c.node_bpffs(1);
-    let out = c.agent_cli(1, &["cleanup", "--bpffs", &bpffs.to_string_lossy()]);
-    assert!(
-        out.status.success(),
-        "cleanup: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let link = c
         .node(1)
         .netns()

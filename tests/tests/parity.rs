@@ -266,11 +266,7 @@ fn binding_an_allocated_node_port_on_the_node_fails_while_the_node_port_serves()
     assert!(freed.is_some(), "the nodePort binds once its Service is deleted");
 
     drop(agent1);
-    let out = c.agent_cli(
-        1,
-        &["cleanup", "--bpffs", &c.node_bpffs(1).to_string_lossy()],
-    );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    c.cleanup_node(1);
     assert_eq!(
         node1.sysctl("net.ipv4.ip_local_reserved_ports"),
         before,
