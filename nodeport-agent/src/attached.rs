@@ -11,6 +11,8 @@
 //!   moved to generic XDP in `auto` mode, and otherwise reported failing
 //!   (`/healthz` 503, a log line naming the device and the fix).
 
+use std::net::Ipv4Addr;
+
 use nodeport_common::{
     DEVICE_F_REDIRECT_TX, DEVICE_F_SKB_MODE, Device, DeviceKey, DeviceTx,
 };
@@ -213,6 +215,13 @@ fn describe(maps: &mut BpfMaps, dev: &AttachedDevice) -> Result<(), AttachError>
         iface: dev.iface.clone(),
         source,
     })?;
+    // The first IPv4 address of the device: the SNAT source of flows to
+    // external frontends (externalIPs, LoadBalancer IPs).
+    let addr = crate::node_addrs::local_ipv4()
+        .unwrap_or_default()
+        .into_iter()
+        .find(|a| a.iface == dev.iface)
+        .map_or(Ipv4Addr::UNSPECIFIED, |a| a.addr);
     maps.put_device(
         DeviceKey {
             ifindex: dev.ifindex,
@@ -221,6 +230,7 @@ fn describe(maps: &mut BpfMaps, dev: &AttachedDevice) -> Result<(), AttachError>
             flags,
             mac,
             pad: 0,
+            addr_be: nodeport_common::addr::to_be(addr),
         },
     )?;
     Ok(())

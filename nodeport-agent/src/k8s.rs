@@ -25,6 +25,11 @@ pub const AFFINITY_CLIENT_IP: &str = "ClientIP";
 pub const AFFINITY_NONE: &str = "None";
 /// `sessionAffinityConfig.clientIP.timeoutSeconds` when absent.
 pub const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
+/// `status.loadBalancer.ingress[].ipMode` (KEP-1860): `VIP` (the default)
+/// is served on the nodes like an externalIP; `Proxy` is the load
+/// balancer's own, which forwards to the nodePorts, and is not served.
+pub const IP_MODE_VIP: &str = "VIP";
+pub const IP_MODE_PROXY: &str = "Proxy";
 
 pub const ADDRESS_TYPE_IPV4: &str = "IPv4";
 pub const ADDRESS_TYPE_IPV6: &str = "IPv6";

@@ -28,6 +28,10 @@ pub struct ServiceModel {
 pub struct Served {
     /// The IPv4 cluster IP, if any.
     pub cluster_ip: Option<Ipv4Addr>,
+    /// The IPv4 `externalIPs` and LoadBalancer ingress IPs of `ipMode: VIP`,
+    /// sorted, without duplicates: served to traffic from outside like a
+    /// `NodePort`, on the Service's ports.
+    pub external_ips: Vec<Ipv4Addr>,
     /// NodePort or LoadBalancer: its ports' `nodePort`s are served.
     pub node_ports: bool,
     /// `externalTrafficPolicy: Local` (on a Service with node ports).
@@ -160,11 +164,13 @@ impl Served {
             .flatten()
             .filter_map(PortModel::from_port)
             .collect();
+        let external_ips = external_ips(svc);
         Some(Self {
             cluster_ip,
             node_ports,
-            external_local: node_ports
+            external_local: (node_ports || !external_ips.is_empty())
                 && spec.external_traffic_policy.as_deref() == Some(k8s::POLICY_LOCAL),
+            external_ips,
             internal_local: spec.internal_traffic_policy.as_deref() == Some(k8s::POLICY_LOCAL),
             affinity_timeout_s,
             publish_not_ready: spec.publish_not_ready_addresses == Some(true),
@@ -172,6 +178,36 @@ impl Served {
             ports,
         })
     }
+}
+
+/// The external addresses of `svc` that are served: its IPv4
+/// `externalIPs`, and for a LoadBalancer its ingress IPs but those of
+/// `ipMode: Proxy`.
+fn external_ips(svc: &Service) -> Vec<Ipv4Addr> {
+    let spec = svc.spec.as_ref();
+    let load_balancer = spec.and_then(|s| s.type_.as_deref()) == Some(k8s::TYPE_LOAD_BALANCER);
+    let ingress = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .filter(|_| load_balancer)
+        .into_iter()
+        .flatten()
+        .filter(|i| i.ip_mode.as_deref() != Some(k8s::IP_MODE_PROXY))
+        .filter_map(|i| i.ip.as_deref());
+    let mut ips: Vec<Ipv4Addr> = spec
+        .and_then(|s| s.external_ips.as_ref())
+        .into_iter()
+        .flatten()
+        .map(String::as_str)
+        .chain(ingress)
+        .filter_map(|ip| ip.parse::<Ipv4Addr>().ok())
+        .filter(|ip| !ip.is_unspecified())
+        .collect();
+    ips.sort_unstable();
+    ips.dedup();
+    ips
 }
 
 impl PortModel {

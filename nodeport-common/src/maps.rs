@@ -147,6 +147,10 @@ pub struct Device {
     /// passed untouched; all zero: not checked.
     pub mac: [u8; 6],
     pub pad: u16,
+    /// The device's IPv4 address (network order), the source of flows to
+    /// external frontends (externalIPs, LoadBalancer IPs) SNATed to a
+    /// backend on another node; zero: such flows are left to the stack.
+    pub addr_be: u32,
 }
 
 /// Send packets back out of this device with `bpf_redirect` to itself
@@ -211,6 +215,10 @@ pub const FRONTEND_F_AFFINITY: u32 = 1 << 1;
 /// A `NodePort` with `externalTrafficPolicy: Local` and no local endpoint:
 /// drop instead of rejecting, as kube-proxy does.
 pub const FRONTEND_F_DROP_EMPTY: u32 = 1 << 2;
+/// An external frontend (an `externalIPs` entry or a LoadBalancer ingress
+/// IP): served for traffic from outside like a `NodePort`, backends on
+/// other nodes reached with SNAT to the ingress device's address.
+pub const FRONTEND_F_EXTERNAL: u32 = 1 << 3;
 
 /// Key of the backend-slot map.
 #[repr(C)]
@@ -478,8 +486,9 @@ const _: () = {
     assert!(size_of::<NodeAddrKey>() == 4);
     assert!(size_of::<NodeAddr>() == 4);
     assert!(size_of::<DeviceKey>() == 4);
-    assert!(size_of::<Device>() == 12);
+    assert!(size_of::<Device>() == 16);
     assert!(offset_of!(Device, mac) == 4);
+    assert!(offset_of!(Device, addr_be) == 12);
     assert!(size_of::<DeviceTx>() == 16);
     assert!(size_of::<TxArmed>() == 4);
     assert!(size_of::<FrontendKey>() == 8);
@@ -522,7 +531,7 @@ pub const LAYOUTS: &[Layout] = &[
     (
         "Device",
         size_of::<Device>(),
-        &[("flags", 0), ("mac", 4), ("pad", 10)],
+        &[("flags", 0), ("mac", 4), ("pad", 10), ("addr_be", 12)],
     ),
     (
         "DeviceTx",

@@ -9,8 +9,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use nodeport_common::{
-    BACKEND_F_LOCAL, Backend, CT_F_CLOSING, CT_F_SNAT, CtEntry, FRONTEND_F_DROP_EMPTY, FlowKey,
-    Frontend, FrontendKey, RevNat, stat,
+    BACKEND_F_LOCAL, Backend, CT_F_CLOSING, CT_F_SNAT, CtEntry, FRONTEND_F_DROP_EMPTY,
+    FRONTEND_F_EXTERNAL, FlowKey, Frontend, FrontendKey, RevNat, stat,
 };
 
 use crate::{
@@ -52,16 +52,29 @@ pub fn try_ingress(ctx: &XdpContext) -> Result<Verdict, Error> {
         proto: p.proto,
         pad: 0,
     };
-    if let Some(fe) = maps::frontend(fe_key) {
-        return service(ctx, &p, &flow, &fe, to_node, &device);
-    }
-    if to_node && maps::snat_pool().contains(u16::from_be(p.dport_be)) {
-        // SAFETY: the value is copied out at once.
-        if let Some(rev) = REV_NAT.get_ptr(flow).map(|r| unsafe { *r }) {
-            return reply_from_remote(ctx, &p, &rev, &device);
+    let mut fe = maps::frontend(fe_key);
+    if fe.is_none() {
+        // Replies of SNATed flows come to a node address: the one the flow
+        // came to, or the ingress device's for an external frontend.
+        let to_snat_addr = to_node || (device.addr_be != 0 && p.daddr_be == device.addr_be);
+        if to_snat_addr && maps::snat_pool().contains(u16::from_be(p.dport_be)) {
+            // SAFETY: the value is copied out at once.
+            if let Some(rev) = REV_NAT.get_ptr(flow).map(|r| unsafe { *r }) {
+                return reply_from_remote(ctx, &p, &rev, &device);
+            }
+        }
+        if to_node {
+            // An externalIP or LoadBalancer IP that is also a node address.
+            fe = maps::frontend(FrontendKey {
+                addr_be: p.daddr_be,
+                ..fe_key
+            });
         }
     }
-    Ok(Verdict::not_ours())
+    match fe {
+        Some(fe) => service(ctx, &p, &flow, &fe, to_node, &device),
+        None => Ok(Verdict::not_ours()),
+    }
 }
 
 /// A packet to a frontend: find or choose its backend and translate.
@@ -123,14 +136,20 @@ fn service(
         pad2: 0,
     };
     if backend.flags & BACKEND_F_LOCAL == 0 {
-        if !to_node {
-            // A ClusterIP flow to another node needs a node source address
-            // the XDP path does not know yet: leave it to the stack.
+        // The SNAT source: the node address the flow came to, or for an
+        // external frontend (externalIP, LoadBalancer IP) the ingress
+        // device's address. A ClusterIP flow from outside to another node
+        // is left to the stack.
+        let snat_addr_be = if to_node {
+            p.daddr_be
+        } else if fe.flags & FRONTEND_F_EXTERNAL != 0 && device.addr_be != 0 {
+            device.addr_be
+        } else {
             return Ok(Verdict::not_ours());
-        }
+        };
         entry.flags = CT_F_SNAT;
-        entry.snat_addr_be = p.daddr_be;
-        entry.snat_port_be = snat::alloc(p, flow, &backend, &maps::config())?;
+        entry.snat_addr_be = snat_addr_be;
+        entry.snat_port_be = snat::alloc(p, flow, &backend, snat_addr_be, &maps::config())?;
     }
     CONNTRACK
         .insert(flow, entry, u64::from(BPF_ANY))
@@ -185,7 +204,7 @@ fn translate(
 
     if !new_flow {
         // The reverse entry may have been evicted on its own: restore it.
-        let rev_key = snat::rev_key(p, backend, entry.snat_port_be);
+        let rev_key = snat::rev_key(p, backend, entry.snat_addr_be, entry.snat_port_be);
         if REV_NAT.get_ptr(rev_key).is_none() {
             REV_NAT
                 .insert(rev_key, snat::rev_nat_for(p, flow), u64::from(BPF_ANY))

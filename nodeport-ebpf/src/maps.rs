@@ -115,6 +115,8 @@ pub fn slot(service_id: u32, slot: u32) -> Option<u32> {
 pub struct DeviceInfo {
     flags: u32,
     mac: [u8; 6],
+    /// The device's IPv4 address (network order); zero: unknown.
+    pub addr_be: u32,
 }
 
 impl DeviceInfo {
@@ -150,11 +152,13 @@ pub fn device(ifindex: u32) -> DeviceInfo {
             DeviceInfo {
                 flags: (*p).flags,
                 mac: (*p).mac,
+                addr_be: (*p).addr_be,
             }
         },
         None => DeviceInfo {
             flags: 0,
             mac: [0; 6],
+            addr_be: 0,
         },
     }
 }

@@ -100,7 +100,7 @@ pub fn try_tc_ingress(ctx: &TcContext) -> i32 {
     };
     if rc < 0 {
         count(stat::DROP_FIB);
-        return TC_ACT_SHOT as i32;
+        return TC_ACT_SHOT;
     }
     count(stat::NEIGH_REDIRECT);
     rc as i32

@@ -35,12 +35,12 @@ use crate::{
 const PROBES: u32 = 128;
 
 /// Key of the reverse entry for an SNATed flow: the backend's reply to the
-/// node address and allocated port.
+/// node address `snat_addr_be` and the allocated port.
 #[inline(always)]
-pub fn rev_key(p: &Parsed, backend: &Backend, snat_port_be: u16) -> FlowKey {
+pub fn rev_key(p: &Parsed, backend: &Backend, snat_addr_be: u32, snat_port_be: u16) -> FlowKey {
     FlowKey {
         saddr_be: backend.addr_be,
-        daddr_be: p.daddr_be,
+        daddr_be: snat_addr_be,
         sport_be: backend.port_be,
         dport_be: snat_port_be,
         proto: p.proto,
@@ -70,9 +70,16 @@ enum Holder {
     Live,
 }
 
-/// Allocates a source port (network order) for an SNATed flow.
+/// Allocates a source port (network order) for a flow SNATed to the node
+/// address `snat_addr_be`.
 #[inline(always)]
-pub fn alloc(p: &Parsed, flow: &FlowKey, backend: &Backend, cfg: &Config) -> Result<u16, Error> {
+pub fn alloc(
+    p: &Parsed,
+    flow: &FlowKey,
+    backend: &Backend,
+    snat_addr_be: u32,
+    cfg: &Config,
+) -> Result<u16, Error> {
     let pool = SnatPool::of(cfg);
     let size = pool.size();
     if size == 0 {
@@ -84,7 +91,7 @@ pub fn alloc(p: &Parsed, flow: &FlowKey, backend: &Backend, cfg: &Config) -> Res
     let rest_ns = cfg.rest_ns();
 
     let preferred = pool.preferred(flow.saddr_be, u16::from_be(flow.sport_be));
-    if take_if_free(p, backend, &rev, preferred, now, rest_ns)? {
+    if take_if_free(p, backend, snat_addr_be, &rev, preferred, now, rest_ns)? {
         return Ok(preferred.to_be());
     }
     let mut best_port = 0u16;
@@ -92,7 +99,7 @@ pub fn alloc(p: &Parsed, flow: &FlowKey, backend: &Backend, cfg: &Config) -> Res
     for _ in 0..PROBES {
         // SAFETY: plain helper call.
         let port = pool.port_at(unsafe { bpf_get_prandom_u32() });
-        let key = rev_key(p, backend, port.to_be());
+        let key = rev_key(p, backend, snat_addr_be, port.to_be());
         if REV_NAT.insert(key, rev, u64::from(BPF_NOEXIST)).is_ok() {
             return Ok(port.to_be());
         }
@@ -109,7 +116,7 @@ pub fn alloc(p: &Parsed, flow: &FlowKey, backend: &Backend, cfg: &Config) -> Res
         }
     }
     if best_port != 0 {
-        let key = rev_key(p, backend, best_port.to_be());
+        let key = rev_key(p, backend, snat_addr_be, best_port.to_be());
         take(&key, &rev)?;
         count(stat::SNAT_PORT_EARLY_REUSE);
         return Ok(best_port.to_be());
@@ -122,12 +129,13 @@ pub fn alloc(p: &Parsed, flow: &FlowKey, backend: &Backend, cfg: &Config) -> Res
 fn take_if_free(
     p: &Parsed,
     backend: &Backend,
+    snat_addr_be: u32,
     rev: &RevNat,
     port: u16,
     now: u64,
     rest_ns: u64,
 ) -> Result<bool, Error> {
-    let key = rev_key(p, backend, port.to_be());
+    let key = rev_key(p, backend, snat_addr_be, port.to_be());
     if REV_NAT.insert(key, *rev, u64::from(BPF_NOEXIST)).is_ok() {
         return Ok(true);
     }

@@ -52,7 +52,14 @@ pub fn try_translate(ctx: &SockAddrContext) -> Result<Verdict, Error> {
         proto,
         pad: 0,
     };
-    let Some(fe) = maps::frontend(key) else {
+    // A node address's NodePort, else an externalIP or LoadBalancer IP that
+    // is also a node address.
+    let fe = maps::frontend(key).or_else(|| {
+        (key.addr_be == 0)
+            .then(|| maps::frontend(FrontendKey { addr_be, ..key }))
+            .flatten()
+    });
+    let Some(fe) = fe else {
         return Ok(Verdict::not_ours());
     };
     if fe.backend_count == 0 {

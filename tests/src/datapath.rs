@@ -766,11 +766,28 @@ impl Datapath {
 
     /// Describes the device to the datapath: its MAC and `flags`.
     pub fn device(&mut self, mac: [u8; 6], flags: u32) -> Result<(), Error> {
+        self.device_with_addr(mac, flags, Ipv4Addr::UNSPECIFIED)
+    }
+
+    /// [`Datapath::device`] with the device's IPv4 address (the SNAT source
+    /// of flows to external frontends).
+    pub fn device_with_addr(
+        &mut self,
+        mac: [u8; 6],
+        flags: u32,
+        addr: Ipv4Addr,
+    ) -> Result<(), Error> {
         let ifindex = self.ifindex;
         let mut devices: HashMap<_, DeviceKey, Device> =
             HashMap::try_from(self.map_mut(names::DEVICES)?).context(|| "devices map".into())?;
+        let device = Device {
+            flags,
+            mac,
+            pad: 0,
+            addr_be: be(addr),
+        };
         devices
-            .insert(DeviceKey { ifindex }, Device { flags, mac, pad: 0 }, 0)
+            .insert(DeviceKey { ifindex }, device, 0)
             .context(|| "device".into())
     }
 

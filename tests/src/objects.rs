@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use k8s_openapi::api::core::v1::{
-    ClientIPConfig, Node, NodeAddress, NodeStatus, Service, ServicePort, ServiceSpec,
-    SessionAffinityConfig,
+    ClientIPConfig, LoadBalancerIngress, LoadBalancerStatus, Node, NodeAddress, NodeStatus,
+    Service, ServicePort, ServiceSpec, ServiceStatus, SessionAffinityConfig,
 };
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -217,6 +217,29 @@ impl ServiceBuilder {
 
     pub fn internal_traffic_policy(mut self, policy: &str) -> Self {
         self.spec().internal_traffic_policy = Some(policy.to_owned());
+        self
+    }
+
+    /// `spec.externalIPs`.
+    pub fn external_ips(mut self, ips: &[Ipv4Addr]) -> Self {
+        self.spec().external_ips = Some(ips.iter().map(ToString::to_string).collect());
+        self
+    }
+
+    /// One more `status.loadBalancer.ingress` entry: `ip`, with `ipMode`
+    /// when given (`VIP`, `Proxy`).
+    pub fn load_balancer_ingress(mut self, ip: Ipv4Addr, ip_mode: Option<&str>) -> Self {
+        let status = self.service.status.get_or_insert_with(ServiceStatus::default);
+        status
+            .load_balancer
+            .get_or_insert_with(LoadBalancerStatus::default)
+            .ingress
+            .get_or_insert_with(Vec::new)
+            .push(LoadBalancerIngress {
+                ip: Some(ip.to_string()),
+                ip_mode: ip_mode.map(str::to_owned),
+                ..LoadBalancerIngress::default()
+            });
         self
     }
 

@@ -1,18 +1,20 @@
 //! End-to-end tests of Service behaviours kube-proxy has beyond plain
 //! NodePorts and ClusterIPs, on the namespace test cluster with real
-//! traffic: `internalTrafficPolicy: Local`; an allocated nodePort cannot be
+//! traffic: `externalIPs` and LoadBalancer ingress IPs;
+//! `internalTrafficPolicy: Local`; an allocated nodePort cannot be
 //! taken by a process of the node (its bind fails with EADDRINUSE) while the
 //! NodePort keeps serving, and the NodePort range is kept out of the node's
 //! ephemeral ports.
 //!
 //! Needs root. Run with `cargo xtask test`.
 
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::process::Output;
 use std::time::Duration;
 
-use nodeport_tests::cluster::{node_addr, pod_name};
-use nodeport_tests::objects::{ServiceBuilder, to_yaml};
+use nodeport_tests::cluster::{CLIENT_ADDR, node_addr, pod_name};
+use nodeport_tests::objects::{ServiceBuilder, Target, service_port, to_yaml};
 use nodeport_tests::server::client_binary;
 use nodeport_tests::{AgentOptions, Answer, Cluster, ClusterConfig, Veths, eventually};
 
@@ -25,6 +27,10 @@ const ADDR_IN_USE: &str = "errno=98";
 /// `EHOSTUNREACH`, as `std::io::Error` shows it.
 const HOST_UNREACHABLE: &str = "os error 113";
 const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 60);
+const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+const LB_VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+const LB_PROXY: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 8);
+const LB_NODE_PORT: u16 = 31_603;
 const ITP_NODE_PORT: u16 = 31_602;
 
 fn cluster() -> Cluster {
@@ -98,6 +104,108 @@ fn assert_bound(out: &Output, what: &str) {
         "{what}: the bind succeeds: {}",
         describe(out)
     );
+}
+
+/// An `externalIPs` address and a LoadBalancer ingress IP (`ipMode: VIP`)
+/// are served like a NodePort by whichever node the traffic arrives at
+/// (TCP and UDP, the local backend with the client's address, the remote
+/// one through SNAT to the node's address, the reply from the Service's
+/// address), and from pods through socket load balancing; an ingress IP of
+/// `ipMode: Proxy` is the load balancer's, not served on the nodes.
+#[test]
+fn external_ips_and_load_balancer_ips_are_served_through_every_node() {
+    let c = cluster();
+    let ext = ServiceBuilder::new("default", "ext", "ClusterIP")
+        .port(service_port(
+            "tcp",
+            "TCP",
+            80,
+            Target::Port(POD_PORT),
+            None,
+        ))
+        .port(service_port(
+            "udp",
+            "UDP",
+            80,
+            Target::Port(POD_PORT),
+            None,
+        ))
+        .external_ips(&[EXTERNAL_IP]);
+    let lb = ServiceBuilder::new("default", "lb", "LoadBalancer")
+        .tcp("tcp", 80, POD_PORT, LB_NODE_PORT)
+        .load_balancer_ingress(LB_VIP, Some("VIP"))
+        .load_balancer_ingress(LB_PROXY, Some("Proxy"));
+    let endpoints = [(1, 1, true), (2, 1, true)];
+    c.manifests().write(
+        "external.yaml",
+        &to_yaml(&[
+            &ext,
+            &ext.slice("x1").pods(&endpoints),
+            &lb,
+            &lb.slice("x1").pods(&endpoints),
+        ]),
+    );
+    let agent1 = c.start_agent(1, c.manifests().dir());
+    let agent2 = c.start_agent(2, c.manifests().dir());
+    agent1.wait_ready();
+    agent2.wait_ready();
+    let client = c.client_netns();
+    for node in [1, 2] {
+        // The upstream router sends the external addresses to this node.
+        for addr in [EXTERNAL_IP, LB_VIP, LB_PROXY] {
+            client.ip(&[
+                "route",
+                "replace",
+                &format!("{addr}/32"),
+                "via",
+                &node_addr(node).to_string(),
+            ]);
+        }
+        eventually(Duration::from_secs(5), || {
+            c.client().tcp_request(EXTERNAL_IP, 80).ok()
+        })
+        .unwrap_or_else(|| panic!("the externalIP answers through node {node}"));
+        for (addr, what) in [(EXTERNAL_IP, "externalIP"), (LB_VIP, "LoadBalancer IP")] {
+            let mut seen = BTreeSet::new();
+            for round in 0..24 {
+                let a = answer(
+                    c.client().tcp_request(addr, 80),
+                    &format!("TCP {round} to the {what} through node {node}"),
+                );
+                assert_eq!(a.local_port, POD_PORT);
+                let expected_peer = if a.server == pod_name(node, 1) {
+                    CLIENT_ADDR
+                } else {
+                    node_addr(node)
+                };
+                assert_eq!(
+                    a.peer.ip(),
+                    expected_peer,
+                    "the local backend sees the client, the remote one node {node} (SNAT): {a:?}"
+                );
+                seen.insert(a.server);
+            }
+            assert_eq!(
+                seen,
+                BTreeSet::from([pod_name(1, 1), pod_name(2, 1)]),
+                "the {what} through node {node} reaches both endpoints"
+            );
+        }
+        answer(
+            c.client().udp_request(EXTERNAL_IP, 80, None),
+            &format!("UDP to the externalIP through node {node}"),
+        );
+        assert!(
+            c.client().tcp_request(LB_PROXY, 80).is_err(),
+            "an ingress IP of ipMode Proxy is not served on node {node}"
+        );
+    }
+    // From a pod: socket load balancing.
+    let line = c
+        .pod_request(1, 1, "tcp", EXTERNAL_IP, 80)
+        .unwrap_or_else(|e| panic!("a pod reaches the externalIP: {e}"));
+    let a: Answer = line.parse().expect("an answer");
+    assert!([pod_name(1, 1), pod_name(2, 1)].contains(&a.server), "{a:?}");
 }
 
 /// `internalTrafficPolicy: Local`: a pod's connections to the ClusterIP

@@ -40,7 +40,7 @@ use std::sync::Arc;
 
 use nodeport_common::{
     BACKEND_F_LOCAL, BACKEND_F_TERMINATING, Backend, FRONTEND_F_AFFINITY, FRONTEND_F_DROP_EMPTY,
-    FRONTEND_F_LOCAL_ONLY, FrontendKey,
+    FRONTEND_F_EXTERNAL, FRONTEND_F_LOCAL_ONLY, FrontendKey,
 };
 
 use crate::model::{PortModel, Served, ServiceModel, SliceModel};
@@ -86,6 +86,8 @@ pub struct DesiredFrontend {
 pub enum FrontendKind {
     NodePort,
     ClusterIp,
+    /// An `externalIPs` entry or a LoadBalancer ingress IP.
+    External,
 }
 
 /// A port of a Service, by name (empty for a single unnamed port).
@@ -266,6 +268,19 @@ pub fn service_share(
                 )),
             ));
         }
+        for &ip in &info.external_ips {
+            let mut frontend = build_frontend(
+                &owner,
+                FrontendKind::External,
+                info.external_local,
+                info,
+                &endpoints,
+            );
+            frontend.flags |= FRONTEND_F_EXTERNAL;
+            share
+                .frontends
+                .push((frontend_key(ip, port.port, port.proto), Arc::new(frontend)));
+        }
         if info.node_ports
             && let Some(node_port) = port.node_port
         {
@@ -430,7 +445,8 @@ fn endpoints_for_port(
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{
-        ClientIPConfig, Service, ServicePort, ServiceSpec, SessionAffinityConfig,
+        ClientIPConfig, LoadBalancerIngress, LoadBalancerStatus, Service, ServicePort,
+        ServiceSpec, ServiceStatus, SessionAffinityConfig,
     };
     use k8s_openapi::api::discovery::v1::EndpointSlice;
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -617,6 +633,7 @@ mod tests {
 
     const LOCAL_ONLY: u32 = FRONTEND_F_LOCAL_ONLY;
     const DROP: u32 = FRONTEND_F_DROP_EMPTY;
+    const EXT: u32 = FRONTEND_F_EXTERNAL;
     const AFF: u32 = FRONTEND_F_AFFINITY;
 
     #[test]
@@ -714,6 +731,67 @@ mod tests {
                         &[("10.244.1.5", 8080, L | T)],
                     ),
                     ("10.96.0.10:80/TCP", 0, 0, &[("10.244.2.5", 8080, 0)]),
+                ],
+            ),
+            (
+                "externalIPs and LoadBalancer ingress IPs (not ipMode Proxy) are external frontends",
+                vec![{
+                    let mut svc = with_spec(web(), |s| {
+                        s.type_ = Some("LoadBalancer".into());
+                        s.external_ips = Some(vec!["192.0.2.10".into(), "2001:db8::1".into()]);
+                    });
+                    svc.status = Some(ServiceStatus {
+                        load_balancer: Some(LoadBalancerStatus {
+                            ingress: Some(vec![
+                                LoadBalancerIngress {
+                                    ip: Some("198.51.100.7".into()),
+                                    ..LoadBalancerIngress::default()
+                                },
+                                LoadBalancerIngress {
+                                    ip: Some("198.51.100.8".into()),
+                                    ip_mode: Some("Proxy".into()),
+                                    ..LoadBalancerIngress::default()
+                                },
+                            ]),
+                        }),
+                        ..ServiceStatus::default()
+                    });
+                    svc
+                }],
+                vec![two_nodes()],
+                {
+                    const BOTH: &[(&str, u16, u8)] =
+                        &[("10.244.1.5", 8080, L), ("10.244.2.5", 8080, 0)];
+                    vec![
+                        ("nodePort 30080/TCP", 0, 0, BOTH),
+                        ("10.96.0.10:80/TCP", 0, 0, BOTH),
+                        ("192.0.2.10:80/TCP", EXT, 0, BOTH),
+                        ("198.51.100.7:80/TCP", EXT, 0, BOTH),
+                    ]
+                },
+            ),
+            (
+                "externalTrafficPolicy Local applies to externalIPs, also of a ClusterIP Service",
+                vec![with_spec(web(), |s| {
+                    s.type_ = Some("ClusterIP".into());
+                    s.ports.as_mut().unwrap()[0].node_port = None;
+                    s.external_ips = Some(vec!["192.0.2.10".into()]);
+                    s.external_traffic_policy = Some("Local".into());
+                })],
+                vec![two_nodes()],
+                vec![
+                    (
+                        "10.96.0.10:80/TCP",
+                        0,
+                        0,
+                        &[("10.244.1.5", 8080, L), ("10.244.2.5", 8080, 0)],
+                    ),
+                    (
+                        "192.0.2.10:80/TCP",
+                        EXT | LOCAL_ONLY,
+                        0,
+                        &[("10.244.1.5", 8080, L)],
+                    ),
                 ],
             ),
             (

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ops::RangeInclusive;
 
 use k8s_openapi::api::core::v1::{
@@ -26,6 +26,7 @@ use super::names::{
     IANA_SVC_NAME_MSG, check_name, check_namespace, is_dns1035_label, is_dns1123_label,
     is_dns1123_subdomain, is_iana_svc_name,
 };
+use crate::k8s;
 
 /// `sessionAffinityConfig.clientIP.timeoutSeconds` when `ClientIP` affinity omits it.
 pub const DEFAULT_AFFINITY_TIMEOUT_SECONDS: i32 = 10_800;
@@ -222,8 +223,84 @@ pub fn validate_service(
     validate_health_check(&mut errors, spec, service_type, node_port_range);
     validate_load_balancer_fields(&mut errors, spec, service_type);
     validate_policies(&mut errors, spec, service_type);
+    validate_external_addresses(&mut errors, service, spec);
 
     finish(errors, ())
+}
+
+/// Why `addr` may not be an external address (the API server's
+/// `ValidateNonSpecialIP`), if it may not.
+fn special_ip(addr: IpAddr) -> Option<&'static str> {
+    if addr.is_unspecified() {
+        return Some("may not be unspecified (0.0.0.0, ::)");
+    }
+    if addr.is_loopback() {
+        return Some("may not be in the loopback range (127.0.0.0/8, ::1/128)");
+    }
+    let link_local = match addr {
+        IpAddr::V4(a) => a.is_link_local(),
+        IpAddr::V6(a) => a.segments()[0] & 0xffc0 == 0xfe80,
+    };
+    if link_local {
+        return Some("may not be in the link-local range (169.254.0.0/16, fe80::/10)");
+    }
+    let link_local_multicast = match addr {
+        IpAddr::V4(a) => a.octets()[..3] == [224, 0, 0],
+        IpAddr::V6(a) => a.segments()[0] & 0xff0f == 0xff02,
+    };
+    if link_local_multicast {
+        return Some("may not be in the link-local multicast range (224.0.0.0/24, ff02::/10)");
+    }
+    None
+}
+
+/// Checks `spec.externalIPs` and `status.loadBalancer.ingress`, as the API
+/// server does.
+fn validate_external_addresses(errors: &mut Vec<FieldError>, service: &Service, spec: &ServiceSpec) {
+    for (i, ip) in spec.external_ips.iter().flatten().enumerate() {
+        let at = format!("spec.externalIPs[{i}]");
+        match ip.parse::<IpAddr>() {
+            Err(_) => errors.push(FieldError::new(
+                at,
+                format!("Invalid value: \"{ip}\": must be a valid IP address"),
+            )),
+            Ok(addr) => {
+                if let Some(why) = special_ip(addr) {
+                    errors.push(FieldError::new(at, format!("Invalid value: \"{ip}\": {why}")));
+                }
+            }
+        }
+    }
+    let ingress = service
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref());
+    for (i, ing) in ingress.into_iter().flatten().enumerate() {
+        let at = format!("status.loadBalancer.ingress[{i}]");
+        if let Some(ip) = ing.ip.as_deref()
+            && ip.parse::<IpAddr>().is_err()
+        {
+            errors.push(FieldError::new(
+                format!("{at}.ip"),
+                format!("Invalid value: \"{ip}\": must be a valid IP address"),
+            ));
+        }
+        match (ing.ip_mode.as_deref(), ing.ip.is_some()) {
+            (Some(_), false) => errors.push(FieldError::new(
+                format!("{at}.ipMode"),
+                "Forbidden: may not be specified when `ip` is not",
+            )),
+            (Some(mode), true) if mode != k8s::IP_MODE_VIP && mode != k8s::IP_MODE_PROXY => {
+                errors.push(unsupported(
+                    &format!("{at}.ipMode"),
+                    mode,
+                    &[k8s::IP_MODE_PROXY, k8s::IP_MODE_VIP],
+                ));
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Checks `clusterIP` and `clusterIPs`; says whether the Service is headless.
@@ -553,6 +630,7 @@ fn validate_service_ports(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::{LoadBalancerIngress, LoadBalancerStatus, ServiceStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     const RANGE: RangeInclusive<u16> = 30000..=32767;
@@ -746,6 +824,57 @@ mod tests {
 
         let no_ports = service("empty", "NodePort", vec![]);
         assert!(errors(validate_service(&no_ports, &RANGE)).contains("spec.ports: Required value"));
+    }
+
+    #[test]
+    fn external_addresses_are_checked() {
+        let mut svc = service("web", "LoadBalancer", vec![port("", 80, "TCP", None)]);
+        svc.spec.as_mut().expect("spec").external_ips = Some(
+            [
+                "192.0.2.10",
+                "2001:db8::1",
+                "not-an-ip",
+                "0.0.0.0",
+                "127.0.0.2",
+                "169.254.1.1",
+                "224.0.0.5",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+        );
+        let ingress = |ip: Option<&str>, mode: Option<&str>| LoadBalancerIngress {
+            ip: ip.map(str::to_owned),
+            ip_mode: mode.map(str::to_owned),
+            ..LoadBalancerIngress::default()
+        };
+        svc.status = Some(ServiceStatus {
+            load_balancer: Some(LoadBalancerStatus {
+                ingress: Some(vec![
+                    ingress(Some("198.51.100.7"), Some("VIP")),
+                    ingress(Some("198.51.100.8"), Some("Proxy")),
+                    ingress(Some("198.51.100.300"), None),
+                    ingress(None, Some("VIP")),
+                    ingress(Some("198.51.100.9"), Some("Tunnel")),
+                ]),
+            }),
+            ..ServiceStatus::default()
+        });
+        let message = errors(validate_service(&svc, &RANGE));
+        for want in [
+            "spec.externalIPs[2]: Invalid value: \"not-an-ip\": must be a valid IP address",
+            "spec.externalIPs[3]: Invalid value: \"0.0.0.0\": may not be unspecified",
+            "spec.externalIPs[4]: Invalid value: \"127.0.0.2\": may not be in the loopback range",
+            "spec.externalIPs[5]: Invalid value: \"169.254.1.1\": may not be in the link-local range",
+            "spec.externalIPs[6]: Invalid value: \"224.0.0.5\": may not be in the link-local multicast range",
+            "status.loadBalancer.ingress[2].ip: Invalid value: \"198.51.100.300\"",
+            "status.loadBalancer.ingress[3].ipMode: Forbidden",
+            "status.loadBalancer.ingress[4].ipMode: Unsupported value: \"Tunnel\"",
+        ] {
+            assert!(message.contains(want), "{want} in {message}");
+        }
+        for fine in ["externalIPs[0]", "externalIPs[1]", "ingress[0]", "ingress[1]"] {
+            assert!(!message.contains(fine), "{fine} is valid: {message}");
+        }
     }
 
     #[test]
