@@ -30,6 +30,9 @@ pub const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
 /// balancer's own, which forwards to the nodePorts, and is not served.
 pub const IP_MODE_VIP: &str = "VIP";
 pub const IP_MODE_PROXY: &str = "Proxy";
+/// The older way to give `loadBalancerSourceRanges` (comma-separated CIDRs),
+/// used when the field is empty.
+pub const ANNOTATION_SOURCE_RANGES: &str = "service.beta.kubernetes.io/load-balancer-source-ranges";
 
 pub const ADDRESS_TYPE_IPV4: &str = "IPv4";
 pub const ADDRESS_TYPE_IPV6: &str = "IPv6";

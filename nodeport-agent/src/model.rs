@@ -28,10 +28,17 @@ pub struct ServiceModel {
 pub struct Served {
     /// The IPv4 cluster IP, if any.
     pub cluster_ip: Option<Ipv4Addr>,
-    /// The IPv4 `externalIPs` and LoadBalancer ingress IPs of `ipMode: VIP`,
-    /// sorted, without duplicates: served to traffic from outside like a
-    /// `NodePort`, on the Service's ports.
+    /// The IPv4 `externalIPs`, sorted, without duplicates: served to
+    /// traffic from outside like a `NodePort`, on the Service's ports.
     pub external_ips: Vec<Ipv4Addr>,
+    /// The IPv4 LoadBalancer ingress IPs but those of `ipMode: Proxy`,
+    /// sorted, without duplicates: served as `external_ips` are, within
+    /// `source_ranges`.
+    pub load_balancer_ips: Vec<Ipv4Addr>,
+    /// IPv4 `loadBalancerSourceRanges` of a LoadBalancer (network address,
+    /// prefix length), sorted: only clients in them reach its ingress IPs
+    /// and nodePorts. Empty: every client.
+    pub source_ranges: Vec<(Ipv4Addr, u8)>,
     /// NodePort or LoadBalancer: its ports' `nodePort`s are served.
     pub node_ports: bool,
     /// `externalTrafficPolicy: Local` (on a Service with node ports).
@@ -164,13 +171,20 @@ impl Served {
             .flatten()
             .filter_map(PortModel::from_port)
             .collect();
-        let external_ips = external_ips(svc);
+        let (external_ips, load_balancer_ips) = external_ips(svc);
+        let source_ranges = if spec.type_.as_deref() == Some(k8s::TYPE_LOAD_BALANCER) {
+            source_ranges(svc)
+        } else {
+            Vec::new()
+        };
         Some(Self {
             cluster_ip,
             node_ports,
             external_local: (node_ports || !external_ips.is_empty())
                 && spec.external_traffic_policy.as_deref() == Some(k8s::POLICY_LOCAL),
             external_ips,
+            load_balancer_ips,
+            source_ranges,
             internal_local: spec.internal_traffic_policy.as_deref() == Some(k8s::POLICY_LOCAL),
             affinity_timeout_s,
             publish_not_ready: spec.publish_not_ready_addresses == Some(true),
@@ -183,7 +197,7 @@ impl Served {
 /// The external addresses of `svc` that are served: its IPv4
 /// `externalIPs`, and for a LoadBalancer its ingress IPs but those of
 /// `ipMode: Proxy`.
-fn external_ips(svc: &Service) -> Vec<Ipv4Addr> {
+fn external_ips(svc: &Service) -> (Vec<Ipv4Addr>, Vec<Ipv4Addr>) {
     let spec = svc.spec.as_ref();
     let load_balancer = spec.and_then(|s| s.type_.as_deref()) == Some(k8s::TYPE_LOAD_BALANCER);
     let ingress = svc
@@ -196,18 +210,61 @@ fn external_ips(svc: &Service) -> Vec<Ipv4Addr> {
         .flatten()
         .filter(|i| i.ip_mode.as_deref() != Some(k8s::IP_MODE_PROXY))
         .filter_map(|i| i.ip.as_deref());
-    let mut ips: Vec<Ipv4Addr> = spec
+    let external = spec
         .and_then(|s| s.external_ips.as_ref())
         .into_iter()
         .flatten()
-        .map(String::as_str)
-        .chain(ingress)
+        .map(String::as_str);
+    (ipv4_set(external), ipv4_set(ingress))
+}
+
+/// The IPv4 addresses of `ips`, sorted, without duplicates or 0.0.0.0.
+fn ipv4_set<'a>(ips: impl Iterator<Item = &'a str>) -> Vec<Ipv4Addr> {
+    let mut out: Vec<Ipv4Addr> = ips
         .filter_map(|ip| ip.parse::<Ipv4Addr>().ok())
         .filter(|ip| !ip.is_unspecified())
         .collect();
-    ips.sort_unstable();
-    ips.dedup();
-    ips
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// The IPv4 `loadBalancerSourceRanges` of `svc` (or, when the field is
+/// empty, of its `service.beta.kubernetes.io/load-balancer-source-ranges`
+/// annotation, as kube-proxy reads it), as network address and prefix
+/// length. Ranges of the other family are not this datapath's.
+fn source_ranges(svc: &Service) -> Vec<(Ipv4Addr, u8)> {
+    let field = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.load_balancer_source_ranges.clone())
+        .unwrap_or_default();
+    let annotation = svc
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(k8s::ANNOTATION_SOURCE_RANGES));
+    let texts: Vec<&str> = if field.is_empty() {
+        annotation
+            .map(|a| a.split(',').map(str::trim).filter(|s| !s.is_empty()).collect())
+            .unwrap_or_default()
+    } else {
+        field.iter().map(|s| s.trim()).collect()
+    };
+    let mut out: Vec<(Ipv4Addr, u8)> = texts.into_iter().filter_map(parse_ipv4_cidr).collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// `a.b.c.d/n` as its network address and `n`.
+#[must_use]
+pub fn parse_ipv4_cidr(text: &str) -> Option<(Ipv4Addr, u8)> {
+    let (addr, len) = text.split_once('/')?;
+    let addr: Ipv4Addr = addr.parse().ok()?;
+    let len: u8 = len.parse().ok().filter(|l| *l <= 32)?;
+    let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+    Some((Ipv4Addr::from(u32::from(addr) & mask), len))
 }
 
 impl PortModel {
@@ -303,5 +360,51 @@ impl SliceModel {
             SlicePortNumber::Absent => port.numeric_target,
             SlicePortNumber::Invalid => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::ServiceSpec;
+
+    #[test]
+    fn source_ranges_are_networks_of_the_field_or_else_the_annotation() {
+        assert_eq!(
+            parse_ipv4_cidr("10.200.0.7/24"),
+            Some((Ipv4Addr::new(10, 200, 0, 0), 24))
+        );
+        assert_eq!(parse_ipv4_cidr("0.0.0.0/0"), Some((Ipv4Addr::UNSPECIFIED, 0)));
+        assert_eq!(
+            parse_ipv4_cidr("10.1.2.3/32"),
+            Some((Ipv4Addr::new(10, 1, 2, 3), 32))
+        );
+        for bad in ["10.0.0.0", "10.0.0.0/33", "2001:db8::/32", "x/8"] {
+            assert_eq!(parse_ipv4_cidr(bad), None, "{bad}");
+        }
+        let mut svc = Service::default();
+        svc.metadata.annotations = Some(
+            [(
+                k8s::ANNOTATION_SOURCE_RANGES.to_owned(),
+                "192.0.2.0/24, 10.0.0.0/8".to_owned(),
+            )]
+            .into(),
+        );
+        assert_eq!(
+            source_ranges(&svc),
+            [
+                (Ipv4Addr::new(10, 0, 0, 0), 8),
+                (Ipv4Addr::new(192, 0, 2, 0), 24)
+            ]
+        );
+        svc.spec = Some(ServiceSpec {
+            load_balancer_source_ranges: Some(vec!["198.51.100.0/25".to_owned()]),
+            ..ServiceSpec::default()
+        });
+        assert_eq!(
+            source_ranges(&svc),
+            [(Ipv4Addr::new(198, 51, 100, 0), 25)],
+            "the field wins over the annotation"
+        );
     }
 }

@@ -32,15 +32,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use nodeport_common::{
-    Backend, BackendKey, Frontend, FrontendKey, NODE_ADDR_F_NODEPORT, NodeAddr, NodeAddrKey, Slot,
-    SlotKey,
+    Backend, BackendKey, Frontend, FrontendKey, NODE_ADDR_F_NODEPORT, NodeAddr, NodeAddrKey,
+    SOURCE_RANGE_SERVICE_BITS, Slot, SlotKey, SourceRange, SourceRangeKey,
 };
 
 use crate::desired::{Desired, DesiredFrontend, ServicePortRef, describe_frontend};
 use crate::ids::Ids;
 use crate::maps::{
-    Backends, Frontends, MapError, MapState, MapWriter, NodeAddrs, Slots, Table, TableWrite, Write,
-    diff,
+    Backends, Frontends, MapError, MapState, MapWriter, NodeAddrs, Slots, SourceRanges, Table,
+    TableWrite, Write, diff,
 };
 use crate::store::ObjectKey;
 
@@ -139,6 +139,7 @@ struct Plan {
     backend_owner: BTreeMap<u32, Option<ServicePortRef>>,
     frontends: BTreeMap<FrontendKey, Option<Frontend>>,
     slots: BTreeMap<SlotKey, Option<Slot>>,
+    source_ranges: BTreeMap<SourceRangeKey, Option<SourceRange>>,
     /// Service id → frontend, for naming slots (deleted frontends included).
     slot_frontends: BTreeMap<u32, FrontendKey>,
     /// (service id, backend id) pairs whose UDP flows must go.
@@ -483,6 +484,15 @@ impl Reconciler {
             |me, wr| me.slot_object(wr.key(), &plan.slot_frontends),
             |me, wr, report| me.note_changed(plan.slot_frontends.get(&wr.key().service_id), report),
         )?;
+        // Source ranges before the flag that makes the datapath read them.
+        let (puts, _) = diff::<SourceRanges>(&self.current, &plan.source_ranges);
+        self.exec::<SourceRanges>(
+            &puts,
+            w,
+            report,
+            |me, wr| me.source_range_object(wr.key(), &plan.slot_frontends),
+            |_, _, _| {},
+        )?;
         // Frontends: raise (or lower) counts, set flags.
         let (puts, _) = diff::<Frontends>(&self.current, &plan.frontends);
         self.exec::<Frontends>(
@@ -514,6 +524,14 @@ impl Reconciler {
                     report.unowned_frontends_removed += 1;
                 }
             },
+        )?;
+        let (_, deletes) = diff::<SourceRanges>(&self.current, &plan.source_ranges);
+        self.exec::<SourceRanges>(
+            &deletes,
+            w,
+            report,
+            |me, wr| me.source_range_object(wr.key(), &plan.slot_frontends),
+            |_, _, _| {},
         )?;
         let (_, deletes) = diff::<Slots>(&self.current, &plan.slots);
         self.exec::<Slots>(
@@ -730,6 +748,7 @@ impl Reconciler {
                     {
                         self.plan_slot_removal(plan, old);
                     }
+                    self.plan_source_ranges(plan, service_id, &f.source_ranges);
                     plan.frontends.insert(
                         *k,
                         Some(Frontend {
@@ -749,6 +768,7 @@ impl Reconciler {
                         plan.frontends.insert(*k, None);
                         plan.slot_frontends.insert(old.service_id, *k);
                         self.plan_slot_removal(plan, old);
+                        self.plan_source_ranges(plan, old.service_id, &[]);
                         if let Some(before_ids) = before_ids {
                             self.plan_udp_purge(
                                 plan,
@@ -767,9 +787,32 @@ impl Reconciler {
             for k in self.current.slots.keys() {
                 plan.slots.entry(*k).or_insert(None);
             }
+            for k in self.current.source_ranges.keys() {
+                plan.source_ranges.entry(*k).or_insert(None);
+            }
             for (k, v) in &self.current.frontends {
                 plan.slot_frontends.entry(v.service_id).or_insert(*k);
             }
+        }
+    }
+
+    /// The `source_ranges` entries of service id `service_id` become
+    /// `ranges`: the wanted ones are put, the others (of the id's earlier
+    /// frontend too) go.
+    fn plan_source_ranges(&self, plan: &mut Plan, service_id: u32, ranges: &[(Ipv4Addr, u8)]) {
+        for k in self.current.source_ranges.keys() {
+            if k.service_id == service_id {
+                plan.source_ranges.entry(*k).or_insert(None);
+            }
+        }
+        for &(addr, len) in ranges {
+            let key = SourceRangeKey {
+                prefix_len: SOURCE_RANGE_SERVICE_BITS + u32::from(len),
+                service_id,
+                addr_be: nodeport_common::addr::to_be(addr),
+            };
+            plan.source_ranges
+                .insert(key, Some(SourceRange { allowed: 1 }));
         }
     }
 
@@ -836,6 +879,22 @@ impl Reconciler {
         }
     }
 
+    fn source_range_object(
+        &self,
+        key: SourceRangeKey,
+        frontends: &BTreeMap<u32, FrontendKey>,
+    ) -> String {
+        let range = format!(
+            "{}/{}",
+            nodeport_common::addr::from_be(key.addr_be),
+            key.prefix_len.saturating_sub(SOURCE_RANGE_SERVICE_BITS)
+        );
+        match frontends.get(&key.service_id) {
+            Some(fk) => format!("source range {range} of {}", self.frontend_object(*fk)),
+            None => format!("source range {range} of service id {}", key.service_id),
+        }
+    }
+
     fn note_changed(&self, key: Option<&FrontendKey>, report: &mut ApplyReport) {
         if let Some(owner) = key.and_then(|k| self.owners.get(k)) {
             report.changed_services.insert(owner.service.clone());
@@ -893,6 +952,7 @@ mod tests {
             flags: 0,
             affinity_timeout_s: 0,
             backends: backends.to_vec(),
+            source_ranges: Vec::new(),
         }
     }
 
@@ -957,6 +1017,18 @@ mod tests {
                 Op::Write(TableWrite::Frontend(Write::Delete(k))) => {
                     format!("delete frontend {}", describe_frontend(k))
                 }
+                Op::Write(TableWrite::SourceRange(Write::Put(k, _))) => format!(
+                    "put range svc{} {}/{}",
+                    k.service_id,
+                    nodeport_common::addr::from_be(k.addr_be),
+                    k.prefix_len - 32
+                ),
+                Op::Write(TableWrite::SourceRange(Write::Delete(k))) => format!(
+                    "delete range svc{} {}/{}",
+                    k.service_id,
+                    nodeport_common::addr::from_be(k.addr_be),
+                    k.prefix_len - 32
+                ),
                 Op::PurgeFlows(ids) => format!("purge {ids:?}"),
                 Op::PurgeUdpFlows(pairs) => format!("purge udp {pairs:?}"),
             })
@@ -1008,6 +1080,50 @@ mod tests {
         assert!(ops.is_empty(), "{ops:?}");
         assert!(report.is_empty());
         assert!(report.changed_services.is_empty());
+    }
+
+    #[test]
+    fn source_ranges_go_in_before_their_flag_and_out_after_it() {
+        let mut m = MemoryMaps::new();
+        let mut r = Reconciler::default();
+        let restricted = |ranges: &[(Ipv4Addr, u8)]| {
+            let mut d = web(&[be(1, 5)]);
+            let fe = d.frontends.get_mut(&np(30080)).expect("nodePort");
+            fe.flags |= nodeport_common::FRONTEND_F_SOURCE_RANGES;
+            fe.source_ranges = ranges.to_vec();
+            d
+        };
+        run(&mut r, &web(&[be(1, 5)]), &mut m);
+        let (_, ops) = run(
+            &mut r,
+            &restricted(&[(Ipv4Addr::new(10, 200, 0, 0), 24)]),
+            &mut m,
+        );
+        assert_eq!(
+            ops,
+            [
+                "put range svc1 10.200.0.0/24",
+                "put frontend nodePort 30080/TCP=svc1 n1 f16",
+            ]
+        );
+        let (_, ops) = run(
+            &mut r,
+            &restricted(&[(Ipv4Addr::new(192, 0, 2, 0), 25)]),
+            &mut m,
+        );
+        assert_eq!(
+            ops,
+            ["put range svc1 192.0.2.0/25", "delete range svc1 10.200.0.0/24"]
+        );
+        let (_, ops) = run(&mut r, &web(&[be(1, 5)]), &mut m);
+        assert_eq!(
+            ops,
+            [
+                "put frontend nodePort 30080/TCP=svc1 n1 f0",
+                "delete range svc1 192.0.2.0/25",
+            ]
+        );
+        assert!(m.read_state().expect("state").source_ranges.is_empty());
     }
 
     #[test]

@@ -30,9 +30,10 @@ pub mod names {
     pub const CONFIG: &str = "config";
     pub const DEVICE_TX: &str = "device_tx";
     pub const TX_ARMED: &str = "tx_armed";
+    pub const SOURCE_RANGES: &str = "source_ranges";
 
     /// Every map, in the order the agent creates and pins them.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 14] = [
         NODE_ADDRS,
         FRONTENDS,
         BACKEND_SLOTS,
@@ -46,6 +47,7 @@ pub mod names {
         CONFIG,
         DEVICE_TX,
         TX_ARMED,
+        SOURCE_RANGES,
     ];
 }
 
@@ -66,6 +68,11 @@ pub const MAP_SIZES: [(&str, usize, usize); names::ALL.len()] = [
     (names::CONFIG, size_of::<u32>(), size_of::<crate::Config>()),
     (names::DEVICE_TX, size_of::<DeviceKey>(), size_of::<DeviceTx>()),
     (names::TX_ARMED, size_of::<u32>(), size_of::<TxArmed>()),
+    (
+        names::SOURCE_RANGES,
+        size_of::<SourceRangeKey>(),
+        size_of::<SourceRange>(),
+    ),
 ];
 
 /// Program names (the functions in `nodeport-ebpf`).
@@ -109,6 +116,7 @@ pub mod capacity {
     pub const REV_NAT: u32 = 262_144;
     pub const AFFINITY: u32 = 65_536;
     pub const SOCK_REV: u32 = 65_536;
+    pub const SOURCE_RANGES: u32 = 16_384;
 }
 
 /// Key of the node-address map: an IPv4 address that serves `NodePorts`.
@@ -219,6 +227,41 @@ pub const FRONTEND_F_DROP_EMPTY: u32 = 1 << 2;
 /// IP): served for traffic from outside like a `NodePort`, backends on
 /// other nodes reached with SNAT to the ingress device's address.
 pub const FRONTEND_F_EXTERNAL: u32 = 1 << 3;
+/// `loadBalancerSourceRanges`: only clients in one of the frontend's
+/// `source_ranges` entries are served; others are dropped.
+pub const FRONTEND_F_SOURCE_RANGES: u32 = 1 << 4;
+
+/// Key of the `source_ranges` LPM trie: a prefix length, then the data it
+/// covers, the service id (all 32 bits always match) and the client
+/// address, network order (the range's own prefix matches). A range
+/// `a.b.c.d/n` of service `id` is `{32 + n, id, a.b.c.d}`; a client is
+/// looked up as `{64, id, client}`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceRangeKey {
+    pub prefix_len: u32,
+    pub service_id: u32,
+    pub addr_be: u32,
+}
+
+/// The bits of a [`SourceRangeKey`] that hold the service id.
+pub const SOURCE_RANGE_SERVICE_BITS: u32 = 32;
+
+/// The data of a [`SourceRangeKey`] (an LPM trie key after its length).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceRangeData {
+    pub service_id: u32,
+    pub addr_be: u32,
+}
+
+/// Value of the `source_ranges` map: the range admits its clients.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SourceRange {
+    /// 1.
+    pub allowed: u32,
+}
 
 /// Key of the backend-slot map.
 #[repr(C)]
@@ -444,9 +487,12 @@ pub mod stat {
     /// policy whose endpoints are all on other nodes, refused with
     /// `EHOSTUNREACH` (kube-proxy drops such traffic).
     pub const SOCK_NO_LOCAL_BACKEND: u32 = 27;
+    /// A packet to a frontend with `loadBalancerSourceRanges` from a client
+    /// outside them: dropped.
+    pub const DROP_SOURCE_RANGE: u32 = 28;
 
     /// Number of counters.
-    pub const COUNT: u32 = 28;
+    pub const COUNT: u32 = 29;
 
     /// Human-readable names, indexed by counter.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -478,12 +524,18 @@ pub mod stat {
         "pass_bad_length",
         "bind_refused",
         "sock_no_local_backend",
+        "drop_source_range",
     ];
 }
 
 // Layout guarantees: both sides and the BTF of the built object agree on these.
 const _: () = {
     assert!(size_of::<NodeAddrKey>() == 4);
+    assert!(size_of::<SourceRangeKey>() == 12);
+    assert!(offset_of!(SourceRangeKey, service_id) == 4);
+    assert!(offset_of!(SourceRangeKey, addr_be) == 8);
+    assert!(size_of::<SourceRangeData>() == 8);
+    assert!(size_of::<SourceRange>() == 4);
     assert!(size_of::<NodeAddr>() == 4);
     assert!(size_of::<DeviceKey>() == 4);
     assert!(size_of::<Device>() == 16);
@@ -526,6 +578,12 @@ pub type Layout = (&'static str, usize, &'static [(&'static str, usize)]);
 /// built object.
 pub const LAYOUTS: &[Layout] = &[
     ("NodeAddrKey", size_of::<NodeAddrKey>(), &[("addr_be", 0)]),
+    (
+        "SourceRangeData",
+        size_of::<SourceRangeData>(),
+        &[("service_id", 0), ("addr_be", 4)],
+    ),
+    ("SourceRange", size_of::<SourceRange>(), &[("allowed", 0)]),
     ("NodeAddr", size_of::<NodeAddr>(), &[("flags", 0)]),
     ("DeviceKey", size_of::<DeviceKey>(), &[("ifindex", 0)]),
     (
@@ -631,6 +689,12 @@ mod pod {
     // SAFETY: all of these are `#[repr(C)]`, contain only integers and have
     // explicit padding fields, so every bit pattern is a valid value.
     unsafe impl aya::Pod for super::NodeAddrKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SourceRangeKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SourceRangeData {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SourceRange {}
     unsafe impl aya::Pod for super::NodeAddr {}
     unsafe impl aya::Pod for super::DeviceKey {}
     unsafe impl aya::Pod for super::Device {}

@@ -122,6 +122,8 @@ pub enum Error {
     NoLocalBackend,
     /// IPv4 total length or TCP data offset disagreeing with the frame.
     BadLength,
+    /// A client outside the frontend's `loadBalancerSourceRanges`.
+    SourceRange,
     /// A frame the kernel would not answer (not to this host, a broadcast,
     /// multicast or invalid source, bad checksums): no reject is sent.
     RejectInvalid,
@@ -135,6 +137,7 @@ impl Error {
             Self::Fragment => stat::PASS_FRAGMENT,
             Self::IpOptions => stat::PASS_IP_OPTIONS,
             Self::BackendMissing => stat::DROP_BACKEND_MISSING,
+            Self::SourceRange => stat::DROP_SOURCE_RANGE,
             Self::Fib => stat::DROP_FIB,
             Self::Ttl => stat::DROP_TTL,
             Self::SnatExhausted => stat::DROP_SNAT_EXHAUSTED,

@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use nodeport_common::{
     BACKEND_F_LOCAL, Backend, CT_F_CLOSING, CT_F_SNAT, CtEntry, FRONTEND_F_DROP_EMPTY,
-    FRONTEND_F_EXTERNAL, FlowKey, Frontend, FrontendKey, RevNat, stat,
+    FRONTEND_F_EXTERNAL, FRONTEND_F_SOURCE_RANGES, FlowKey, Frontend, FrontendKey, RevNat, stat,
 };
 
 use crate::{
@@ -87,6 +87,12 @@ fn service(
     to_node: bool,
     device: &DeviceInfo,
 ) -> Result<Verdict, Error> {
+    // `loadBalancerSourceRanges`, on every packet: a change of the ranges
+    // applies to established flows too.
+    if fe.flags & FRONTEND_F_SOURCE_RANGES != 0 && !maps::source_allowed(fe.service_id, p.saddr_be)
+    {
+        return Err(Error::SourceRange);
+    }
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
     // Established flow of this service: it keeps its backend, also when

@@ -2,14 +2,14 @@
 //! real sizes at load time, creates and pins every map under its bpffs root.
 
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
     macros::btf_map,
 };
 use nodeport_common::{
     Affinity, AffinityKey, Backend, BackendKey, Config, CtEntry, DEVICE_F_REDIRECT_TX,
     DEVICE_F_SKB_MODE, Device, DeviceKey, DeviceTx, FlowKey, Frontend, FrontendKey, NodeAddr,
-    NodeAddrKey, PortRange, RevNat, Slot, SlotKey, SnatPool, SockRev, SockRevKey, TxArmed,
-    capacity, stat,
+    NodeAddrKey, PortRange, RevNat, SOURCE_RANGE_SERVICE_BITS, Slot, SlotKey, SnatPool, SockRev,
+    SockRevKey, SourceRange, SourceRangeData, TxArmed, capacity, stat,
 };
 
 /// Node addresses that serve NodePorts.
@@ -72,6 +72,14 @@ pub static TX_ARMED: PerCpuArray<TxArmed, 1> = PerCpuArray::new();
 #[btf_map(name = "stats")]
 pub static STATS: PerCpuArray<u64, { stat::COUNT as usize }> = PerCpuArray::new();
 
+/// `loadBalancerSourceRanges` of frontends with `FRONTEND_F_SOURCE_RANGES`.
+#[btf_map(name = "source_ranges")]
+pub static SOURCE_RANGES: LpmTrie<
+    SourceRangeData,
+    SourceRange,
+    { capacity::SOURCE_RANGES as usize },
+> = LpmTrie::new();
+
 /// Bumps one counter.
 #[inline(always)]
 pub fn count(index: u32) {
@@ -85,6 +93,20 @@ pub fn count(index: u32) {
 #[inline(always)]
 pub fn is_node_addr(addr_be: u32) -> bool {
     NODE_ADDRS.get_ptr(NodeAddrKey { addr_be }).is_some()
+}
+
+/// Whether `loadBalancerSourceRanges` of service `service_id` admit the
+/// client `saddr_be`.
+#[inline(always)]
+pub fn source_allowed(service_id: u32, saddr_be: u32) -> bool {
+    let key = Key::new(
+        SOURCE_RANGE_SERVICE_BITS + 32,
+        SourceRangeData {
+            service_id,
+            addr_be: saddr_be,
+        },
+    );
+    SOURCE_RANGES.get(&key).is_some()
 }
 
 #[inline(always)]

@@ -226,6 +226,13 @@ impl ServiceBuilder {
         self
     }
 
+    /// `spec.loadBalancerSourceRanges`.
+    pub fn load_balancer_source_ranges(mut self, ranges: &[&str]) -> Self {
+        self.spec().load_balancer_source_ranges =
+            Some(ranges.iter().map(|r| (*r).to_owned()).collect());
+        self
+    }
+
     /// One more `status.loadBalancer.ingress` entry: `ip`, with `ipMode`
     /// when given (`VIP`, `Proxy`).
     pub fn load_balancer_ingress(mut self, ip: Ipv4Addr, ip_mode: Option<&str>) -> Self {

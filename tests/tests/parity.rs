@@ -1,6 +1,7 @@
 //! End-to-end tests of Service behaviours kube-proxy has beyond plain
 //! NodePorts and ClusterIPs, on the namespace test cluster with real
-//! traffic: `externalIPs` and LoadBalancer ingress IPs;
+//! traffic: `externalIPs` and LoadBalancer ingress IPs,
+//! `loadBalancerSourceRanges`;
 //! `internalTrafficPolicy: Local`; an allocated nodePort cannot be
 //! taken by a process of the node (its bind fails with EADDRINUSE) while the
 //! NodePort keeps serving, and the NodePort range is kept out of the node's
@@ -9,7 +10,7 @@
 //! Needs root. Run with `cargo xtask test`.
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Output;
 use std::time::Duration;
 
@@ -31,6 +32,10 @@ const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 const LB_VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
 const LB_PROXY: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 8);
 const LB_NODE_PORT: u16 = 31_603;
+const RANGED_VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 20);
+const RANGED_NODE_PORT: u16 = 31_604;
+/// A second address of the client, outside the first's /32 range.
+const OTHER_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 3);
 const ITP_NODE_PORT: u16 = 31_602;
 
 fn cluster() -> Cluster {
@@ -206,6 +211,77 @@ fn external_ips_and_load_balancer_ips_are_served_through_every_node() {
         .unwrap_or_else(|e| panic!("a pod reaches the externalIP: {e}"));
     let a: Answer = line.parse().expect("an answer");
     assert!([pod_name(1, 1), pod_name(2, 1)].contains(&a.server), "{a:?}");
+}
+
+/// `loadBalancerSourceRanges`: a client inside the ranges reaches the
+/// LoadBalancer IP and the Service's nodePort, one outside is dropped on
+/// both (counted, no answer at all); a change of the ranges applies at once.
+#[test]
+fn load_balancer_source_ranges_admit_clients_inside_and_drop_the_rest() {
+    let c = cluster();
+    let client = c.client_netns();
+    client.ip(&["addr", "add", &format!("{OTHER_CLIENT}/24"), "dev", "eth0"]);
+    client.ip(&[
+        "route",
+        "replace",
+        &format!("{RANGED_VIP}/32"),
+        "via",
+        &node_addr(1).to_string(),
+    ]);
+    let manifest = |allowed: Ipv4Addr| {
+        let svc = ServiceBuilder::new("default", "ranged", "LoadBalancer")
+            .tcp("tcp", 80, POD_PORT, RANGED_NODE_PORT)
+            .load_balancer_ingress(RANGED_VIP, None)
+            .load_balancer_source_ranges(&[&format!("{allowed}/32")]);
+        to_yaml(&[&svc, &svc.slice("x1").pods(&[(1, 1, true), (2, 1, true)])])
+    };
+    c.manifests().write("ranged.yaml", &manifest(CLIENT_ADDR));
+    let agent1 = c.start_agent(1, c.manifests().dir());
+    let agent2 = c.start_agent(2, c.manifests().dir());
+    agent1.wait_ready();
+    agent2.wait_ready();
+    let quick = || c.client().with_timeout(Duration::from_millis(700));
+    let from = |addr: Ipv4Addr, to: Ipv4Addr, port: u16| {
+        quick().tcp_request_from(SocketAddr::new(addr.into(), 0), to, port)
+    };
+    eventually(Duration::from_secs(5), || from(CLIENT_ADDR, RANGED_VIP, 80).ok())
+        .expect("the client inside the range reaches the LoadBalancer IP");
+    let targets = [
+        (RANGED_VIP, 80, "the LoadBalancer IP"),
+        (node_addr(1), RANGED_NODE_PORT, "the nodePort"),
+    ];
+    for (to, port, what) in targets {
+        for round in 0..5 {
+            answer(
+                from(CLIENT_ADDR, to, port),
+                &format!("{round}: the client inside the range to {what}"),
+            );
+        }
+        let e = from(OTHER_CLIENT, to, port).expect_err("a client outside is dropped");
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::TimedOut,
+            "{what}: dropped, not refused: {e}"
+        );
+    }
+    assert!(
+        agent1
+            .metric("nodeport_datapath_packets_total{reason=\"drop_source_range\"}")
+            .is_some_and(|n| n >= 2.0),
+        "the drops are counted"
+    );
+
+    // The ranges change: now only the other address is admitted.
+    let writes = agent1.map_writes();
+    c.manifests().write("ranged.yaml", &manifest(OTHER_CLIENT));
+    agent1.wait_for_map_writes_since(writes, Duration::from_secs(5));
+    eventually(Duration::from_secs(5), || from(OTHER_CLIENT, RANGED_VIP, 80).ok())
+        .expect("the newly admitted client reaches the LoadBalancer IP");
+    for (to, port, what) in targets {
+        answer(from(OTHER_CLIENT, to, port), &format!("the admitted client to {what}"));
+        let e = from(CLIENT_ADDR, to, port).expect_err("the client now outside is dropped");
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{what}: {e}");
+    }
 }
 
 /// `internalTrafficPolicy: Local`: a pod's connections to the ClusterIP

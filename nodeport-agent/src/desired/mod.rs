@@ -40,7 +40,7 @@ use std::sync::Arc;
 
 use nodeport_common::{
     BACKEND_F_LOCAL, BACKEND_F_TERMINATING, Backend, FRONTEND_F_AFFINITY, FRONTEND_F_DROP_EMPTY,
-    FRONTEND_F_EXTERNAL, FRONTEND_F_LOCAL_ONLY, FrontendKey,
+    FRONTEND_F_EXTERNAL, FRONTEND_F_LOCAL_ONLY, FRONTEND_F_SOURCE_RANGES, FrontendKey,
 };
 
 use crate::model::{PortModel, Served, ServiceModel, SliceModel};
@@ -80,6 +80,9 @@ pub struct DesiredFrontend {
     pub affinity_timeout_s: u32,
     /// Deduplicated, sorted by address then port.
     pub backends: Vec<DesiredBackend>,
+    /// `loadBalancerSourceRanges` (IPv4, network address and prefix
+    /// length), with `FRONTEND_F_SOURCE_RANGES`; empty otherwise.
+    pub source_ranges: Vec<(Ipv4Addr, u8)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -268,7 +271,9 @@ pub fn service_share(
                 )),
             ));
         }
-        for &ip in &info.external_ips {
+        let external = info.external_ips.iter().map(|ip| (ip, false));
+        let load_balancer = info.load_balancer_ips.iter().map(|ip| (ip, true));
+        for (&ip, restricted) in external.chain(load_balancer) {
             let mut frontend = build_frontend(
                 &owner,
                 FrontendKind::External,
@@ -277,6 +282,9 @@ pub fn service_share(
                 &endpoints,
             );
             frontend.flags |= FRONTEND_F_EXTERNAL;
+            if restricted {
+                restrict_sources(&mut frontend, info);
+            }
             share
                 .frontends
                 .push((frontend_key(ip, port.port, port.proto), Arc::new(frontend)));
@@ -286,13 +294,17 @@ pub fn service_share(
         {
             share.frontends.push((
                 frontend_key(Ipv4Addr::UNSPECIFIED, node_port, port.proto),
-                Arc::new(build_frontend(
-                    &owner,
-                    FrontendKind::NodePort,
-                    info.external_local,
-                    info,
-                    &endpoints,
-                )),
+                Arc::new({
+                    let mut frontend = build_frontend(
+                        &owner,
+                        FrontendKind::NodePort,
+                        info.external_local,
+                        info,
+                        &endpoints,
+                    );
+                    restrict_sources(&mut frontend, info);
+                    frontend
+                }),
             ));
         }
     }
@@ -411,6 +423,17 @@ fn build_frontend(
         flags,
         affinity_timeout_s,
         backends,
+        source_ranges: Vec::new(),
+    }
+}
+
+/// Applies `loadBalancerSourceRanges` to a LoadBalancer's frontend (its
+/// ingress IPs and, as kube-proxy does, its nodePorts; not its
+/// `externalIPs`).
+fn restrict_sources(frontend: &mut DesiredFrontend, info: &Served) {
+    if !info.source_ranges.is_empty() {
+        frontend.flags |= FRONTEND_F_SOURCE_RANGES;
+        frontend.source_ranges.clone_from(&info.source_ranges);
     }
 }
 
@@ -634,6 +657,7 @@ mod tests {
     const LOCAL_ONLY: u32 = FRONTEND_F_LOCAL_ONLY;
     const DROP: u32 = FRONTEND_F_DROP_EMPTY;
     const EXT: u32 = FRONTEND_F_EXTERNAL;
+    const SRC: u32 = FRONTEND_F_SOURCE_RANGES;
     const AFF: u32 = FRONTEND_F_AFFINITY;
 
     #[test]
@@ -767,6 +791,38 @@ mod tests {
                         ("10.96.0.10:80/TCP", 0, 0, BOTH),
                         ("192.0.2.10:80/TCP", EXT, 0, BOTH),
                         ("198.51.100.7:80/TCP", EXT, 0, BOTH),
+                    ]
+                },
+            ),
+            (
+                "loadBalancerSourceRanges restrict ingress IPs and nodePorts, not externalIPs",
+                vec![{
+                    let mut svc = with_spec(web(), |s| {
+                        s.type_ = Some("LoadBalancer".into());
+                        s.external_ips = Some(vec!["192.0.2.10".into()]);
+                        s.load_balancer_source_ranges =
+                            Some(vec!["10.200.0.0/24".into(), "2001:db8::/32".into()]);
+                    });
+                    svc.status = Some(ServiceStatus {
+                        load_balancer: Some(LoadBalancerStatus {
+                            ingress: Some(vec![LoadBalancerIngress {
+                                ip: Some("198.51.100.7".into()),
+                                ..LoadBalancerIngress::default()
+                            }]),
+                        }),
+                        ..ServiceStatus::default()
+                    });
+                    svc
+                }],
+                vec![two_nodes()],
+                {
+                    const BOTH: &[(&str, u16, u8)] =
+                        &[("10.244.1.5", 8080, L), ("10.244.2.5", 8080, 0)];
+                    vec![
+                        ("nodePort 30080/TCP", SRC, 0, BOTH),
+                        ("10.96.0.10:80/TCP", 0, 0, BOTH),
+                        ("192.0.2.10:80/TCP", EXT, 0, BOTH),
+                        ("198.51.100.7:80/TCP", EXT | SRC, 0, BOTH),
                     ]
                 },
             ),

@@ -6,17 +6,19 @@ use std::collections::BTreeSet;
 use std::os::fd::{AsFd as _, AsRawFd as _};
 use std::path::Path;
 
+use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{
     Array, HashMap, IterableMap as _, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues,
 };
 use nodeport_common::{
     Affinity, AffinityKey, Backend, BackendKey, Config, CtEntry, Device, DeviceKey, DeviceTx,
-    FlowKey, Frontend, FrontendKey, NodeAddr, NodeAddrKey, RevNat, Slot, SlotKey, names, stat,
+    FlowKey, Frontend, FrontendKey, NodeAddr, NodeAddrKey, RevNat, Slot, SlotKey, SourceRange,
+    SourceRangeData, SourceRangeKey, names, stat,
 };
 
 use super::{
-    Backends, Frontends, MapError, MapState, MapWriter, NodeAddrs, Slots, Stopped, Table,
-    TableWrite, Write,
+    Backends, Frontends, MapError, MapState, MapWriter, NodeAddrs, Slots, SourceRanges, Stopped,
+    Table, TableWrite, Write,
 };
 
 fn err(
@@ -80,6 +82,7 @@ pub struct BpfMaps {
     stats: PerCpuArray<MapData, u64>,
     config: Array<MapData, Config>,
     device_tx: PerCpuHashMap<MapData, DeviceKey, DeviceTx>,
+    source_ranges: LpmTrie<MapData, SourceRangeData, SourceRange>,
     /// Whether the kernel takes runs of puts in one `BPF_MAP_UPDATE_BATCH`
     /// (Linux 5.6 and later); cleared the first time it does not.
     batch_puts: bool,
@@ -102,6 +105,7 @@ impl BpfMaps {
             stats: open_map(root, names::STATS)?,
             config: open_map(root, names::CONFIG)?,
             device_tx: open_map(root, names::DEVICE_TX)?,
+            source_ranges: open_map(root, names::SOURCE_RANGES)?,
             batch_puts: true,
             batched: 0,
         })
@@ -228,6 +232,27 @@ impl BpfMaps {
     }
 }
 
+/// The LPM trie key of a [`SourceRangeKey`].
+fn trie_key(k: &SourceRangeKey) -> Key<SourceRangeData> {
+    Key::new(
+        k.prefix_len,
+        SourceRangeData {
+            service_id: k.service_id,
+            addr_be: k.addr_be,
+        },
+    )
+}
+
+/// The [`SourceRangeKey`] of an LPM trie key.
+fn source_range_key(k: &Key<SourceRangeData>) -> SourceRangeKey {
+    let data = k.data();
+    SourceRangeKey {
+        prefix_len: k.prefix_len(),
+        service_id: data.service_id,
+        addr_be: data.addr_be,
+    }
+}
+
 /// Carries out one write on `map`.
 fn apply<K: aya::Pod + std::fmt::Debug, V: aya::Pod>(
     map: &mut HashMap<MapData, K, V>,
@@ -321,6 +346,22 @@ fn unsupported(e: &std::io::Error) -> bool {
 }
 
 impl BpfMaps {
+    /// Carries out one write of the `source_ranges` trie.
+    fn write_source_range(&mut self, w: Write<SourceRangeKey, SourceRange>) -> Result<(), MapError> {
+        let name = SourceRanges::NAME;
+        match w {
+            Write::Put(k, v) => self
+                .source_ranges
+                .insert(&trie_key(&k), v, 0)
+                .map_err(err(name, "update", k)),
+            Write::Delete(k) => match self.source_ranges.remove(&trie_key(&k)) {
+                Ok(()) => Ok(()),
+                Err(e) if absent(&e) => Ok(()),
+                Err(e) => Err(err(name, "delete", k)(e)),
+            },
+        }
+    }
+
     /// Puts the run of puts `writes` opens in one batch, where the kernel
     /// takes batches; returns how many went in (0: write them singly).
     fn put_run(&mut self, writes: &[TableWrite]) -> usize {
@@ -356,6 +397,7 @@ impl MapWriter for BpfMaps {
             TableWrite::Frontend(w) => apply(&mut self.frontends, Frontends::NAME, w),
             TableWrite::Slot(w) => apply(&mut self.slots, Slots::NAME, w),
             TableWrite::Backend(w) => apply(&mut self.backends, Backends::NAME, w),
+            TableWrite::SourceRange(w) => self.write_source_range(w),
         }
     }
 
@@ -449,6 +491,12 @@ impl MapWriter for BpfMaps {
                 "iterate",
                 (),
             ))?,
+            source_ranges: self
+                .source_ranges
+                .iter()
+                .map(|item| item.map(|(k, v)| (source_range_key(&k), v)))
+                .collect::<Result<_, _>>()
+                .map_err(err(names::SOURCE_RANGES, "iterate", ()))?,
         })
     }
 }

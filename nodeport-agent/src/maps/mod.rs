@@ -12,7 +12,8 @@ pub mod memory;
 use std::collections::{BTreeMap, BTreeSet};
 
 use nodeport_common::{
-    Backend, BackendKey, Frontend, FrontendKey, NodeAddr, NodeAddrKey, Slot, SlotKey, names,
+    Backend, BackendKey, Frontend, FrontendKey, NodeAddr, NodeAddrKey, Slot, SlotKey, SourceRange,
+    SourceRangeKey, names,
 };
 
 /// What the service maps hold (flow state excluded): read back on start to
@@ -23,6 +24,7 @@ pub struct MapState {
     pub frontends: BTreeMap<FrontendKey, Frontend>,
     pub slots: BTreeMap<SlotKey, Slot>,
     pub backends: BTreeMap<BackendKey, Backend>,
+    pub source_ranges: BTreeMap<SourceRangeKey, SourceRange>,
 }
 
 /// A failed map operation, naming the map, the operation and the key.
@@ -84,6 +86,7 @@ pub enum TableWrite {
     Frontend(Write<FrontendKey, Frontend>),
     Slot(Write<SlotKey, Slot>),
     Backend(Write<BackendKey, Backend>),
+    SourceRange(Write<SourceRangeKey, SourceRange>),
 }
 
 impl TableWrite {
@@ -95,6 +98,7 @@ impl TableWrite {
             Self::Frontend(_) => Frontends::NAME,
             Self::Slot(_) => Slots::NAME,
             Self::Backend(_) => Backends::NAME,
+            Self::SourceRange(_) => SourceRanges::NAME,
         }
     }
 
@@ -106,6 +110,7 @@ impl TableWrite {
             Self::Frontend(w) => w.verb(),
             Self::Slot(w) => w.verb(),
             Self::Backend(w) => w.verb(),
+            Self::SourceRange(w) => w.verb(),
         }
     }
 
@@ -117,6 +122,7 @@ impl TableWrite {
             Self::Frontend(w) => format!("{:?}", w.key()),
             Self::Slot(w) => format!("{:?}", w.key()),
             Self::Backend(w) => format!("{:?}", w.key()),
+            Self::SourceRange(w) => format!("{:?}", w.key()),
         }
     }
 
@@ -137,6 +143,7 @@ impl TableWrite {
             Self::Frontend(w) => apply::<Frontends>(state, w),
             Self::Slot(w) => apply::<Slots>(state, w),
             Self::Backend(w) => apply::<Backends>(state, w),
+            Self::SourceRange(w) => apply::<SourceRanges>(state, w),
         }
     }
 }
@@ -185,6 +192,10 @@ table!(
 table!(
     /// The backends.
     Backends, names::BACKENDS, backends, BackendKey, Backend, Backend
+);
+table!(
+    /// The `loadBalancerSourceRanges` of frontends (an LPM trie).
+    SourceRanges, names::SOURCE_RANGES, source_ranges, SourceRangeKey, SourceRange, SourceRange
 );
 
 /// The writes of table `T`.

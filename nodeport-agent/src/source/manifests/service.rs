@@ -254,8 +254,23 @@ fn special_ip(addr: IpAddr) -> Option<&'static str> {
     None
 }
 
-/// Checks `spec.externalIPs` and `status.loadBalancer.ingress`, as the API
-/// server does.
+/// Whether `text` is an IPv4 or IPv6 CIDR (`addr/len`).
+fn is_cidr(text: &str) -> bool {
+    let Some((addr, len)) = text.split_once('/') else {
+        return false;
+    };
+    let Ok(len) = len.parse::<u8>() else {
+        return false;
+    };
+    match addr.parse::<IpAddr>() {
+        Ok(IpAddr::V4(_)) => len <= 32,
+        Ok(IpAddr::V6(_)) => len <= 128,
+        Err(_) => false,
+    }
+}
+
+/// Checks `spec.externalIPs`, `spec.loadBalancerSourceRanges` (and its
+/// annotation) and `status.loadBalancer.ingress`, as the API server does.
 fn validate_external_addresses(errors: &mut Vec<FieldError>, service: &Service, spec: &ServiceSpec) {
     for (i, ip) in spec.external_ips.iter().flatten().enumerate() {
         let at = format!("spec.externalIPs[{i}]");
@@ -270,6 +285,30 @@ fn validate_external_addresses(errors: &mut Vec<FieldError>, service: &Service, 
                 }
             }
         }
+    }
+    for (i, range) in spec.load_balancer_source_ranges.iter().flatten().enumerate() {
+        if !is_cidr(range.trim()) {
+            errors.push(FieldError::new(
+                format!("spec.loadBalancerSourceRanges[{i}]"),
+                format!("Invalid value: \"{range}\": must be a valid CIDR (e.g. 10.0.0.0/8)"),
+            ));
+        }
+    }
+    if let Some(ranges) = service
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(k8s::ANNOTATION_SOURCE_RANGES))
+        && !ranges
+            .split(',')
+            .map(str::trim)
+            .filter(|r| !r.is_empty())
+            .all(is_cidr)
+    {
+        errors.push(FieldError::new(
+            format!("metadata.annotations[{}]", k8s::ANNOTATION_SOURCE_RANGES),
+            format!("Invalid value: \"{ranges}\": must be a list of CIDRs"),
+        ));
     }
     let ingress = service
         .status
@@ -419,6 +458,12 @@ fn validate_load_balancer_fields(
             spec.allocate_load_balancer_node_ports.is_some(),
         ),
         ("spec.loadBalancerClass", spec.load_balancer_class.is_some()),
+        (
+            "spec.loadBalancerSourceRanges",
+            spec.load_balancer_source_ranges
+                .as_ref()
+                .is_some_and(|r| !r.is_empty()),
+        ),
     ];
     for (field, _) in set.into_iter().filter(|(_, set)| *set) {
         errors.push(FieldError::new(
@@ -859,8 +904,23 @@ mod tests {
             }),
             ..ServiceStatus::default()
         });
+        svc.spec.as_mut().expect("spec").load_balancer_source_ranges = Some(
+            ["10.0.0.0/8", "2001:db8::/32", "10.0.0.0/33", "10.0.0.1"]
+                .map(str::to_owned)
+                .to_vec(),
+        );
+        svc.metadata.annotations = Some(
+            [(
+                k8s::ANNOTATION_SOURCE_RANGES.to_owned(),
+                "192.0.2.0/24,bad".to_owned(),
+            )]
+            .into(),
+        );
         let message = errors(validate_service(&svc, &RANGE));
         for want in [
+            "spec.loadBalancerSourceRanges[2]: Invalid value: \"10.0.0.0/33\"",
+            "spec.loadBalancerSourceRanges[3]: Invalid value: \"10.0.0.1\"",
+            "metadata.annotations[service.beta.kubernetes.io/load-balancer-source-ranges]: Invalid value",
             "spec.externalIPs[2]: Invalid value: \"not-an-ip\": must be a valid IP address",
             "spec.externalIPs[3]: Invalid value: \"0.0.0.0\": may not be unspecified",
             "spec.externalIPs[4]: Invalid value: \"127.0.0.2\": may not be in the loopback range",
@@ -872,9 +932,24 @@ mod tests {
         ] {
             assert!(message.contains(want), "{want} in {message}");
         }
-        for fine in ["externalIPs[0]", "externalIPs[1]", "ingress[0]", "ingress[1]"] {
+        for fine in [
+            "externalIPs[0]",
+            "externalIPs[1]",
+            "ingress[0]",
+            "ingress[1]",
+            "SourceRanges[0]",
+            "SourceRanges[1]",
+        ] {
             assert!(!message.contains(fine), "{fine} is valid: {message}");
         }
+        let mut node_port = service("np", "NodePort", vec![port("", 80, "TCP", None)]);
+        node_port.spec.as_mut().expect("spec").load_balancer_source_ranges =
+            Some(vec!["10.0.0.0/8".to_owned()]);
+        assert!(
+            errors(validate_service(&node_port, &RANGE)).contains(
+                "spec.loadBalancerSourceRanges: Forbidden: may only be used when `type` is 'LoadBalancer'"
+            )
+        );
     }
 
     #[test]
