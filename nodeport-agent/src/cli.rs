@@ -36,6 +36,9 @@ pub enum Command {
     Cleanup {
         #[arg(long, default_value = DEFAULT_BPFFS)]
         bpffs: PathBuf,
+        /// Where the node's sysctls are (as for `run`).
+        #[arg(long, default_value = crate::sysctl::DEFAULT_DIR, value_name = "DIR")]
+        sysctl_dir: PathBuf,
     },
 }
 
@@ -92,6 +95,11 @@ pub struct RunArgs {
     /// Needs socket load balancing's cgroup (--cgroup-root).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
     pub node_port_bind_protection: bool,
+    /// Where the node's sysctls are: a container without a writable
+    /// /proc/sys mounts the host's /proc/sys/net elsewhere, e.g. at
+    /// /host/proc/sys/net with --sysctl-dir=/host/proc/sys.
+    #[arg(long, default_value = crate::sysctl::DEFAULT_DIR, value_name = "DIR")]
+    pub sysctl_dir: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]

@@ -31,4 +31,5 @@ pub mod small_map;
 pub mod snat_pool;
 pub mod source;
 pub mod store;
+pub mod sysctl;
 pub mod xdp_mode;

@@ -21,13 +21,16 @@ fn main() -> Result<()> {
     match cli.command {
         cli::Command::Run(args) => Ok(run::run(&args)?),
         cli::Command::Inspect(args) => Ok(inspect::inspect(&args)?),
-        cli::Command::Cleanup { bpffs } => {
+        cli::Command::Cleanup { bpffs, sysctl_dir } => {
             // The ports this node's agent reserved from the host's
             // ephemeral use (SNAT pool, NodePort range) are released with
             // the datapath.
             if let Ok(maps) = nodeport_agent::maps::bpf::BpfMaps::open(&bpffs)
                 && let Ok(config) = maps.config()
-                && let Err(e) = nodeport_agent::snat_pool::release(&config)
+                && let Err(e) = nodeport_agent::snat_pool::release(
+                    &nodeport_agent::sysctl::Sysctls::new(&sysctl_dir),
+                    &config,
+                )
             {
                 eprintln!("releasing the reserved ports: {e}");
             }

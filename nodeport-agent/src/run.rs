@@ -32,6 +32,7 @@ use crate::runtime::Runtime;
 use crate::source::kube::{KubeOptions, KubeSource};
 use crate::source::{Source, Update, manifests::ManifestsSource};
 use crate::store::ObjectKey;
+use crate::sysctl::Sysctls;
 use crate::{neighbours, node_addrs, snat_pool};
 
 /// How often the source is polled and the node's addresses re-read (a
@@ -236,7 +237,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let mut maps = BpfMaps::open(datapath.root())?;
     configure_snat(args, &mut maps)?;
     for iface in &ifaces {
-        enable_forwarding(iface);
+        enable_forwarding(&Sysctls::new(&args.sysctl_dir), iface);
     }
     let attached = AttachedDevices::attach(&mut datapath, &mut maps, &ifaces, args.xdp_mode)?;
     if let Err(e) = datapath.attach_tx_tracepoints() {
@@ -544,7 +545,7 @@ fn configure_snat(args: &RunArgs, maps: &mut BpfMaps) -> Result<()> {
         Some(s) => snat_pool::parse_ranges(s)?,
         None => snat_pool::default_ranges(
             &args.service_node_port_range,
-            &snat_pool::host_ephemeral_range()?,
+            &snat_pool::host_ephemeral_range(&Sysctls::new(&args.sysctl_dir))?,
         )?,
     };
     snat_pool::check(&ranges, &args.service_node_port_range)?;
@@ -576,7 +577,7 @@ fn configure_snat(args: &RunArgs, maps: &mut BpfMaps) -> Result<()> {
             }
         }
     }
-    match snat_pool::reserve(&mut config, &reserve) {
+    match snat_pool::reserve(&Sysctls::new(&args.sysctl_dir), &mut config, &reserve) {
         Ok(added) if added > 0 => info!(
             added,
             "reserved the SNAT ports (and the NodePort range, with bind protection) from the host's ephemeral use"
@@ -642,11 +643,11 @@ fn random_token() -> u32 {
 /// The datapath forwards packets between the node's devices and its pods
 /// (and `bpf_fib_lookup` refuses to answer otherwise): make sure IPv4
 /// forwarding is on for a device it serves.
-fn enable_forwarding(iface: &str) {
-    let path = format!("/proc/sys/net/ipv4/conf/{iface}/forwarding");
-    match std::fs::read_to_string(&path) {
+fn enable_forwarding(sysctls: &Sysctls, iface: &str) {
+    let key = format!("net/ipv4/conf/{iface}/forwarding");
+    match sysctls.read(&key) {
         Ok(v) if v.trim() == "1" => {}
-        Ok(_) => match std::fs::write(&path, "1") {
+        Ok(_) => match sysctls.write(&key, "1") {
             Ok(()) => info!(iface, "enabled IPv4 forwarding"),
             Err(e) => {
                 warn!(iface, error = %e, "IPv4 forwarding is off and cannot be enabled; NodePorts to other nodes will fail");

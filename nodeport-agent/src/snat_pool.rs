@@ -19,8 +19,10 @@ use std::ops::RangeInclusive;
 
 use nodeport_common::{Config, PortRange, config::RESERVED_RANGES};
 
-const LOCAL_PORT_RANGE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
-const RESERVED_PORTS: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
+use crate::sysctl::{SysctlError, Sysctls};
+
+const LOCAL_PORT_RANGE: &str = "net/ipv4/ip_local_port_range";
+const RESERVED_PORTS: &str = "net/ipv4/ip_local_reserved_ports";
 /// The lowest port the pool uses: below are the privileged ports.
 const LOWEST: u16 = 1024;
 
@@ -41,12 +43,10 @@ pub enum PoolError {
         node_ports: String,
         ephemeral: String,
     },
-    #[error("{path}: {source}")]
-    Sysctl {
-        path: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Sysctl(#[from] SysctlError),
+    #[error("{key}: `{value}` is not what the kernel writes there")]
+    SysctlValue { key: &'static str, value: String },
 }
 
 fn show(r: &RangeInclusive<u16>) -> String {
@@ -141,17 +141,14 @@ pub fn check(pool: &[PortRange; 2], node_ports: &RangeInclusive<u16>) -> Result<
 }
 
 /// The host's ephemeral range (`net.ipv4.ip_local_port_range`).
-pub fn host_ephemeral_range() -> Result<RangeInclusive<u16>, PoolError> {
-    let s = std::fs::read_to_string(LOCAL_PORT_RANGE).map_err(|source| PoolError::Sysctl {
-        path: LOCAL_PORT_RANGE,
-        source,
-    })?;
+pub fn host_ephemeral_range(sysctls: &Sysctls) -> Result<RangeInclusive<u16>, PoolError> {
+    let s = sysctls.read(LOCAL_PORT_RANGE)?;
     let mut words = s.split_whitespace().map(str::parse::<u16>);
     match (words.next(), words.next()) {
         (Some(Ok(a)), Some(Ok(b))) if a <= b => Ok(a..=b),
-        _ => Err(PoolError::Sysctl {
-            path: LOCAL_PORT_RANGE,
-            source: std::io::Error::new(std::io::ErrorKind::InvalidData, s.trim().to_string()),
+        _ => Err(PoolError::SysctlValue {
+            key: LOCAL_PORT_RANGE,
+            value: s.trim().to_string(),
         }),
     }
 }
@@ -181,39 +178,37 @@ fn format_list(ranges: &[RangeInclusive<u16>]) -> String {
     s
 }
 
-fn read_reserved() -> Result<Vec<RangeInclusive<u16>>, PoolError> {
-    let s = std::fs::read_to_string(RESERVED_PORTS).map_err(|source| PoolError::Sysctl {
-        path: RESERVED_PORTS,
-        source,
-    })?;
-    parse_list(&s).ok_or_else(|| PoolError::Sysctl {
-        path: RESERVED_PORTS,
-        source: std::io::Error::new(std::io::ErrorKind::InvalidData, s.trim().to_string()),
+fn read_reserved(sysctls: &Sysctls) -> Result<Vec<RangeInclusive<u16>>, PoolError> {
+    let s = sysctls.read(RESERVED_PORTS)?;
+    parse_list(&s).ok_or_else(|| PoolError::SysctlValue {
+        key: RESERVED_PORTS,
+        value: s.trim().to_string(),
     })
 }
 
-fn write_reserved(ranges: &[RangeInclusive<u16>]) -> Result<(), PoolError> {
+fn write_reserved(sysctls: &Sysctls, ranges: &[RangeInclusive<u16>]) -> Result<(), PoolError> {
     // An empty write leaves the list unchanged; a lone newline clears it.
     let value = format!("{}\n", format_list(ranges));
-    std::fs::write(RESERVED_PORTS, value).map_err(|source| PoolError::Sysctl {
-        path: RESERVED_PORTS,
-        source,
-    })
+    Ok(sysctls.write(RESERVED_PORTS, &value)?)
 }
 
 /// Adds `ranges` (the pool of `config`, and the NodePort range where binds
 /// of nodePorts are refused) to the host's reserved ports and records in
 /// `config` what was added (beyond what it recorded before, which is still
 /// its own).
-pub fn reserve(config: &mut Config, ranges: &[PortRange]) -> Result<usize, PoolError> {
-    let reserved = read_reserved()?;
+pub fn reserve(
+    sysctls: &Sysctls,
+    config: &mut Config,
+    ranges: &[PortRange],
+) -> Result<usize, PoolError> {
+    let reserved = read_reserved(sysctls)?;
     let add = missing(&reserved, ranges);
     if add.is_empty() {
         return Ok(0);
     }
     let mut all = reserved;
     all.extend(add.iter().cloned());
-    write_reserved(&all)?;
+    write_reserved(sysctls, &all)?;
     let mut recorded: Vec<RangeInclusive<u16>> = config.reserved[..config.reserved_count as usize]
         .iter()
         .map(|r| r.min..=r.max)
@@ -230,16 +225,16 @@ pub fn reserve(config: &mut Config, ranges: &[PortRange]) -> Result<usize, PoolE
 
 /// Removes from the host's reserved ports what `config` says the agent
 /// added (`cleanup`).
-pub fn release(config: &Config) -> Result<(), PoolError> {
+pub fn release(sysctls: &Sysctls, config: &Config) -> Result<(), PoolError> {
     let count = (config.reserved_count as usize).min(RESERVED_RANGES);
     if count == 0 {
         return Ok(());
     }
-    let mut left = read_reserved()?;
+    let mut left = read_reserved(sysctls)?;
     for r in &config.reserved[..count] {
         left = subtract(&left, &(r.min..=r.max));
     }
-    write_reserved(&left)
+    write_reserved(sysctls, &left)
 }
 
 #[cfg(test)]

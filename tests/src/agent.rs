@@ -65,6 +65,29 @@ pub struct AgentOptions {
     /// Extra environment variables. `RUST_LOG` defaults to `info` when
     /// neither this nor the test's environment sets it, and `NO_COLOR=1`.
     pub env: Vec<(OsString, OsString)>,
+    /// Run the agent with only these capabilities (names without `CAP_`,
+    /// e.g. [`LEAST_PRIVILEGE_CAPABILITIES`]) through `setpriv`; `None`: as
+    /// root with every capability.
+    pub capabilities: Option<Vec<String>>,
+}
+
+/// The capabilities of the least-privilege DaemonSet
+/// (`deploy/least-privilege/daemonset.yaml`), which the agent needs: BPF
+/// (maps, programs, BTF), `NET_ADMIN` (XDP, TC and cgroup attachment, net
+/// sysctls) and PERFMON (the XDP transmit tracepoints).
+pub const LEAST_PRIVILEGE_CAPABILITIES: &[&str] = &["BPF", "NET_ADMIN", "PERFMON"];
+
+/// The number of a capability (`CAP_<name>` of `<linux/capability.h>`).
+fn capability_number(name: &str) -> u32 {
+    match name {
+        "NET_ADMIN" => 12,
+        "NET_RAW" => 13,
+        "SYS_ADMIN" => 21,
+        "SYS_RESOURCE" => 24,
+        "PERFMON" => 38,
+        "BPF" => 39,
+        other => panic!("no capability number known for {other}"),
+    }
 }
 
 impl AgentOptions {
@@ -103,6 +126,13 @@ impl AgentOptions {
         self.env.push((key.into(), value.into()));
         self
     }
+
+    /// Only `capabilities` (see [`AgentOptions::capabilities`]).
+    #[must_use]
+    pub fn capabilities(mut self, capabilities: &[String]) -> AgentOptions {
+        self.capabilities = Some(capabilities.to_vec());
+        self
+    }
 }
 
 /// A running agent. It borrows the cluster so it cannot outlive its node
@@ -119,6 +149,8 @@ pub struct Agent<'c> {
     command_line: String,
     pid: u32,
     child: Mutex<Option<Child>>,
+    /// The effective capability set it must run with, if restricted.
+    capabilities: Option<u64>,
 }
 
 /// Everything [`Agent::spawn`] needs from the cluster.
@@ -147,7 +179,24 @@ impl<'c> Agent<'c> {
             .try_clone()
             .unwrap_or_else(|e| panic!("cannot dup log fd: {e}"));
 
-        let mut cmd = setup.ns.command(&binary);
+        let mut cmd = match &options.capabilities {
+            None => setup.ns.command(&binary),
+            Some(caps) => {
+                let keep: Vec<String> = caps.iter().map(|c| format!("+{}", c.to_lowercase())).collect();
+                let mut cmd = setup.ns.command("setpriv");
+                cmd.arg("--bounding-set")
+                    .arg(format!("-all,{}", keep.join(",")))
+                    .arg("--inh-caps")
+                    .arg("-all")
+                    .arg("--")
+                    .arg(&binary);
+                cmd
+            }
+        };
+        let capabilities = options.capabilities.as_ref().map(|caps| {
+            caps.iter()
+                .fold(0u64, |mask, c| mask | 1 << capability_number(c))
+        });
         cmd.arg("run")
             .arg("--node-name")
             .arg(&setup.node_name)
@@ -194,6 +243,7 @@ impl<'c> Agent<'c> {
             command_line,
             pid: child.id(),
             child: Mutex::new(Some(child)),
+            capabilities,
         }
     }
 
@@ -386,6 +436,7 @@ impl<'c> Agent<'c> {
         loop {
             let exited = self.exit_status();
             if crate::http::get(self.ns, self.healthz, "/livez").is_ok_and(|r| r.status == 200) {
+                self.check_capabilities();
                 return;
             }
             let problem = match exited {
@@ -407,6 +458,34 @@ impl<'c> Agent<'c> {
                 tail(&self.log(), LOG_LINES_ON_PANIC)
             );
         }
+    }
+
+    /// With restricted capabilities: the running agent's effective set
+    /// (`CapEff` of `/proc/<pid>/status`) is exactly the one asked for.
+    fn check_capabilities(&self) {
+        let Some(want) = self.capabilities else {
+            return;
+        };
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))
+            .unwrap_or_else(|e| panic!("agent {}: cannot read its status: {e}", self.node_name));
+        let effective = status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or_else(|| panic!("agent {}: no CapEff in its status", self.node_name));
+        assert_eq!(
+            effective, want,
+            "agent {} runs with capabilities {effective:#x}, not exactly {want:#x}",
+            self.node_name
+        );
+        // Nothing it does on start was refused for want of a capability.
+        let log = self.log();
+        assert!(
+            !log.contains(" WARN ") && !log.contains(" ERROR "),
+            "agent {} with capabilities {want:#x} warned on start:\n{}",
+            self.node_name,
+            tail(&log, LOG_LINES_ON_PANIC)
+        );
     }
 
     /// The exit status, if the agent has exited.

@@ -99,6 +99,9 @@ pub struct ClusterConfig {
     pub start_pod_servers: bool,
     /// How the veth ends are set up (see the module docs).
     pub veths: Veths,
+    /// Agents run with only these capabilities (unless their options say
+    /// otherwise); `None`: as root with every capability.
+    pub agent_capabilities: Option<Vec<String>>,
 }
 
 /// How the cluster's veth ends are set up.
@@ -123,6 +126,7 @@ impl Default for ClusterConfig {
             pod_tcp_echo_ports: vec![9000],
             start_pod_servers: true,
             veths: Veths::KernelDefaults,
+            agent_capabilities: None,
         }
     }
 }
@@ -509,6 +513,14 @@ impl Cluster {
     #[must_use]
     pub fn start_agent_with(&self, i: usize, options: &AgentOptions) -> Agent<'_> {
         let node = self.node(i);
+        let restricted;
+        let options = match &self.config.agent_capabilities {
+            Some(caps) if options.capabilities.is_none() => {
+                restricted = options.clone().capabilities(caps);
+                &restricted
+            }
+            _ => options,
+        };
         let setup = AgentSetup {
             ns: &node.netns,
             node_index: i,

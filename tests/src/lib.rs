@@ -30,7 +30,7 @@ pub mod objects;
 pub mod server;
 mod util;
 
-pub use agent::{Agent, AgentOptions};
+pub use agent::{Agent, AgentOptions, LEAST_PRIVILEGE_CAPABILITIES};
 pub use apiserver::ApiServer;
 pub use client::{Client, ConnectResult};
 pub use cluster::{Cluster, ClusterConfig, Node, Pod, Veths};

@@ -5,7 +5,11 @@
 //! field shows up as missing there). The DaemonSet runs the agent the way
 //! the agent expects: flags it knows, `NODE_NAME` from `spec.nodeName`,
 //! probes on its healthz port, the host network, bpffs from the host; the
-//! ClusterRole grants what the Kubernetes source lists and watches.
+//! ClusterRole grants what the Kubernetes source lists and watches. The
+//! least-privilege variant (`deploy/least-privilege/`) runs the same agent
+//! without `privileged`, with exactly the capabilities the end-to-end tests
+//! run agents with ([`LEAST_PRIVILEGE_CAPABILITIES`]), and mounts what the
+//! privileged container did without.
 //!
 //! No root needed.
 
@@ -15,6 +19,7 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use nodeport_tests::LEAST_PRIVILEGE_CAPABILITIES;
 use serde_json::Value;
 
 fn deploy_dir() -> PathBuf {
@@ -23,7 +28,17 @@ fn deploy_dir() -> PathBuf {
 
 /// Every document of every `deploy/*.yaml`, with its file.
 fn documents() -> Vec<(String, Value)> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(deploy_dir())
+    documents_in(&deploy_dir())
+}
+
+/// The least-privilege DaemonSet.
+fn least_privilege_documents() -> Vec<(String, Value)> {
+    documents_in(&deploy_dir().join("least-privilege"))
+}
+
+/// Every document of every `*.yaml` in `dir`, with its file.
+fn documents_in(dir: &Path) -> Vec<(String, Value)> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .expect("deploy/ exists")
         .map(|e| e.expect("entry").path())
         .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
@@ -103,6 +118,12 @@ fn every_document_is_a_known_type_without_unknown_fields() {
             ("ServiceAccount".to_owned(), 1),
         ])
     );
+    let variant = least_privilege_documents();
+    assert_eq!(variant.len(), 1, "one DaemonSet in deploy/least-privilege/");
+    for (what, doc) in variant {
+        assert_eq!(doc["kind"], "DaemonSet", "{what}");
+        drop(strict::<DaemonSet>(&what, &doc));
+    }
 }
 
 #[test]
@@ -128,8 +149,90 @@ fn find<'a>(docs: &'a [(String, Value)], kind: &str) -> &'a Value {
 #[test]
 fn the_daemonset_runs_the_agent_as_it_expects() {
     let docs = documents();
+    let sa = find(&docs, "ServiceAccount");
     let ds: DaemonSet = serde_json::from_value(find(&docs, "DaemonSet").clone()).unwrap();
+    check_agent_pod(&ds, sa);
+    let c = &ds.spec.unwrap().template.spec.unwrap().containers[0];
+    assert_eq!(
+        c.security_context.as_ref().and_then(|s| s.privileged),
+        Some(true),
+        "the default DaemonSet is privileged, as kube-proxy's"
+    );
+}
+
+/// The least-privilege DaemonSet: the same agent, no privilege, exactly
+/// the capabilities the end-to-end tests give agents, a read-only root, the
+/// runtime's seccomp profile, the host's bpffs shared without Bidirectional
+/// propagation (which needs privilege), a writable /proc/sys/net where
+/// `--sysctl-dir` says and tracefs for the tracepoints.
+#[test]
+fn the_least_privilege_daemonset_runs_the_agent_with_exactly_its_capabilities() {
+    let docs = documents();
+    let sa = find(&docs, "ServiceAccount");
+    let variant = least_privilege_documents();
+    let ds: DaemonSet = serde_json::from_value(find(&variant, "DaemonSet").clone()).unwrap();
+    check_agent_pod(&ds, sa);
     let pod = ds.spec.unwrap().template.spec.unwrap();
+    let c = &pod.containers[0];
+    let sc = c.security_context.as_ref().expect("a securityContext");
+    assert_ne!(sc.privileged, Some(true), "not privileged");
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(
+        sc.seccomp_profile.as_ref().map(|p| p.type_.as_str()),
+        Some("RuntimeDefault")
+    );
+    let caps = sc.capabilities.as_ref().expect("capabilities");
+    assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_owned()][..]));
+    assert_eq!(
+        caps.add.clone().unwrap_or_default(),
+        LEAST_PRIVILEGE_CAPABILITIES
+            .iter()
+            .map(|c| (*c).to_owned())
+            .collect::<Vec<_>>(),
+        "the capabilities the end-to-end tests run the agent with"
+    );
+    let mounts = c.volume_mounts.clone().unwrap_or_default();
+    assert!(
+        mounts
+            .iter()
+            .all(|m| m.mount_propagation.as_deref() != Some("Bidirectional")),
+        "Bidirectional propagation needs a privileged container"
+    );
+    let volumes = pod.volumes.unwrap_or_default();
+    let host_path_of = |mount_path: &str| {
+        let m = mounts
+            .iter()
+            .find(|m| m.mount_path == mount_path)
+            .unwrap_or_else(|| panic!("a mount at {mount_path}"));
+        let v = volumes
+            .iter()
+            .find(|v| v.name == m.name)
+            .unwrap_or_else(|| panic!("volume {}", m.name));
+        (
+            v.host_path.as_ref().map(|h| h.path.clone()),
+            m.read_only.unwrap_or(false),
+        )
+    };
+    let args = c.args.clone().unwrap_or_default();
+    let sysctl_dir = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--sysctl-dir="))
+        .expect("--sysctl-dir=DIR");
+    assert_eq!(
+        host_path_of(&format!("{sysctl_dir}/net")),
+        (Some("/proc/sys/net".to_owned()), false),
+        "the host's /proc/sys/net, writable, under --sysctl-dir"
+    );
+    assert_eq!(
+        host_path_of("/sys/kernel/tracing").0.as_deref(),
+        Some("/sys/kernel/tracing")
+    );
+}
+
+/// What both DaemonSets share: the agent and how it runs.
+fn check_agent_pod(ds: &DaemonSet, sa: &Value) {
+    let pod = ds.clone().spec.unwrap().template.spec.unwrap();
     assert_eq!(pod.host_network, Some(true));
     assert!(
         pod.tolerations
@@ -138,7 +241,6 @@ fn the_daemonset_runs_the_agent_as_it_expects() {
             .any(|t| t.operator.as_deref() == Some("Exists") && t.key.is_none()),
         "tolerates every taint"
     );
-    let sa = find(&docs, "ServiceAccount");
     assert_eq!(
         pod.service_account_name.as_deref(),
         sa["metadata"]["name"].as_str()

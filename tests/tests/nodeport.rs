@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 
 use nodeport_tests::cluster::{CLIENT_ADDR, node_addr, pod_name};
 use nodeport_tests::objects::{Ep, ServiceBuilder, SvcPort, to_yaml};
-use nodeport_tests::{Agent, Answer, Cluster, ClusterConfig, ConnectResult, ServerSpec, Veths};
+use nodeport_tests::{
+    Agent, Answer, Cluster, ClusterConfig, ConnectResult, LEAST_PRIVILEGE_CAPABILITIES, ServerSpec,
+    Veths,
+};
 
 /// TCP and UDP port every pod serves (and answers with its name).
 const POD_PORT: u16 = 8080;
@@ -31,13 +34,31 @@ fn cluster() -> Cluster {
 }
 
 fn cluster_on(veths: Veths) -> Cluster {
-    Cluster::with_config(ClusterConfig {
+    Cluster::with_config(config_on(veths))
+}
+
+fn config_on(veths: Veths) -> ClusterConfig {
+    ClusterConfig {
         nodes: 2,
         pods_per_node: 2,
         pod_tcp_ports: vec![80, POD_PORT, POD_PORT_2],
         pod_udp_ports: vec![POD_PORT],
         veths,
         ..ClusterConfig::default()
+    }
+}
+
+/// Agents with only the capabilities of the least-privilege DaemonSet
+/// (`deploy/least-privilege/daemonset.yaml`), on kernel-default veths.
+fn least_privilege_cluster() -> Cluster {
+    Cluster::with_config(ClusterConfig {
+        agent_capabilities: Some(
+            LEAST_PRIVILEGE_CAPABILITIES
+                .iter()
+                .map(|c| (*c).to_owned())
+                .collect(),
+        ),
+        ..config_on(Veths::KernelDefaults)
     })
 }
 
@@ -136,17 +157,24 @@ fn udp(c: &Cluster, node: usize, port: u16) -> Answer {
 /// new connections every endpoint answers.
 #[test]
 fn nodeport_serves_on_every_node_ip_tcp_and_udp() {
-    nodeport_serves_on_every_node_ip_tcp_and_udp_on(Veths::KernelDefaults);
+    nodeport_serves_on_every_node_ip_tcp_and_udp_on(&cluster_on(Veths::KernelDefaults));
 }
 
 /// As [`nodeport_serves_on_every_node_ip_tcp_and_udp`], with native XDP (GRO on the LAN side of each node's veth).
 #[test]
 fn nodeport_serves_on_every_node_ip_tcp_and_udp_native_xdp() {
-    nodeport_serves_on_every_node_ip_tcp_and_udp_on(Veths::LanGro);
+    nodeport_serves_on_every_node_ip_tcp_and_udp_on(&cluster_on(Veths::LanGro));
 }
 
-fn nodeport_serves_on_every_node_ip_tcp_and_udp_on(veths: Veths) {
-    let c = cluster_on(veths);
+/// The same with agents that hold only the least-privilege capability set
+/// (checked in the agents' `/proc/<pid>/status` once they are ready).
+#[test]
+fn nodeport_serves_on_every_node_ip_tcp_and_udp_least_privilege() {
+    let c = least_privilege_cluster();
+    nodeport_serves_on_every_node_ip_tcp_and_udp_on(&c);
+}
+
+fn nodeport_serves_on_every_node_ip_tcp_and_udp_on(c: &Cluster) {
     let all: Vec<Ep> = vec![(1, 1, true), (1, 2, true), (2, 1, true), (2, 2, true)];
     c.manifests().write(
         "echo.yaml",
@@ -159,12 +187,12 @@ fn nodeport_serves_on_every_node_ip_tcp_and_udp_on(veths: Veths) {
             &all,
         ),
     );
-    let _agents = agents(&c);
+    let _agents = agents(c);
 
     let mut seen = BTreeSet::new();
     for i in 0..60 {
         let node = 1 + i % 2;
-        let a = tcp(&c, node, 31080);
+        let a = tcp(c, node, 31080);
         assert_eq!(a.local_port, POD_PORT, "DNAT to the targetPort");
         seen.insert(a.server);
     }
@@ -173,7 +201,7 @@ fn nodeport_serves_on_every_node_ip_tcp_and_udp_on(veths: Veths) {
 
     let mut seen_udp = BTreeSet::new();
     for i in 0..40 {
-        let a = udp(&c, 1 + i % 2, 31080);
+        let a = udp(c, 1 + i % 2, 31080);
         assert_eq!(a.local_port, POD_PORT);
         seen_udp.insert(a.server);
     }
@@ -208,17 +236,24 @@ fn nodeport_serves_on_every_node_ip_tcp_and_udp_on(veths: Veths) {
 /// (the pod sees node 1's address), through node 2 the pod sees the client.
 #[test]
 fn remote_backend_is_reached_with_snat_and_local_keeps_client_ip() {
-    remote_backend_is_reached_with_snat_and_local_keeps_client_ip_on(Veths::KernelDefaults);
+    remote_backend_is_reached_with_snat_and_local_keeps_client_ip_on(&cluster_on(Veths::KernelDefaults));
 }
 
 /// As [`remote_backend_is_reached_with_snat_and_local_keeps_client_ip`], with native XDP (GRO on the LAN side of each node's veth).
 #[test]
 fn remote_backend_is_reached_with_snat_and_local_keeps_client_ip_native_xdp() {
-    remote_backend_is_reached_with_snat_and_local_keeps_client_ip_on(Veths::LanGro);
+    remote_backend_is_reached_with_snat_and_local_keeps_client_ip_on(&cluster_on(Veths::LanGro));
 }
 
-fn remote_backend_is_reached_with_snat_and_local_keeps_client_ip_on(veths: Veths) {
-    let c = cluster_on(veths);
+/// The same with agents that hold only the least-privilege capability set
+/// (checked in the agents' `/proc/<pid>/status` once they are ready).
+#[test]
+fn remote_backend_is_reached_with_snat_and_local_keeps_client_ip_least_privilege() {
+    let c = least_privilege_cluster();
+    remote_backend_is_reached_with_snat_and_local_keeps_client_ip_on(&c);
+}
+
+fn remote_backend_is_reached_with_snat_and_local_keeps_client_ip_on(c: &Cluster) {
     c.manifests().write(
         "remote.yaml",
         &service(
@@ -230,18 +265,18 @@ fn remote_backend_is_reached_with_snat_and_local_keeps_client_ip_on(veths: Veths
             &[(2, 1, true)],
         ),
     );
-    let _agents = agents(&c);
+    let _agents = agents(c);
     for _ in 0..5 {
-        let via1 = tcp(&c, 1, 31081);
+        let via1 = tcp(c, 1, 31081);
         assert_eq!(via1.server, pod_name(2, 1));
         assert_eq!(via1.peer.ip(), node_addr(1), "SNAT to node 1's address");
-        let via2 = tcp(&c, 2, 31081);
+        let via2 = tcp(c, 2, 31081);
         assert_eq!(via2.server, pod_name(2, 1));
         assert_eq!(via2.peer.ip(), CLIENT_ADDR, "client address preserved");
 
-        let via1 = udp(&c, 1, 31081);
+        let via1 = udp(c, 1, 31081);
         assert_eq!(via1.peer.ip(), node_addr(1), "UDP SNAT to node 1's address");
-        let via2 = udp(&c, 2, 31081);
+        let via2 = udp(c, 2, 31081);
         assert_eq!(via2.peer.ip(), CLIENT_ADDR, "UDP client address preserved");
     }
 }
@@ -354,17 +389,24 @@ fn endpoint_and_service_changes_apply_within_a_second() {
 /// ICMP port unreachable.
 #[test]
 fn service_without_endpoints_is_rejected() {
-    service_without_endpoints_is_rejected_on(Veths::KernelDefaults);
+    service_without_endpoints_is_rejected_on(&cluster_on(Veths::KernelDefaults));
 }
 
 /// As [`service_without_endpoints_is_rejected`], with native XDP (GRO on the LAN side of each node's veth).
 #[test]
 fn service_without_endpoints_is_rejected_native_xdp() {
-    service_without_endpoints_is_rejected_on(Veths::LanGro);
+    service_without_endpoints_is_rejected_on(&cluster_on(Veths::LanGro));
 }
 
-fn service_without_endpoints_is_rejected_on(veths: Veths) {
-    let c = cluster_on(veths);
+/// The same with agents that hold only the least-privilege capability set
+/// (checked in the agents' `/proc/<pid>/status` once they are ready).
+#[test]
+fn service_without_endpoints_is_rejected_least_privilege() {
+    let c = least_privilege_cluster();
+    service_without_endpoints_is_rejected_on(&c);
+}
+
+fn service_without_endpoints_is_rejected_on(c: &Cluster) {
     c.manifests().write(
         "empty.yaml",
         &service(
@@ -376,7 +418,7 @@ fn service_without_endpoints_is_rejected_on(veths: Veths) {
             &[],
         ),
     );
-    let agents = agents(&c);
+    let agents = agents(c);
     for node in [1, 2] {
         let start = Instant::now();
         let r = c.client().tcp_connect_result(node_addr(node), 31084);

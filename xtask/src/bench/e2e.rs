@@ -769,6 +769,7 @@ fn run_size(veths: Veths, n: usize, snat: bool, config: &Config, out: &mut E2e) 
         pod_tcp_echo_ports: Vec::new(),
         start_pod_servers: false,
         veths,
+        agent_capabilities: None,
     });
     prepare_namespaces(&cluster);
     let servers = PodServers::start(&[cluster.pod(1, 1).netns(), cluster.pod(2, 1).netns()])?;
