@@ -45,6 +45,10 @@ pub struct Served {
     pub external_local: bool,
     /// `internalTrafficPolicy: Local`.
     pub internal_local: bool,
+    /// Topology-aware routing: `trafficDistribution: PreferClose` (or
+    /// `PreferSameZone`), or the `service.kubernetes.io/topology-mode: Auto`
+    /// annotation: endpoints hinted for this node's zone are preferred.
+    pub prefer_same_zone: bool,
     /// `sessionAffinity: ClientIP` with its timeout.
     pub affinity_timeout_s: Option<u32>,
     pub publish_not_ready: bool,
@@ -102,7 +106,7 @@ pub enum SlicePortNumber {
 
 /// One endpoint (its first address).
 #[allow(clippy::struct_excessive_bools, reason = "the API's endpoint conditions")]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EndpointModel {
     pub addr: Ipv4Addr,
     /// `ready` (absent means ready).
@@ -112,6 +116,8 @@ pub struct EndpointModel {
     pub terminating: bool,
     /// Its `nodeName` is this node.
     pub local: bool,
+    /// `hints.forZones` (`None`: no hints), for topology-aware routing.
+    pub zone_hints: Option<Box<[Arc<str>]>>,
 }
 
 /// A port number from the API (1..=65535).
@@ -186,6 +192,7 @@ impl Served {
             load_balancer_ips,
             source_ranges,
             internal_local: spec.internal_traffic_policy.as_deref() == Some(k8s::POLICY_LOCAL),
+            prefer_same_zone: prefers_same_zone(svc),
             affinity_timeout_s,
             publish_not_ready: spec.publish_not_ready_addresses == Some(true),
             health_check_node_port: spec.health_check_node_port.and_then(valid_port),
@@ -227,6 +234,29 @@ fn ipv4_set<'a>(ips: impl Iterator<Item = &'a str>) -> Vec<Ipv4Addr> {
     out.sort_unstable();
     out.dedup();
     out
+}
+
+/// Whether `svc` asks for topology-aware routing, as kube-proxy reads it.
+fn prefers_same_zone(svc: &Service) -> bool {
+    let distribution = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.traffic_distribution.as_deref());
+    if matches!(
+        distribution,
+        Some(
+            k8s::TRAFFIC_DISTRIBUTION_PREFER_CLOSE
+                | k8s::TRAFFIC_DISTRIBUTION_PREFER_SAME_ZONE
+                | k8s::TRAFFIC_DISTRIBUTION_PREFER_SAME_NODE
+        )
+    ) {
+        return true;
+    }
+    let annotations = svc.metadata.annotations.as_ref();
+    [k8s::ANNOTATION_TOPOLOGY_MODE, k8s::ANNOTATION_TOPOLOGY_HINTS]
+        .iter()
+        .filter_map(|a| annotations.and_then(|m| m.get(*a)))
+        .any(|v| v.eq_ignore_ascii_case("auto"))
 }
 
 /// The IPv4 `loadBalancerSourceRanges` of `svc` (or, when the field is
@@ -326,6 +356,9 @@ impl SliceModel {
                     serving: cond.serving.unwrap_or(ready),
                     terminating: cond.terminating.unwrap_or(false),
                     local: ep.node_name.as_deref() == Some(node_name),
+                    zone_hints: ep.hints.as_ref().and_then(|h| h.for_zones.as_ref()).map(|zones| {
+                        zones.iter().map(|z| Arc::from(z.name.as_str())).collect()
+                    }),
                 })
             })
             .collect();

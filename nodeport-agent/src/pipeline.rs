@@ -100,6 +100,18 @@ impl Pipeline {
     }
 
     /// The node addresses that serve NodePorts.
+    /// Sets this node's zone (topology-aware routing); a change recomputes
+    /// every Service.
+    pub fn set_zone(&mut self, zone: Option<&str>) {
+        if self.store.set_zone(zone) {
+            let keys: Vec<ObjectKey> = self.store.service_keys().cloned().collect();
+            for key in &keys {
+                self.index
+                    .update_service(&self.store, key, &mut self.pending);
+            }
+        }
+    }
+
     pub fn set_node_addrs(&mut self, addrs: &[Ipv4Addr]) {
         self.index.set_node_addrs(addrs, &mut self.pending);
     }

@@ -368,6 +368,8 @@ impl Sync {
                 self.trim_after_apply |= update.objects() >= crate::memory::TRIM_AFTER_OBJECTS;
                 match update {
                     Update::Full(state) => {
+                        self.pipeline
+                            .set_zone(crate::store::node_zone(state.nodes.get(&self.node)));
                         self.pipeline.replace_state(&state);
                         self.nodes = state.nodes;
                     }
@@ -384,6 +386,8 @@ impl Sync {
                                 None => self.nodes.remove(&name),
                             };
                         }
+                        self.pipeline
+                            .set_zone(crate::store::node_zone(self.nodes.get(&self.node)));
                     }
                 }
                 self.source_delivered = true;

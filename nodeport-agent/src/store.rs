@@ -41,6 +41,18 @@ impl std::fmt::Display for ObjectKey {
     }
 }
 
+/// The zone a Node is in (`topology.kubernetes.io/zone`).
+#[must_use]
+pub fn node_zone(node: Option<&Node>) -> Option<&str> {
+    node?
+        .metadata
+        .labels
+        .as_ref()?
+        .get(crate::k8s::LABEL_ZONE)
+        .map(String::as_str)
+        .filter(|z| !z.is_empty())
+}
+
 /// Every object a source has delivered and that passed validation.
 #[derive(Clone, Debug, Default)]
 pub struct ClusterState {
@@ -64,6 +76,9 @@ pub struct Changed {
 #[derive(Clone, Debug)]
 pub struct Store {
     node_name: String,
+    /// This node's zone (its Node's `topology.kubernetes.io/zone`), for
+    /// topology-aware routing.
+    zone: Option<Arc<str>>,
     services: BTreeMap<ObjectKey, Arc<ServiceModel>>,
     slices: BTreeMap<ObjectKey, Arc<SliceModel>>,
     /// Slice keys by the Service they belong to.
@@ -77,6 +92,7 @@ impl Store {
     pub fn new(node_name: &str) -> Self {
         Self {
             node_name: node_name.to_owned(),
+            zone: None,
             services: BTreeMap::new(),
             slices: BTreeMap::new(),
             slices_of: BTreeMap::new(),
@@ -87,6 +103,7 @@ impl Store {
     #[must_use]
     pub fn from_state(state: &ClusterState, node_name: &str) -> Self {
         let mut store = Self::new(node_name);
+        store.set_zone(node_zone(state.nodes.get(node_name)));
         store.replace(state);
         store
     }
@@ -94,6 +111,27 @@ impl Store {
     #[must_use]
     pub fn node_name(&self) -> &str {
         &self.node_name
+    }
+
+    /// This node's zone, if known.
+    #[must_use]
+    pub fn zone(&self) -> Option<&str> {
+        self.zone.as_deref()
+    }
+
+    /// Sets this node's zone; returns whether it changed (then every
+    /// Service's share may have).
+    pub fn set_zone(&mut self, zone: Option<&str>) -> bool {
+        if self.zone.as_deref() == zone {
+            return false;
+        }
+        self.zone = zone.map(Arc::from);
+        true
+    }
+
+    /// The key of every Service.
+    pub fn service_keys(&self) -> impl Iterator<Item = &ObjectKey> {
+        self.services.keys()
     }
 
     /// Every Service, in key order.

@@ -226,6 +226,12 @@ impl ServiceBuilder {
         self
     }
 
+    /// `spec.trafficDistribution` (`PreferClose`, ...).
+    pub fn traffic_distribution(mut self, distribution: &str) -> Self {
+        self.spec().traffic_distribution = Some(distribution.to_owned());
+        self
+    }
+
     /// `spec.loadBalancerSourceRanges`.
     pub fn load_balancer_source_ranges(mut self, ranges: &[&str]) -> Self {
         self.spec().load_balancer_source_ranges =

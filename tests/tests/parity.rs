@@ -1,7 +1,7 @@
 //! End-to-end tests of Service behaviours kube-proxy has beyond plain
 //! NodePorts and ClusterIPs, on the namespace test cluster with real
 //! traffic: `externalIPs` and LoadBalancer ingress IPs,
-//! `loadBalancerSourceRanges`;
+//! `loadBalancerSourceRanges`; `trafficDistribution` with zone hints;
 //! `internalTrafficPolicy: Local`; an allocated nodePort cannot be
 //! taken by a process of the node (its bind fails with EADDRINUSE) while the
 //! NodePort keeps serving, and the NodePort range is kept out of the node's
@@ -15,7 +15,8 @@ use std::process::Output;
 use std::time::Duration;
 
 use nodeport_tests::cluster::{CLIENT_ADDR, node_addr, pod_name};
-use nodeport_tests::objects::{ServiceBuilder, Target, service_port, to_yaml};
+use k8s_openapi::api::discovery::v1::{EndpointHints, ForZone};
+use nodeport_tests::objects::{READY, ServiceBuilder, Target, pod_endpoint, service_port, to_yaml};
 use nodeport_tests::server::client_binary;
 use nodeport_tests::{AgentOptions, Answer, Cluster, ClusterConfig, Veths, eventually};
 
@@ -34,6 +35,7 @@ const LB_PROXY: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 8);
 const LB_NODE_PORT: u16 = 31_603;
 const RANGED_VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 20);
 const RANGED_NODE_PORT: u16 = 31_604;
+const ZONED_NODE_PORT: u16 = 31_605;
 /// A second address of the client, outside the first's /32 range.
 const OTHER_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 3);
 const ITP_NODE_PORT: u16 = 31_602;
@@ -282,6 +284,78 @@ fn load_balancer_source_ranges_admit_clients_inside_and_drop_the_rest() {
         let e = from(CLIENT_ADDR, to, port).expect_err("the client now outside is dropped");
         assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{what}: {e}");
     }
+}
+
+/// `trafficDistribution: PreferClose` with the EndpointSlice's zone hints:
+/// each node sends the NodePort's traffic to the endpoint hinted for its
+/// own zone (its Node's `topology.kubernetes.io/zone`); once an endpoint
+/// has no hints, kube-proxy's fallback applies and every endpoint serves.
+#[test]
+fn traffic_distribution_prefer_close_keeps_traffic_in_the_nodes_zone() {
+    let c = cluster();
+    let zoned_node = |i: usize, zone: &str| {
+        let mut node = nodeport_tests::objects::node(&format!("node{i}"), node_addr(i));
+        node.metadata.labels =
+            Some([("topology.kubernetes.io/zone".to_owned(), zone.to_owned())].into());
+        node
+    };
+    let svc = ServiceBuilder::node_port("zoned")
+        .tcp("tcp", 80, POD_PORT, ZONED_NODE_PORT)
+        .traffic_distribution("PreferClose");
+    let hinted = |node: usize, zone: Option<&str>| {
+        let mut ep = pod_endpoint(node, 1, READY);
+        ep.hints = zone.map(|z| EndpointHints {
+            for_zones: Some(vec![ForZone { name: z.to_owned() }]),
+        });
+        ep
+    };
+    let manifest = |zone_of_2: Option<&str>| {
+        to_yaml(&[
+            &zoned_node(1, "zone-a"),
+            &zoned_node(2, "zone-b"),
+            &svc,
+            &svc.slice("x1")
+                .endpoints(&[hinted(1, Some("zone-a")), hinted(2, zone_of_2)]),
+        ])
+    };
+    c.manifests().write("zoned.yaml", &manifest(Some("zone-b")));
+    let agent1 = c.start_agent(1, c.manifests().dir());
+    let agent2 = c.start_agent(2, c.manifests().dir());
+    agent1.wait_ready();
+    agent2.wait_ready();
+    let servers_through = |node: usize| -> BTreeSet<String> {
+        (0..24)
+            .map(|round| {
+                answer(
+                    c.client().tcp_request(node_addr(node), ZONED_NODE_PORT),
+                    &format!("{round} through node {node}"),
+                )
+                .server
+            })
+            .collect()
+    };
+    eventually(Duration::from_secs(5), || {
+        c.client().tcp_request(node_addr(1), ZONED_NODE_PORT).ok()
+    })
+    .expect("the NodePort answers");
+    for node in [1, 2] {
+        assert_eq!(
+            servers_through(node),
+            BTreeSet::from([pod_name(node, 1)]),
+            "node {node} keeps the traffic in its zone"
+        );
+    }
+
+    // Node 2's endpoint loses its hints: every endpoint serves everywhere.
+    let writes = agent1.map_writes();
+    c.manifests().write("zoned.yaml", &manifest(None));
+    agent1.wait_for_map_writes_since(writes, Duration::from_secs(5));
+    let both = BTreeSet::from([pod_name(1, 1), pod_name(2, 1)]);
+    assert!(
+        eventually(Duration::from_secs(5), || (servers_through(1) == both).then_some(()))
+            .is_some(),
+        "without hints on every endpoint, node 1 spreads over both"
+    );
 }
 
 /// `internalTrafficPolicy: Local`: a pod's connections to the ClusterIP

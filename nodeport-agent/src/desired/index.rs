@@ -64,7 +64,7 @@ impl DesiredIndex {
     pub fn update_service(&mut self, store: &Store, key: &ObjectKey, delta: &mut Delta) {
         let share = store.service(key).and_then(|svc| {
             let slices: Vec<&crate::model::SliceModel> = store.slices_of(key).collect();
-            service_share(key, svc, &slices)
+            service_share(key, svc, &slices, store.zone())
         });
         self.set_share(key, share, delta);
     }

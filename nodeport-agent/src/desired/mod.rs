@@ -187,6 +187,9 @@ struct EndpointState {
     serving: bool,
     terminating: bool,
     local: bool,
+    /// It carries zone hints, and whether they name this node's zone.
+    hinted: bool,
+    in_zone: bool,
 }
 
 impl EndpointState {
@@ -203,6 +206,8 @@ impl EndpointState {
             serving: self.serving || other.serving,
             terminating: self.terminating && other.terminating,
             local: self.local || other.local,
+            hinted: self.hinted && other.hinted,
+            in_zone: self.in_zone || other.in_zone,
         }
     }
 
@@ -241,6 +246,7 @@ pub fn service_share(
     key: &ObjectKey,
     svc: &ServiceModel,
     slices: &[&SliceModel],
+    zone: Option<&str>,
 ) -> Option<ServiceShare> {
     let info = svc.served.as_ref()?;
     let mut share = ServiceShare::default();
@@ -250,7 +256,22 @@ pub fn service_share(
             service: key.clone(),
             port_name: port.name.clone(),
         };
-        let endpoints = endpoints_for_port(slices, port, info.publish_not_ready);
+        let endpoints = endpoints_for_port(slices, port, info.publish_not_ready, zone);
+        // Topology-aware routing narrows what Cluster-policy frontends use;
+        // Local-policy ones keep the node's own endpoints.
+        let close = if info.prefer_same_zone && zone.is_some() {
+            same_zone(&endpoints)
+        } else {
+            None
+        };
+        let cluster_endpoints = close.as_ref().unwrap_or(&endpoints);
+        let endpoints_for = |local_only: bool| {
+            if local_only {
+                &endpoints
+            } else {
+                cluster_endpoints
+            }
+        };
         for (&(addr, target), ep) in &endpoints {
             if ep.serving || ep.ready {
                 *share.serving.entry_or_default((addr, target)) |= ep.flags();
@@ -267,7 +288,7 @@ pub fn service_share(
                     FrontendKind::ClusterIp,
                     info.internal_local,
                     info,
-                    &endpoints,
+                    endpoints_for(info.internal_local),
                 )),
             ));
         }
@@ -279,7 +300,7 @@ pub fn service_share(
                 FrontendKind::External,
                 info.external_local,
                 info,
-                &endpoints,
+                endpoints_for(info.external_local),
             );
             frontend.flags |= FRONTEND_F_EXTERNAL;
             if restricted {
@@ -300,7 +321,7 @@ pub fn service_share(
                         FrontendKind::NodePort,
                         info.external_local,
                         info,
-                        &endpoints,
+                        endpoints_for(info.external_local),
                     );
                     restrict_sources(&mut frontend, info);
                     frontend
@@ -338,7 +359,7 @@ pub fn compute_store(store: &Store, node_addrs: &[Ipv4Addr]) -> Desired {
     let mut selected: BTreeSet<(Ipv4Addr, u16)> = BTreeSet::new();
     for (key, svc) in store.services() {
         let slices: Vec<&SliceModel> = store.slices_of(key).collect();
-        let Some(share) = service_share(key, svc, &slices) else {
+        let Some(share) = service_share(key, svc, &slices, store.zone()) else {
             continue;
         };
         for (addr, flags) in share.serving.iter() {
@@ -438,10 +459,33 @@ fn restrict_sources(frontend: &mut DesiredFrontend, info: &Served) {
 }
 
 /// The endpoints of one service port, merged over its slices.
+/// The endpoints hinted for this node's zone, when topology-aware routing
+/// applies as kube-proxy decides: every ready endpoint carries zone hints
+/// and one of them names this zone (else `None`: every endpoint serves).
+fn same_zone(endpoints: &Endpoints) -> Option<Endpoints> {
+    let mut ready = endpoints.values().filter(|e| e.ready).peekable();
+    ready.peek()?;
+    let mut any_here = false;
+    for e in ready {
+        if !e.hinted {
+            return None;
+        }
+        any_here |= e.in_zone;
+    }
+    any_here.then(|| {
+        endpoints
+            .iter()
+            .filter(|(_, e)| e.in_zone)
+            .map(|(k, e)| (*k, *e))
+            .collect()
+    })
+}
+
 fn endpoints_for_port(
     slices: &[&SliceModel],
     port: &PortModel,
     publish_not_ready: bool,
+    zone: Option<&str>,
 ) -> Endpoints {
     let mut endpoints = Endpoints::new();
     for slice in slices {
@@ -454,6 +498,12 @@ fn endpoints_for_port(
                 serving: publish_not_ready || ep.serving,
                 terminating: ep.terminating,
                 local: ep.local,
+                hinted: ep.zone_hints.is_some(),
+                in_zone: zone.is_some_and(|z| {
+                    ep.zone_hints
+                        .as_deref()
+                        .is_some_and(|hints| hints.iter().any(|h| &**h == z))
+                }),
             };
             endpoints
                 .entry((ep.addr, target))
@@ -1275,6 +1325,70 @@ mod tests {
             assert_eq!(got, expect(&want), "case: {name}");
             assert!(d.conflicts.is_empty(), "case: {name}");
         }
+    }
+
+    /// `trafficDistribution: PreferClose`: Cluster-policy frontends use the
+    /// endpoints hinted for this node's zone when every ready endpoint has
+    /// hints and one names the zone (kube-proxy's rule), else all of them;
+    /// a Local-policy frontend keeps the node's own endpoints.
+    #[test]
+    fn topology_hints_prefer_this_zone_with_kube_proxys_fallbacks() {
+        use k8s_openapi::api::core::v1::Node;
+        use k8s_openapi::api::discovery::v1::{EndpointHints, ForZone};
+        let hinted = |addr: &str, node: &str, zone: Option<&str>| {
+            let mut e = ready(addr, node);
+            e.hints = zone.map(|z| EndpointHints {
+                for_zones: Some(vec![ForZone { name: z.into() }]),
+            });
+            e
+        };
+        let close = |s: Service| with_spec(s, |s| s.traffic_distribution = Some("PreferClose".into()));
+        let with_zone = |mut st: ClusterState, zone: &str| {
+            let mut node = Node::default();
+            node.metadata.labels = Some([(crate::k8s::LABEL_ZONE.to_owned(), zone.to_owned())].into());
+            st.nodes.insert(NODE.to_owned(), node);
+            st
+        };
+        let addrs_of = |d: &Desired, k: &FrontendKey| -> Vec<String> {
+            d.frontends[k].backends.iter().map(|b| b.addr.to_string()).collect()
+        };
+        let np = frontend_key(Ipv4Addr::UNSPECIFIED, 30080, PROTO_TCP);
+        let cip = frontend_key(Ipv4Addr::new(10, 96, 0, 10), 80, PROTO_TCP);
+        let both = vec![
+            hinted("10.244.1.5", NODE, Some("zone-a")),
+            hinted("10.244.2.5", "node-b", Some("zone-b")),
+        ];
+        let st = |svc: Service, eps: Vec<Endpoint>, zone: &str| {
+            with_zone(state(vec![svc], vec![slice("web", &[("", "TCP", 8080)], eps)]), zone)
+        };
+        let d = compute(&st(close(web()), both.clone(), "zone-a"), NODE, &[]);
+        assert_eq!(addrs_of(&d, &np), ["10.244.1.5"], "this zone's endpoint");
+        assert_eq!(addrs_of(&d, &cip), ["10.244.1.5"]);
+        let d = compute(&st(close(web()), both.clone(), "zone-b"), NODE, &[]);
+        assert_eq!(addrs_of(&d, &np), ["10.244.2.5"], "the other node's zone");
+        let all = ["10.244.1.5", "10.244.2.5"];
+        let d = compute(&st(close(web()), both.clone(), "zone-c"), NODE, &[]);
+        assert_eq!(addrs_of(&d, &np), all, "no endpoint for the zone: all");
+        let d = compute(&st(web(), both.clone(), "zone-a"), NODE, &[]);
+        assert_eq!(addrs_of(&d, &np), all, "no trafficDistribution: all");
+        let mut unhinted = both.clone();
+        unhinted.push(hinted("10.244.2.6", "node-b", None));
+        let d = compute(&st(close(web()), unhinted, "zone-a"), NODE, &[]);
+        assert_eq!(addrs_of(&d, &np).len(), 3, "an endpoint without hints: all");
+        let d = compute(
+            &state(vec![close(web())], vec![slice("web", &[("", "TCP", 8080)], both.clone())]),
+            NODE,
+            &[],
+        );
+        assert_eq!(addrs_of(&d, &np), all, "a node without a zone: all");
+        let local = with_spec(close(web()), |s| s.external_traffic_policy = Some("Local".into()));
+        let d = compute(&st(local, both, "zone-b"), NODE, &[]);
+        assert_eq!(
+            addrs_of(&d, &np),
+            ["10.244.1.5"],
+            "externalTrafficPolicy Local: the node's own endpoint"
+        );
+        assert_eq!(addrs_of(&d, &cip), ["10.244.2.5"], "ClusterIP: zone-b's");
     }
 
     #[test]

@@ -499,6 +499,20 @@ fn validate_policies(
             ));
         }
     }
+    if let Some(distribution) = spec.traffic_distribution.as_deref() {
+        let supported = [
+            k8s::TRAFFIC_DISTRIBUTION_PREFER_CLOSE,
+            k8s::TRAFFIC_DISTRIBUTION_PREFER_SAME_NODE,
+            k8s::TRAFFIC_DISTRIBUTION_PREFER_SAME_ZONE,
+        ];
+        if !supported.contains(&distribution) {
+            errors.push(unsupported(
+                "spec.trafficDistribution",
+                distribution,
+                &supported,
+            ));
+        }
+    }
     if let Some(policy) = spec.internal_traffic_policy.as_deref()
         && policy != "Cluster"
         && policy != "Local"
