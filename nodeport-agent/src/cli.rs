@@ -32,6 +32,10 @@ pub enum Command {
     Run(RunArgs),
     /// Print what the pinned maps hold.
     Inspect(InspectArgs),
+    /// What the datapath would do with one packet from outside, from the
+    /// live maps (nothing is sent): frontend, flow state, backend, NAT,
+    /// verdict and counter.
+    Explain(ExplainArgs),
     /// Detach the programs and remove every pinned map and link.
     Cleanup {
         #[arg(long, default_value = DEFAULT_BPFFS)]
@@ -106,6 +110,31 @@ pub struct RunArgs {
 pub struct InspectArgs {
     #[arg(value_enum)]
     pub what: InspectWhat,
+    #[arg(long, default_value = DEFAULT_BPFFS)]
+    pub bpffs: PathBuf,
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ExplainArgs {
+    /// `tcp` or `udp`.
+    #[arg(long, default_value = "tcp")]
+    pub proto: String,
+    /// The packet's source (the client).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub from: std::net::SocketAddrV4,
+    /// The packet's destination (a node address's NodePort, an external
+    /// or cluster IP and port).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub to: std::net::SocketAddrV4,
+    /// A TCP SYN: a new connection even on a tuple conntrack has as closing.
+    #[arg(long)]
+    pub syn: bool,
+    /// The device the packet arrives on (its address is the SNAT source of
+    /// external frontends).
+    #[arg(long, value_name = "IF")]
+    pub interface: Option<String>,
     #[arg(long, default_value = DEFAULT_BPFFS)]
     pub bpffs: PathBuf,
     #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod desired;
 pub mod devices;
+pub mod explain;
 pub mod figures;
 pub mod health;
 pub mod http;

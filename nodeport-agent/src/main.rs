@@ -21,6 +21,7 @@ fn main() -> Result<()> {
     match cli.command {
         cli::Command::Run(args) => Ok(run::run(&args)?),
         cli::Command::Inspect(args) => Ok(inspect::inspect(&args)?),
+        cli::Command::Explain(args) => Ok(nodeport_agent::explain::run(&args)?),
         cli::Command::Cleanup { bpffs, sysctl_dir } => {
             // The ports this node's agent reserved from the host's
             // ephemeral use (SNAT pool, NodePort range) are released with

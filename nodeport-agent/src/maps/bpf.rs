@@ -218,6 +218,71 @@ impl BpfMaps {
             .map_err(err(names::REV_NAT, "iterate", ()))
     }
 
+    /// Looks one entry up, for `explain`: `Ok(None)` when absent.
+    fn lookup<K: aya::Pod + std::fmt::Debug, V: aya::Pod>(
+        map: &HashMap<MapData, K, V>,
+        name: &'static str,
+        key: K,
+    ) -> Result<Option<V>, MapError> {
+        match map.get(&key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if absent(&e) => Ok(None),
+            Err(e) => Err(err(name, "lookup", key)(e)),
+        }
+    }
+
+    /// Whether `addr_be` is a node address that serves NodePorts.
+    pub fn node_addr(&self, addr_be: u32) -> Result<Option<NodeAddr>, MapError> {
+        Self::lookup(&self.node_addrs, names::NODE_ADDRS, NodeAddrKey { addr_be })
+    }
+
+    /// The frontend of `key`.
+    pub fn frontend(&self, key: FrontendKey) -> Result<Option<Frontend>, MapError> {
+        Self::lookup(&self.frontends, names::FRONTENDS, key)
+    }
+
+    /// Slot `key`.
+    pub fn slot(&self, key: SlotKey) -> Result<Option<Slot>, MapError> {
+        Self::lookup(&self.slots, names::BACKEND_SLOTS, key)
+    }
+
+    /// Backend `backend_id`.
+    pub fn backend(&self, backend_id: u32) -> Result<Option<Backend>, MapError> {
+        Self::lookup(&self.backends, names::BACKENDS, BackendKey { backend_id })
+    }
+
+    /// The conntrack entry of client flow `key`.
+    pub fn conntrack_entry(&self, key: FlowKey) -> Result<Option<CtEntry>, MapError> {
+        Self::lookup(&self.conntrack, names::CONNTRACK, key)
+    }
+
+    /// The reverse-NAT entry of reply `key`.
+    pub fn rev_nat_entry(&self, key: FlowKey) -> Result<Option<RevNat>, MapError> {
+        Self::lookup(&self.rev_nat, names::REV_NAT, key)
+    }
+
+    /// The ClientIP affinity of `key`.
+    pub fn affinity_entry(&self, key: AffinityKey) -> Result<Option<Affinity>, MapError> {
+        Self::lookup(&self.affinity, names::AFFINITY, key)
+    }
+
+    /// Whether the `loadBalancerSourceRanges` of `service_id` admit
+    /// `addr_be` (the datapath's longest-prefix lookup).
+    pub fn source_allowed(&self, service_id: u32, addr_be: u32) -> Result<bool, MapError> {
+        let key = Key::new(
+            nodeport_common::SOURCE_RANGE_SERVICE_BITS + 32,
+            SourceRangeData {
+                service_id,
+                addr_be,
+            },
+        );
+        match self.source_ranges.get(&key, 0) {
+            Ok(_) => Ok(true),
+            Err(e) if absent(&e) => Ok(false),
+            Err(e) => Err(err(names::SOURCE_RANGES, "lookup", (service_id, addr_be))(e)),
+        }
+    }
+
     /// The counters summed over CPUs, by name.
     pub fn stats(&self) -> Result<Vec<(&'static str, u64)>, MapError> {
         let mut out = Vec::with_capacity(stat::NAMES.len());

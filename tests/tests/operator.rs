@@ -1,0 +1,159 @@
+//! End-to-end tests of the tools an operator acts on, on the namespace test
+//! cluster with real traffic: `nodeport-agent explain` predicts, from the
+//! live maps, what a packet will get, and a real packet then gets exactly
+//! that.
+//!
+//! Needs root. Run with `cargo xtask test`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use nodeport_tests::cluster::{CLIENT_ADDR, node_addr, pod_addr, pod_name};
+use nodeport_tests::objects::{ServiceBuilder, to_yaml};
+use nodeport_tests::{Answer, Cluster, ClusterConfig, Veths, eventually};
+use serde_json::Value;
+
+const POD_PORT: u16 = 8080;
+const NODE_PORT: u16 = 31_700;
+const EMPTY_NODE_PORT: u16 = 31_701;
+
+fn cluster() -> Cluster {
+    Cluster::with_config(ClusterConfig {
+        nodes: 2,
+        pods_per_node: 1,
+        pod_tcp_ports: vec![POD_PORT],
+        pod_udp_ports: vec![POD_PORT],
+        veths: Veths::KernelDefaults,
+        ..ClusterConfig::default()
+    })
+}
+
+/// `explain -o json` on node 1 for a packet from `from` to `to`.
+fn explain(c: &Cluster, proto: &str, from: SocketAddr, to: SocketAddr) -> Value {
+    let out = c.agent_cli(
+        1,
+        &[
+            "explain",
+            "--proto",
+            proto,
+            "--from",
+            &from.to_string(),
+            "--to",
+            &to.to_string(),
+            "--interface",
+            "eth0",
+            "--bpffs",
+            &c.node_bpffs(1).to_string_lossy(),
+            "-o",
+            "json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "explain {proto} {from} -> {to}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "explain printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// The pod `node<i>-pod<k>` as `addr:port`.
+fn backend_of(server: &str) -> String {
+    let (node, pod) = server
+        .strip_prefix("node")
+        .and_then(|s| s.split_once("-pod"))
+        .unwrap_or_else(|| panic!("not a pod name: {server}"));
+    let addr = pod_addr(node.parse().expect("node"), pod.parse().expect("pod"));
+    format!("{addr}:{POD_PORT}")
+}
+
+/// For new TCP and UDP flows from many client ports, `explain` names the
+/// backend, NAT and counter, and the real flow then reaches exactly that
+/// backend with exactly that source; afterwards the same tuple is explained
+/// as established. A port that is no Service's passes untouched, a Service
+/// without endpoints is rejected, as predicted.
+#[test]
+fn explain_predicts_what_a_real_packet_then_gets() {
+    let c = cluster();
+    let svc = ServiceBuilder::node_port("explained")
+        .tcp("tcp", 80, POD_PORT, NODE_PORT)
+        .udp("udp", 80, POD_PORT, NODE_PORT);
+    let empty = ServiceBuilder::node_port("empty").tcp("tcp", 80, POD_PORT, EMPTY_NODE_PORT);
+    c.manifests().write(
+        "explained.yaml",
+        &to_yaml(&[
+            &svc,
+            &svc.slice("x1").pods(&[(1, 1, true), (2, 1, true)]),
+            &empty,
+            &empty.slice("x1").pods(&[]),
+        ]),
+    );
+    let agent1 = c.start_agent(1, c.manifests().dir());
+    let agent2 = c.start_agent(2, c.manifests().dir());
+    agent1.wait_ready();
+    agent2.wait_ready();
+    let to = SocketAddr::new(node_addr(1).into(), NODE_PORT);
+    eventually(Duration::from_secs(5), || {
+        c.client().tcp_request(node_addr(1), NODE_PORT).ok()
+    })
+    .expect("the NodePort answers");
+
+    let mut counters = std::collections::BTreeSet::new();
+    for (i, port) in (41_000u16..41_016).enumerate() {
+        let proto = if i % 2 == 0 { "tcp" } else { "udp" };
+        let from = SocketAddr::new(CLIENT_ADDR.into(), port);
+        let e = explain(&c, proto, from, to);
+        assert_eq!(e["flow"], "new", "{e}");
+        assert_eq!(e["frontend"], format!("nodePort {NODE_PORT}/{}", proto.to_uppercase()));
+        let backend = e["backend"].as_str().expect("a backend").to_owned();
+        let line = match proto {
+            "tcp" => c.client().tcp_request_from(from, node_addr(1), NODE_PORT),
+            _ => c.client().udp_request_from(from, node_addr(1), NODE_PORT),
+        }
+        .unwrap_or_else(|err| panic!("{proto} from {from}: {err}"));
+        let a: Answer = line.parse().expect("an answer");
+        assert_eq!(
+            backend_of(&a.server),
+            backend,
+            "{proto} from {from}: explain said {e}"
+        );
+        let local = a.server == pod_name(1, 1);
+        let (counter, source) = if local {
+            ("dnat_local", from.ip())
+        } else {
+            ("forward_remote", node_addr(1).into())
+        };
+        assert_eq!(e["counter"], counter, "{e}");
+        assert_eq!(a.peer.ip(), source, "the source the pod saw, as explained: {e}");
+        counters.insert(counter);
+        if proto == "udp" {
+            let again = explain(&c, proto, from, to);
+            assert_eq!(again["flow"], "established", "{again}");
+            assert_eq!(again["backend"], backend.as_str(), "{again}");
+        }
+    }
+    assert_eq!(counters.len(), 2, "both a local and a remote backend were explained");
+
+    let e = explain(
+        &c,
+        "tcp",
+        SocketAddr::new(CLIENT_ADDR.into(), 41_100),
+        SocketAddr::new(node_addr(1).into(), 22),
+    );
+    assert_eq!(e["counter"], "pass_not_service", "{e}");
+    assert!(e["frontend"].is_null(), "{e}");
+
+    let empty_to = SocketAddr::new(node_addr(1).into(), EMPTY_NODE_PORT);
+    let e = explain(&c, "tcp", SocketAddr::new(CLIENT_ADDR.into(), 41_101), empty_to);
+    assert_eq!(e["counter"], "reject_no_backend", "{e}");
+    assert!(
+        c.client()
+            .tcp_connect_result(node_addr(1), EMPTY_NODE_PORT)
+            .is_refused(),
+        "the rejection explain predicted"
+    );
+}
