@@ -159,6 +159,23 @@ impl Pipeline {
     }
 
     /// Remote backend addresses.
+    /// The SCTP ports (port numbers) of Service `key`, which the datapath
+    /// does not serve.
+    #[must_use]
+    pub fn sctp_ports(&self, key: &ObjectKey) -> Vec<u16> {
+        self.store
+            .service(key)
+            .and_then(|s| s.served.as_ref())
+            .map(|s| {
+                s.ports
+                    .iter()
+                    .filter(|p| p.proto == nodeport_common::PROTO_SCTP)
+                    .map(|p| p.port)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     #[must_use]
     pub fn remote_backends(&self) -> &BTreeSet<Ipv4Addr> {
         &self.remote

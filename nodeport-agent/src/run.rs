@@ -475,6 +475,16 @@ impl Sync {
                 self.metrics
                     .set_health_check_servers(self.health_checks.len());
                 let report = &applied.report;
+                for key in &report.changed_services {
+                    let sctp = self.pipeline.sctp_ports(key);
+                    if !sctp.is_empty() {
+                        warn!(
+                            service = %key,
+                            ports = ?sctp,
+                            "SCTP ports are not served (the datapath serves TCP and UDP)"
+                        );
+                    }
+                }
                 self.metrics.map_writes(report.puts, report.deletes);
                 if !report.is_empty() {
                     info!(

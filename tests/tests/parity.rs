@@ -36,6 +36,7 @@ const LB_NODE_PORT: u16 = 31_603;
 const RANGED_VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 20);
 const RANGED_NODE_PORT: u16 = 31_604;
 const ZONED_NODE_PORT: u16 = 31_605;
+const MIXED_NODE_PORT: u16 = 31_606;
 /// A second address of the client, outside the first's /32 range.
 const OTHER_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 3);
 const ITP_NODE_PORT: u16 = 31_602;
@@ -356,6 +357,37 @@ fn traffic_distribution_prefer_close_keeps_traffic_in_the_nodes_zone() {
             .is_some(),
         "without hints on every endpoint, node 1 spreads over both"
     );
+}
+
+/// SCTP ports are not silently ignored: the agent says it does not serve
+/// them (this kernel, like the test machines', has no SCTP to test a
+/// datapath for them with), and the Service's TCP port is served.
+#[test]
+fn sctp_ports_are_reported_unserved_and_the_rest_is_served() {
+    let c = cluster();
+    let svc = ServiceBuilder::node_port("mixed")
+        .tcp("tcp", 80, POD_PORT, MIXED_NODE_PORT)
+        .port(service_port(
+            "sctp",
+            "SCTP",
+            80,
+            Target::Port(POD_PORT),
+            Some(MIXED_NODE_PORT),
+        ));
+    c.manifests().write(
+        "mixed.yaml",
+        &to_yaml(&[&svc, &svc.slice("x1").pods(&[(1, 1, true)])]),
+    );
+    let agent = c.start_agent(1, c.manifests().dir());
+    agent.wait_ready();
+    agent.wait_for_log(
+        "SCTP ports are not served (the datapath serves TCP and UDP)",
+        Duration::from_secs(5),
+    );
+    eventually(Duration::from_secs(5), || {
+        c.client().tcp_request(node_addr(1), MIXED_NODE_PORT).ok()
+    })
+    .expect("the Service's TCP port is served");
 }
 
 /// `internalTrafficPolicy: Local`: a pod's connections to the ClusterIP
