@@ -30,16 +30,9 @@ pub const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
 /// balancer's own, which forwards to the nodePorts, and is not served.
 pub const IP_MODE_VIP: &str = "VIP";
 pub const IP_MODE_PROXY: &str = "Proxy";
-/// `spec.trafficDistribution` values that prefer endpoints of the client's
-/// zone (`PreferSameZone` is `PreferClose`'s newer name). `PreferSameNode`
-/// prefers `forNodes` hints for this node and falls back to zone hints
-/// where a slice has none.
-pub const TRAFFIC_DISTRIBUTION_PREFER_CLOSE: &str = "PreferClose";
-pub const TRAFFIC_DISTRIBUTION_PREFER_SAME_ZONE: &str = "PreferSameZone";
-pub const TRAFFIC_DISTRIBUTION_PREFER_SAME_NODE: &str = "PreferSameNode";
-/// Topology-aware routing by annotation (`Auto`), and its older name.
-pub const ANNOTATION_TOPOLOGY_MODE: &str = "service.kubernetes.io/topology-mode";
-pub const ANNOTATION_TOPOLOGY_HINTS: &str = "service.kubernetes.io/topology-aware-hints";
+/// `spec.trafficDistribution` values (the EndpointSlice controller turns
+/// them into the hints the datapath follows).
+pub const TRAFFIC_DISTRIBUTIONS: [&str; 3] = ["PreferClose", "PreferSameNode", "PreferSameZone"];
 /// The Node label that names its zone.
 pub const LABEL_ZONE: &str = "topology.kubernetes.io/zone";
 /// The older way to give `loadBalancerSourceRanges` (comma-separated CIDRs),

@@ -45,10 +45,6 @@ pub struct Served {
     pub external_local: bool,
     /// `internalTrafficPolicy: Local`.
     pub internal_local: bool,
-    /// Topology-aware routing: `trafficDistribution: PreferClose` (or
-    /// `PreferSameZone`), or the `service.kubernetes.io/topology-mode: Auto`
-    /// annotation: endpoints hinted for this node's zone are preferred.
-    pub prefer_same_zone: bool,
     /// `sessionAffinity: ClientIP` with its timeout.
     pub affinity_timeout_s: Option<u32>,
     pub publish_not_ready: bool,
@@ -118,6 +114,8 @@ pub struct EndpointModel {
     pub local: bool,
     /// `hints.forZones` (`None`: no hints), for topology-aware routing.
     pub zone_hints: Option<Box<[Arc<str>]>>,
+    /// `hints.forNodes`: `None` without, else whether they name this node.
+    pub for_this_node: Option<bool>,
 }
 
 /// A port number from the API (1..=65535).
@@ -192,7 +190,6 @@ impl Served {
             load_balancer_ips,
             source_ranges,
             internal_local: spec.internal_traffic_policy.as_deref() == Some(k8s::POLICY_LOCAL),
-            prefer_same_zone: prefers_same_zone(svc),
             affinity_timeout_s,
             publish_not_ready: spec.publish_not_ready_addresses == Some(true),
             health_check_node_port: spec.health_check_node_port.and_then(valid_port),
@@ -234,29 +231,6 @@ fn ipv4_set<'a>(ips: impl Iterator<Item = &'a str>) -> Vec<Ipv4Addr> {
     out.sort_unstable();
     out.dedup();
     out
-}
-
-/// Whether `svc` asks for topology-aware routing, as kube-proxy reads it.
-fn prefers_same_zone(svc: &Service) -> bool {
-    let distribution = svc
-        .spec
-        .as_ref()
-        .and_then(|s| s.traffic_distribution.as_deref());
-    if matches!(
-        distribution,
-        Some(
-            k8s::TRAFFIC_DISTRIBUTION_PREFER_CLOSE
-                | k8s::TRAFFIC_DISTRIBUTION_PREFER_SAME_ZONE
-                | k8s::TRAFFIC_DISTRIBUTION_PREFER_SAME_NODE
-        )
-    ) {
-        return true;
-    }
-    let annotations = svc.metadata.annotations.as_ref();
-    [k8s::ANNOTATION_TOPOLOGY_MODE, k8s::ANNOTATION_TOPOLOGY_HINTS]
-        .iter()
-        .filter_map(|a| annotations.and_then(|m| m.get(*a)))
-        .any(|v| v.eq_ignore_ascii_case("auto"))
 }
 
 /// The IPv4 `loadBalancerSourceRanges` of `svc` (or, when the field is
@@ -356,9 +330,18 @@ impl SliceModel {
                     serving: cond.serving.unwrap_or(ready),
                     terminating: cond.terminating.unwrap_or(false),
                     local: ep.node_name.as_deref() == Some(node_name),
-                    zone_hints: ep.hints.as_ref().and_then(|h| h.for_zones.as_ref()).map(|zones| {
-                        zones.iter().map(|z| Arc::from(z.name.as_str())).collect()
-                    }),
+                    zone_hints: ep
+                        .hints
+                        .as_ref()
+                        .and_then(|h| h.for_zones.as_ref())
+                        .filter(|zones| !zones.is_empty())
+                        .map(|zones| zones.iter().map(|z| Arc::from(z.name.as_str())).collect()),
+                    for_this_node: ep
+                        .hints
+                        .as_ref()
+                        .and_then(|h| h.for_nodes.as_ref())
+                        .filter(|nodes| !nodes.is_empty())
+                        .map(|nodes| nodes.iter().any(|n| n.name == node_name)),
                 })
             })
             .collect();

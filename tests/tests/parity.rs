@@ -15,7 +15,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use nodeport_tests::cluster::{CLIENT_ADDR, node_addr, pod_name};
-use k8s_openapi::api::discovery::v1::{EndpointHints, ForZone};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointHints, ForNode, ForZone};
 use nodeport_tests::objects::{READY, ServiceBuilder, Target, pod_endpoint, service_port, to_yaml};
 use nodeport_tests::server::client_binary;
 use nodeport_tests::{AgentOptions, Answer, Cluster, ClusterConfig, Veths, eventually};
@@ -287,12 +287,15 @@ fn load_balancer_source_ranges_admit_clients_inside_and_drop_the_rest() {
     }
 }
 
-/// `trafficDistribution: PreferClose` with the EndpointSlice's zone hints:
-/// each node sends the NodePort's traffic to the endpoint hinted for its
-/// own zone (its Node's `topology.kubernetes.io/zone`); once an endpoint
-/// has no hints, kube-proxy's fallback applies and every endpoint serves.
+/// Topology-aware routing from the EndpointSlice's hints (as the
+/// controller writes them for `trafficDistribution`): with zone hints each
+/// node sends the NodePort's traffic to the endpoint hinted for its own
+/// zone (its Node's `topology.kubernetes.io/zone`); with node hints
+/// (`PreferSameNode`) to the one hinted for itself, though both share a
+/// zone; once an endpoint has no hints, kube-proxy's fallback applies and
+/// every endpoint serves.
 #[test]
-fn traffic_distribution_prefer_close_keeps_traffic_in_the_nodes_zone() {
+fn traffic_distribution_keeps_traffic_in_the_nodes_zone_or_on_the_node() {
     let c = cluster();
     let zoned_node = |i: usize, zone: &str| {
         let mut node = nodeport_tests::objects::node(&format!("node{i}"), node_addr(i));
@@ -303,23 +306,35 @@ fn traffic_distribution_prefer_close_keeps_traffic_in_the_nodes_zone() {
     let svc = ServiceBuilder::node_port("zoned")
         .tcp("tcp", 80, POD_PORT, ZONED_NODE_PORT)
         .traffic_distribution("PreferClose");
-    let hinted = |node: usize, zone: Option<&str>| {
+    // Endpoint of node `node`'s pod with zone hint `zone` and, with
+    // `for_node`, a node hint for its own node.
+    let hinted = |node: usize, zone: Option<&str>, for_node: bool| {
         let mut ep = pod_endpoint(node, 1, READY);
         ep.hints = zone.map(|z| EndpointHints {
             for_zones: Some(vec![ForZone { name: z.to_owned() }]),
+            for_nodes: for_node.then(|| {
+                vec![ForNode {
+                    name: format!("node{node}"),
+                }]
+            }),
         });
         ep
     };
-    let manifest = |zone_of_2: Option<&str>| {
+    let manifest = |zone_of_2: &str, endpoints: &[Endpoint]| {
         to_yaml(&[
             &zoned_node(1, "zone-a"),
-            &zoned_node(2, "zone-b"),
+            &zoned_node(2, zone_of_2),
             &svc,
-            &svc.slice("x1")
-                .endpoints(&[hinted(1, Some("zone-a")), hinted(2, zone_of_2)]),
+            &svc.slice("x1").endpoints(endpoints),
         ])
     };
-    c.manifests().write("zoned.yaml", &manifest(Some("zone-b")));
+    c.manifests().write(
+        "zoned.yaml",
+        &manifest(
+            "zone-b",
+            &[hinted(1, Some("zone-a"), false), hinted(2, Some("zone-b"), false)],
+        ),
+    );
     let agent1 = c.start_agent(1, c.manifests().dir());
     let agent2 = c.start_agent(2, c.manifests().dir());
     agent1.wait_ready();
@@ -335,27 +350,50 @@ fn traffic_distribution_prefer_close_keeps_traffic_in_the_nodes_zone() {
             })
             .collect()
     };
+    let own = |node: usize| BTreeSet::from([pod_name(node, 1)]);
+    let both = BTreeSet::from([pod_name(1, 1), pod_name(2, 1)]);
     eventually(Duration::from_secs(5), || {
         c.client().tcp_request(node_addr(1), ZONED_NODE_PORT).ok()
     })
     .expect("the NodePort answers");
     for node in [1, 2] {
-        assert_eq!(
-            servers_through(node),
-            BTreeSet::from([pod_name(node, 1)]),
-            "node {node} keeps the traffic in its zone"
-        );
+        assert_eq!(servers_through(node), own(node), "node {node} keeps the traffic in its zone");
     }
 
+    // One zone for both nodes and endpoints, and node hints: each node
+    // keeps the traffic on itself.
+    let edit = |text: String, what: &str, want: &dyn Fn(usize) -> BTreeSet<String>| {
+        // Both agents read the edit (not every edit changes every node's
+        // maps).
+        let loads = "nodeport_manifests_loads_total";
+        let marks = [agent1.metric_sum(loads), agent2.metric_sum(loads)];
+        c.manifests().write("zoned.yaml", &text);
+        for (agent, mark) in [&agent1, &agent2].into_iter().zip(marks) {
+            agent.wait_for_metric_above(loads, mark.unwrap_or(0.0), Duration::from_secs(5));
+        }
+        for node in [1, 2] {
+            assert!(
+                eventually(Duration::from_secs(5), || {
+                    (servers_through(node) == want(node)).then_some(())
+                })
+                .is_some(),
+                "{what}: through node {node}"
+            );
+        }
+    };
+    edit(
+        manifest(
+            "zone-a",
+            &[hinted(1, Some("zone-a"), true), hinted(2, Some("zone-a"), true)],
+        ),
+        "node hints keep the traffic on the node",
+        &own,
+    );
     // Node 2's endpoint loses its hints: every endpoint serves everywhere.
-    let writes = agent1.map_writes();
-    c.manifests().write("zoned.yaml", &manifest(None));
-    agent1.wait_for_map_writes_since(writes, Duration::from_secs(5));
-    let both = BTreeSet::from([pod_name(1, 1), pod_name(2, 1)]);
-    assert!(
-        eventually(Duration::from_secs(5), || (servers_through(1) == both).then_some(()))
-            .is_some(),
-        "without hints on every endpoint, node 1 spreads over both"
+    edit(
+        manifest("zone-a", &[hinted(1, Some("zone-a"), true), hinted(2, None, false)]),
+        "without hints on every endpoint, traffic spreads",
+        &|_| both.clone(),
     );
 }
 

@@ -190,6 +190,9 @@ struct EndpointState {
     /// It carries zone hints, and whether they name this node's zone.
     hinted: bool,
     in_zone: bool,
+    /// It carries node hints, and whether they name this node.
+    node_hinted: bool,
+    for_node: bool,
 }
 
 impl EndpointState {
@@ -208,6 +211,8 @@ impl EndpointState {
             local: self.local || other.local,
             hinted: self.hinted && other.hinted,
             in_zone: self.in_zone || other.in_zone,
+            node_hinted: self.node_hinted && other.node_hinted,
+            for_node: self.for_node || other.for_node,
         }
     }
 
@@ -259,11 +264,7 @@ pub fn service_share(
         let endpoints = endpoints_for_port(slices, port, info.publish_not_ready, zone);
         // Topology-aware routing narrows what Cluster-policy frontends use;
         // Local-policy ones keep the node's own endpoints.
-        let close = if info.prefer_same_zone && zone.is_some() {
-            same_zone(&endpoints)
-        } else {
-            None
-        };
+        let close = by_topology(&endpoints);
         let cluster_endpoints = close.as_ref().unwrap_or(&endpoints);
         let endpoints_for = |local_only: bool| {
             if local_only {
@@ -459,26 +460,31 @@ fn restrict_sources(frontend: &mut DesiredFrontend, info: &Served) {
 }
 
 /// The endpoints of one service port, merged over its slices.
-/// The endpoints hinted for this node's zone, when topology-aware routing
-/// applies as kube-proxy decides: every ready endpoint carries zone hints
-/// and one of them names this zone (else `None`: every endpoint serves).
-fn same_zone(endpoints: &Endpoints) -> Option<Endpoints> {
-    let mut ready = endpoints.values().filter(|e| e.ready).peekable();
-    ready.peek()?;
-    let mut any_here = false;
-    for e in ready {
-        if !e.hinted {
-            return None;
-        }
-        any_here |= e.in_zone;
+/// Topology-aware routing as kube-proxy decides it from the hints the
+/// EndpointSlice controller writes for `trafficDistribution`: the endpoints
+/// hinted for this node when every ready endpoint has node hints and one
+/// names this node (`PreferSameNode`), else those hinted for this node's
+/// zone when every ready endpoint has zone hints and one names the zone;
+/// `None`: every endpoint serves.
+fn by_topology(endpoints: &Endpoints) -> Option<Endpoints> {
+    let ready: Vec<&EndpointState> = endpoints.values().filter(|e| e.ready).collect();
+    if ready.is_empty() {
+        return None;
     }
-    any_here.then(|| {
+    let keep = |f: fn(&EndpointState) -> bool| -> Endpoints {
         endpoints
             .iter()
-            .filter(|(_, e)| e.in_zone)
+            .filter(|(_, e)| f(e))
             .map(|(k, e)| (*k, *e))
             .collect()
-    })
+    };
+    if ready.iter().all(|e| e.node_hinted) && ready.iter().any(|e| e.for_node) {
+        return Some(keep(|e| e.for_node));
+    }
+    if ready.iter().all(|e| e.hinted) && ready.iter().any(|e| e.in_zone) {
+        return Some(keep(|e| e.in_zone));
+    }
+    None
 }
 
 fn endpoints_for_port(
@@ -504,6 +510,8 @@ fn endpoints_for_port(
                         .as_deref()
                         .is_some_and(|hints| hints.iter().any(|h| &**h == z))
                 }),
+                node_hinted: ep.for_this_node.is_some(),
+                for_node: ep.for_this_node == Some(true),
             };
             endpoints
                 .entry((ep.addr, target))
@@ -1327,19 +1335,28 @@ mod tests {
         }
     }
 
-    /// `trafficDistribution: PreferClose`: Cluster-policy frontends use the
-    /// endpoints hinted for this node's zone when every ready endpoint has
-    /// hints and one names the zone (kube-proxy's rule), else all of them;
-    /// a Local-policy frontend keeps the node's own endpoints.
+    /// Topology hints (written by the EndpointSlice controller for
+    /// `trafficDistribution`): Cluster-policy frontends use the endpoints
+    /// hinted for this node, else for its zone, when every ready endpoint
+    /// has such hints and one names it (kube-proxy's rule), else all of
+    /// them; a Local-policy frontend keeps the node's own endpoints.
     #[test]
     fn topology_hints_prefer_this_zone_with_kube_proxys_fallbacks() {
         use k8s_openapi::api::core::v1::Node;
-        use k8s_openapi::api::discovery::v1::{EndpointHints, ForZone};
+        use k8s_openapi::api::discovery::v1::{EndpointHints, ForNode, ForZone};
         let hinted = |addr: &str, node: &str, zone: Option<&str>| {
             let mut e = ready(addr, node);
             e.hints = zone.map(|z| EndpointHints {
                 for_zones: Some(vec![ForZone { name: z.into() }]),
+                for_nodes: None,
             });
+            e
+        };
+        let node_hinted = |addr: &str, node: &str| {
+            let mut e = hinted(addr, node, Some("zone-a"));
+            if let Some(h) = e.hints.as_mut() {
+                h.for_nodes = Some(vec![ForNode { name: node.into() }]);
+            }
             e
         };
         let close = |s: Service| with_spec(s, |s| s.traffic_distribution = Some("PreferClose".into()));
@@ -1370,7 +1387,25 @@ mod tests {
         let d = compute(&st(close(web()), both.clone(), "zone-c"), NODE, &[]);
         assert_eq!(addrs_of(&d, &np), all, "no endpoint for the zone: all");
         let d = compute(&st(web(), both.clone(), "zone-a"), NODE, &[]);
-        assert_eq!(addrs_of(&d, &np), all, "no trafficDistribution: all");
+        assert_eq!(
+            addrs_of(&d, &np),
+            ["10.244.1.5"],
+            "hints are followed wherever the controller wrote them"
+        );
+        let same_node = vec![
+            node_hinted("10.244.1.5", NODE),
+            node_hinted("10.244.1.6", "node-b"),
+        ];
+        let d = compute(&st(close(web()), same_node.clone(), "zone-a"), NODE, &[]);
+        assert_eq!(addrs_of(&d, &np), ["10.244.1.5"], "node hints first");
+        let mut partly = same_node;
+        partly.push(hinted("10.244.1.7", "node-b", Some("zone-a")));
+        let d = compute(&st(close(web()), partly, "zone-a"), NODE, &[]);
+        assert_eq!(
+            addrs_of(&d, &np).len(),
+            3,
+            "an endpoint without node hints: zone hints (all three in zone-a)"
+        );
         let mut unhinted = both.clone();
         unhinted.push(hinted("10.244.2.6", "node-b", None));
         let d = compute(&st(close(web()), unhinted, "zone-a"), NODE, &[]);

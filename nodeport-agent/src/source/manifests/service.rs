@@ -499,19 +499,14 @@ fn validate_policies(
             ));
         }
     }
-    if let Some(distribution) = spec.traffic_distribution.as_deref() {
-        let supported = [
-            k8s::TRAFFIC_DISTRIBUTION_PREFER_CLOSE,
-            k8s::TRAFFIC_DISTRIBUTION_PREFER_SAME_NODE,
-            k8s::TRAFFIC_DISTRIBUTION_PREFER_SAME_ZONE,
-        ];
-        if !supported.contains(&distribution) {
-            errors.push(unsupported(
-                "spec.trafficDistribution",
-                distribution,
-                &supported,
-            ));
-        }
+    if let Some(distribution) = spec.traffic_distribution.as_deref()
+        && !k8s::TRAFFIC_DISTRIBUTIONS.contains(&distribution)
+    {
+        errors.push(unsupported(
+            "spec.trafficDistribution",
+            distribution,
+            &k8s::TRAFFIC_DISTRIBUTIONS,
+        ));
     }
     if let Some(policy) = spec.internal_traffic_policy.as_deref()
         && policy != "Cluster"
