@@ -16,6 +16,7 @@ use serde_json::Value;
 const POD_PORT: u16 = 8080;
 const NODE_PORT: u16 = 31_700;
 const EMPTY_NODE_PORT: u16 = 31_701;
+const STICKY_NODE_PORT: u16 = 31_702;
 
 fn cluster() -> Cluster {
     Cluster::with_config(ClusterConfig {
@@ -74,8 +75,10 @@ fn backend_of(server: &str) -> String {
 /// For new TCP and UDP flows from many client ports, `explain` names the
 /// backend, NAT and counter, and the real flow then reaches exactly that
 /// backend with exactly that source; afterwards the same tuple is explained
-/// as established. A port that is no Service's passes untouched, a Service
-/// without endpoints is rejected, as predicted.
+/// as established. Under ClientIP affinity another tuple of the same client
+/// is explained as held by the affinity, and gets that backend. A port that
+/// is no Service's passes untouched, a Service without endpoints is
+/// rejected, as predicted.
 #[test]
 fn explain_predicts_what_a_real_packet_then_gets() {
     let c = cluster();
@@ -83,6 +86,9 @@ fn explain_predicts_what_a_real_packet_then_gets() {
         .tcp("tcp", 80, POD_PORT, NODE_PORT)
         .udp("udp", 80, POD_PORT, NODE_PORT);
     let empty = ServiceBuilder::node_port("empty").tcp("tcp", 80, POD_PORT, EMPTY_NODE_PORT);
+    let sticky = ServiceBuilder::node_port("sticky")
+        .tcp("tcp", 80, POD_PORT, STICKY_NODE_PORT)
+        .session_affinity_client_ip(600);
     c.manifests().write(
         "explained.yaml",
         &to_yaml(&[
@@ -90,6 +96,8 @@ fn explain_predicts_what_a_real_packet_then_gets() {
             &svc.slice("x1").pods(&[(1, 1, true), (2, 1, true)]),
             &empty,
             &empty.slice("x1").pods(&[]),
+            &sticky,
+            &sticky.slice("x1").pods(&[(1, 1, true), (2, 1, true)]),
         ]),
     );
     let agent1 = c.start_agent(1, c.manifests().dir());
@@ -137,6 +145,28 @@ fn explain_predicts_what_a_real_packet_then_gets() {
         }
     }
     assert_eq!(counters.len(), 2, "both a local and a remote backend were explained");
+
+    // ClientIP affinity: after a first connection, every tuple of the
+    // client is held to its backend.
+    let sticky_to = SocketAddr::new(node_addr(1).into(), STICKY_NODE_PORT);
+    let first = SocketAddr::new(CLIENT_ADDR.into(), 41_200);
+    let line = c
+        .client()
+        .tcp_request_from(first, node_addr(1), STICKY_NODE_PORT)
+        .expect("the first sticky connection");
+    let held: Answer = line.parse().expect("an answer");
+    for port in 41_201u16..41_205 {
+        let from = SocketAddr::new(CLIENT_ADDR.into(), port);
+        let e = explain(&c, "tcp", from, sticky_to);
+        assert_eq!(e["flow"], "affinity", "{e}");
+        assert_eq!(e["backend"], backend_of(&held.server).as_str(), "{e}");
+        let line = c
+            .client()
+            .tcp_request_from(from, node_addr(1), STICKY_NODE_PORT)
+            .unwrap_or_else(|err| panic!("sticky from {from}: {err}"));
+        let a: Answer = line.parse().expect("an answer");
+        assert_eq!(a.server, held.server, "held to the explained backend");
+    }
 
     let e = explain(
         &c,
