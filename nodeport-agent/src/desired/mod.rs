@@ -606,6 +606,31 @@ mod tests {
         svc
     }
 
+    /// `web` as a LoadBalancer, its spec changed by `f`, with ingress IPs
+    /// `(ip, ipMode)`.
+    fn load_balancer(f: impl FnOnce(&mut ServiceSpec), ingress: &[(&str, Option<&str>)]) -> Service {
+        let mut svc = with_spec(web(), |s| {
+            s.type_ = Some("LoadBalancer".into());
+            f(s);
+        });
+        svc.status = Some(ServiceStatus {
+            load_balancer: Some(LoadBalancerStatus {
+                ingress: Some(
+                    ingress
+                        .iter()
+                        .map(|(ip, mode)| LoadBalancerIngress {
+                            ip: Some((*ip).into()),
+                            ip_mode: mode.map(Into::into),
+                            ..LoadBalancerIngress::default()
+                        })
+                        .collect(),
+                ),
+            }),
+            ..ServiceStatus::default()
+        });
+        svc
+    }
+
     /// An endpoint: `(address, node, ready, serving, terminating)`.
     fn ep(
         addr: &str,
@@ -817,29 +842,10 @@ mod tests {
             ),
             (
                 "externalIPs and LoadBalancer ingress IPs (not ipMode Proxy) are external frontends",
-                vec![{
-                    let mut svc = with_spec(web(), |s| {
-                        s.type_ = Some("LoadBalancer".into());
-                        s.external_ips = Some(vec!["192.0.2.10".into(), "2001:db8::1".into()]);
-                    });
-                    svc.status = Some(ServiceStatus {
-                        load_balancer: Some(LoadBalancerStatus {
-                            ingress: Some(vec![
-                                LoadBalancerIngress {
-                                    ip: Some("198.51.100.7".into()),
-                                    ..LoadBalancerIngress::default()
-                                },
-                                LoadBalancerIngress {
-                                    ip: Some("198.51.100.8".into()),
-                                    ip_mode: Some("Proxy".into()),
-                                    ..LoadBalancerIngress::default()
-                                },
-                            ]),
-                        }),
-                        ..ServiceStatus::default()
-                    });
-                    svc
-                }],
+                vec![load_balancer(
+                    |s| s.external_ips = Some(vec!["192.0.2.10".into(), "2001:db8::1".into()]),
+                    &[("198.51.100.7", None), ("198.51.100.8", Some("Proxy"))],
+                )],
                 vec![two_nodes()],
                 {
                     const BOTH: &[(&str, u16, u8)] =
@@ -854,24 +860,14 @@ mod tests {
             ),
             (
                 "loadBalancerSourceRanges restrict ingress IPs and nodePorts, not externalIPs",
-                vec![{
-                    let mut svc = with_spec(web(), |s| {
-                        s.type_ = Some("LoadBalancer".into());
+                vec![load_balancer(
+                    |s| {
                         s.external_ips = Some(vec!["192.0.2.10".into()]);
                         s.load_balancer_source_ranges =
                             Some(vec!["10.200.0.0/24".into(), "2001:db8::/32".into()]);
-                    });
-                    svc.status = Some(ServiceStatus {
-                        load_balancer: Some(LoadBalancerStatus {
-                            ingress: Some(vec![LoadBalancerIngress {
-                                ip: Some("198.51.100.7".into()),
-                                ..LoadBalancerIngress::default()
-                            }]),
-                        }),
-                        ..ServiceStatus::default()
-                    });
-                    svc
-                }],
+                    },
+                    &[("198.51.100.7", None)],
+                )],
                 vec![two_nodes()],
                 {
                     const BOTH: &[(&str, u16, u8)] =

@@ -430,7 +430,7 @@ impl BpfMaps {
     /// Puts the run of puts `writes` opens in one batch, where the kernel
     /// takes batches; returns how many went in (0: write them singly).
     fn put_run(&mut self, writes: &[TableWrite]) -> usize {
-        if !self.batch_puts || !matches!(writes.get(1), Some(w) if w.verb() == "put") {
+        if !self.batch_puts || !writes.get(1).is_some_and(TableWrite::is_put) {
             return 0;
         }
         let (done, error) = match writes[0] {

@@ -102,6 +102,18 @@ impl TableWrite {
         }
     }
 
+    /// Whether the write puts an entry.
+    #[must_use]
+    pub fn is_put(&self) -> bool {
+        match self {
+            Self::NodeAddr(w) => matches!(w, Write::Put(..)),
+            Self::Frontend(w) => matches!(w, Write::Put(..)),
+            Self::Slot(w) => matches!(w, Write::Put(..)),
+            Self::Backend(w) => matches!(w, Write::Put(..)),
+            Self::SourceRange(w) => matches!(w, Write::Put(..)),
+        }
+    }
+
     /// `put` or `delete`.
     #[must_use]
     pub fn verb(&self) -> &'static str {
