@@ -23,6 +23,7 @@ use nodeport_tests::datapath::{
     CLIENT, CLIENT_MAC, Datapath, Frame, NODE, NODE_MAC, OTHER_NODE_MAC, PrivateNetns, TC_ACT_OK,
     TC_ACT_UNSPEC, TCP_ACK, TCP_PSH, TCP_SYN, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX,
     assert_checksums, assert_partial_seed, backend, be, flow, node_port, on_own_thread,
+    reassemble,
 };
 
 const LOCAL_POD: [u8; 4] = [10, 244, 1, 10];
@@ -149,10 +150,6 @@ fn packets_that_are_not_ours_pass_untouched() {
         arp.extend_from_slice(&[0u8; 28]);
         let mut ipv6 = Frame::tcp(CLIENT, 40000, NODE, NODE_PORT).bytes();
         ipv6[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
-        let fragment = Frame {
-            frag: 0x2000,
-            ..Frame::tcp(CLIENT, 40000, NODE, NODE_PORT)
-        };
         let later_fragment = Frame {
             frag: 0x0010,
             ..Frame::tcp(CLIENT, 40000, NODE, NODE_PORT)
@@ -178,8 +175,7 @@ fn packets_that_are_not_ours_pass_untouched() {
                 b[23] = 1;
                 b
             }),
-            ("first fragment", fragment.bytes()),
-            ("later fragment", later_fragment.bytes()),
+            ("later fragment without its first", later_fragment.bytes()),
             // (BPF_PROG_TEST_RUN refuses XDP input shorter than an Ethernet header.)
             ("Ethernet header only", full[..14].to_vec()),
             ("truncated IPv4", full[..14 + 12].to_vec()),
@@ -1095,5 +1091,179 @@ fn rejects_only_what_the_kernel_would_answer() {
         assert_eq!(&out[34..36], &[3, 3], "port unreachable");
         assert_checksums(&out);
         assert_eq!(counter(f, "reject_no_backend"), 2);
+    });
+}
+
+/// A UDP datagram of 3,000 bytes in three fragments: every fragment is
+/// translated as its first one (local DNAT, SNAT to a remote backend, and
+/// both replies), also when the later ones come out of order; a later
+/// fragment whose first was never seen passes untouched.
+#[test]
+#[allow(clippy::too_many_lines, reason = "one datagram through every path")]
+fn fragmented_datagrams_follow_their_first_fragment() {
+    const CHUNK: usize = 1480;
+    in_fixture(|f| {
+        f.service(1, NODE_PORT, PROTO_UDP, 0, &[(7, LOCAL_POD, 5353, BACKEND_F_LOCAL)]);
+        f.service(2, NODE_PORT + 1, PROTO_UDP, 0, &[(8, REMOTE_POD, 53, 0)]);
+        let big = |sport: u16, dport: u16, ip_id: u16| Frame {
+            payload: (0..3000u32).map(|i| (i % 251) as u8).collect(),
+            ip_id,
+            frag: 0,
+            ..Frame::udp(CLIENT, sport, NODE, dport)
+        };
+        let through = |f: &Fixture, name: &str, input: &Frame, order: &[usize], tc: bool| {
+            let frags = input.fragments(CHUNK);
+            assert_eq!(frags.len(), 3, "{name}: three fragments");
+            order
+                .iter()
+                .map(|&i| {
+                    let (rc, out) = if tc { f.tc(&frags[i]) } else { f.xdp(&frags[i]) };
+                    (i, rc, out)
+                })
+                .collect::<Vec<_>>()
+        };
+
+        // Local backend: DNAT of each fragment, the later two out of order.
+        let input = big(40000, NODE_PORT, 0x100);
+        let want = Frame {
+            daddr: LOCAL_POD.into(),
+            dport: 5353,
+            ..input.clone()
+        };
+        let outs = through(f, "to a local backend", &input, &[0, 2, 1], false);
+        for (i, rc, out) in &outs {
+            assert_eq!(*rc, XDP_PASS, "local fragment {i}: verdict ({:?})", f.stats());
+            assert_eq!(out, &want.fragments(CHUNK)[*i], "local fragment {i}: DNAT bytes");
+        }
+        let whole = reassemble(&outs.into_iter().map(|(_, _, o)| o).collect::<Vec<_>>());
+        assert_eq!(whole, want.bytes(), "the reassembled datagram is the DNATed one");
+        assert_checksums(&whole);
+
+        // The pod's fragmented reply leaves through TC as from the NodePort.
+        let reply = Frame {
+            src_mac: NODE_MAC,
+            dst_mac: CLIENT_MAC,
+            saddr: LOCAL_POD.into(),
+            sport: 5353,
+            daddr: CLIENT.into(),
+            dport: 40000,
+            ip_id: 0x200,
+            ..input.clone()
+        };
+        let want = Frame {
+            saddr: NODE.into(),
+            sport: NODE_PORT,
+            ..reply.clone()
+        };
+        for (i, rc, out) in through(f, "local reply", &reply, &[0, 1, 2], true) {
+            assert_eq!(rc, TC_ACT_OK, "reply fragment {i}: verdict ({:?})", f.stats());
+            assert_eq!(out, want.fragments(CHUNK)[i], "reply fragment {i}: reverse NAT bytes");
+        }
+
+        // Remote backend: SNAT and forward each fragment.
+        let input = big(40001, NODE_PORT + 1, 0x300);
+        let snat_port = preferred_port(&input);
+        let want = Frame {
+            src_mac: NODE_MAC,
+            dst_mac: OTHER_NODE_MAC,
+            saddr: NODE.into(),
+            sport: snat_port,
+            daddr: REMOTE_POD.into(),
+            dport: 53,
+            ttl: input.ttl - 1,
+            ..input.clone()
+        };
+        let outs = through(f, "to a remote backend", &input, &[0, 1, 2], false);
+        for (i, rc, out) in &outs {
+            assert_eq!(*rc, XDP_TX, "remote fragment {i}: verdict ({:?})", f.stats());
+            assert_eq!(out, &want.fragments(CHUNK)[*i], "remote fragment {i}: SNAT bytes");
+        }
+        assert_checksums(&reassemble(&outs.into_iter().map(|(_, _, o)| o).collect::<Vec<_>>()));
+
+        // The remote backend's fragmented reply goes back to the client.
+        let reply = Frame {
+            src_mac: OTHER_NODE_MAC,
+            dst_mac: NODE_MAC,
+            saddr: REMOTE_POD.into(),
+            sport: 53,
+            daddr: NODE.into(),
+            dport: snat_port,
+            ttl: 63,
+            ip_id: 0x400,
+            ..input.clone()
+        };
+        let want = Frame {
+            src_mac: NODE_MAC,
+            dst_mac: CLIENT_MAC,
+            saddr: NODE.into(),
+            sport: NODE_PORT + 1,
+            daddr: CLIENT.into(),
+            dport: 40001,
+            ttl: 62,
+            ..reply.clone()
+        };
+        for (i, rc, out) in through(f, "remote reply", &reply, &[0, 2, 1], false) {
+            assert_eq!(rc, XDP_TX, "remote reply fragment {i}: verdict ({:?})", f.stats());
+            assert_eq!(out, want.fragments(CHUNK)[i], "remote reply fragment {i}: bytes");
+        }
+        assert_eq!(counter(f, "fragment_first"), 4, "{:?}", f.stats());
+        assert_eq!(counter(f, "fragment_followed"), 8, "{:?}", f.stats());
+
+        // A later fragment before (without) its first: passed untouched.
+        let lost = big(40002, NODE_PORT, 0x500).fragments(CHUNK);
+        let before = counter(f, "pass_fragment");
+        let (rc, out) = f.xdp(&lost[1]);
+        assert_eq!(rc, XDP_PASS, "a later fragment without its first");
+        assert_eq!(out, lost[1], "untouched");
+        assert_eq!(counter(f, "pass_fragment"), before + 1);
+        assert_eq!(f.service_stats(1).packets, 3, "the unseen datagram counts nothing");
+    });
+}
+
+/// Per-service and per-backend counters move by exactly the packets sent,
+/// with their outcome.
+#[test]
+fn service_and_backend_counters_count_packets_flows_and_drops() {
+    in_fixture(|f| {
+        f.service(1, NODE_PORT, PROTO_TCP, 0, &[(7, LOCAL_POD, 8080, BACKEND_F_LOCAL)]);
+        f.service(2, NODE_PORT, PROTO_UDP, 0, &[(8, REMOTE_POD, 53, 0)]);
+        f.service(3, EMPTY_PORT, PROTO_TCP, 0, &[]);
+        f.service(4, DROP_PORT, PROTO_TCP, FRONTEND_F_DROP_EMPTY, &[]);
+        let syn = Frame::tcp(CLIENT, 40000, NODE, NODE_PORT);
+        let ack = Frame {
+            tcp_flags: TCP_ACK | TCP_PSH,
+            payload: vec![7; 100],
+            ..syn.clone()
+        };
+        for frame in [&syn, &ack, &ack] {
+            assert_eq!(f.xdp(&frame.bytes()).0, XDP_PASS);
+        }
+        let tcp = f.service_stats(1);
+        assert_eq!(
+            (tcp.packets, tcp.bytes, tcp.new_flows),
+            (3, 40 + 2 * 140, 1),
+            "TCP frontend: packets, IPv4 bytes, flows"
+        );
+        let b = f.backend_stats(7);
+        assert_eq!((b.packets, b.bytes, b.new_flows), (3, 320, 1), "its backend");
+
+        for port in [41000, 41001] {
+            assert_eq!(f.xdp(&Frame::udp(CLIENT, port, NODE, NODE_PORT).bytes()).0, XDP_TX);
+        }
+        let udp = f.service_stats(2);
+        assert_eq!((udp.packets, udp.new_flows), (2, 2), "UDP frontend");
+        assert_eq!(f.backend_stats(8).packets, 2, "the remote backend");
+
+        assert_eq!(f.xdp(&Frame::tcp(CLIENT, 42000, NODE, EMPTY_PORT).bytes()).0, XDP_TX);
+        let empty = f.service_stats(3);
+        assert_eq!((empty.packets, empty.rejected, empty.new_flows), (1, 1, 0), "rejected");
+        assert_eq!(f.xdp(&Frame::tcp(CLIENT, 42001, NODE, DROP_PORT).bytes()).0, XDP_DROP);
+        let dropped = f.service_stats(4);
+        assert_eq!(
+            (dropped.packets, dropped.drop_no_local_backend, dropped.drop_other),
+            (1, 1, 0),
+            "dropped for want of a local endpoint"
+        );
+        assert_eq!(f.service_stats(99).packets, 0, "no counters for an unknown service");
     });
 }

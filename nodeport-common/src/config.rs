@@ -78,13 +78,19 @@ pub struct Config {
     /// program hands to its TC ingress program, so that a frame arriving
     /// with another node's (stale) handoff metadata is not taken for one.
     pub handoff_token: u32,
-    pub pad: u32,
+    /// `CONFIG_F_*` bits.
+    pub flags: u32,
     /// The network namespace (its cookie, `SO_NETNS_COOKIE`) whose sockets
     /// may not bind an allocated nodePort on a served node address or the
     /// wildcard address (they get `EADDRINUSE`, as with kube-proxy's held
     /// ports); zero: no bind is refused.
     pub bind_protect_netns: u64,
 }
+
+/// The datapath keeps no per-service and per-backend counters
+/// (`service_stats`, `backend_stats`): for nodes where their cost or their
+/// memory is not wanted, and for measuring that cost.
+pub const CONFIG_F_NO_SERVICE_COUNTERS: u32 = 1;
 
 /// The default SNAT pool: every port from 1024 up that is neither in the
 /// NodePort range (30000-32767) nor in Linux's default ephemeral range
@@ -104,7 +110,7 @@ impl Config {
             reserved_count: 0,
             reserved: [PortRange::EMPTY; RESERVED_RANGES],
             handoff_token: 0,
-            pad: 0,
+            flags: 0,
             bind_protect_netns: 0,
         }
     }
@@ -207,6 +213,7 @@ const _: () = {
     assert!(size_of::<PortRange>() == 4);
     assert!(size_of::<Config>() == 48);
     assert!(offset_of!(Config, handoff_token) == 32);
+    assert!(offset_of!(Config, flags) == 36);
     assert!(offset_of!(Config, bind_protect_netns) == 40);
     assert!(offset_of!(Config, snat_rest_s) == 8);
     assert!(offset_of!(Config, reserved_count) == 12);

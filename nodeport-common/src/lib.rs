@@ -17,5 +17,5 @@ pub mod hash;
 pub mod maps;
 
 pub use hash::flow_hash;
-pub use config::{Config, PortRange, SnatPool};
+pub use config::{CONFIG_F_NO_SERVICE_COUNTERS, Config, PortRange, SnatPool};
 pub use maps::*;

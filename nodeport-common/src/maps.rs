@@ -31,9 +31,12 @@ pub mod names {
     pub const DEVICE_TX: &str = "device_tx";
     pub const TX_ARMED: &str = "tx_armed";
     pub const SOURCE_RANGES: &str = "source_ranges";
+    pub const FRAGMENTS: &str = "fragments";
+    pub const SERVICE_STATS: &str = "service_stats";
+    pub const BACKEND_STATS: &str = "backend_stats";
 
     /// Every map, in the order the agent creates and pins them.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 17] = [
         NODE_ADDRS,
         FRONTENDS,
         BACKEND_SLOTS,
@@ -48,6 +51,9 @@ pub mod names {
         DEVICE_TX,
         TX_ARMED,
         SOURCE_RANGES,
+        FRAGMENTS,
+        SERVICE_STATS,
+        BACKEND_STATS,
     ];
 }
 
@@ -73,6 +79,9 @@ pub const MAP_SIZES: [(&str, usize, usize); names::ALL.len()] = [
         size_of::<SourceRangeKey>(),
         size_of::<SourceRange>(),
     ),
+    (names::FRAGMENTS, size_of::<FragKey>(), size_of::<FragPorts>()),
+    (names::SERVICE_STATS, size_of::<u32>(), size_of::<ServiceStats>()),
+    (names::BACKEND_STATS, size_of::<u32>(), size_of::<BackendStats>()),
 ];
 
 /// Program names (the functions in `nodeport-ebpf`).
@@ -117,6 +126,9 @@ pub mod capacity {
     pub const AFFINITY: u32 = 65_536;
     pub const SOCK_REV: u32 = 65_536;
     pub const SOURCE_RANGES: u32 = 16_384;
+    pub const FRAGMENTS: u32 = 8_192;
+    pub const SERVICE_STATS: u32 = 65_536;
+    pub const BACKEND_STATS: u32 = 262_144;
 }
 
 /// Key of the node-address map: an IPv4 address that serves `NodePorts`.
@@ -342,6 +354,88 @@ pub const CT_F_SNAT: u8 = 1;
 /// A TCP FIN or RST was seen on the flow.
 pub const CT_F_CLOSING: u8 = 1 << 1;
 
+/// Key of the fragment map: one fragmented datagram as it arrived (IPv4
+/// source, destination, identification and protocol; network order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub saddr_be: u32,
+    pub daddr_be: u32,
+    pub id_be: u16,
+    pub proto: u8,
+    pub pad: u8,
+}
+
+/// The ports of a fragmented datagram, from its first fragment: the later
+/// fragments, which carry none, follow the first one's translation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FragPorts {
+    pub sport_be: u16,
+    pub dport_be: u16,
+}
+
+/// Per-CPU counters of one service frontend (key: its service id), for the
+/// packets the datapath received for it (client → service).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceStats {
+    pub packets: u64,
+    /// IPv4 total length of those packets.
+    pub bytes: u64,
+    /// Flows given a backend (conntrack entries created).
+    pub new_flows: u64,
+    /// Answered with a TCP RST / ICMP port unreachable (no endpoints).
+    pub rejected: u64,
+    /// `externalTrafficPolicy: Local` without a local endpoint.
+    pub drop_no_local_backend: u64,
+    /// A client outside `loadBalancerSourceRanges`.
+    pub drop_source_range: u64,
+    /// No free SNAT port towards a remote backend.
+    pub drop_snat_exhausted: u64,
+    /// Every other drop (route, TTL, map update, missing backend, …).
+    pub drop_other: u64,
+}
+
+impl ServiceStats {
+    /// Field-wise sum (of two CPUs' values).
+    #[must_use]
+    pub const fn plus(&self, o: &Self) -> Self {
+        Self {
+            packets: self.packets + o.packets,
+            bytes: self.bytes + o.bytes,
+            new_flows: self.new_flows + o.new_flows,
+            rejected: self.rejected + o.rejected,
+            drop_no_local_backend: self.drop_no_local_backend + o.drop_no_local_backend,
+            drop_source_range: self.drop_source_range + o.drop_source_range,
+            drop_snat_exhausted: self.drop_snat_exhausted + o.drop_snat_exhausted,
+            drop_other: self.drop_other + o.drop_other,
+        }
+    }
+}
+
+/// Per-CPU counters of one backend (key: its backend id): the packets the
+/// datapath sent to it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+impl BackendStats {
+    /// Field-wise sum (of two CPUs' values).
+    #[must_use]
+    pub const fn plus(&self, o: &Self) -> Self {
+        Self {
+            packets: self.packets + o.packets,
+            bytes: self.bytes + o.bytes,
+            new_flows: self.new_flows + o.new_flows,
+        }
+    }
+}
+
 /// An SNAT port whose TCP flow saw no packet for this long is free again.
 pub const SNAT_REUSE_IDLE_NS: u64 = 300_000_000_000;
 /// An SNAT port whose UDP flow saw no packet for this long is free again
@@ -422,7 +516,8 @@ impl RevNat {
 pub mod stat {
     /// Not IPv4, not to a node address / frontend: passed untouched.
     pub const PASS_NOT_SERVICE: u32 = 0;
-    /// Non-first fragment or fragmented datagram: passed untouched.
+    /// A later fragment whose first fragment was not seen (out of order,
+    /// or of a datagram the datapath does not serve): passed untouched.
     pub const PASS_FRAGMENT: u32 = 1;
     /// Headers shorter than they claim: passed to the stack, which drops them.
     pub const PASS_TRUNCATED: u32 = 2;
@@ -490,9 +585,14 @@ pub mod stat {
     /// A packet to a frontend with `loadBalancerSourceRanges` from a client
     /// outside them: dropped.
     pub const DROP_SOURCE_RANGE: u32 = 28;
+    /// The first fragment of a served datagram: its ports were remembered
+    /// for the later fragments.
+    pub const FRAGMENT_FIRST: u32 = 29;
+    /// A later fragment translated as its first fragment was.
+    pub const FRAGMENT_FOLLOWED: u32 = 30;
 
     /// Number of counters.
-    pub const COUNT: u32 = 29;
+    pub const COUNT: u32 = 31;
 
     /// Human-readable names, indexed by counter.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -525,6 +625,8 @@ pub mod stat {
         "bind_refused",
         "sock_no_local_backend",
         "drop_source_range",
+        "fragment_first",
+        "fragment_followed",
     ];
 }
 
@@ -569,6 +671,13 @@ const _: () = {
     assert!(size_of::<Affinity>() == 16);
     assert!(offset_of!(Affinity, last_used_ns) == 8);
     assert!(offset_of!(RevNat, sport_be) == 8);
+    assert!(size_of::<FragKey>() == 12);
+    assert!(offset_of!(FragKey, id_be) == 8);
+    assert!(offset_of!(FragKey, proto) == 10);
+    assert!(size_of::<FragPorts>() == 4);
+    assert!(size_of::<ServiceStats>() == 64);
+    assert!(offset_of!(ServiceStats, drop_other) == 56);
+    assert!(size_of::<BackendStats>() == 24);
 };
 
 /// A struct's name, size and `(field, offset)` list.
@@ -682,6 +791,41 @@ pub const LAYOUTS: &[Layout] = &[
             ("dport_be", 10),
         ],
     ),
+    (
+        "FragKey",
+        size_of::<FragKey>(),
+        &[
+            ("saddr_be", 0),
+            ("daddr_be", 4),
+            ("id_be", 8),
+            ("proto", 10),
+            ("pad", 11),
+        ],
+    ),
+    (
+        "FragPorts",
+        size_of::<FragPorts>(),
+        &[("sport_be", 0), ("dport_be", 2)],
+    ),
+    (
+        "ServiceStats",
+        size_of::<ServiceStats>(),
+        &[
+            ("packets", 0),
+            ("bytes", 8),
+            ("new_flows", 16),
+            ("rejected", 24),
+            ("drop_no_local_backend", 32),
+            ("drop_source_range", 40),
+            ("drop_snat_exhausted", 48),
+            ("drop_other", 56),
+        ],
+    ),
+    (
+        "BackendStats",
+        size_of::<BackendStats>(),
+        &[("packets", 0), ("bytes", 8), ("new_flows", 16)],
+    ),
 ];
 
 #[cfg(feature = "user")]
@@ -713,4 +857,8 @@ mod pod {
     unsafe impl aya::Pod for super::SockRevKey {}
     unsafe impl aya::Pod for super::SockRev {}
     unsafe impl aya::Pod for super::Affinity {}
+    unsafe impl aya::Pod for super::FragKey {}
+    unsafe impl aya::Pod for super::FragPorts {}
+    unsafe impl aya::Pod for super::ServiceStats {}
+    unsafe impl aya::Pod for super::BackendStats {}
 }

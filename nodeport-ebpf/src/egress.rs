@@ -10,7 +10,8 @@ use nodeport_common::{CT_F_SNAT, PROTO_UDP, RevNat, stat};
 
 use crate::{
     error::{Error, Verdict},
-    headers::{self, Parsed, TCP_MIN_LEN, ip, l4},
+    frag,
+    headers::{self, ETH_LEN, IPV4_MAX_LEN, Parsed, TCP_MIN_LEN, ip, l4},
     maps::{CONNTRACK, REV_NAT},
     packet::Packet,
 };
@@ -19,7 +20,7 @@ use crate::{
 const BPF_F_MARK_MANGLED_0: u64 = 1 << 5;
 /// Bytes that must be linear for the parser: Ethernet, the longest IPv4
 /// header and a TCP header.
-const PULL_LEN: u32 = 14 + 60 + TCP_MIN_LEN as u32;
+const PULL_LEN: u32 = (ETH_LEN + IPV4_MAX_LEN + TCP_MIN_LEN) as u32;
 
 #[inline(always)]
 fn packet(ctx: &TcContext) -> Packet {
@@ -33,9 +34,10 @@ pub fn try_egress(ctx: &TcContext) -> Result<Verdict, Error> {
         let _ = ctx.pull_data(PULL_LEN.min(ctx.len()));
         pkt = packet(ctx);
     }
-    let Some(p) = headers::parse(&pkt, ctx.len() as usize)? else {
+    let Some(mut p) = headers::parse(&pkt, ctx.len() as usize)? else {
         return Ok(Verdict::not_ours());
     };
+    frag::follow(&mut p)?;
     let key = p.flow();
     // SAFETY: the value is copied out at once.
     let Some(rev) = REV_NAT.get_ptr(key).map(|r| unsafe { *r }) else {
@@ -58,10 +60,13 @@ pub fn try_egress(ctx: &TcContext) -> Result<Verdict, Error> {
         let _ = REV_NAT.remove(key);
         return Ok(Verdict::not_ours());
     }
+    frag::remember(&p);
     rewrite(ctx, &p, &rev)?;
     Ok(Verdict::new(0, stat::REPLY_LOCAL))
 }
 
+/// Rewrites the reply to `rev`; a later fragment has no L4 header, so only
+/// its addresses and IPv4 checksum change (`frag`).
 #[inline(always)]
 fn rewrite(ctx: &TcContext, p: &Parsed, rev: &RevNat) -> Result<(), Error> {
     let udp = if p.proto == PROTO_UDP {
@@ -70,7 +75,8 @@ fn rewrite(ctx: &TcContext, p: &Parsed, rev: &RevNat) -> Result<(), Error> {
         0
     };
     let ip_check = (p.l3 + ip::CHECK) as u32;
-    let l4_check = p.l4_check as u32;
+    // No L4 checksum to update in a later fragment.
+    let l4_check = if p.has_l4() { p.l4_check as u32 } else { 0 };
     if rev.saddr_be != p.saddr_be {
         set_addr(
             ctx,
@@ -92,6 +98,9 @@ fn rewrite(ctx: &TcContext, p: &Parsed, rev: &RevNat) -> Result<(), Error> {
             l4_check,
             udp,
         )?;
+    }
+    if !p.has_l4() {
+        return Ok(());
     }
     if rev.sport_be != p.sport_be {
         set_port(
@@ -126,13 +135,16 @@ fn set_addr(
     l4_check: u32,
     udp: u64,
 ) -> Result<(), Error> {
-    ctx.l4_csum_replace(
-        l4_check as usize,
-        u64::from(old),
-        u64::from(new),
-        u64::from(BPF_F_PSEUDO_HDR) | udp | 4,
-    )
-    .map_err(|_| Error::MapUpdate)?;
+    // 0: a later fragment, no L4 checksum.
+    if l4_check != 0 {
+        ctx.l4_csum_replace(
+            l4_check as usize,
+            u64::from(old),
+            u64::from(new),
+            u64::from(BPF_F_PSEUDO_HDR) | udp | 4,
+        )
+        .map_err(|_| Error::MapUpdate)?;
+    }
     ctx.l3_csum_replace(ip_check as usize, u64::from(old), u64::from(new), 4)
         .map_err(|_| Error::MapUpdate)?;
     ctx.store(at, &new, 0).map_err(|_| Error::MapUpdate)

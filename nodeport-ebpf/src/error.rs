@@ -5,7 +5,7 @@
 use aya_ebpf::bindings::{TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action};
 use nodeport_common::stat;
 
-use crate::maps::count;
+use crate::{counters::outcome, maps::count};
 
 /// What to do with a packet the program handled, and which counter says so.
 #[derive(Clone, Copy)]
@@ -100,7 +100,8 @@ impl Verdict {
 pub enum Error {
     /// A header is shorter than it claims: the stack gets it and drops it.
     Truncated,
-    /// A fragment: not served, the stack gets it untouched.
+    /// A later fragment whose first fragment was not seen: the stack gets
+    /// it untouched.
     Fragment,
     /// An IPv4 header with options: not served, passed untouched.
     IpOptions,
@@ -130,6 +131,19 @@ pub enum Error {
 }
 
 impl Error {
+    /// What this failure means for a frontend's counters
+    /// (`counters::outcome`): failures that pass the packet are served.
+    #[inline(always)]
+    pub const fn service_outcome(self) -> u32 {
+        match self {
+            Self::Truncated | Self::Fragment | Self::IpOptions | Self::BadLength => outcome::SERVED,
+            Self::NoLocalBackend => outcome::DROP_NO_LOCAL_BACKEND,
+            Self::SourceRange => outcome::DROP_SOURCE_RANGE,
+            Self::SnatExhausted => outcome::DROP_SNAT_EXHAUSTED,
+            _ => outcome::DROP_OTHER,
+        }
+    }
+
     #[inline(always)]
     const fn stat(self) -> u32 {
         match self {

@@ -1,6 +1,8 @@
 //! Header layouts and the parser that turns a frame into the fields the
-//! datapath works with. Anything it does not serve (not IPv4, fragments,
-//! other protocols) is reported as `None` and passed untouched.
+//! datapath works with. Anything it does not serve (not IPv4, other
+//! protocols) is reported as `None` and passed untouched, as are IPv4
+//! headers with options (an error, counted). A fragment is parsed as what it
+//! is: the first one with its ports, a later one without (see `frag`).
 
 use nodeport_common::{FlowKey, PROTO_TCP, PROTO_UDP};
 
@@ -9,6 +11,8 @@ use crate::{error::Error, packet::Packet};
 pub const ETH_LEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;
 pub const IPV4_MIN_LEN: usize = 20;
+/// The longest IPv4 header: IHL 15, 40 bytes of options.
+pub const IPV4_MAX_LEN: usize = 60;
 pub const TCP_MIN_LEN: usize = 20;
 pub const UDP_LEN: usize = 8;
 pub const PROTO_ICMP: u8 = 1;
@@ -16,6 +20,7 @@ pub const PROTO_ICMP: u8 = 1;
 /// Offsets inside the IPv4 header.
 pub mod ip {
     pub const TOT_LEN: usize = 2;
+    pub const ID: usize = 4;
     pub const FRAG_OFF: usize = 6;
     pub const TTL: usize = 8;
     pub const PROTO: usize = 9;
@@ -24,6 +29,18 @@ pub mod ip {
     pub const DADDR: usize = 16;
     /// More-fragments flag and fragment offset, host order.
     pub const MF_AND_OFFSET: u16 = 0x3fff;
+    /// The fragment offset alone, host order.
+    pub const OFFSET: u16 = 0x1fff;
+}
+
+/// Where a packet stands in fragmentation ([`Parsed::frag`]).
+pub mod frag {
+    /// A whole datagram.
+    pub const NONE: u8 = 0;
+    /// The first fragment: it carries the L4 header (ports, checksum).
+    pub const FIRST: u8 = 1;
+    /// A later fragment: no L4 header; its ports come from the first.
+    pub const LATER: u8 = 2;
 }
 
 /// Offsets inside the TCP/UDP headers.
@@ -44,7 +61,9 @@ pub mod l4 {
 }
 
 /// An IPv4 TCP or UDP packet, its fields as they sit in the packet
-/// (`_be`: network byte order, read natively).
+/// (`_be`: network byte order, read natively). For a later fragment the
+/// ports are zero until `frag::follow` fills them from the first fragment,
+/// and `l4`, `l4_check` and `l4_hdr_len` name no header.
 #[derive(Clone, Copy)]
 pub struct Parsed {
     /// Offset of the IPv4 header (after Ethernet).
@@ -66,6 +85,10 @@ pub struct Parsed {
     pub ip_len: u16,
     /// TCP header length in bytes (data offset × 4); 8 for UDP.
     pub l4_hdr_len: u16,
+    /// IPv4 identification, as in the packet.
+    pub id_be: u16,
+    /// `frag::NONE`, `frag::FIRST` or `frag::LATER`.
+    pub frag: u8,
 }
 
 impl Parsed {
@@ -96,10 +119,23 @@ impl Parsed {
 }
 
 impl Parsed {
-    /// Length of the TCP/UDP segment (header and payload), host order.
+    /// Length of the TCP/UDP segment (header and payload) in this packet,
+    /// host order (of a fragment: the part it carries).
     #[inline(always)]
     pub fn l4_len(&self) -> u16 {
         self.ip_len - IPV4_MIN_LEN as u16
+    }
+
+    /// A fragment of a datagram (first or later).
+    #[inline(always)]
+    pub fn fragment(&self) -> bool {
+        self.frag != frag::NONE
+    }
+
+    /// The packet carries an L4 header (it is not a later fragment).
+    #[inline(always)]
+    pub fn has_l4(&self) -> bool {
+        self.frag != frag::LATER
     }
 }
 
@@ -110,7 +146,8 @@ impl Parsed {
 ///
 /// IPv4 headers with options are not served (passed untouched, as Katran
 /// does): fixed offsets keep every bounds check a constant the verifier can
-/// follow, and option-carrying NodePort traffic is vanishingly rare.
+/// follow. (A variable L4 offset, tried, makes the verifier's state search
+/// over the whole program exceed its limit.)
 #[inline(always)]
 pub fn parse(pkt: &Packet, frame_len: usize) -> Result<Option<Parsed>, Error> {
     // One check covers Ethernet and the fixed IPv4 header.
@@ -131,39 +168,54 @@ pub fn parse(pkt: &Packet, frame_len: usize) -> Result<Option<Parsed>, Error> {
             Err(Error::IpOptions)
         };
     }
-    let frag = u16::from_be(pkt.read::<u16>(l3 + ip::FRAG_OFF)?);
-    if frag & ip::MF_AND_OFFSET != 0 {
-        return Err(Error::Fragment);
-    }
+    let ihl = IPV4_MIN_LEN;
+    let l4 = l3 + ihl;
     let proto: u8 = pkt.read(l3 + ip::PROTO)?;
-    let l4 = l3 + IPV4_MIN_LEN;
-    let (l4_check, l4_hdr_len) = match proto {
-        PROTO_TCP => {
-            pkt.ptr_at::<[u8; ETH_LEN + IPV4_MIN_LEN + TCP_MIN_LEN]>(0)?;
-            let doff = u16::from(pkt.read::<u8>(l4 + l4::TCP_DOFF)? >> 4) * 4;
-            (l4 + l4::TCP_CHECK, doff)
-        }
-        PROTO_UDP => {
-            pkt.ptr_at::<[u8; ETH_LEN + IPV4_MIN_LEN + UDP_LEN]>(0)?;
-            (l4 + l4::UDP_CHECK, UDP_LEN as u16)
-        }
-        _ => return Ok(None),
-    };
-    // The lengths must agree with each other and with the frame, as the
-    // kernel requires before it looks at a packet (ip_rcv_core,
-    // tcp_v4_rcv); anything else goes to the stack, which drops it.
-    let ip_len = u16::from_be(pkt.read::<u16>(l3 + ip::TOT_LEN)?);
-    let min_hdr = if proto == PROTO_TCP {
-        TCP_MIN_LEN
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return Ok(None);
+    }
+    let frag_field = u16::from_be(pkt.read::<u16>(l3 + ip::FRAG_OFF)?);
+    let frag = if frag_field & ip::MF_AND_OFFSET == 0 {
+        frag::NONE
+    } else if frag_field & ip::OFFSET == 0 {
+        frag::FIRST
     } else {
-        UDP_LEN
+        frag::LATER
     };
-    if usize::from(ip_len) + ETH_LEN > frame_len
-        || usize::from(l4_hdr_len) < min_hdr
-        || usize::from(ip_len) < IPV4_MIN_LEN + usize::from(l4_hdr_len)
-    {
+    let ip_len = u16::from_be(pkt.read::<u16>(l3 + ip::TOT_LEN)?);
+    if usize::from(ip_len) + ETH_LEN > frame_len || usize::from(ip_len) < ihl {
         return Err(Error::BadLength);
     }
+    let (l4_check, l4_hdr_len, sport_be, dport_be, tcp_flags) = if frag == frag::LATER {
+        (l4, 0, 0, 0, 0)
+    } else {
+        // Each header is read whole through one checked pointer: with a
+        // variable offset, the verifier follows a bounds check only to
+        // accesses through the pointer that was checked.
+        let ports: [u8; 4] = pkt.read(l4)?;
+        let (l4_check, l4_hdr_len, min_hdr, tcp_flags) = if proto == PROTO_TCP {
+            let tcp: [u8; TCP_MIN_LEN] = pkt.read(l4)?;
+            let doff = u16::from(tcp[l4::TCP_DOFF] >> 4) * 4;
+            (l4 + l4::TCP_CHECK, doff, TCP_MIN_LEN, tcp[l4::TCP_FLAGS])
+        } else {
+            pkt.read::<[u8; UDP_LEN]>(l4)?;
+            (l4 + l4::UDP_CHECK, UDP_LEN as u16, UDP_LEN, 0)
+        };
+        // The lengths must agree with each other and with the frame, as
+        // the kernel requires before it looks at a packet (ip_rcv_core,
+        // tcp_v4_rcv); anything else goes to the stack, which drops it.
+        if usize::from(l4_hdr_len) < min_hdr || usize::from(ip_len) < ihl + usize::from(l4_hdr_len)
+        {
+            return Err(Error::BadLength);
+        }
+        (
+            l4_check,
+            l4_hdr_len,
+            u16::from_ne_bytes([ports[l4::SPORT], ports[l4::SPORT + 1]]),
+            u16::from_ne_bytes([ports[l4::DPORT], ports[l4::DPORT + 1]]),
+            tcp_flags,
+        )
+    };
     Ok(Some(Parsed {
         l3,
         l4,
@@ -171,15 +223,13 @@ pub fn parse(pkt: &Packet, frame_len: usize) -> Result<Option<Parsed>, Error> {
         ttl: pkt.read(l3 + ip::TTL)?,
         saddr_be: pkt.read(l3 + ip::SADDR)?,
         daddr_be: pkt.read(l3 + ip::DADDR)?,
-        sport_be: pkt.read(l4 + l4::SPORT)?,
-        dport_be: pkt.read(l4 + l4::DPORT)?,
+        sport_be,
+        dport_be,
         l4_check,
-        tcp_flags: if proto == PROTO_TCP {
-            pkt.read(l4 + l4::TCP_FLAGS)?
-        } else {
-            0
-        },
+        tcp_flags,
         ip_len,
         l4_hdr_len,
+        id_be: pkt.read(l3 + ip::ID)?,
+        frag,
     }))
 }

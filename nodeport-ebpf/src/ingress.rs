@@ -14,7 +14,9 @@ use nodeport_common::{
 };
 
 use crate::{
+    counters::{nodeport_count_backend, nodeport_count_service, outcome},
     error::{Error, Verdict},
+    frag,
     headers::{self, Parsed},
     l4sum,
     maps::{self, CONNTRACK, DeviceInfo, REV_NAT},
@@ -32,9 +34,10 @@ fn packet(ctx: &XdpContext) -> Packet {
 
 pub fn try_ingress(ctx: &XdpContext) -> Result<Verdict, Error> {
     let pkt = packet(ctx);
-    let Some(p) = headers::parse(&pkt, pkt.len())? else {
+    let Some(mut p) = headers::parse(&pkt, pkt.len())? else {
         return Ok(Verdict::not_ours());
     };
+    frag::follow(&mut p)?;
     let device = maps::device(ctx.ingress_ifindex() as u32);
     if let Some(mac) = device.mac()
         && pkt.read::<[u8; 6]>(0)? != mac
@@ -71,10 +74,18 @@ pub fn try_ingress(ctx: &XdpContext) -> Result<Verdict, Error> {
             });
         }
     }
-    match fe {
-        Some(fe) => service(ctx, &p, &flow, &fe, to_node, &device),
-        None => Ok(Verdict::not_ours()),
-    }
+    let Some(fe) = fe else {
+        return Ok(Verdict::not_ours());
+    };
+    frag::remember(&p);
+    let verdict = service(ctx, &p, &flow, &fe, to_node, &device);
+    let outcome = match &verdict {
+        Ok(v) if v.stat == stat::REJECT_NO_BACKEND => outcome::REJECTED,
+        Ok(_) => outcome::SERVED,
+        Err(e) => e.service_outcome(),
+    };
+    nodeport_count_service(fe.service_id, u32::from(p.ip_len), outcome);
+    verdict
 }
 
 /// A packet to a frontend: find or choose its backend and translate.
@@ -175,6 +186,12 @@ fn translate(
     new_flow: bool,
     device: &DeviceInfo,
 ) -> Result<Verdict, Error> {
+    nodeport_count_backend(
+        entry.service_id,
+        entry.backend_id,
+        u32::from(p.ip_len),
+        u32::from(new_flow),
+    );
     if entry.flags & CT_F_SNAT == 0 {
         // Reply key as the backend's answer will carry it at TC egress.
         let rev_key = FlowKey {
@@ -235,6 +252,7 @@ fn reply_from_remote(
     rev: &RevNat,
     device: &DeviceInfo,
 ) -> Result<Verdict, Error> {
+    frag::remember(p);
     if p.closing() {
         let ct_key = rev.client_flow(p.proto);
         if let Some(ct) = CONNTRACK.get_ptr_mut(ct_key) {

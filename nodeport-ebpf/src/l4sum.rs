@@ -43,6 +43,11 @@ pub enum Field {
 /// Tells what the L4 checksum field of `p` holds.
 #[inline(always)]
 pub fn classify(ctx: &XdpContext, pkt: &Packet, p: &Parsed) -> Result<Field, Error> {
+    if p.fragment() {
+        // A fragmented datagram's checksum is complete (see `frag`); its
+        // field lies in the first fragment only.
+        return Ok(Field::Complete);
+    }
     let field: u16 = pkt.read(p.l4_check)?;
     if p.proto == PROTO_UDP && field == 0 {
         return Ok(Field::Complete);

@@ -5,7 +5,9 @@
 //! - [`packet`]: bounds-checked packet access (`ptr_at`), the only way to
 //!   touch packet bytes;
 //! - [`headers`]: Ethernet / IPv4 / TCP / UDP layouts and the parser;
+//! - [`frag`]: later fragments of a datagram follow its first one;
 //! - [`maps`]: the BTF maps;
+//! - [`counters`]: per-service and per-backend counters;
 //! - [`select`]: choosing a backend for a new flow;
 //! - [`snat`]: choosing the source port of a flow SNATed to another node;
 //! - [`l4sum`]: complete or partial L4 checksums, segment sums;
@@ -20,8 +22,10 @@
 #![no_main]
 
 mod bind_protect;
+mod counters;
 mod egress;
 mod error;
+mod frag;
 mod headers;
 mod ingress;
 mod l4sum;

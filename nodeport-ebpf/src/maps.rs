@@ -2,14 +2,16 @@
 //! real sizes at load time, creates and pins every map under its bpffs root.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
     macros::btf_map,
 };
 use nodeport_common::{
-    Affinity, AffinityKey, Backend, BackendKey, Config, CtEntry, DEVICE_F_REDIRECT_TX,
-    DEVICE_F_SKB_MODE, Device, DeviceKey, DeviceTx, FlowKey, Frontend, FrontendKey, NodeAddr,
-    NodeAddrKey, PortRange, RevNat, SOURCE_RANGE_SERVICE_BITS, Slot, SlotKey, SnatPool, SockRev,
-    SockRevKey, SourceRange, SourceRangeData, TxArmed, capacity, stat,
+    Affinity, AffinityKey, Backend, BackendKey, BackendStats, Config, CtEntry,
+    DEVICE_F_REDIRECT_TX, DEVICE_F_SKB_MODE, Device, DeviceKey, DeviceTx, FlowKey, FragKey,
+    FragPorts, Frontend, FrontendKey, NodeAddr, NodeAddrKey, PortRange, RevNat,
+    SOURCE_RANGE_SERVICE_BITS, ServiceStats, Slot, SlotKey, SnatPool, SockRev, SockRevKey,
+    SourceRange, SourceRangeData, TxArmed, capacity, stat,
 };
 
 /// Node addresses that serve NodePorts.
@@ -79,6 +81,31 @@ pub static SOURCE_RANGES: LpmTrie<
     SourceRange,
     { capacity::SOURCE_RANGES as usize },
 > = LpmTrie::new();
+
+/// First fragment of a served datagram → its ports (`frag`).
+#[btf_map(name = "fragments")]
+pub static FRAGMENTS: LruHashMap<FragKey, FragPorts, { capacity::FRAGMENTS as usize }> =
+    LruHashMap::new();
+
+/// Per service frontend (key: service id), per CPU: what it received.
+/// Entries are made on a frontend's first packet (not preallocated: memory
+/// follows what is served) and removed by the agent with the service id.
+#[btf_map(name = "service_stats")]
+pub static SERVICE_STATS: PerCpuHashMap<
+    u32,
+    ServiceStats,
+    { capacity::SERVICE_STATS as usize },
+    { BPF_F_NO_PREALLOC as usize },
+> = PerCpuHashMap::new();
+
+/// Per backend (key: backend id), per CPU: what was sent to it.
+#[btf_map(name = "backend_stats")]
+pub static BACKEND_STATS: PerCpuHashMap<
+    u32,
+    BackendStats,
+    { capacity::BACKEND_STATS as usize },
+    { BPF_F_NO_PREALLOC as usize },
+> = PerCpuHashMap::new();
 
 /// Bumps one counter.
 #[inline(always)]

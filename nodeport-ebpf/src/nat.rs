@@ -42,7 +42,8 @@ pub enum Leaves {
 /// Rewrites the packet's addresses and ports from what `p` describes to
 /// `new`, updating both checksums for what the L4 field held (`field`) and
 /// how the frame leaves (`leaves`); optionally decrements the TTL (the
-/// datapath forwards the packet itself).
+/// datapath forwards the packet itself). A later fragment has no L4
+/// header: only its IPv4 header is rewritten (see `frag`).
 #[inline(always)]
 pub fn rewrite(
     pkt: &Packet,
@@ -56,7 +57,8 @@ pub fn rewrite(
         return Err(Error::Ttl);
     }
     let mut ip_check: u16 = pkt.read(p.l3 + ip::CHECK)?;
-    let l4_before: u16 = pkt.read(p.l4_check)?;
+    let has_l4 = p.has_l4();
+    let l4_before: u16 = if has_l4 { pkt.read(p.l4_check)? } else { 0 };
     let mut l4_check = l4_before;
 
     if new.saddr_be != p.saddr_be {
@@ -69,11 +71,11 @@ pub fn rewrite(
         ip_check = checksum::replace4(ip_check, p.daddr_be, new.daddr_be);
         l4_check = checksum::replace4(l4_check, p.daddr_be, new.daddr_be);
     }
-    if new.sport_be != p.sport_be {
+    if has_l4 && new.sport_be != p.sport_be {
         pkt.write(p.l4 + l4::SPORT, new.sport_be)?;
         l4_check = checksum::replace2(l4_check, p.sport_be, new.sport_be);
     }
-    if new.dport_be != p.dport_be {
+    if has_l4 && new.dport_be != p.dport_be {
         pkt.write(p.l4 + l4::DPORT, new.dport_be)?;
         l4_check = checksum::replace2(l4_check, p.dport_be, new.dport_be);
     }
@@ -85,6 +87,9 @@ pub fn rewrite(
         ip_check = checksum::replace2(ip_check, old_word, new_word);
     }
     pkt.write(p.l3 + ip::CHECK, ip_check)?;
+    if !has_l4 {
+        return Ok(());
+    }
     let l4_check = match field {
         Field::Complete if p.proto == PROTO_UDP => checksum::udp_fixup(l4_before, l4_check),
         Field::Complete => l4_check,

@@ -37,8 +37,10 @@ const ICMP_PORT_UNREACH: u8 = 3;
 const QUOTE_LEN: usize = IPV4_MIN_LEN + 8;
 
 pub fn reject(ctx: &XdpContext, p: &Parsed, device: &DeviceInfo) -> Result<Verdict, Error> {
-    // Only plain 20-byte IP headers are answered; anything else is dropped.
-    if p.l4 != ETH_LEN + IPV4_MIN_LEN {
+    // Only whole datagrams with plain 20-byte IP headers are answered
+    // (the answer is built in place over those offsets); anything else is
+    // dropped.
+    if p.l4 != ETH_LEN + IPV4_MIN_LEN || p.fragment() {
         return Err(Error::RejectUnsupported);
     }
     let partial = answerable(ctx, p, device)?;

@@ -137,6 +137,15 @@ impl<'a> Client<'a> {
         self.ns.run(move || udp_request(to, local, timeout))
     }
 
+    /// Sends one datagram of `len` bytes after a first line (larger than an
+    /// MTU: the client's stack fragments it) and checks that the server
+    /// echoes them after its answer line, which is returned.
+    pub fn udp_echo(&self, addr: impl Into<IpAddr>, port: u16, len: usize) -> io::Result<String> {
+        let to = SocketAddr::new(addr.into(), port);
+        let timeout = self.timeout;
+        self.ns.run(move || udp_echo(to, len, timeout))
+    }
+
     /// [`Client::udp_request`] from a given local address and port.
     pub fn udp_request_from(
         &self,
@@ -372,6 +381,42 @@ pub fn udp_request(to: SocketAddr, local: SocketAddr, timeout: Duration) -> io::
     Ok(String::from_utf8_lossy(&buf[..n])
         .trim_end_matches(['\n', '\r'])
         .to_owned())
+}
+
+/// See [`Client::udp_echo`]; in the calling thread's network namespace.
+pub fn udp_echo(to: SocketAddr, len: usize, timeout: Duration) -> io::Result<String> {
+    let socket = UdpSocket::bind(SocketAddr::new(unspecified_like(to.ip()), 0))?;
+    socket
+        .connect(to)
+        .map_err(|e| context(&e, "udp connect", to))?;
+    socket.set_read_timeout(Some(timeout))?;
+    let payload: Vec<u8> = (0..len).map(|i| (i.wrapping_mul(13) % 251) as u8).collect();
+    let mut datagram = b"echo\n".to_vec();
+    datagram.extend_from_slice(&payload);
+    socket
+        .send(&datagram)
+        .map_err(|e| context(&e, "udp send to", to))?;
+    let mut buf = vec![0u8; 65536];
+    let n = socket
+        .recv(&mut buf)
+        .map_err(|e| context(&e, "udp recv from", to))?;
+    let nl = buf[..n].iter().position(|b| *b == b'\n').ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("udp echo {to}: no answer line"),
+        )
+    })?;
+    if buf[nl + 1..n] != payload[..] {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "udp echo {to}: sent {len} bytes, {} came back{}",
+                n - nl - 1,
+                if n - nl - 1 == len { ", altered" } else { "" }
+            ),
+        ));
+    }
+    Ok(String::from_utf8_lossy(&buf[..nl]).into_owned())
 }
 
 /// See [`Client::ping`]: ICMP echo over a raw socket.

@@ -26,7 +26,7 @@ use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::time::Duration;
 
-use aya::maps::{Array, HashMap, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap};
 use aya::programs::{Program, TestRun as _, TestRunOptions};
 use aya::{Ebpf, EbpfLoader, Pod};
 use etherparse::checksum::Sum16BitWords;
@@ -34,9 +34,9 @@ use etherparse::{
     EtherType, Ethernet2HeaderSlice, Icmpv4Slice, IpNumber, Ipv4Slice, TcpSlice, UdpSlice,
 };
 use nodeport_common::{
-    Backend, BackendKey, Config, CtEntry, Device, DeviceKey, FlowKey, Frontend, FrontendKey,
-    NODE_ADDR_F_NODEPORT, NodeAddr, NodeAddrKey, PROTO_TCP, PROTO_UDP, PortRange, RevNat, Slot,
-    SlotKey, checksum, names, programs, stat,
+    Backend, BackendKey, BackendStats, Config, CtEntry, Device, DeviceKey, FlowKey, Frontend, FrontendKey,
+    NODE_ADDR_F_NODEPORT, NodeAddr, NodeAddrKey, PROTO_TCP, PROTO_UDP, PortRange, RevNat,
+    ServiceStats, Slot, SlotKey, checksum, names, programs, stat,
 };
 
 pub const XDP_DROP: u32 = 1;
@@ -318,20 +318,7 @@ impl Frame {
         );
         let l4 = self.l4_bytes();
         let ihl = 20 + self.ip_options.len();
-        let mut ip = Vec::with_capacity(ihl);
-        ip.push(0x40 | (ihl / 4) as u8);
-        ip.push(0);
-        ip.extend_from_slice(&((ihl + l4.len()) as u16).to_be_bytes());
-        ip.extend_from_slice(&self.ip_id.to_be_bytes());
-        ip.extend_from_slice(&self.frag.to_be_bytes());
-        ip.push(self.ttl);
-        ip.push(self.proto);
-        ip.extend_from_slice(&[0, 0]);
-        ip.extend_from_slice(&self.saddr.octets());
-        ip.extend_from_slice(&self.daddr.octets());
-        ip.extend_from_slice(&self.ip_options);
-        let c = checksum::compute(&ip);
-        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        let ip = self.ipv4_header(ihl + l4.len(), self.frag);
 
         let mut f = Vec::with_capacity(14 + ip.len() + l4.len());
         f.extend_from_slice(&self.dst_mac);
@@ -343,6 +330,54 @@ impl Frame {
             panic!("the frame built does not parse back as {self:?}: {e}\n{f:02x?}");
         }
         f
+    }
+
+    /// The frame's datagram split into IPv4 fragments of at most `chunk`
+    /// bytes of it each (a multiple of 8), in order; the IP options are
+    /// copied into every fragment (as the kernel copies the ones that say
+    /// so). Each fragment's IPv4 header checksum is checked.
+    #[must_use]
+    pub fn fragments(&self, chunk: usize) -> Vec<Vec<u8>> {
+        assert!(chunk.is_multiple_of(8) && chunk > 0, "fragments hold multiples of 8 bytes");
+        let datagram = self.l4_bytes();
+        let ihl = 20 + self.ip_options.len();
+        let pieces: Vec<&[u8]> = datagram.chunks(chunk).collect();
+        pieces
+            .iter()
+            .enumerate()
+            .map(|(i, piece)| {
+                let more = if i + 1 < pieces.len() { 0x2000 } else { 0 };
+                let word = more | ((i * chunk / 8) as u16);
+                let mut f = Vec::with_capacity(14 + ihl + piece.len());
+                f.extend_from_slice(&self.dst_mac);
+                f.extend_from_slice(&self.src_mac);
+                f.extend_from_slice(&0x0800u16.to_be_bytes());
+                f.extend_from_slice(&self.ipv4_header(ihl + piece.len(), word));
+                f.extend_from_slice(piece);
+                assert_ipv4_header_checksum(&f);
+                f
+            })
+            .collect()
+    }
+
+    /// The IPv4 header for `tot_len` bytes with flags and offset `frag`.
+    fn ipv4_header(&self, tot_len: usize, frag: u16) -> Vec<u8> {
+        let ihl = 20 + self.ip_options.len();
+        let mut ip = Vec::with_capacity(ihl);
+        ip.push(0x40 | (ihl / 4) as u8);
+        ip.push(0);
+        ip.extend_from_slice(&(tot_len as u16).to_be_bytes());
+        ip.extend_from_slice(&self.ip_id.to_be_bytes());
+        ip.extend_from_slice(&frag.to_be_bytes());
+        ip.push(self.ttl);
+        ip.push(self.proto);
+        ip.extend_from_slice(&[0, 0]);
+        ip.extend_from_slice(&self.saddr.octets());
+        ip.extend_from_slice(&self.daddr.octets());
+        ip.extend_from_slice(&self.ip_options);
+        let c = checksum::compute(&ip);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        ip
     }
 
     /// Parses `frame` with etherparse and compares every field and checksum
@@ -544,6 +579,67 @@ pub fn assert_checksums(frame: &[u8]) {
     if let Err(e) = parse(frame).and_then(|p| verify(&p)) {
         panic!("{e}: {frame:02x?}");
     }
+}
+
+/// Asserts that the IPv4 header checksum of `frame` (Ethernet first) is
+/// right, as etherparse computes it.
+pub fn assert_ipv4_header_checksum(frame: &[u8]) {
+    let check = || -> Result<(), String> {
+        let eth = Ethernet2HeaderSlice::from_slice(frame).map_err(|e| e.to_string())?;
+        let ip = etherparse::Ipv4HeaderSlice::from_slice(&frame[eth.slice().len()..])
+            .map_err(|e| e.to_string())?;
+        same(
+            "IPv4 header checksum",
+            ip.header_checksum(),
+            ip.to_header().calc_header_checksum(),
+        )
+    };
+    if let Err(e) = check() {
+        panic!("{e}: {frame:02x?}");
+    }
+}
+
+/// Reassembles IPv4 fragment frames (in any order, all of one datagram)
+/// into the whole frame: the first fragment's Ethernet and IPv4 header
+/// (flags and offset cleared, length and checksum made whole) and the
+/// fragments' data by offset. Panics on a gap, an overlap or a bad header
+/// checksum.
+#[must_use]
+pub fn reassemble(frames: &[Vec<u8>]) -> Vec<u8> {
+    let mut parts: Vec<(usize, bool, &[u8], &[u8])> = frames
+        .iter()
+        .map(|f| {
+            assert_ipv4_header_checksum(f);
+            let ihl = usize::from(f[14] & 0x0f) * 4;
+            let tot = usize::from(u16::from_be_bytes([f[16], f[17]]));
+            let word = u16::from_be_bytes([f[20], f[21]]);
+            (
+                usize::from(word & 0x1fff) * 8,
+                word & 0x2000 != 0,
+                &f[..14 + ihl],
+                &f[14 + ihl..14 + tot],
+            )
+        })
+        .collect();
+    parts.sort_by_key(|p| p.0);
+    let mut data = Vec::new();
+    for (offset, _, _, piece) in &parts {
+        assert_eq!(*offset, data.len(), "fragments leave a gap or overlap: {frames:02x?}");
+        data.extend_from_slice(piece);
+    }
+    assert!(
+        parts.last().is_some_and(|p| !p.1),
+        "the last fragment has more-fragments set"
+    );
+    let mut head = parts[0].2.to_vec();
+    let ihl = head.len() - 14;
+    head[16..18].copy_from_slice(&((ihl + data.len()) as u16).to_be_bytes());
+    head[20..22].copy_from_slice(&[0, 0]);
+    head[24..26].copy_from_slice(&[0, 0]);
+    let c = checksum::compute(&head[14..]);
+    head[24..26].copy_from_slice(&c.to_be_bytes());
+    head.extend_from_slice(&data);
+    head
 }
 
 /// Asserts that the L4 checksum field of `frame` holds the partial seed for
@@ -942,6 +1038,33 @@ impl Datapath {
             .map(|(i, n)| (*n, self.counter(i as u32).unwrap_or_else(|e| panic!("{e}"))))
             .filter(|(_, v)| *v > 0)
             .collect()
+    }
+
+    /// The counters of service `service_id`, summed over CPUs (zero when
+    /// the datapath made none).
+    #[must_use]
+    pub fn service_stats(&self, service_id: u32) -> ServiceStats {
+        let map: PerCpuHashMap<_, u32, ServiceStats> = PerCpuHashMap::try_from(
+            self.ebpf.map(names::SERVICE_STATS).expect("a service_stats map"),
+        )
+        .expect("service_stats is a per-CPU hash map");
+        map.get(&service_id, 0).map_or_else(
+            |_| ServiceStats::default(),
+            |per_cpu| per_cpu.iter().fold(ServiceStats::default(), |a, s| a.plus(s)),
+        )
+    }
+
+    /// The counters of backend `backend_id`, summed over CPUs.
+    #[must_use]
+    pub fn backend_stats(&self, backend_id: u32) -> BackendStats {
+        let map: PerCpuHashMap<_, u32, BackendStats> = PerCpuHashMap::try_from(
+            self.ebpf.map(names::BACKEND_STATS).expect("a backend_stats map"),
+        )
+        .expect("backend_stats is a per-CPU hash map");
+        map.get(&backend_id, 0).map_or_else(
+            |_| BackendStats::default(),
+            |per_cpu| per_cpu.iter().fold(BackendStats::default(), |a, s| a.plus(s)),
+        )
     }
 
     /// Every conntrack entry.

@@ -11,7 +11,9 @@
 //! client address it saw, and which port the traffic arrived on. TCP writes
 //! the line without reading first and then closes; a `--tcp-echo` port
 //! instead echoes everything after the line until the client's EOF. UDP
-//! sends the line to the datagram's sender.
+//! sends the line to the datagram's sender, followed by whatever the
+//! datagram carried after its first newline (an echo, for datagrams larger
+//! than one frame).
 //!
 //! Prints `ready` on stdout once every socket is bound, and logs one line per
 //! request on stderr.
@@ -192,9 +194,13 @@ fn serve_udp(name: &str, socket: &UdpSocket) {
     let mut buf = vec![0u8; 65536];
     loop {
         match socket.recv_from(&mut buf) {
-            Ok((_, peer)) => {
-                eprintln!("{name}: udp {peer} -> :{local_port}");
-                if let Err(e) = socket.send_to(answer(name, peer, local_port).as_bytes(), peer) {
+            Ok((n, peer)) => {
+                eprintln!("{name}: udp {peer} -> :{local_port} ({n} bytes)");
+                let mut reply = answer(name, peer, local_port).into_bytes();
+                if let Some(nl) = buf[..n].iter().position(|b| *b == b'\n') {
+                    reply.extend_from_slice(&buf[nl + 1..n]);
+                }
+                if let Err(e) = socket.send_to(&reply, peer) {
                     eprintln!("{name}: udp reply to {peer}: {e}");
                 }
             }
