@@ -99,6 +99,12 @@ pub struct RunArgs {
     /// Needs socket load balancing's cgroup (--cgroup-root).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
     pub node_port_bind_protection: bool,
+    /// Count packets, bytes, new flows and drops per Service port and per
+    /// endpoint in the datapath and export them as metrics
+    /// (nodeport_service_*, nodeport_backend_*); false: the datapath keeps
+    /// no such counters.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
+    pub service_counters: bool,
     /// Where the node's sysctls are: a container without a writable
     /// /proc/sys mounts the host's /proc/sys/net elsewhere, e.g. at
     /// /host/proc/sys/net with --sysctl-dir=/host/proc/sys.

@@ -68,6 +68,11 @@ pub fn inspect(args: &InspectArgs) -> Result<()> {
             "backend_count",
             "flags",
             "affinity_timeout_s",
+            "packets",
+            "bytes",
+            "new_flows",
+            "rejected",
+            "drops",
             "backends",
         ],
         InspectWhat::Backends => &["backend_id", "address", "flags"],
@@ -88,8 +93,12 @@ pub fn inspect(args: &InspectArgs) -> Result<()> {
     Ok(())
 }
 
+/// Every frontend with its backends and its counters (`service_stats`,
+/// summed over CPUs; drops of every reason added up in `drops`, by reason
+/// in JSON).
 fn services(maps: &BpfMaps) -> Result<serde_json::Value> {
     let state = maps.read_state()?;
+    let counters = maps.service_stats()?;
     let mut rows = Vec::new();
     for (key, fe) in &state.frontends {
         let frontend = if key.addr_be == 0 {
@@ -114,6 +123,7 @@ fn services(maps: &BpfMaps) -> Result<serde_json::Value> {
                 Some(format!("{}:{}", ip(b.addr_be), u16::from_be(b.port_be)))
             })
             .collect();
+        let st = counters.get(&fe.service_id).copied().unwrap_or_default();
         rows.push(json!({
             "frontend": frontend,
             "service_id": fe.service_id,
@@ -124,6 +134,20 @@ fn services(maps: &BpfMaps) -> Result<serde_json::Value> {
                 (FRONTEND_F_DROP_EMPTY, "drop-empty"),
             ]).join(","),
             "affinity_timeout_s": fe.affinity_timeout_s,
+            "packets": st.packets,
+            "bytes": st.bytes,
+            "new_flows": st.new_flows,
+            "rejected": st.rejected,
+            "drops": st.drop_no_local_backend
+                + st.drop_source_range
+                + st.drop_snat_exhausted
+                + st.drop_other,
+            "drops_by_reason": {
+                "no_local_backend": st.drop_no_local_backend,
+                "source_range": st.drop_source_range,
+                "snat_exhausted": st.drop_snat_exhausted,
+                "other": st.drop_other,
+            },
             "backends": backends.join(" "),
         }));
     }

@@ -7,6 +7,7 @@
 pub mod attached;
 pub mod cli;
 pub mod config;
+pub mod counters;
 pub mod desired;
 pub mod devices;
 pub mod explain;

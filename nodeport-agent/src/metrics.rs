@@ -23,6 +23,14 @@
 //! | `nodeport_manifests_rejected` | gauge | documents and files the last read of the manifests directory rejected (their last good version, if any, is still served) |
 //! | `nodeport_health_check_servers` | gauge | healthCheckNodePort servers listening |
 //! | `nodeport_datapath_packets_total{reason}` | counter | the datapath's `stats` map, summed over CPUs |
+//! | `nodeport_service_packets_total{namespace,name,port,protocol}` | counter | packets the datapath received for a Service port (all its frontends), summed over CPUs |
+//! | `nodeport_service_bytes_total{namespace,name,port,protocol}` | counter | their IPv4 bytes |
+//! | `nodeport_service_new_flows_total{namespace,name,port,protocol}` | counter | flows given a backend |
+//! | `nodeport_service_rejected_total{namespace,name,port,protocol}` | counter | packets answered with a reject (no endpoints) |
+//! | `nodeport_service_drops_total{namespace,name,port,protocol,reason}` | counter | packets dropped: `no_local_backend`, `source_range`, `snat_exhausted`, `other` |
+//! | `nodeport_backend_packets_total{backend}` | counter | packets sent to an endpoint (address:port) |
+//! | `nodeport_backend_bytes_total{backend}` | counter | their IPv4 bytes |
+//! | `nodeport_backend_new_flows_total{backend}` | counter | flows given that endpoint |
 //! | `nodeport_xdp_transmitted_total{device}` | counter | frames the datapath sent back out that the kernel transmitted (native mode) |
 //! | `nodeport_xdp_transmit_failures_total{device}` | counter | frames the datapath sent back out that the kernel dropped |
 //! | `nodeport_xdp_mode{device,mode}` | gauge | 1 for the XDP mode each device is attached in |
@@ -60,6 +68,9 @@ use crate::http::{Handler, Request, Response};
 /// Reads the datapath counters (name, packets) at scrape time.
 pub type StatsReader =
     Box<dyn Fn() -> Result<Vec<(&'static str, u64)>, crate::maps::MapError> + Send + Sync>;
+/// Reads the named per-service and per-backend counters at scrape time.
+pub type CountersReader =
+    Box<dyn Fn() -> Result<crate::counters::Counters, crate::maps::MapError> + Send + Sync>;
 /// Reads per-device transmits and SNAT pool use at scrape time.
 pub type FiguresReader =
     Box<dyn Fn() -> Result<crate::figures::Figures, crate::maps::MapError> + Send + Sync>;
@@ -367,6 +378,16 @@ impl Metrics {
             .unwrap_or_else(PoisonError::into_inner) = Some(reader);
     }
 
+    /// Where the per-service and per-backend counters come from (none:
+    /// they are not exported).
+    pub fn set_counters_reader(&self, reader: CountersReader) {
+        *self
+            .datapath
+            .counters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(reader);
+    }
+
     /// Where per-device transmits and SNAT pool use come from.
     pub fn set_figures_reader(&self, reader: FiguresReader) {
         *self
@@ -499,8 +520,10 @@ impl Metrics {
 struct DatapathCollector {
     stats: Mutex<Option<StatsReader>>,
     figures: Mutex<Option<FiguresReader>>,
+    counters: Mutex<Option<CountersReader>>,
     stats_failing: AtomicBool,
     figures_failing: AtomicBool,
+    counters_failing: AtomicBool,
 }
 
 impl fmt::Debug for DatapathCollector {
@@ -573,6 +596,105 @@ impl EncodeSample for Level {
     }
 }
 
+/// The labels of a Service port's counters.
+fn service_labels(l: &crate::counters::ServiceLabel) -> [(&'static str, &str); 4] {
+    [
+        ("namespace", &l.namespace),
+        ("name", &l.name),
+        ("port", &l.port),
+        ("protocol", &l.protocol),
+    ]
+}
+
+/// The per-service and per-backend counter families.
+fn encode_counters(
+    encoder: &mut DescriptorEncoder,
+    c: &crate::counters::Counters,
+) -> Result<(), fmt::Error> {
+    type Field = fn(&nodeport_common::ServiceStats) -> u64;
+    type BackendField = fn(&nodeport_common::BackendStats) -> u64;
+    let service: [(&str, &str, Field); 4] = [
+        (
+            "nodeport_service_packets",
+            "Packets the datapath received for a Service port.",
+            |s| s.packets,
+        ),
+        (
+            "nodeport_service_bytes",
+            "IPv4 bytes the datapath received for a Service port.",
+            |s| s.bytes,
+        ),
+        (
+            "nodeport_service_new_flows",
+            "Flows of a Service port given a backend.",
+            |s| s.new_flows,
+        ),
+        (
+            "nodeport_service_rejected",
+            "Packets to a Service port answered with a reject (no endpoints).",
+            |s| s.rejected,
+        ),
+    ];
+    for (name, help, field) in service {
+        family(
+            encoder,
+            name,
+            help,
+            MetricType::Counter,
+            c.services
+                .iter()
+                .map(|(l, s)| (service_labels(l), Count(field(s)))),
+        )?;
+    }
+    let drops: [(&str, Field); 4] = [
+        ("no_local_backend", |s| s.drop_no_local_backend),
+        ("source_range", |s| s.drop_source_range),
+        ("snat_exhausted", |s| s.drop_snat_exhausted),
+        ("other", |s| s.drop_other),
+    ];
+    family(
+        encoder,
+        "nodeport_service_drops",
+        "Packets to a Service port the datapath dropped, by reason.",
+        MetricType::Counter,
+        c.services.iter().flat_map(|(l, s)| {
+            drops.iter().map(move |(reason, field)| {
+                let [a, b, c, d] = service_labels(l);
+                ([a, b, c, d, ("reason", *reason)], Count(field(s)))
+            })
+        }),
+    )?;
+    let backend: [(&str, &str, BackendField); 3] = [
+        (
+            "nodeport_backend_packets",
+            "Packets the datapath sent to an endpoint.",
+            |s| s.packets,
+        ),
+        (
+            "nodeport_backend_bytes",
+            "IPv4 bytes the datapath sent to an endpoint.",
+            |s| s.bytes,
+        ),
+        (
+            "nodeport_backend_new_flows",
+            "Flows given an endpoint.",
+            |s| s.new_flows,
+        ),
+    ];
+    for (name, help, field) in backend {
+        family(
+            encoder,
+            name,
+            help,
+            MetricType::Counter,
+            c.backends
+                .iter()
+                .map(|(a, s)| ([("backend", a.to_string())], Count(field(s)))),
+        )?;
+    }
+    Ok(())
+}
+
 impl Collector for DatapathCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         let stats = {
@@ -591,6 +713,14 @@ impl Collector for DatapathCollector {
                 .into_iter()
                 .map(|(reason, n)| ([("reason", reason)], Count(n))),
         )?;
+
+        let counters = {
+            let reader = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
+            reader.as_ref().map(|read| read())
+        };
+        if let Some(c) = counters.and_then(|c| report(c, &self.counters_failing, "counters")) {
+            encode_counters(&mut encoder, &c)?;
+        }
 
         let figures = {
             let reader = self.figures.lock().unwrap_or_else(PoisonError::into_inner);

@@ -29,7 +29,8 @@
 //! missing. A purge that failed is retried by the next `apply`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
 
 use nodeport_common::{
     Backend, BackendKey, Frontend, FrontendKey, NODE_ADDR_F_NODEPORT, NodeAddr, NodeAddrKey,
@@ -37,6 +38,7 @@ use nodeport_common::{
 };
 
 use crate::desired::{Desired, DesiredFrontend, ServicePortRef, describe_frontend};
+use crate::counters::{CounterNames, ServiceLabel};
 use crate::ids::Ids;
 use crate::maps::{
     Backends, Frontends, MapError, MapState, MapWriter, NodeAddrs, Slots, SourceRanges, Table,
@@ -126,6 +128,12 @@ pub struct Reconciler {
     pending_purge: BTreeSet<u32>,
     /// (service id, backend id) pairs whose UDP flows are still to be purged.
     pending_udp_purge: BTreeSet<(u32, u32)>,
+    /// What each service id and backend id with counters stands for (shared
+    /// with the metrics: clones of the reconciler share it too).
+    names: CounterNames,
+    /// Freed (service ids, backend ids) whose counters are still to be
+    /// deleted.
+    pending_forget: (BTreeSet<u32>, BTreeSet<u32>),
 }
 
 /// The map entries one apply touches, with ids assigned: what each must
@@ -285,6 +293,8 @@ impl Reconciler {
             owners: BTreeMap::new(),
             pending_purge: BTreeSet::new(),
             pending_udp_purge: BTreeSet::new(),
+            names: CounterNames::default(),
+            pending_forget: (BTreeSet::new(), BTreeSet::new()),
         }
     }
 
@@ -293,10 +303,14 @@ impl Reconciler {
     pub fn resync(&mut self, maps: &dyn MapWriter) -> Result<(), MapError> {
         let owners = std::mem::take(&mut self.owners);
         let pending = std::mem::take(&mut self.pending_purge);
+        let forget = std::mem::take(&mut self.pending_forget);
+        let names = self.names.clone();
         let (next_backend, next_service) = (self.backend_ids.next(), self.service_ids.next());
         *self = Self::adopt(maps.read_state()?);
         self.owners = owners;
         self.pending_purge = pending;
+        self.pending_forget = forget;
+        self.names = names;
         self.backend_ids.advance_to(next_backend);
         self.service_ids.advance_to(next_service);
         Ok(())
@@ -306,6 +320,12 @@ impl Reconciler {
     #[must_use]
     pub fn state(&self) -> &MapState {
         &self.current
+    }
+
+    /// What the ids with counters stand for, kept current by every apply.
+    #[must_use]
+    pub fn counter_names(&self) -> CounterNames {
+        self.names.clone()
     }
 
     /// The service id of a frontend, if it has one.
@@ -384,6 +404,7 @@ impl Reconciler {
             self.pending_udp_purge.clear();
         }
 
+        self.name_counters(&plan, full, w)?;
         // Everything is written: forget ids and owners of what is gone.
         for k in plan.frontends.keys() {
             if !self.current.frontends.contains_key(k) {
@@ -403,6 +424,71 @@ impl Reconciler {
             });
         }
         Ok(report)
+    }
+
+    /// Names the counters of the frontends and backends `plan` touched, and
+    /// deletes those of the ones that went (with `full`, of every id that
+    /// names nothing).
+    fn name_counters(
+        &mut self,
+        plan: &Plan,
+        full: bool,
+        w: &mut dyn MapWriter,
+    ) -> Result<(), ReconcileError> {
+        for k in plan.frontends.keys() {
+            match (self.current.frontends.get(k), self.owners.get(k)) {
+                (Some(fe), Some(owner)) => self.names.set_service(
+                    fe.service_id,
+                    Some(ServiceLabel {
+                        namespace: Arc::clone(&owner.service.namespace),
+                        name: Arc::clone(&owner.service.name),
+                        port: owner.port_name.clone(),
+                        protocol: crate::desired::proto_name(k.proto),
+                    }),
+                ),
+                (None, _) => {
+                    if let Some(id) = self.service_ids.get(k) {
+                        self.names.set_service(id, None);
+                        self.pending_forget.0.insert(id);
+                    }
+                }
+                (Some(_), None) => {}
+            }
+        }
+        for k in plan.backends.keys() {
+            if let Some(b) = self.current.backends.get(k) {
+                let (addr, port) = backend_addr(*b);
+                self.names
+                    .set_backend(k.backend_id, Some(SocketAddrV4::new(addr, port)));
+            } else {
+                self.names.set_backend(k.backend_id, None);
+                self.pending_forget.1.insert(k.backend_id);
+            }
+        }
+        if full {
+            let services: BTreeSet<u32> =
+                self.current.frontends.values().map(|f| f.service_id).collect();
+            let backends = &self.current.backends;
+            let held = |id: u32| backends.contains_key(&BackendKey { backend_id: id });
+            let (s, b) = w
+                .counter_ids()
+                .map_err(err(|| String::from("counters of services and backends")))?;
+            self.pending_forget
+                .0
+                .extend(s.into_iter().filter(|id| !services.contains(id)));
+            self.pending_forget
+                .1
+                .extend(b.into_iter().filter(|id| !held(*id)));
+            self.names.retain(|id| services.contains(&id), held);
+        }
+        if !self.pending_forget.0.is_empty() || !self.pending_forget.1.is_empty() {
+            let (s, b) = &self.pending_forget;
+            let object = || format!("counters of removed service ids {s:?} and backend ids {b:?}");
+            w.forget_counters(s, b).map_err(err(object))?;
+            self.pending_forget.0.clear();
+            self.pending_forget.1.clear();
+        }
+        Ok(())
     }
 
     /// Carries out the writes of one table in order, keeping the view of
@@ -1222,6 +1308,44 @@ mod tests {
         assert_eq!(report.changed_services, BTreeSet::from([web_key()]));
         assert_eq!(report.purged_flows, 1);
         assert_eq!(m.flows_to(3), 1, "api's flows stay");
+    }
+
+    #[test]
+    fn counters_are_named_while_their_ids_serve_and_deleted_with_them() {
+        let mut m = MemoryMaps::new();
+        let mut r = Reconciler::default();
+        run(&mut r, &web_and_api(&[be(1, 5), be(2, 5)], &[be(2, 9)]), &mut m);
+        let web_np = r.service_id(&np(30080)).expect("web's id");
+        let api_backend = r.backend_id(be(2, 9).addr, be(2, 9).port).expect("api's backend");
+        let stats = |ids: &[u32]| {
+            ids.iter()
+                .map(|id| (*id, nodeport_common::ServiceStats { packets: 1, ..Default::default() }))
+                .collect::<BTreeMap<_, _>>()
+        };
+        let all_services: Vec<u32> = r.state().frontends.values().map(|f| f.service_id).collect();
+        let all_backends: Vec<u32> = r.state().backends.keys().map(|k| k.backend_id).collect();
+        let named = crate::counters::label(&r.counter_names(), &stats(&all_services), &BTreeMap::new());
+        let ports: Vec<String> = named.services.iter().map(|(l, _)| l.name.to_string()).collect();
+        assert_eq!(ports.len(), 2, "web and api, each one port: {named:?}");
+        assert!(named.services.iter().all(|(_, s)| s.packets >= 1));
+        m.counters = (all_services.iter().copied().collect(), all_backends.iter().copied().collect());
+
+        // web goes, and with it its two frontends' and its backends' counters.
+        let mut d = web_and_api(&[], &[be(2, 9)]);
+        d.frontends.remove(&np(30080));
+        d.frontends.remove(&cip(10, 80));
+        run(&mut r, &d, &mut m);
+        assert!(!m.counters.0.contains(&web_np), "web's counters deleted: {:?}", m.counters);
+        assert_eq!(m.counters.0.len(), all_services.len() - 2, "{:?}", m.counters);
+        assert_eq!(m.counters.1, BTreeSet::from([api_backend]), "api's backend keeps its counters");
+        let named = crate::counters::label(&r.counter_names(), &stats(&all_services), &BTreeMap::new());
+        assert!(named.services.iter().all(|(l, _)| &*l.name != "web"), "{named:?}");
+
+        // A full sync also deletes counters of ids that name nothing.
+        m.counters.0.insert(999);
+        m.counters.1.insert(998);
+        run(&mut r, &d, &mut m);
+        assert!(!m.counters.0.contains(&999) && !m.counters.1.contains(&998));
     }
 
     #[test]

@@ -174,17 +174,30 @@ fn open_source(
 
 /// `/healthz` and `/livez` on `--healthz-bind-address`, `/metrics` on
 /// `--metrics-bind-address` (with the datapath counters of the maps pinned
-/// under `root`, read on the runtime's blocking pool), both on `runtime`.
+/// under `root`, read on the runtime's blocking pool, and the per-service
+/// counters named by `names` unless they are off), both on `runtime`.
 /// They serve until the returned servers are dropped.
 fn serve_health_and_metrics(
     args: &RunArgs,
     health: &Arc<ProxyHealth>,
     metrics: &Arc<Metrics>,
     root: &std::path::Path,
+    names: Option<crate::counters::CounterNames>,
     runtime: &tokio::runtime::Handle,
 ) -> Result<[Server; 2]> {
     let stats = Arc::new(std::sync::Mutex::new(BpfMaps::open(root)?));
     let figures = Arc::clone(&stats);
+    if let Some(names) = names {
+        let maps = Arc::clone(&stats);
+        metrics.set_counters_reader(Box::new(move || {
+            crate::counters::read(
+                &maps
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+                &names,
+            )
+        }));
+    }
     metrics.set_stats_reader(Box::new(move || {
         stats
             .lock()
@@ -213,6 +226,7 @@ fn serve_health_and_metrics(
     Ok([healthz, metrics])
 }
 
+#[allow(clippy::too_many_lines, reason = "the agent's start-up steps in order, read top to bottom")]
 pub fn run(args: &RunArgs) -> Result<()> {
     let node = node_name(args)?;
     // Dropped last: the servers and the watchers on it stop with it.
@@ -236,6 +250,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let mut datapath = Datapath::load(&args.bpffs, MapSizes::default())?;
     let mut maps = BpfMaps::open(datapath.root())?;
     configure_snat(args, &mut maps)?;
+    configure_counters(args, &mut maps)?;
     for iface in &ifaces {
         enable_forwarding(&Sysctls::new(&args.sysctl_dir), iface);
     }
@@ -256,8 +271,17 @@ pub fn run(args: &RunArgs) -> Result<()> {
         );
     }
     let pipeline = Pipeline::new(&node, Reconciler::adopt(maps.read_state()?));
-    let _servers =
-        serve_health_and_metrics(args, &health, &metrics, datapath.root(), runtime.handle())?;
+    let names = args
+        .service_counters
+        .then(|| pipeline.reconciler().counter_names());
+    let _servers = serve_health_and_metrics(
+        args,
+        &health,
+        &metrics,
+        datapath.root(),
+        names,
+        runtime.handle(),
+    )?;
     info!(
         node = %node,
         source = %source.describe(),
@@ -552,6 +576,19 @@ fn socket_lb_cgroup(args: &RunArgs) -> Option<std::path::PathBuf> {
 }
 
 /// Writes the SNAT port pool into the datapath's settings: `--snat-port-range`
+/// Turns the datapath's per-service and per-backend counters on or off
+/// (`--service-counters`).
+fn configure_counters(args: &RunArgs, maps: &mut BpfMaps) -> Result<()> {
+    let mut config = maps.config()?;
+    if args.service_counters {
+        config.flags &= !nodeport_common::CONFIG_F_NO_SERVICE_COUNTERS;
+    } else {
+        config.flags |= nodeport_common::CONFIG_F_NO_SERVICE_COUNTERS;
+    }
+    maps.put_config(config)?;
+    Ok(())
+}
+
 /// or the default around the NodePort and ephemeral ranges, reserved from
 /// the host's own ephemeral use (`snat_pool`).
 fn configure_snat(args: &RunArgs, maps: &mut BpfMaps) -> Result<()> {

@@ -80,6 +80,7 @@ fn backend_of(server: &str) -> String {
 /// is no Service's passes untouched, a Service without endpoints is
 /// rejected, as predicted.
 #[test]
+#[allow(clippy::too_many_lines, reason = "one cluster, every kind of prediction")]
 fn explain_predicts_what_a_real_packet_then_gets() {
     let c = cluster();
     let svc = ServiceBuilder::node_port("explained")
@@ -116,7 +117,10 @@ fn explain_predicts_what_a_real_packet_then_gets() {
         let from = SocketAddr::new(CLIENT_ADDR.into(), port);
         let e = explain(&c, proto, from, to);
         assert_eq!(e["flow"], "new", "{e}");
-        assert_eq!(e["frontend"], format!("nodePort {NODE_PORT}/{}", proto.to_uppercase()));
+        assert_eq!(
+            e["frontend"],
+            format!("nodePort {NODE_PORT}/{}", proto.to_uppercase())
+        );
         let backend = e["backend"].as_str().expect("a backend").to_owned();
         let line = match proto {
             "tcp" => c.client().tcp_request_from(from, node_addr(1), NODE_PORT),
@@ -136,7 +140,11 @@ fn explain_predicts_what_a_real_packet_then_gets() {
             ("forward_remote", node_addr(1).into())
         };
         assert_eq!(e["counter"], counter, "{e}");
-        assert_eq!(a.peer.ip(), source, "the source the pod saw, as explained: {e}");
+        assert_eq!(
+            a.peer.ip(),
+            source,
+            "the source the pod saw, as explained: {e}"
+        );
         counters.insert(counter);
         if proto == "udp" {
             let again = explain(&c, proto, from, to);
@@ -144,7 +152,11 @@ fn explain_predicts_what_a_real_packet_then_gets() {
             assert_eq!(again["backend"], backend.as_str(), "{again}");
         }
     }
-    assert_eq!(counters.len(), 2, "both a local and a remote backend were explained");
+    assert_eq!(
+        counters.len(),
+        2,
+        "both a local and a remote backend were explained"
+    );
 
     // ClientIP affinity: after a first connection, every tuple of the
     // client is held to its backend.
@@ -178,7 +190,12 @@ fn explain_predicts_what_a_real_packet_then_gets() {
     assert!(e["frontend"].is_null(), "{e}");
 
     let empty_to = SocketAddr::new(node_addr(1).into(), EMPTY_NODE_PORT);
-    let e = explain(&c, "tcp", SocketAddr::new(CLIENT_ADDR.into(), 41_101), empty_to);
+    let e = explain(
+        &c,
+        "tcp",
+        SocketAddr::new(CLIENT_ADDR.into(), 41_101),
+        empty_to,
+    );
     assert_eq!(e["counter"], "reject_no_backend", "{e}");
     assert!(
         c.client()
@@ -186,4 +203,132 @@ fn explain_predicts_what_a_real_packet_then_gets() {
             .is_refused(),
         "the rejection explain predicted"
     );
+}
+
+const COUNTED_NODE_PORT: u16 = 31_703;
+
+/// The per-Service-port and per-endpoint metrics move by exactly the
+/// packets sent: ten UDP datagrams from ten client ports are ten packets
+/// and ten new flows of the Service port, and each endpoint's packets are
+/// the datagrams its pod answered; a SYN to a Service without endpoints is
+/// one rejected packet.
+#[test]
+#[allow(clippy::too_many_lines, reason = "one cluster, every counter")]
+#[allow(clippy::float_cmp, reason = "the samples are whole counts")]
+fn service_and_backend_counters_move_by_the_packets_sent() {
+    let c = cluster();
+    let svc = ServiceBuilder::node_port("counted").udp("udp", 80, POD_PORT, COUNTED_NODE_PORT);
+    let empty = ServiceBuilder::node_port("empty").tcp("tcp", 80, POD_PORT, EMPTY_NODE_PORT);
+    c.manifests().write(
+        "counted.yaml",
+        &to_yaml(&[
+            &svc,
+            &svc.slice("x1").pods(&[(1, 1, true), (2, 1, true)]),
+            &empty,
+            &empty.slice("x1").pods(&[]),
+        ]),
+    );
+    let agent1 = c.start_agent(1, c.manifests().dir());
+    let agent2 = c.start_agent(2, c.manifests().dir());
+    agent1.wait_ready();
+    agent2.wait_ready();
+    eventually(Duration::from_secs(5), || {
+        c.client()
+            .udp_request(node_addr(1), COUNTED_NODE_PORT, None)
+            .ok()
+    })
+    .expect("the NodePort answers");
+
+    let labels = "namespace=\"default\",name=\"counted\",port=\"udp\",protocol=\"UDP\"";
+    let service = |what: &str| {
+        agent1
+            .metric(&format!("nodeport_service_{what}_total{{{labels}}}"))
+            .unwrap_or_else(|| panic!("nodeport_service_{what}_total of the counted Service"))
+    };
+    let backend = |node: usize| {
+        let addr = pod_addr(node, 1);
+        agent1
+            .metric(&format!(
+                "nodeport_backend_packets_total{{backend=\"{addr}:{POD_PORT}\"}}"
+            ))
+            .unwrap_or(0.0)
+    };
+    let (packets, flows) = (service("packets"), service("new_flows"));
+    let (to1, to2) = (backend(1), backend(2));
+    let mut answered = [0.0, 0.0];
+    for port in 42_000u16..42_010 {
+        let from = SocketAddr::new(CLIENT_ADDR.into(), port);
+        let line = c
+            .client()
+            .udp_request_from(from, node_addr(1), COUNTED_NODE_PORT)
+            .unwrap_or_else(|e| panic!("udp from {from}: {e}"));
+        let a: Answer = line.parse().expect("an answer");
+        answered[usize::from(a.server != pod_name(1, 1))] += 1.0;
+    }
+    assert_eq!(service("packets"), packets + 10.0, "ten datagrams");
+    assert_eq!(
+        service("new_flows"),
+        flows + 10.0,
+        "ten client ports, ten flows"
+    );
+    assert_eq!(
+        (backend(1) - to1, backend(2) - to2),
+        (answered[0], answered[1]),
+        "each endpoint counts the datagrams its pod answered"
+    );
+    assert!(
+        agent1
+            .metric(&format!(
+                "nodeport_service_drops_total{{{labels},reason=\"other\"}}"
+            ))
+            .is_some(),
+        "the drop reasons are listed"
+    );
+
+    // `inspect services` shows the NodePort frontend's own counters.
+    let out = c.agent_cli(
+        1,
+        &[
+            "inspect",
+            "services",
+            "--bpffs",
+            &c.node_bpffs(1).to_string_lossy(),
+            "-o",
+            "json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "inspect: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Value = serde_json::from_slice(&out.stdout).expect("inspect prints JSON");
+    let row = rows
+        .as_array()
+        .and_then(|r| {
+            r.iter()
+                .find(|r| r["frontend"] == format!("*:{COUNTED_NODE_PORT}/UDP"))
+        })
+        .unwrap_or_else(|| panic!("the counted NodePort in {rows}"));
+    assert!(
+        row["packets"].as_u64() >= Some(10) && row["new_flows"].as_u64() >= Some(10),
+        "inspect services counts the datagrams: {row}"
+    );
+
+    let empty_labels = "namespace=\"default\",name=\"empty\",port=\"tcp\",protocol=\"TCP\"";
+    let rejected = || {
+        agent1
+            .metric(&format!(
+                "nodeport_service_rejected_total{{{empty_labels}}}"
+            ))
+            .unwrap_or(0.0)
+    };
+    let before = rejected();
+    assert!(
+        c.client()
+            .tcp_request(node_addr(1), EMPTY_NODE_PORT)
+            .is_err(),
+        "a Service without endpoints refuses"
+    );
+    assert_eq!(rejected(), before + 1.0, "one SYN, one reject");
 }

@@ -2,7 +2,7 @@
 //! uses. Maps are opened by their pin paths, so the agent and the CLI see
 //! exactly the same objects.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::{AsFd as _, AsRawFd as _};
 use std::path::Path;
 
@@ -11,9 +11,9 @@ use aya::maps::{
     Array, HashMap, IterableMap as _, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues,
 };
 use nodeport_common::{
-    Affinity, AffinityKey, Backend, BackendKey, Config, CtEntry, Device, DeviceKey, DeviceTx,
-    FlowKey, Frontend, FrontendKey, NodeAddr, NodeAddrKey, RevNat, Slot, SlotKey, SourceRange,
-    SourceRangeData, SourceRangeKey, names, stat,
+    Affinity, AffinityKey, Backend, BackendKey, BackendStats, Config, CtEntry, Device, DeviceKey,
+    DeviceTx, FlowKey, Frontend, FrontendKey, NodeAddr, NodeAddrKey, RevNat, ServiceStats, Slot,
+    SlotKey, SourceRange, SourceRangeData, SourceRangeKey, names, stat,
 };
 
 use super::{
@@ -83,6 +83,8 @@ pub struct BpfMaps {
     config: Array<MapData, Config>,
     device_tx: PerCpuHashMap<MapData, DeviceKey, DeviceTx>,
     source_ranges: LpmTrie<MapData, SourceRangeData, SourceRange>,
+    service_stats: PerCpuHashMap<MapData, u32, ServiceStats>,
+    backend_stats: PerCpuHashMap<MapData, u32, BackendStats>,
     /// Whether the kernel takes runs of puts in one `BPF_MAP_UPDATE_BATCH`
     /// (Linux 5.6 and later); cleared the first time it does not.
     batch_puts: bool,
@@ -106,6 +108,8 @@ impl BpfMaps {
             config: open_map(root, names::CONFIG)?,
             device_tx: open_map(root, names::DEVICE_TX)?,
             source_ranges: open_map(root, names::SOURCE_RANGES)?,
+            service_stats: open_map(root, names::SERVICE_STATS)?,
+            backend_stats: open_map(root, names::BACKEND_STATS)?,
             batch_puts: true,
             batched: 0,
         })
@@ -281,6 +285,28 @@ impl BpfMaps {
             Err(e) if absent(&e) => Ok(false),
             Err(e) => Err(err(names::SOURCE_RANGES, "lookup", (service_id, addr_be))(e)),
         }
+    }
+
+    /// Every service frontend's counters (by service id), summed over CPUs.
+    pub fn service_stats(&self) -> Result<BTreeMap<u32, ServiceStats>, MapError> {
+        let mut out = BTreeMap::new();
+        for item in &self.service_stats {
+            let (id, values) = item.map_err(err(names::SERVICE_STATS, "iterate", ()))?;
+            let sum = values.iter().fold(ServiceStats::default(), |a, v| a.plus(v));
+            out.insert(id, sum);
+        }
+        Ok(out)
+    }
+
+    /// Every backend's counters (by backend id), summed over CPUs.
+    pub fn backend_stats(&self) -> Result<BTreeMap<u32, BackendStats>, MapError> {
+        let mut out = BTreeMap::new();
+        for item in &self.backend_stats {
+            let (id, values) = item.map_err(err(names::BACKEND_STATS, "iterate", ()))?;
+            let sum = values.iter().fold(BackendStats::default(), |a, v| a.plus(v));
+            out.insert(id, sum);
+        }
+        Ok(out)
     }
 
     /// The counters summed over CPUs, by name.
@@ -563,5 +589,39 @@ impl MapWriter for BpfMaps {
                 .collect::<Result<_, _>>()
                 .map_err(err(names::SOURCE_RANGES, "iterate", ()))?,
         })
+    }
+
+    fn forget_counters(
+        &mut self,
+        service_ids: &BTreeSet<u32>,
+        backend_ids: &BTreeSet<u32>,
+    ) -> Result<(), MapError> {
+        for id in service_ids {
+            match self.service_stats.remove(id) {
+                Err(e) if !absent(&e) => return Err(err(names::SERVICE_STATS, "delete", id)(e)),
+                _ => {}
+            }
+        }
+        for id in backend_ids {
+            match self.backend_stats.remove(id) {
+                Err(e) if !absent(&e) => return Err(err(names::BACKEND_STATS, "delete", id)(e)),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn counter_ids(&self) -> Result<(BTreeSet<u32>, BTreeSet<u32>), MapError> {
+        let services = self
+            .service_stats
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(err(names::SERVICE_STATS, "iterate", ()))?;
+        let backends = self
+            .backend_stats
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(err(names::BACKEND_STATS, "iterate", ()))?;
+        Ok((services, backends))
     }
 }

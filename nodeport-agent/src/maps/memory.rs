@@ -63,6 +63,8 @@ pub struct MemoryMaps {
     flows: Vec<u32>,
     /// Fake UDP flows, (service id, backend id) each.
     udp_flows: Vec<(u32, u32)>,
+    /// Ids with counters: (service ids, backend ids).
+    pub counters: (BTreeSet<u32>, BTreeSet<u32>),
     /// Writes left before the injected failure (1 = the next write fails).
     fail_in: Option<usize>,
     fail_when: Option<FailWhen>,
@@ -75,6 +77,7 @@ impl std::fmt::Debug for MemoryMaps {
             .field("ops", &self.ops)
             .field("flows", &self.flows)
             .field("udp_flows", &self.udp_flows)
+            .field("counters", &self.counters)
             .field("fail_in", &self.fail_in)
             .field("fail_when", &self.fail_when.is_some())
             .finish()
@@ -198,6 +201,20 @@ impl MapWriter for MemoryMaps {
 
     fn read_state(&self) -> Result<MapState, MapError> {
         Ok(self.state.clone())
+    }
+
+    fn forget_counters(
+        &mut self,
+        service_ids: &BTreeSet<u32>,
+        backend_ids: &BTreeSet<u32>,
+    ) -> Result<(), MapError> {
+        self.counters.0.retain(|id| !service_ids.contains(id));
+        self.counters.1.retain(|id| !backend_ids.contains(id));
+        Ok(())
+    }
+
+    fn counter_ids(&self) -> Result<(BTreeSet<u32>, BTreeSet<u32>), MapError> {
+        Ok(self.counters.clone())
     }
 }
 

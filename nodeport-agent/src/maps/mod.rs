@@ -272,4 +272,14 @@ pub trait MapWriter {
     ) -> Result<usize, MapError>;
     /// Reads the current service maps.
     fn read_state(&self) -> Result<MapState, MapError>;
+    /// Deletes the per-service and per-backend counters (`service_stats`,
+    /// `backend_stats`) of ids that no longer name anything, so that an id
+    /// given out again starts from zero and memory follows what is served.
+    fn forget_counters(
+        &mut self,
+        service_ids: &BTreeSet<u32>,
+        backend_ids: &BTreeSet<u32>,
+    ) -> Result<(), MapError>;
+    /// The ids that have counters: (service ids, backend ids).
+    fn counter_ids(&self) -> Result<(BTreeSet<u32>, BTreeSet<u32>), MapError>;
 }
