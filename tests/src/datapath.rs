@@ -896,6 +896,15 @@ impl Datapath {
             .context(|| "config".into())
     }
 
+    /// Sets the `CONFIG_F_*` bits of the run-time settings, keeping the rest.
+    pub fn config_flags(&mut self, flags: u32) -> Result<(), Error> {
+        let mut config: Array<_, Config> =
+            Array::try_from(self.map_mut(names::CONFIG)?).context(|| "config map".into())?;
+        let mut c = config.get(&0, 0).context(|| "config".into())?;
+        c.flags = flags;
+        config.set(0, c, 0).context(|| "config".into())
+    }
+
     /// A frontend `key` with `backends` (id, backend) in its slots, in
     /// order: each backend and its slot, then the frontend.
     pub fn service(

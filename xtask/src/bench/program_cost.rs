@@ -61,6 +61,10 @@ pub enum Case {
     /// Established flow to a backend on another node: conntrack hit, DNAT +
     /// SNAT, FIB lookup, MACs, `XDP_TX`.
     EstablishedRemote,
+    /// As [`Case::EstablishedLocal`] with the per-service and per-backend
+    /// counters off (`CONFIG_F_NO_SERVICE_COUNTERS`): the difference is
+    /// what those counters cost.
+    EstablishedLocalUncounted,
     /// New flow to a local backend: backend choice, conntrack and reverse
     /// entries created, DNAT.
     NewLocal,
@@ -72,9 +76,10 @@ pub enum Case {
 }
 
 impl Case {
-    pub const ALL: [Case; 6] = [
+    pub const ALL: [Case; 7] = [
         Case::Pass,
         Case::EstablishedLocal,
+        Case::EstablishedLocalUncounted,
         Case::EstablishedRemote,
         Case::NewLocal,
         Case::NewRemote,
@@ -86,6 +91,7 @@ impl Case {
         match self {
             Case::Pass => "non-service packet (pass)",
             Case::EstablishedLocal => "established flow, local backend",
+            Case::EstablishedLocalUncounted => "established flow, local, no service counters",
             Case::EstablishedRemote => "established flow, remote backend",
             Case::NewLocal => "new flow, local backend",
             Case::NewRemote => "new flow, remote backend",
@@ -98,6 +104,7 @@ impl Case {
         match self {
             Case::Pass => "pass",
             Case::EstablishedLocal => "est. local",
+            Case::EstablishedLocalUncounted => "est. local uncounted",
             Case::EstablishedRemote => "est. remote",
             Case::NewLocal => "new local",
             Case::NewRemote => "new remote",
@@ -108,12 +115,18 @@ impl Case {
     /// Whether the packet is a fixed point of the program (measurable with
     /// many repetitions per call).
     fn repeatable(self) -> bool {
-        matches!(self, Case::Pass | Case::EstablishedLocal)
+        matches!(
+            self,
+            Case::Pass | Case::EstablishedLocal | Case::EstablishedLocalUncounted
+        )
     }
 
     fn verdict(self) -> u32 {
         match self {
-            Case::Pass | Case::EstablishedLocal | Case::NewLocal => XDP_PASS,
+            Case::Pass
+            | Case::EstablishedLocal
+            | Case::EstablishedLocalUncounted
+            | Case::NewLocal => XDP_PASS,
             Case::EstablishedRemote | Case::NewRemote | Case::Reply => XDP_TX,
         }
     }
@@ -121,7 +134,9 @@ impl Case {
     fn counter(self) -> u32 {
         match self {
             Case::Pass => stat::PASS_NOT_SERVICE,
-            Case::EstablishedLocal | Case::NewLocal => stat::DNAT_LOCAL,
+            Case::EstablishedLocal | Case::EstablishedLocalUncounted | Case::NewLocal => {
+                stat::DNAT_LOCAL
+            }
             Case::EstablishedRemote | Case::NewRemote => stat::FORWARD_REMOTE,
             Case::Reply => stat::REPLY_REMOTE,
         }
@@ -477,6 +492,10 @@ fn one_run(b: &mut Bench, f: &Frames, config: &Config) -> Result<RunFigures> {
         ..RunFigures::default()
     };
     for case in Case::ALL {
+        let uncounted = case == Case::EstablishedLocalUncounted;
+        if uncounted {
+            b.dp.config_flags(nodeport_common::CONFIG_F_NO_SERVICE_COUNTERS)?;
+        }
         let before = b.counter(case.counter())?;
         let mut expected = 0u64;
         if case.repeatable() {
@@ -493,7 +512,7 @@ fn one_run(b: &mut Bench, f: &Frames, config: &Config) -> Result<RunFigures> {
         }
         let ns = match case {
             Case::Pass => b.single_ns(xdp, &f.pass, config.calls, XDP_PASS, |_| Ok(()))?,
-            Case::EstablishedLocal => {
+            Case::EstablishedLocal | Case::EstablishedLocalUncounted => {
                 b.single_ns(xdp, &f.est_local, config.calls, XDP_PASS, |_| Ok(()))?
             }
             Case::EstablishedRemote => {
@@ -510,6 +529,9 @@ fn one_run(b: &mut Bench, f: &Frames, config: &Config) -> Result<RunFigures> {
             }
         };
         r.single.push((case, ns));
+        if uncounted {
+            b.dp.config_flags(0)?;
+        }
         expected += config.calls as u64;
         let got = b.counter(case.counter())? - before;
         ensure!(

@@ -147,6 +147,30 @@ pub fn goals(r: &Report) -> Vec<Goal> {
             },
         });
     }
+    let counters = pc.and_then(|pc| {
+        pc.config
+            .sizes
+            .iter()
+            .filter_map(|&n| {
+                let on = pc.cell(Case::EstablishedLocal, n)?.ns;
+                let off = pc.cell(Case::EstablishedLocalUncounted, n)?.ns;
+                Some((on - off, n))
+            })
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+    });
+    let name = "Per-service and per-backend counters add < 10 ns to an established flow";
+    out.push(match counters {
+        Some((d, n)) => Goal {
+            name: name.into(),
+            measured: format!("{d:+.1} ns (worst size: {})", services_label(n)),
+            met: Some(d < 10.0),
+        },
+        None => Goal {
+            name: name.into(),
+            measured: "not measured".into(),
+            met: None,
+        },
+    });
     let flat = pc.and_then(|pc| {
         let lo = *pc.config.sizes.iter().min()?;
         let hi = *pc.config.sizes.iter().max()?;
