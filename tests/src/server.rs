@@ -36,6 +36,19 @@ pub struct Answer {
     pub local_port: u16,
 }
 
+impl Answer {
+    /// The answer a request got; panics naming `what` when the request
+    /// failed or the line is not an answer.
+    #[allow(
+        clippy::must_use_candidate,
+        reason = "a caller may want only the check that the request was answered"
+    )]
+    pub fn expect(r: io::Result<String>, what: &str) -> Self {
+        let line = r.unwrap_or_else(|e| panic!("{what}: {e}"));
+        line.parse().unwrap_or_else(|e| panic!("{what}: {e}"))
+    }
+}
+
 impl FromStr for Answer {
     type Err = String;
 

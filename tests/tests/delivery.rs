@@ -98,18 +98,18 @@ fn datapath_counter(c: &Cluster, i: usize, name: &str) -> u64 {
 fn stats_text(c: &Cluster, i: usize) -> String {
     let out = c.agent_cli(
         i,
-        &["inspect", "stats", "--bpffs", &c.node_bpffs(i).to_string_lossy()],
+        &[
+            "inspect",
+            "stats",
+            "--bpffs",
+            &c.node_bpffs(i).to_string_lossy(),
+        ],
     );
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| !l.trim_end().ends_with(" 0"))
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-fn answer(r: std::io::Result<String>, what: &str) -> Answer {
-    let line = r.unwrap_or_else(|e| panic!("{what}: {e}"));
-    line.parse().unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 
 /// A client address the node has never seen reaches a remote backend
@@ -127,14 +127,20 @@ fn a_client_the_node_has_never_seen_reaches_a_remote_backend_at_once() {
     let client = c.client_netns();
     client.ip(&["addr", "add", &format!("{second}/24"), "dev", "eth0"]);
     client.ip(&[
-        "route", "replace", "10.200.0.0/24", "dev", "eth0", "src", &second.to_string(),
+        "route",
+        "replace",
+        "10.200.0.0/24",
+        "dev",
+        "eth0",
+        "src",
+        &second.to_string(),
     ]);
     for i in 1..=2 {
         c.node(i).netns().ip(&["neigh", "flush", "all"]);
     }
     let retrans_before = tcp_counter(client, "TCPSynRetrans");
     let handed_before = datapath_counter(&c, 1, "neigh_redirect");
-    let a = answer(
+    let a = Answer::expect(
         c.client().tcp_request(node_addr(1), NODE_PORT),
         "TCP from a new client address via node1",
     );
@@ -152,9 +158,13 @@ fn a_client_the_node_has_never_seen_reaches_a_remote_backend_at_once() {
     // UDP too, from the same new address.
     c.node(1).netns().ip(&["neigh", "flush", "all"]);
     let udp = c.client().udp_request(node_addr(1), NODE_PORT, None);
-    let a = answer(
+    let a = Answer::expect(
         udp.map_err(|e| {
-            std::io::Error::other(format!("{e}\nnode1:\n{}\nnode2:\n{}", stats_text(&c, 1), stats_text(&c, 2)))
+            std::io::Error::other(format!(
+                "{e}\nnode1:\n{}\nnode2:\n{}",
+                stats_text(&c, 1),
+                stats_text(&c, 2)
+            ))
         }),
         "UDP from a new client address via node1",
     );
@@ -190,7 +200,7 @@ fn node_connections_to_a_backend_pod_work_beside_snat_flows() {
     // same pod and port.
     let pod = pod_addr(2, 1);
     for round in 0..150 {
-        let via_node = answer(
+        let via_node = Answer::expect(
             c.client().tcp_request(node_addr(1), NODE_PORT),
             &format!("client flow {round} via node1"),
         );
@@ -200,7 +210,7 @@ fn node_connections_to_a_backend_pod_work_beside_snat_flows() {
             "SNAT port {} from the pool",
             via_node.peer.port()
         );
-        let own = answer(
+        let own = Answer::expect(
             c.node(1).client().tcp_request(pod, POD_PORT),
             &format!("node1's own connection {round} to {pod}"),
         );
@@ -228,7 +238,9 @@ fn node_connections_to_a_backend_pod_work_beside_snat_flows() {
 fn failing_native_transmits_are_counted_and_turn_healthz_unhealthy() {
     let c = cluster(Veths::KernelDefaults);
     remote_only_service(&c);
-    let options = AgentOptions::new(c.manifests().dir()).arg("--xdp-mode").arg("native");
+    let options = AgentOptions::new(c.manifests().dir())
+        .arg("--xdp-mode")
+        .arg("native");
     let agent1 = c.start_agent_with(1, &options);
     let agent2 = c.start_agent(2, c.manifests().dir());
     agent1.wait_ready();
@@ -257,10 +269,9 @@ fn failing_native_transmits_are_counted_and_turn_healthz_unhealthy() {
         .expect("metrics")
         .body;
     assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("nodeport_xdp_transmit_failures_total{device=\"eth0\"}")
-                && !l.ends_with(" 0")),
+        metrics.lines().any(|l| l
+            .starts_with("nodeport_xdp_transmit_failures_total{device=\"eth0\"}")
+            && !l.ends_with(" 0")),
         "{metrics}"
     );
 }
@@ -273,8 +284,12 @@ fn auto_mode_follows_the_peer_as_it_changes() {
     let c = cluster(Veths::LanGro);
     remote_only_service(&c);
     let agents = c.start_all_agents(c.manifests().dir());
-    assert_eq!(datapath_counter(&c, 1, "xdp_mode:eth0:native"), 1, "native at start");
-    let a = answer(c.client().tcp_request(node_addr(1), NODE_PORT), "native");
+    assert_eq!(
+        datapath_counter(&c, 1, "xdp_mode:eth0:native"),
+        1,
+        "native at start"
+    );
+    let a = Answer::expect(c.client().tcp_request(node_addr(1), NODE_PORT), "native");
     assert_eq!(a.server, pod_name(2, 1));
     assert!(
         datapath_counter(&c, 1, "tx_sent:eth0") > 0,
@@ -282,14 +297,20 @@ fn auto_mode_follows_the_peer_as_it_changes() {
     );
 
     let mark = agents[0].log_mark();
-    c.lan_netns().exec("ethtool", &["-K", "veth-n1", "gro", "off"]);
+    c.lan_netns()
+        .exec("ethtool", &["-K", "veth-n1", "gro", "off"]);
     agents[0].wait_for_log_since(mark, "re-attaching XDP", Duration::from_secs(10));
     eventually(Duration::from_secs(5), || {
         (datapath_counter(&c, 1, "xdp_mode:eth0:generic") == 1).then_some(())
     })
-    .unwrap_or_else(|| panic!("node1 is not generic after re-attaching:\n{}", agents[0].log()));
+    .unwrap_or_else(|| {
+        panic!(
+            "node1 is not generic after re-attaching:\n{}",
+            agents[0].log()
+        )
+    });
     for i in 0..5 {
-        let a = answer(
+        let a = Answer::expect(
             c.client().tcp_request(node_addr(1), NODE_PORT),
             &format!("generic, request {i}"),
         );

@@ -29,11 +29,6 @@ fn cluster() -> Cluster {
     })
 }
 
-fn answer(r: std::io::Result<String>, what: &str) -> Answer {
-    let line = r.unwrap_or_else(|e| panic!("{what}: {e}"));
-    line.parse().unwrap_or_else(|e| panic!("{what}: {e}"))
-}
-
 /// Through node 1: a Service whose one endpoint is on node 1 (local) and
 /// one whose endpoint is on node 2 (remote, SNAT). Each answers fragmented
 /// datagrams both ways; the datapath's fragment counters show the
@@ -83,7 +78,7 @@ fn fragmented_datagrams_are_served_by_local_and_remote_backends() {
         .unwrap_or_else(|| panic!("the NodePort of the {what} answers a small datagram"));
         let before = agent1.metric("nodeport_datapath_packets_total{reason=\"fragment_followed\"}");
         for round in 0..5 {
-            let a = answer(
+            let a = Answer::expect(
                 c.client().udp_echo(node, *port, DATAGRAM),
                 &format!("{DATAGRAM}-byte datagram {round} to the {what}"),
             );

@@ -2,7 +2,7 @@
 //!
 //! Run as root: `cargo test -p nodeport-tests --test harness`.
 
-use std::io::{self, ErrorKind};
+use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::os::unix::fs::PermissionsExt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -25,11 +25,6 @@ fn small() -> ClusterConfig {
         pods_per_node: 0,
         ..ClusterConfig::default()
     }
-}
-
-fn answer(result: io::Result<String>, what: &str) -> Answer {
-    let line = result.unwrap_or_else(|e| panic!("{what}: {e}"));
-    line.parse().unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
@@ -141,11 +136,11 @@ fn client_reaches_every_node() {
     }
     for node in cluster.nodes() {
         let host = format!("{}-host", node.name);
-        let tcp = answer(client.tcp_request(node.addr, 7000), "tcp to node");
+        let tcp = Answer::expect(client.tcp_request(node.addr, 7000), "tcp to node");
         assert_eq!(tcp.server, host);
         assert_eq!(tcp.peer.ip(), IpAddr::V4(CLIENT_ADDR));
         assert_eq!(tcp.local_port, 7000);
-        let udp = answer(client.udp_request(node.addr, 7000, None), "udp to node");
+        let udp = Answer::expect(client.udp_request(node.addr, 7000, None), "udp to node");
         assert_eq!(udp.server, host);
         assert_eq!(udp.peer.ip(), IpAddr::V4(CLIENT_ADDR));
         assert_eq!(udp.local_port, 7000);
@@ -168,11 +163,11 @@ fn pods_reach_pods_across_nodes() {
     let cluster = Cluster::new(2);
     let from = cluster.pod(1, 1);
     for to in [cluster.pod(2, 1), cluster.pod(2, 2), cluster.pod(1, 2)] {
-        let tcp = answer(from.client().tcp_request(to.addr, 8080), "pod to pod tcp");
+        let tcp = Answer::expect(from.client().tcp_request(to.addr, 8080), "pod to pod tcp");
         assert_eq!(tcp.server, to.name);
         assert_eq!(tcp.peer.ip(), IpAddr::V4(from.addr));
         assert_eq!(tcp.local_port, 8080);
-        let udp = answer(
+        let udp = Answer::expect(
             from.client().udp_request(to.addr, 8081, None),
             "pod to pod udp",
         );
@@ -187,12 +182,12 @@ fn pods_reach_pods_across_nodes() {
     }
     // The other direction, and a node reaching a remote pod (from its LAN
     // address, the source of its route to the other pod CIDR).
-    let back = answer(
+    let back = Answer::expect(
         cluster.pod(2, 2).client().tcp_request(pod_addr(1, 1), 8080),
         "pod to pod tcp",
     );
     assert_eq!(back.peer.ip(), IpAddr::V4(pod_addr(2, 2)));
-    let from_node = answer(
+    let from_node = Answer::expect(
         cluster.node(1).client().tcp_request(pod_addr(2, 1), 8080),
         "node to remote pod",
     );
@@ -220,10 +215,10 @@ fn servers_report_the_client_address() {
     let client = cluster.client();
     let expected_peer = |port| SocketAddr::new(IpAddr::V4(CLIENT_ADDR), port);
 
-    let udp = answer(client.udp_request(node.addr, 7000, Some(40001)), "udp");
+    let udp = Answer::expect(client.udp_request(node.addr, 7000, Some(40001)), "udp");
     assert_eq!(udp.to_string(), "plain 10.200.0.2:40001 7000");
     // The same source port again, at once.
-    let udp = answer(
+    let udp = Answer::expect(
         client.udp_request(node.addr, 7000, Some(40001)),
         "udp again",
     );
@@ -231,11 +226,11 @@ fn servers_report_the_client_address() {
 
     let local = expected_peer(40002);
     for round in 0..2 {
-        let tcp = answer(client.tcp_request_from(local, node.addr, 7000), "tcp");
+        let tcp = Answer::expect(client.tcp_request_from(local, node.addr, 7000), "tcp");
         assert_eq!(tcp.peer, local, "round {round}");
         assert_eq!(tcp.local_port, 7000);
     }
-    let tcp = answer(client.tcp_request(node.addr, 7000), "tcp, any port");
+    let tcp = Answer::expect(client.tcp_request(node.addr, 7000), "tcp, any port");
     assert_eq!(tcp.peer.ip(), IpAddr::V4(CLIENT_ADDR));
     assert_ne!(tcp.peer.port(), 0);
 
@@ -324,15 +319,15 @@ fn two_clusters_coexist_and_drop_cleans_up() {
     let server_a = a.start_server(a.node(1).netns(), &ServerSpec::new("in-a").tcp(&[7000]));
     let server_b = b.start_server(b.node(1).netns(), &ServerSpec::new("in-b").tcp(&[7000]));
     assert_eq!(
-        answer(a.client().tcp_request(node_addr(1), 7000), "a").server,
+        Answer::expect(a.client().tcp_request(node_addr(1), 7000), "a").server,
         "in-a"
     );
     assert_eq!(
-        answer(b.client().tcp_request(node_addr(1), 7000), "b").server,
+        Answer::expect(b.client().tcp_request(node_addr(1), 7000), "b").server,
         "in-b"
     );
     assert_eq!(
-        answer(
+        Answer::expect(
             b.pod(1, 1).client().tcp_request(pod_addr(1, 1), 8080),
             "b pod"
         )

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
-use std::io::{self, ErrorKind};
+use std::io::ErrorKind;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
@@ -98,11 +98,6 @@ fn agents(c: &Cluster) -> Vec<Agent<'_>> {
     agents
 }
 
-fn answer(r: io::Result<String>, what: &str) -> Answer {
-    let line = r.unwrap_or_else(|e| panic!("{what}: {e}"));
-    line.parse().unwrap_or_else(|e| panic!("{what}: {e}"))
-}
-
 /// The datapath's counters and flows on every node, for failure messages.
 fn datapath_state(c: &Cluster) -> String {
     let mut out = String::new();
@@ -137,7 +132,7 @@ fn tcp(c: &Cluster, node: usize, port: u16) -> Answer {
             datapath_state(c)
         );
     }
-    answer(r, "TCP")
+    Answer::expect(r, "TCP")
 }
 
 fn udp(c: &Cluster, node: usize, port: u16) -> Answer {
@@ -149,7 +144,7 @@ fn udp(c: &Cluster, node: usize, port: u16) -> Answer {
             datapath_state(c)
         );
     }
-    answer(r, "UDP")
+    Answer::expect(r, "UDP")
 }
 
 /// (a) Every node IP serves the `NodePort`, TCP and UDP; the replies come
@@ -236,7 +231,9 @@ fn nodeport_serves_on_every_node_ip_tcp_and_udp_on(c: &Cluster) {
 /// (the pod sees node 1's address), through node 2 the pod sees the client.
 #[test]
 fn remote_backend_is_reached_with_snat_and_local_keeps_client_ip() {
-    remote_backend_is_reached_with_snat_and_local_keeps_client_ip_on(&cluster_on(Veths::KernelDefaults));
+    remote_backend_is_reached_with_snat_and_local_keeps_client_ip_on(&cluster_on(
+        Veths::KernelDefaults,
+    ));
 }
 
 /// As [`remote_backend_is_reached_with_snat_and_local_keeps_client_ip`], with native XDP (GRO on the LAN side of each node's veth).
@@ -506,18 +503,18 @@ fn other_traffic_is_untouched() {
             .bind(extra.into()),
     );
     for _ in 0..3 {
-        let a = answer(
+        let a = Answer::expect(
             c.client().tcp_request(node_addr(1), 2222),
             "TCP to a non-NodePort port",
         );
         assert_eq!(a.server, "node1-host");
         assert_eq!(a.peer.ip(), CLIENT_ADDR);
-        let a = answer(
+        let a = Answer::expect(
             c.client().udp_request(node_addr(1), 2222, None),
             "UDP to a non-NodePort port",
         );
         assert_eq!(a.server, "node1-host");
-        let a = answer(
+        let a = Answer::expect(
             c.client().tcp_request(extra, 31085),
             "TCP to an unselected address",
         );
@@ -525,7 +522,7 @@ fn other_traffic_is_untouched() {
             a.server, "node1-extra",
             "not translated on an address outside --nodeport-addresses"
         );
-        let a = answer(
+        let a = Answer::expect(
             c.client().udp_request(extra, 31085, None),
             "UDP to an unselected address",
         );

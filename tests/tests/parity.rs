@@ -14,8 +14,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Output;
 use std::time::Duration;
 
-use nodeport_tests::cluster::{CLIENT_ADDR, node_addr, pod_name};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointHints, ForNode, ForZone};
+use nodeport_tests::cluster::{CLIENT_ADDR, node_addr, pod_name};
 use nodeport_tests::objects::{READY, ServiceBuilder, Target, pod_endpoint, service_port, to_yaml};
 use nodeport_tests::server::client_binary;
 use nodeport_tests::{AgentOptions, Answer, Cluster, ClusterConfig, Veths, eventually};
@@ -50,11 +50,6 @@ fn cluster() -> Cluster {
         veths: Veths::KernelDefaults,
         ..ClusterConfig::default()
     })
-}
-
-fn answer(r: std::io::Result<String>, what: &str) -> Answer {
-    let line = r.unwrap_or_else(|e| panic!("{what}: {e}"));
-    line.parse().unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 
 /// `np-client bind-tcp|bind-udp ADDR PORT` as a process of node `i`: in its
@@ -124,20 +119,8 @@ fn assert_bound(out: &Output, what: &str) {
 fn external_ips_and_load_balancer_ips_are_served_through_every_node() {
     let c = cluster();
     let ext = ServiceBuilder::new("default", "ext", "ClusterIP")
-        .port(service_port(
-            "tcp",
-            "TCP",
-            80,
-            Target::Port(POD_PORT),
-            None,
-        ))
-        .port(service_port(
-            "udp",
-            "UDP",
-            80,
-            Target::Port(POD_PORT),
-            None,
-        ))
+        .port(service_port("tcp", "TCP", 80, Target::Port(POD_PORT), None))
+        .port(service_port("udp", "UDP", 80, Target::Port(POD_PORT), None))
         .external_ips(&[EXTERNAL_IP]);
     let lb = ServiceBuilder::new("default", "lb", "LoadBalancer")
         .tcp("tcp", 80, POD_PORT, LB_NODE_PORT)
@@ -176,7 +159,7 @@ fn external_ips_and_load_balancer_ips_are_served_through_every_node() {
         for (addr, what) in [(EXTERNAL_IP, "externalIP"), (LB_VIP, "LoadBalancer IP")] {
             let mut seen = BTreeSet::new();
             for round in 0..24 {
-                let a = answer(
+                let a = Answer::expect(
                     c.client().tcp_request(addr, 80),
                     &format!("TCP {round} to the {what} through node {node}"),
                 );
@@ -199,7 +182,7 @@ fn external_ips_and_load_balancer_ips_are_served_through_every_node() {
                 "the {what} through node {node} reaches both endpoints"
             );
         }
-        answer(
+        Answer::expect(
             c.client().udp_request(EXTERNAL_IP, 80, None),
             &format!("UDP to the externalIP through node {node}"),
         );
@@ -213,7 +196,10 @@ fn external_ips_and_load_balancer_ips_are_served_through_every_node() {
         .pod_request(1, 1, "tcp", EXTERNAL_IP, 80)
         .unwrap_or_else(|e| panic!("a pod reaches the externalIP: {e}"));
     let a: Answer = line.parse().expect("an answer");
-    assert!([pod_name(1, 1), pod_name(2, 1)].contains(&a.server), "{a:?}");
+    assert!(
+        [pod_name(1, 1), pod_name(2, 1)].contains(&a.server),
+        "{a:?}"
+    );
 }
 
 /// `loadBalancerSourceRanges`: a client inside the ranges reaches the
@@ -247,15 +233,17 @@ fn load_balancer_source_ranges_admit_clients_inside_and_drop_the_rest() {
     let from = |addr: Ipv4Addr, to: Ipv4Addr, port: u16| {
         quick().tcp_request_from(SocketAddr::new(addr.into(), 0), to, port)
     };
-    eventually(Duration::from_secs(5), || from(CLIENT_ADDR, RANGED_VIP, 80).ok())
-        .expect("the client inside the range reaches the LoadBalancer IP");
+    eventually(Duration::from_secs(5), || {
+        from(CLIENT_ADDR, RANGED_VIP, 80).ok()
+    })
+    .expect("the client inside the range reaches the LoadBalancer IP");
     let targets = [
         (RANGED_VIP, 80, "the LoadBalancer IP"),
         (node_addr(1), RANGED_NODE_PORT, "the nodePort"),
     ];
     for (to, port, what) in targets {
         for round in 0..5 {
-            answer(
+            Answer::expect(
                 from(CLIENT_ADDR, to, port),
                 &format!("{round}: the client inside the range to {what}"),
             );
@@ -278,10 +266,15 @@ fn load_balancer_source_ranges_admit_clients_inside_and_drop_the_rest() {
     let writes = agent1.map_writes();
     c.manifests().write("ranged.yaml", &manifest(OTHER_CLIENT));
     agent1.wait_for_map_writes_since(writes, Duration::from_secs(5));
-    eventually(Duration::from_secs(5), || from(OTHER_CLIENT, RANGED_VIP, 80).ok())
-        .expect("the newly admitted client reaches the LoadBalancer IP");
+    eventually(Duration::from_secs(5), || {
+        from(OTHER_CLIENT, RANGED_VIP, 80).ok()
+    })
+    .expect("the newly admitted client reaches the LoadBalancer IP");
     for (to, port, what) in targets {
-        answer(from(OTHER_CLIENT, to, port), &format!("the admitted client to {what}"));
+        Answer::expect(
+            from(OTHER_CLIENT, to, port),
+            &format!("the admitted client to {what}"),
+        );
         let e = from(CLIENT_ADDR, to, port).expect_err("the client now outside is dropped");
         assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{what}: {e}");
     }
@@ -332,7 +325,10 @@ fn traffic_distribution_keeps_traffic_in_the_nodes_zone_or_on_the_node() {
         "zoned.yaml",
         &manifest(
             "zone-b",
-            &[hinted(1, Some("zone-a"), false), hinted(2, Some("zone-b"), false)],
+            &[
+                hinted(1, Some("zone-a"), false),
+                hinted(2, Some("zone-b"), false),
+            ],
         ),
     );
     let agent1 = c.start_agent(1, c.manifests().dir());
@@ -342,7 +338,7 @@ fn traffic_distribution_keeps_traffic_in_the_nodes_zone_or_on_the_node() {
     let servers_through = |node: usize| -> BTreeSet<String> {
         (0..24)
             .map(|round| {
-                answer(
+                Answer::expect(
                     c.client().tcp_request(node_addr(node), ZONED_NODE_PORT),
                     &format!("{round} through node {node}"),
                 )
@@ -357,7 +353,11 @@ fn traffic_distribution_keeps_traffic_in_the_nodes_zone_or_on_the_node() {
     })
     .expect("the NodePort answers");
     for node in [1, 2] {
-        assert_eq!(servers_through(node), own(node), "node {node} keeps the traffic in its zone");
+        assert_eq!(
+            servers_through(node),
+            own(node),
+            "node {node} keeps the traffic in its zone"
+        );
     }
 
     // One zone for both nodes and endpoints, and node hints: each node
@@ -384,14 +384,20 @@ fn traffic_distribution_keeps_traffic_in_the_nodes_zone_or_on_the_node() {
     edit(
         manifest(
             "zone-a",
-            &[hinted(1, Some("zone-a"), true), hinted(2, Some("zone-a"), true)],
+            &[
+                hinted(1, Some("zone-a"), true),
+                hinted(2, Some("zone-a"), true),
+            ],
         ),
         "node hints keep the traffic on the node",
         &own,
     );
     // Node 2's endpoint loses its hints: every endpoint serves everywhere.
     edit(
-        manifest("zone-a", &[hinted(1, Some("zone-a"), true), hinted(2, None, false)]),
+        manifest(
+            "zone-a",
+            &[hinted(1, Some("zone-a"), true), hinted(2, None, false)],
+        ),
         "without hints on every endpoint, traffic spreads",
         &|_| both.clone(),
     );
@@ -490,7 +496,7 @@ fn internal_traffic_policy_local_keeps_cluster_ip_traffic_on_the_node() {
     let a = from_pod(1, "tcp").expect("node 1's pod still reaches its own endpoint");
     assert_eq!(a.server, pod_name(1, 1));
     // External traffic to the NodePort is not internal: every endpoint.
-    let a = answer(
+    let a = Answer::expect(
         c.client().tcp_request(node_addr(2), ITP_NODE_PORT),
         "the NodePort through node 2",
     );
@@ -556,7 +562,10 @@ fn binding_an_allocated_node_port_on_the_node_fails_while_the_node_port_serves()
         .args(["bind-tcp", "0.0.0.0", &NODE_PORT.to_string()])
         .output()
         .expect("run np-client in the pod");
-    assert_bound(&out, "a pod binds the nodePort's number in its own namespace");
+    assert_bound(
+        &out,
+        "a pod binds the nodePort's number in its own namespace",
+    );
     assert_bound(
         &node_bind(&c, 2, "bind-tcp", node_addr(2), NODE_PORT),
         "node 2 runs without bind protection",
@@ -564,7 +573,7 @@ fn binding_an_allocated_node_port_on_the_node_fails_while_the_node_port_serves()
 
     // The NodePort serves as before, TCP and UDP.
     for _ in 0..10 {
-        let a = answer(
+        let a = Answer::expect(
             c.client().tcp_request(node_addr(1), NODE_PORT),
             "TCP through node 1",
         );
@@ -572,7 +581,7 @@ fn binding_an_allocated_node_port_on_the_node_fails_while_the_node_port_serves()
             [pod_name(1, 1), pod_name(2, 1)].contains(&a.server),
             "{a:?}"
         );
-        answer(
+        Answer::expect(
             c.client().udp_request(node_addr(1), NODE_PORT, None),
             "UDP through node 1",
         );
@@ -591,7 +600,10 @@ fn binding_an_allocated_node_port_on_the_node_fails_while_the_node_port_serves()
         let out = node_bind(&c, 1, "bind-tcp", node_addr(1), NODE_PORT);
         out.status.success().then_some(out)
     });
-    assert!(freed.is_some(), "the nodePort binds once its Service is deleted");
+    assert!(
+        freed.is_some(),
+        "the nodePort binds once its Service is deleted"
+    );
 
     drop(agent1);
     c.cleanup_node(1);
