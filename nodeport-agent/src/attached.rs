@@ -13,9 +13,7 @@
 
 use std::net::Ipv4Addr;
 
-use nodeport_common::{
-    DEVICE_F_REDIRECT_TX, DEVICE_F_SKB_MODE, Device, DeviceKey, DeviceTx,
-};
+use nodeport_common::{DEVICE_F_REDIRECT_TX, DEVICE_F_SKB_MODE, Device, DeviceKey, DeviceTx};
 use tracing::{error, info, warn};
 
 use crate::devices;

@@ -110,6 +110,12 @@ pub struct RunArgs {
     /// /host/proc/sys/net with --sysctl-dir=/host/proc/sys.
     #[arg(long, default_value = crate::sysctl::DEFAULT_DIR, value_name = "DIR")]
     pub sysctl_dir: PathBuf,
+    /// Capacity of a map, e.g. conntrack=1048576 (repeatable or
+    /// comma-separated): frontends, backend_slots, backends, conntrack,
+    /// rev_nat, affinity, fragments. A map already pinned keeps its size
+    /// until `nodeport-agent cleanup`.
+    #[arg(long, value_name = "MAP=ENTRIES", value_delimiter = ',', value_parser = crate::loader::parse_map_size)]
+    pub map_size: Vec<(&'static str, u32)>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -153,6 +159,8 @@ pub enum InspectWhat {
     Backends,
     Conntrack,
     Stats,
+    /// How full every map is (entries against max_entries).
+    Maps,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -182,10 +190,12 @@ pub fn parse_port_range(s: &str) -> Result<RangeInclusive<u16>, PortRangeError> 
         .split_once('-')
         .ok_or_else(|| PortRangeError::Shape(s.to_owned()))?;
     let port = |v: &str| {
-        v.trim().parse::<u16>().map_err(|source| PortRangeError::Port {
-            value: v.to_owned(),
-            source,
-        })
+        v.trim()
+            .parse::<u16>()
+            .map_err(|source| PortRangeError::Port {
+                value: v.to_owned(),
+                source,
+            })
     };
     let (a, b) = (port(a)?, port(b)?);
     if a == 0 || a > b {

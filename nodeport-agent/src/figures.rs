@@ -1,9 +1,9 @@
 //! What the datapath's maps say beyond its per-reason packet counters:
 //! frames sent back out of each device that the kernel transmitted or
 //! dropped (`device_tx`), and how much of the SNAT port pool each remote
-//! backend uses (`rev_nat` entries of SNATed flows against the pool size).
-//! Read from the pinned maps by `inspect stats` and at every metrics
-//! scrape.
+//! backend uses (`rev_nat` entries of SNATed flows against the pool size),
+//! and how full every map is. Read from the pinned maps by `inspect`, at
+//! every metrics scrape and by the agent's pressure check.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::maps::MapError;
 use crate::maps::bpf::BpfMaps;
+use crate::maps::fill::{MapFill, PinnedMaps};
 
 /// Transmit figures of one device.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -43,11 +44,26 @@ pub struct SnatUsage {
     pub backends: Vec<SnatBackend>,
 }
 
+impl SnatUsage {
+    /// The share of its pool that `backend` uses (0 to 1).
+    #[must_use]
+    pub fn ratio(&self, backend: &SnatBackend) -> f64 {
+        if self.pool_size == 0 {
+            return 0.0;
+        }
+        #[allow(clippy::cast_precision_loss, reason = "port counts below 2^16")]
+        let r = backend.ports_in_use as f64 / f64::from(self.pool_size);
+        r.min(1.0)
+    }
+}
+
 /// Everything [`read`] gathers.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Figures {
     pub devices: Vec<DeviceFigures>,
     pub snat: SnatUsage,
+    /// Every map but the arrays, in the order of `names::ALL`.
+    pub maps: Vec<MapFill>,
 }
 
 /// The name of device `ifindex` in this network namespace.
@@ -73,7 +89,7 @@ fn proto_name(proto: u8) -> &'static str {
 }
 
 /// Reads the figures from the pinned maps.
-pub fn read(maps: &BpfMaps) -> Result<Figures, MapError> {
+pub fn read(maps: &BpfMaps, pinned: &PinnedMaps) -> Result<Figures, MapError> {
     let modes: BTreeMap<u32, u32> = maps
         .devices()?
         .into_iter()
@@ -85,7 +101,10 @@ pub fn read(maps: &BpfMaps) -> Result<Figures, MapError> {
         .map(|(k, tx)| DeviceFigures {
             device: device_name(k.ifindex),
             ifindex: k.ifindex,
-            xdp_mode: if modes.get(&k.ifindex).is_some_and(|f| f & DEVICE_F_SKB_MODE != 0) {
+            xdp_mode: if modes
+                .get(&k.ifindex)
+                .is_some_and(|f| f & DEVICE_F_SKB_MODE != 0)
+            {
                 "generic"
             } else {
                 "native"
@@ -121,5 +140,6 @@ pub fn read(maps: &BpfMaps) -> Result<Figures, MapError> {
             pool_size: pool.size(),
             backends,
         },
+        maps: pinned.read()?,
     })
 }

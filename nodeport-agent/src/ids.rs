@@ -117,7 +117,11 @@ mod tests {
         assert_eq!(b, 3);
         ids.remove(&"a");
         assert!(!ids.holds(1));
-        assert_eq!(ids.get_or_alloc(&"c", |_| false), 4, "a freed id is not reused at once");
+        assert_eq!(
+            ids.get_or_alloc(&"c", |_| false),
+            4,
+            "a freed id is not reused at once"
+        );
         let mut wrapping = Ids::<&str>::adopted(BTreeMap::new(), u32::MAX);
         assert_eq!(wrapping.get_or_alloc(&"x", |_| false), 1, "0 is skipped");
         ids.retain(|k, _| *k == "b");

@@ -10,6 +10,7 @@ use nodeport_common::{
 use serde_json::json;
 
 use crate::cli::{InspectArgs, InspectWhat, OutputFormat};
+use crate::maps::fill::PinnedMaps;
 use crate::maps::{MapWriter as _, bpf::BpfMaps};
 
 fn ip(addr_be: u32) -> Ipv4Addr {
@@ -51,15 +52,17 @@ pub enum InspectError {
 type Result<T> = std::result::Result<T, InspectError>;
 
 pub fn inspect(args: &InspectArgs) -> Result<()> {
-    let maps = BpfMaps::open(&args.bpffs).map_err(|source| InspectError::Open {
+    let open_err = |source| InspectError::Open {
         path: args.bpffs.clone(),
         source,
-    })?;
+    };
+    let maps = BpfMaps::open(&args.bpffs).map_err(open_err)?;
     let value = match args.what {
         InspectWhat::Services => services(&maps)?,
         InspectWhat::Backends => backends(&maps)?,
         InspectWhat::Conntrack => conntrack(&maps)?,
-        InspectWhat::Stats => stats(&maps)?,
+        InspectWhat::Stats => stats(&maps, &PinnedMaps::open(&args.bpffs).map_err(open_err)?)?,
+        InspectWhat::Maps => fill(&PinnedMaps::open(&args.bpffs).map_err(open_err)?)?,
     };
     let columns: &[&str] = match args.what {
         InspectWhat::Services => &[
@@ -85,6 +88,7 @@ pub fn inspect(args: &InspectArgs) -> Result<()> {
             "snat",
         ],
         InspectWhat::Stats => &["counter", "packets"],
+        InspectWhat::Maps => &["map", "entries", "max_entries", "fill"],
     };
     match args.output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&value)?),
@@ -199,15 +203,17 @@ fn conntrack(maps: &BpfMaps) -> Result<serde_json::Value> {
 /// the kernel transmitted or dropped (`tx_sent:DEV`, `tx_failed:DEV`, with
 /// `xdp_mode:DEV:MODE` = 1), then the SNAT pool size and the ports each
 /// remote backend holds (`snat_ports_in_use:BACKEND@NODE_ADDR`).
-fn stats(maps: &BpfMaps) -> Result<serde_json::Value> {
+fn stats(maps: &BpfMaps, pinned: &PinnedMaps) -> Result<serde_json::Value> {
     let mut rows: Vec<serde_json::Value> = maps
         .stats()?
         .into_iter()
         .map(|(name, v)| json!({ "counter": name, "packets": v }))
         .collect();
-    let f = crate::figures::read(maps)?;
+    let f = crate::figures::read(maps, pinned)?;
     for d in &f.devices {
-        rows.push(json!({ "counter": format!("xdp_mode:{}:{}", d.device, d.xdp_mode), "packets": 1 }));
+        rows.push(
+            json!({ "counter": format!("xdp_mode:{}:{}", d.device, d.xdp_mode), "packets": 1 }),
+        );
         rows.push(json!({ "counter": format!("tx_sent:{}", d.device), "packets": d.tx_sent }));
         rows.push(json!({ "counter": format!("tx_failed:{}", d.device), "packets": d.tx_failed }));
     }
@@ -218,6 +224,24 @@ fn stats(maps: &BpfMaps) -> Result<serde_json::Value> {
             "packets": b.ports_in_use,
         }));
     }
+    Ok(serde_json::Value::Array(rows))
+}
+
+/// Every map but the arrays: its entries, its capacity and the share of
+/// it in use (`fill`, 0 to 1, what `nodeport_bpf_map_pressure` exports).
+fn fill(pinned: &PinnedMaps) -> Result<serde_json::Value> {
+    let rows = pinned
+        .read()?
+        .into_iter()
+        .map(|m| {
+            json!({
+                "map": m.map,
+                "entries": m.entries,
+                "max_entries": m.max_entries,
+                "fill": (m.ratio() * 1000.0).round() / 1000.0,
+            })
+        })
+        .collect();
     Ok(serde_json::Value::Array(rows))
 }
 

@@ -87,13 +87,15 @@ pub enum XdpAttachMode {
 }
 
 /// Map capacities, overriding the object's defaults.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MapSizes {
     pub frontends: u32,
     pub backend_slots: u32,
     pub backends: u32,
     pub conntrack: u32,
     pub rev_nat: u32,
+    pub affinity: u32,
+    pub fragments: u32,
 }
 
 impl Default for MapSizes {
@@ -104,8 +106,89 @@ impl Default for MapSizes {
             backends: capacity::BACKENDS,
             conntrack: capacity::CONNTRACK,
             rev_nat: capacity::REV_NAT,
+            affinity: capacity::AFFINITY,
+            fragments: capacity::FRAGMENTS,
         }
     }
+}
+
+/// The largest capacity `--map-size` takes (2^24 entries).
+pub const MAX_MAP_SIZE: u32 = 1 << 24;
+
+/// A `--map-size` that does not parse.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MapSizeError {
+    #[error("`{0}` is not NAME=ENTRIES")]
+    Shape(String),
+    #[error("`{0}` is not a map that can be sized (one of: {known})", known = MapSizes::NAMES.join(", "))]
+    Name(String),
+    #[error("`{0}` is not a number of entries from 1 to {MAX_MAP_SIZE}")]
+    Entries(String),
+}
+
+impl MapSizes {
+    /// The maps `--map-size` sizes.
+    pub const NAMES: [&'static str; 7] = [
+        names::FRONTENDS,
+        names::BACKEND_SLOTS,
+        names::BACKENDS,
+        names::CONNTRACK,
+        names::REV_NAT,
+        names::AFFINITY,
+        names::FRAGMENTS,
+    ];
+
+    /// Every sized map with its capacity.
+    #[must_use]
+    pub fn entries(&self) -> [(&'static str, u32); 7] {
+        [
+            (names::FRONTENDS, self.frontends),
+            (names::BACKEND_SLOTS, self.backend_slots),
+            (names::BACKENDS, self.backends),
+            (names::CONNTRACK, self.conntrack),
+            (names::REV_NAT, self.rev_nat),
+            (names::AFFINITY, self.affinity),
+            (names::FRAGMENTS, self.fragments),
+        ]
+    }
+
+    /// The defaults with each `(map, entries)` of `overrides` in place.
+    #[must_use]
+    pub fn with(overrides: &[(&'static str, u32)]) -> Self {
+        let mut sizes = Self::default();
+        for &(name, n) in overrides {
+            let field = match name {
+                names::FRONTENDS => &mut sizes.frontends,
+                names::BACKEND_SLOTS => &mut sizes.backend_slots,
+                names::BACKENDS => &mut sizes.backends,
+                names::CONNTRACK => &mut sizes.conntrack,
+                names::REV_NAT => &mut sizes.rev_nat,
+                names::AFFINITY => &mut sizes.affinity,
+                names::FRAGMENTS => &mut sizes.fragments,
+                _ => continue,
+            };
+            *field = n;
+        }
+        sizes
+    }
+}
+
+/// Parses one `NAME=ENTRIES` of `--map-size`.
+pub fn parse_map_size(s: &str) -> Result<(&'static str, u32), MapSizeError> {
+    let (name, n) = s
+        .split_once('=')
+        .ok_or_else(|| MapSizeError::Shape(s.to_string()))?;
+    let name = MapSizes::NAMES
+        .into_iter()
+        .find(|m| *m == name.trim())
+        .ok_or_else(|| MapSizeError::Name(name.to_string()))?;
+    let n: u32 = n
+        .trim()
+        .parse()
+        .ok()
+        .filter(|n| (1..=MAX_MAP_SIZE).contains(n))
+        .ok_or_else(|| MapSizeError::Entries(n.to_string()))?;
+    Ok((name, n))
 }
 
 /// The loaded datapath; dropping it leaves maps and links pinned.
@@ -243,16 +326,14 @@ impl Datapath {
         for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());
         }
-        loader
-            .map_max_entries(names::FRONTENDS, sizes.frontends)
-            .map_max_entries(names::BACKEND_SLOTS, sizes.backend_slots)
-            .map_max_entries(names::BACKENDS, sizes.backends)
-            .map_max_entries(names::CONNTRACK, sizes.conntrack)
-            .map_max_entries(names::REV_NAT, sizes.rev_nat);
+        for (name, n) in sizes.entries() {
+            loader.map_max_entries(name, n);
+        }
         let ebpf = loader.load(OBJECT).map_err(|source| LoadError::Load {
             root: root.to_path_buf(),
             source: Box::new(source),
         })?;
+        report_pinned_sizes(root, &sizes);
         Ok(Self {
             ebpf,
             root: root.to_path_buf(),
@@ -267,7 +348,12 @@ impl Datapath {
     /// of a link pinned by an earlier agent atomically when that link has
     /// the same mode (else it is detached first). With `fallback`, a device
     /// that refuses native XDP gets generic XDP. Returns the mode attached.
-    pub fn attach_xdp(&mut self, iface: &str, mode: Mode, fallback: bool) -> Result<Mode, LoadError> {
+    pub fn attach_xdp(
+        &mut self,
+        iface: &str,
+        mode: Mode,
+        fallback: bool,
+    ) -> Result<Mode, LoadError> {
         let pin = self.link_path("xdp", iface);
         let attach_err = |source: Box<dyn std::error::Error + Send + Sync>| LoadError::Attach {
             what: "XDP",
@@ -292,7 +378,11 @@ impl Datapath {
         };
         let (id, got) = if let Some(old) = adopted {
             let link = XdpLink::try_from(FdLink::from(old)).map_err(|e| attach_err(e.into()))?;
-            info!(iface, mode = mode.as_str(), "replacing the program of the pinned XDP link");
+            info!(
+                iface,
+                mode = mode.as_str(),
+                "replacing the program of the pinned XDP link"
+            );
             (
                 prog.attach_to_link(link)
                     .map_err(|e| attach_err(e.into()))?,
@@ -329,13 +419,23 @@ impl Datapath {
     /// Attaches the TC egress program (replies of local backends) to
     /// `iface` (tcx), adopting a pinned link as [`Self::attach_xdp`] does.
     pub fn attach_tc_egress(&mut self, iface: &str) -> Result<(), LoadError> {
-        self.attach_tc(iface, programs::TC_EGRESS, TcAttachType::Egress, "tc-egress")
+        self.attach_tc(
+            iface,
+            programs::TC_EGRESS,
+            TcAttachType::Egress,
+            "tc-egress",
+        )
     }
 
     /// Attaches the TC ingress program (frames handed over for neighbour
     /// resolution) to `iface` (tcx).
     pub fn attach_tc_ingress(&mut self, iface: &str) -> Result<(), LoadError> {
-        self.attach_tc(iface, programs::TC_INGRESS, TcAttachType::Ingress, "tc-ingress")
+        self.attach_tc(
+            iface,
+            programs::TC_INGRESS,
+            TcAttachType::Ingress,
+            "tc-ingress",
+        )
     }
 
     fn attach_tc(
@@ -439,6 +539,25 @@ impl Datapath {
     #[must_use]
     pub fn root(&self) -> &Path {
         &self.root
+    }
+}
+
+/// Warns where an adopted pinned map has another capacity than asked
+/// for: it keeps its size (resizing would drop the flows it holds) until
+/// `nodeport-agent cleanup` removes it.
+fn report_pinned_sizes(root: &Path, sizes: &MapSizes) {
+    for (name, wanted) in sizes.entries() {
+        let Ok(info) = MapData::from_pin(root.join(name)).and_then(|m| m.info()) else {
+            continue;
+        };
+        if info.max_entries() != wanted {
+            warn!(
+                map = name,
+                pinned_max_entries = info.max_entries(),
+                wanted_max_entries = wanted,
+                "the pinned map keeps its size; the new size applies after `nodeport-agent cleanup` and a restart"
+            );
+        }
     }
 }
 

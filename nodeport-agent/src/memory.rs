@@ -83,9 +83,7 @@ fn cgroup_from(cgroups: &str, root: &Path) -> Cgroup {
     let read = |dir: &Path, file: &str| std::fs::read_to_string(dir.join(file)).ok();
     candidates
         .iter()
-        .find(|(dir, charged, limit)| {
-            dir.join(charged).exists() || dir.join(limit).exists()
-        })
+        .find(|(dir, charged, limit)| dir.join(charged).exists() || dir.join(limit).exists())
         .map(|(dir, charged, limit)| Cgroup {
             charged: read(dir, charged).and_then(|t| t.trim().parse().ok()),
             limit: read(dir, limit).as_deref().and_then(parse_limit),

@@ -37,6 +37,11 @@
 //! | `nodeport_failing_devices` | gauge | devices whose transmits keep failing (`/healthz` is 503 meanwhile) |
 //! | `nodeport_snat_pool_ports` | gauge | SNAT ports per node address, backend and protocol |
 //! | `nodeport_snat_ports_in_use{backend,node_addr}` | gauge | SNAT ports held by flows to each remote backend |
+//! | `nodeport_snat_pool_pressure{backend,node_addr}` | gauge | share of its SNAT pool each remote backend uses (0 to 1) |
+//! | `nodeport_bpf_map_pressure{map}` | gauge | how full each map is (entries / max_entries, 0 to 1; arrays left out), Cilium's name |
+//! | `nodeport_bpf_map_entries{map}` | gauge | entries of each map |
+//! | `nodeport_bpf_map_max_entries{map}` | gauge | capacity of each map (`--map-size`) |
+//! | `nodeport_map_pressure_warnings_total{map}` | counter | times a map or (`snat_pool`) a backend's SNAT pool went above 90% full, each also logged as a warning |
 //! | `nodeport_memory_resident_bytes` | gauge | the agent's resident set |
 //! | `nodeport_memory_cgroup_bytes` | gauge | memory charged to its cgroup, the BPF maps it created included (0: unknown) |
 //! | `nodeport_memory_limit_bytes` | gauge | its cgroup's memory limit (0: none) |
@@ -161,6 +166,7 @@ struct Own {
     memory_cgroup: Gauge,
     memory_limit: Gauge,
     map_write_errors: Family<Labels2, Counter>,
+    map_pressure_warnings: Family<Labels1, Counter>,
     source_errors: Family<Labels1, Counter>,
     manifests_loads: Counter,
     manifests_rejected: Gauge,
@@ -290,6 +296,13 @@ impl Own {
                 r,
                 "nodeport_map_write_errors",
                 "Failed map writes",
+                Listed(Family::default()),
+            )
+            .0,
+            map_pressure_warnings: register(
+                r,
+                "nodeport_map_pressure_warnings",
+                "Times a map or a backend's SNAT pool (snat_pool) went above 90% full",
                 Listed(Family::default()),
             )
             .0,
@@ -476,6 +489,15 @@ impl Metrics {
         self.own.memory_limit.set(reading.limit.map_or(0, bytes));
     }
 
+    /// Map `map` (or [`crate::pressure::SNAT_POOL`]) went above the
+    /// pressure warning's ratio.
+    pub fn map_pressure_warned(&self, map: &'static str) {
+        self.own
+            .map_pressure_warnings
+            .get_or_create(&[("map", map)])
+            .inc();
+    }
+
     /// `/healthz` answered with `status`.
     pub fn healthz_answered(&self, status: u16) {
         self.kube_proxy
@@ -587,6 +609,15 @@ struct Level(u64);
 impl EncodeSample for Count {
     fn encode_sample(self, encoder: MetricEncoder) -> Result<(), fmt::Error> {
         ConstCounter::new(self.0).encode(encoder)
+    }
+}
+
+/// A gauge's value that is a share (0 to 1).
+struct Ratio(f64);
+
+impl EncodeSample for Ratio {
+    fn encode_sample(self, encoder: MetricEncoder) -> Result<(), fmt::Error> {
+        ConstGauge::new(self.0).encode(encoder)
     }
 }
 
@@ -779,8 +810,53 @@ impl Collector for DatapathCollector {
                     Level(b.ports_in_use),
                 )
             }),
-        )
+        )?;
+        family(
+            &mut encoder,
+            "nodeport_snat_pool_pressure",
+            "Share of its SNAT pool each remote backend uses.",
+            MetricType::Gauge,
+            f.snat.backends.iter().map(|b| {
+                (
+                    [
+                        ("backend", b.backend.as_str()),
+                        ("node_addr", b.node_addr.as_str()),
+                    ],
+                    Ratio(f.snat.ratio(b)),
+                )
+            }),
+        )?;
+        encode_map_fill(&mut encoder, &f.maps)
     }
+}
+
+/// How full each map is.
+fn encode_map_fill(
+    encoder: &mut DescriptorEncoder,
+    maps: &[crate::maps::fill::MapFill],
+) -> Result<(), fmt::Error> {
+    family(
+        encoder,
+        "nodeport_bpf_map_pressure",
+        "How full each map is: entries / max_entries.",
+        MetricType::Gauge,
+        maps.iter().map(|m| ([("map", m.map)], Ratio(m.ratio()))),
+    )?;
+    family(
+        encoder,
+        "nodeport_bpf_map_entries",
+        "Entries of each map.",
+        MetricType::Gauge,
+        maps.iter().map(|m| ([("map", m.map)], Level(m.entries))),
+    )?;
+    family(
+        encoder,
+        "nodeport_bpf_map_max_entries",
+        "Capacity of each map.",
+        MetricType::Gauge,
+        maps.iter()
+            .map(|m| ([("map", m.map)], Level(u64::from(m.max_entries)))),
+    )
 }
 
 #[cfg(test)]
@@ -819,6 +895,9 @@ mod tests {
         m.healthz_answered(200);
         m.healthz_answered(200);
         m.livez_answered(200);
+        m.map_pressure_warned("conntrack");
+        m.map_pressure_warned(crate::pressure::SNAT_POOL);
+        m.map_pressure_warned("conntrack");
         m.set_stats_reader(Box::new(|| {
             Ok(vec![("pass_not_ipv4", 7), ("tx_remote", 2)])
         }));
@@ -844,6 +923,9 @@ mod tests {
                 "nodeport_endpoints 3",
                 "# TYPE nodeport_map_write_errors_total counter",
                 "nodeport_map_write_errors_total{map=\"frontends\",op=\"put\"} 1",
+                "# TYPE nodeport_map_pressure_warnings_total counter",
+                "nodeport_map_pressure_warnings_total{map=\"conntrack\"} 2",
+                "nodeport_map_pressure_warnings_total{map=\"snat_pool\"} 1",
                 "nodeport_source_errors_total{resource=\"services\"} 1",
                 "# TYPE nodeport_manifests_loads_total counter",
                 "nodeport_manifests_loads_total 2",
@@ -910,6 +992,7 @@ mod tests {
                 "nodeport_syncs_total{result=\"success\"} 0",
                 "nodeport_syncs_total{result=\"error\"} 0",
                 "nodeport_sync_last_timestamp_seconds 0.0",
+                "# TYPE nodeport_map_pressure_warnings_total counter",
                 "# TYPE nodeport_map_write_errors_total counter",
                 "# TYPE nodeport_source_errors_total counter",
                 "# TYPE nodeport_datapath_packets_total counter",
@@ -943,6 +1026,11 @@ mod tests {
                         ports_in_use: 3,
                     }],
                 },
+                maps: vec![crate::maps::fill::MapFill {
+                    map: "conntrack",
+                    entries: 1000,
+                    max_entries: 4000,
+                }],
             })
         }));
         assert_has(
@@ -954,6 +1042,11 @@ mod tests {
                 "# TYPE nodeport_snat_pool_ports gauge",
                 "nodeport_snat_pool_ports 33000",
                 "nodeport_snat_ports_in_use{backend=\"10.0.2.5\",node_addr=\"10.0.0.1\"} 3",
+                "nodeport_snat_pool_pressure{backend=\"10.0.2.5\",node_addr=\"10.0.0.1\"} 0.0000909090909090909",
+                "# TYPE nodeport_bpf_map_pressure gauge",
+                "nodeport_bpf_map_pressure{map=\"conntrack\"} 0.25",
+                "nodeport_bpf_map_entries{map=\"conntrack\"} 1000",
+                "nodeport_bpf_map_max_entries{map=\"conntrack\"} 4000",
             ],
         );
         assert_has(

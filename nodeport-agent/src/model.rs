@@ -23,7 +23,10 @@ pub struct ServiceModel {
 }
 
 /// How a served Service is served.
-#[allow(clippy::struct_excessive_bools, reason = "independent settings of the spec")]
+#[allow(
+    clippy::struct_excessive_bools,
+    reason = "independent settings of the spec"
+)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Served {
     /// The IPv4 cluster IP, if any.
@@ -101,7 +104,10 @@ pub enum SlicePortNumber {
 }
 
 /// One endpoint (its first address).
-#[allow(clippy::struct_excessive_bools, reason = "the API's endpoint conditions")]
+#[allow(
+    clippy::struct_excessive_bools,
+    reason = "the API's endpoint conditions"
+)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EndpointModel {
     pub addr: Ipv4Addr,
@@ -158,17 +164,16 @@ impl Served {
             .chain(spec.cluster_ips.iter().flatten())
             .find_map(|ip| ip.parse::<Ipv4Addr>().ok())
             .filter(|ip| !ip.is_unspecified());
-        let affinity_timeout_s = (spec.session_affinity.as_deref()
-            == Some(k8s::AFFINITY_CLIENT_IP))
-        .then(|| {
-            spec.session_affinity_config
-                .as_ref()
-                .and_then(|c| c.client_ip.as_ref())
-                .and_then(|c| c.timeout_seconds)
-                .and_then(|t| u32::try_from(t).ok())
-                .filter(|t| *t > 0)
-                .unwrap_or(k8s::DEFAULT_AFFINITY_TIMEOUT_S)
-        });
+        let affinity_timeout_s =
+            (spec.session_affinity.as_deref() == Some(k8s::AFFINITY_CLIENT_IP)).then(|| {
+                spec.session_affinity_config
+                    .as_ref()
+                    .and_then(|c| c.client_ip.as_ref())
+                    .and_then(|c| c.timeout_seconds)
+                    .and_then(|t| u32::try_from(t).ok())
+                    .filter(|t| *t > 0)
+                    .unwrap_or(k8s::DEFAULT_AFFINITY_TIMEOUT_S)
+            });
         let ports = spec
             .ports
             .iter()
@@ -250,7 +255,12 @@ fn source_ranges(svc: &Service) -> Vec<(Ipv4Addr, u8)> {
         .and_then(|a| a.get(k8s::ANNOTATION_SOURCE_RANGES));
     let texts: Vec<&str> = if field.is_empty() {
         annotation
-            .map(|a| a.split(',').map(str::trim).filter(|s| !s.is_empty()).collect())
+            .map(|a| {
+                a.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
             .unwrap_or_default()
     } else {
         field.iter().map(|s| s.trim()).collect()
@@ -312,7 +322,9 @@ impl SliceModel {
                     proto: k8s::protocol_number(p.protocol.as_deref()),
                     number: match p.port {
                         None => SlicePortNumber::Absent,
-                        Some(n) => valid_port(n).map_or(SlicePortNumber::Invalid, SlicePortNumber::Valid),
+                        Some(n) => {
+                            valid_port(n).map_or(SlicePortNumber::Invalid, SlicePortNumber::Valid)
+                        }
                     },
                 })
                 .collect()
@@ -390,7 +402,10 @@ mod tests {
             parse_ipv4_cidr("10.200.0.7/24"),
             Some((Ipv4Addr::new(10, 200, 0, 0), 24))
         );
-        assert_eq!(parse_ipv4_cidr("0.0.0.0/0"), Some((Ipv4Addr::UNSPECIFIED, 0)));
+        assert_eq!(
+            parse_ipv4_cidr("0.0.0.0/0"),
+            Some((Ipv4Addr::UNSPECIFIED, 0))
+        );
         assert_eq!(
             parse_ipv4_cidr("10.1.2.3/32"),
             Some((Ipv4Addr::new(10, 1, 2, 3), 32))

@@ -57,7 +57,13 @@ impl Drop for Socket {
 impl Socket {
     fn open(protocol: i32) -> io::Result<Self> {
         // SAFETY: plain socket(2) call.
-        let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, protocol) };
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                protocol,
+            )
+        };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -88,7 +94,10 @@ impl Socket {
         }
         let n = n.cast_unsigned();
         if n < 20 {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "short netlink answer"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "short netlink answer",
+            ));
         }
         let total = (u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize).min(n);
         let kind = u16::from_ne_bytes([buf[4], buf[5]]);
@@ -144,7 +153,12 @@ fn family_id(sock: &Socket, name: &str) -> io::Result<u16> {
         .into_iter()
         .find(|(k, _)| *k == CTRL_ATTR_FAMILY_ID)
         .and_then(|(_, v)| v.get(..2).map(|b| u16::from_ne_bytes([b[0], b[1]])))
-        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no generic netlink family {name}")))
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no generic netlink family {name}"),
+            )
+        })
 }
 
 /// The XDP features (`xdp_act` bits) the kernel reports for device
@@ -158,7 +172,10 @@ pub fn xdp_features(ifindex: u32) -> io::Result<u64> {
     attrs(answer.get(4..).unwrap_or_default())
         .into_iter()
         .find(|(k, _)| *k == NETDEV_A_DEV_XDP_FEATURES)
-        .and_then(|(_, v)| v.get(..8).map(|b| u64::from_ne_bytes(b.try_into().unwrap_or_default())))
+        .and_then(|(_, v)| {
+            v.get(..8)
+                .map(|b| u64::from_ne_bytes(b.try_into().unwrap_or_default()))
+        })
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no XDP features in the answer"))
 }
 

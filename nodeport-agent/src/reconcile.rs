@@ -37,8 +37,8 @@ use nodeport_common::{
     SOURCE_RANGE_SERVICE_BITS, Slot, SlotKey, SourceRange, SourceRangeKey,
 };
 
-use crate::desired::{Desired, DesiredFrontend, ServicePortRef, describe_frontend};
 use crate::counters::{CounterNames, ServiceLabel};
+use crate::desired::{Desired, DesiredFrontend, ServicePortRef, describe_frontend};
 use crate::ids::Ids;
 use crate::maps::{
     Backends, Frontends, MapError, MapState, MapWriter, NodeAddrs, Slots, SourceRanges, Table,
@@ -466,8 +466,12 @@ impl Reconciler {
             }
         }
         if full {
-            let services: BTreeSet<u32> =
-                self.current.frontends.values().map(|f| f.service_id).collect();
+            let services: BTreeSet<u32> = self
+                .current
+                .frontends
+                .values()
+                .map(|f| f.service_id)
+                .collect();
             let backends = &self.current.backends;
             let held = |id: u32| backends.contains_key(&BackendKey { backend_id: id });
             let (s, b) = w
@@ -529,7 +533,10 @@ impl Reconciler {
         report: &mut ApplyReport,
     ) -> Result<(), ReconcileError> {
         let node_addr_object = |_: &Self, wr: &Write<NodeAddrKey, NodeAddr>| {
-            format!("node address {}", nodeport_common::addr::from_be(wr.key().addr_be))
+            format!(
+                "node address {}",
+                nodeport_common::addr::from_be(wr.key().addr_be)
+            )
         };
         if let Some(node_addrs) = &plan.node_addrs {
             let wanted = node_addrs.iter().map(|(k, v)| (*k, Some(*v))).collect();
@@ -546,7 +553,11 @@ impl Reconciler {
                     return String::new();
                 };
                 let (addr, port) = backend_addr(*v);
-                match plan.backend_owner.get(&k.backend_id).and_then(Option::as_ref) {
+                match plan
+                    .backend_owner
+                    .get(&k.backend_id)
+                    .and_then(Option::as_ref)
+                {
                     Some(o) => format!("backend {addr}:{port} of service {o}"),
                     None => format!("backend {addr}:{port} (draining)"),
                 }
@@ -680,7 +691,12 @@ impl Reconciler {
                 &deletes,
                 w,
                 report,
-                |_, wr| format!("node address {}", nodeport_common::addr::from_be(wr.key().addr_be)),
+                |_, wr| {
+                    format!(
+                        "node address {}",
+                        nodeport_common::addr::from_be(wr.key().addr_be)
+                    )
+                },
                 |_, _, _| {},
             )?;
         }
@@ -939,10 +955,7 @@ impl Reconciler {
             else {
                 continue;
             };
-            if wanted
-                .backend(backend_addr(b))
-                .is_some_and(|w| !w.draining)
-            {
+            if wanted.backend(backend_addr(b)).is_some_and(|w| !w.draining) {
                 plan.left.insert((service_id, *id));
             }
         }
@@ -1199,7 +1212,10 @@ mod tests {
         );
         assert_eq!(
             ops,
-            ["put range svc1 192.0.2.0/25", "delete range svc1 10.200.0.0/24"]
+            [
+                "put range svc1 192.0.2.0/25",
+                "delete range svc1 10.200.0.0/24"
+            ]
         );
         let (_, ops) = run(&mut r, &web(&[be(1, 5)]), &mut m);
         assert_eq!(
@@ -1314,32 +1330,71 @@ mod tests {
     fn counters_are_named_while_their_ids_serve_and_deleted_with_them() {
         let mut m = MemoryMaps::new();
         let mut r = Reconciler::default();
-        run(&mut r, &web_and_api(&[be(1, 5), be(2, 5)], &[be(2, 9)]), &mut m);
+        run(
+            &mut r,
+            &web_and_api(&[be(1, 5), be(2, 5)], &[be(2, 9)]),
+            &mut m,
+        );
         let web_np = r.service_id(&np(30080)).expect("web's id");
-        let api_backend = r.backend_id(be(2, 9).addr, be(2, 9).port).expect("api's backend");
+        let api_backend = r
+            .backend_id(be(2, 9).addr, be(2, 9).port)
+            .expect("api's backend");
         let stats = |ids: &[u32]| {
             ids.iter()
-                .map(|id| (*id, nodeport_common::ServiceStats { packets: 1, ..Default::default() }))
+                .map(|id| {
+                    (
+                        *id,
+                        nodeport_common::ServiceStats {
+                            packets: 1,
+                            ..Default::default()
+                        },
+                    )
+                })
                 .collect::<BTreeMap<_, _>>()
         };
         let all_services: Vec<u32> = r.state().frontends.values().map(|f| f.service_id).collect();
         let all_backends: Vec<u32> = r.state().backends.keys().map(|k| k.backend_id).collect();
-        let named = crate::counters::label(&r.counter_names(), &stats(&all_services), &BTreeMap::new());
-        let ports: Vec<String> = named.services.iter().map(|(l, _)| l.name.to_string()).collect();
+        let named =
+            crate::counters::label(&r.counter_names(), &stats(&all_services), &BTreeMap::new());
+        let ports: Vec<String> = named
+            .services
+            .iter()
+            .map(|(l, _)| l.name.to_string())
+            .collect();
         assert_eq!(ports.len(), 2, "web and api, each one port: {named:?}");
         assert!(named.services.iter().all(|(_, s)| s.packets >= 1));
-        m.counters = (all_services.iter().copied().collect(), all_backends.iter().copied().collect());
+        m.counters = (
+            all_services.iter().copied().collect(),
+            all_backends.iter().copied().collect(),
+        );
 
         // web goes, and with it its two frontends' and its backends' counters.
         let mut d = web_and_api(&[], &[be(2, 9)]);
         d.frontends.remove(&np(30080));
         d.frontends.remove(&cip(10, 80));
         run(&mut r, &d, &mut m);
-        assert!(!m.counters.0.contains(&web_np), "web's counters deleted: {:?}", m.counters);
-        assert_eq!(m.counters.0.len(), all_services.len() - 2, "{:?}", m.counters);
-        assert_eq!(m.counters.1, BTreeSet::from([api_backend]), "api's backend keeps its counters");
-        let named = crate::counters::label(&r.counter_names(), &stats(&all_services), &BTreeMap::new());
-        assert!(named.services.iter().all(|(l, _)| &*l.name != "web"), "{named:?}");
+        assert!(
+            !m.counters.0.contains(&web_np),
+            "web's counters deleted: {:?}",
+            m.counters
+        );
+        assert_eq!(
+            m.counters.0.len(),
+            all_services.len() - 2,
+            "{:?}",
+            m.counters
+        );
+        assert_eq!(
+            m.counters.1,
+            BTreeSet::from([api_backend]),
+            "api's backend keeps its counters"
+        );
+        let named =
+            crate::counters::label(&r.counter_names(), &stats(&all_services), &BTreeMap::new());
+        assert!(
+            named.services.iter().all(|(l, _)| &*l.name != "web"),
+            "{named:?}"
+        );
 
         // A full sync also deletes counters of ids that name nothing.
         m.counters.0.insert(999);

@@ -24,6 +24,7 @@ use crate::config::{InterfaceAddr, NodePortAddresses};
 use crate::health::{HealthCheckServers, ProxyHealth};
 use crate::http::Server;
 use crate::loader::{Datapath, MapSizes};
+use crate::maps::fill::PinnedMaps;
 use crate::maps::{MapWriter as _, bpf::BpfMaps};
 use crate::metrics::{Metrics, Served};
 use crate::pipeline::Pipeline;
@@ -46,6 +47,8 @@ const NEIGHBOUR_REFRESH: Duration = Duration::from_secs(30);
 const DEVICE_CHECK: Duration = Duration::from_secs(1);
 /// How often the agent's memory is read.
 const MEMORY_CHECK: Duration = Duration::from_secs(10);
+/// How often the maps' fill is counted for the pressure warning.
+const PRESSURE_CHECK: Duration = Duration::from_secs(5);
 
 /// Why `nodeport-agent run` could not start (once running, failures are
 /// logged and retried, never fatal).
@@ -187,6 +190,7 @@ fn serve_health_and_metrics(
 ) -> Result<[Server; 2]> {
     let stats = Arc::new(std::sync::Mutex::new(BpfMaps::open(root)?));
     let figures = Arc::clone(&stats);
+    let pinned = PinnedMaps::open(root)?;
     if let Some(names) = names {
         let maps = Arc::clone(&stats);
         metrics.set_counters_reader(Box::new(move || {
@@ -209,6 +213,7 @@ fn serve_health_and_metrics(
             &figures
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
+            &pinned,
         )
     }));
     let healthz = Server::bind(
@@ -226,7 +231,10 @@ fn serve_health_and_metrics(
     Ok([healthz, metrics])
 }
 
-#[allow(clippy::too_many_lines, reason = "the agent's start-up steps in order, read top to bottom")]
+#[allow(
+    clippy::too_many_lines,
+    reason = "the agent's start-up steps in order, read top to bottom"
+)]
 pub fn run(args: &RunArgs) -> Result<()> {
     let node = node_name(args)?;
     // Dropped last: the servers and the watchers on it stop with it.
@@ -247,7 +255,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         .and_then(|d| d.into_iter().next())
         .unwrap_or_else(|| ifaces[0].clone());
 
-    let mut datapath = Datapath::load(&args.bpffs, MapSizes::default())?;
+    let mut datapath = Datapath::load(&args.bpffs, MapSizes::with(&args.map_size))?;
     let mut maps = BpfMaps::open(datapath.root())?;
     configure_snat(args, &mut maps)?;
     configure_counters(args, &mut maps)?;
@@ -292,6 +300,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     );
 
     let stop = stop_on_signals(runtime.handle())?;
+    let pinned = PinnedMaps::open(datapath.root())?;
     let mut sync = Sync {
         health_checks: HealthCheckServers::new(
             Ipv4Addr::UNSPECIFIED,
@@ -321,6 +330,9 @@ pub fn run(args: &RunArgs) -> Result<()> {
         last_device_check: Instant::now(),
         memory: crate::memory::Watch::default(),
         last_memory_check: None,
+        pinned,
+        pressure: crate::pressure::Watch::default(),
+        last_pressure_check: None,
         trim_after_apply: false,
     };
     while !stop.load(Ordering::Relaxed) {
@@ -378,6 +390,10 @@ struct Sync {
     last_device_check: Instant,
     memory: crate::memory::Watch,
     last_memory_check: Option<Instant>,
+    /// The maps whose fill the pressure check counts.
+    pinned: PinnedMaps,
+    pressure: crate::pressure::Watch,
+    last_pressure_check: Option<Instant>,
     /// A large delivery was taken: free memory goes back to the kernel
     /// once it is written.
     trim_after_apply: bool,
@@ -464,6 +480,20 @@ impl Sync {
             self.last_memory_check = Some(Instant::now());
             if let Some(reading) = self.memory.check() {
                 self.metrics.set_memory(&reading);
+            }
+        }
+        if self
+            .last_pressure_check
+            .is_none_or(|t| t.elapsed() >= PRESSURE_CHECK)
+        {
+            self.last_pressure_check = Some(Instant::now());
+            match crate::figures::read(&self.maps, &self.pinned) {
+                Ok(figures) => {
+                    for crossing in self.pressure.check(&figures) {
+                        self.metrics.map_pressure_warned(crossing.map);
+                    }
+                }
+                Err(e) => warn!(error = %e, "reading how full the maps are failed"),
             }
         }
     }

@@ -110,7 +110,10 @@ pub fn default_ranges(
 }
 
 /// `ranges` without the ports of `taken`.
-fn subtract(ranges: &[RangeInclusive<u16>], taken: &RangeInclusive<u16>) -> Vec<RangeInclusive<u16>> {
+fn subtract(
+    ranges: &[RangeInclusive<u16>],
+    taken: &RangeInclusive<u16>,
+) -> Vec<RangeInclusive<u16>> {
     let mut out = Vec::new();
     for r in ranges {
         if taken.end() < r.start() || taken.start() > r.end() {
@@ -244,7 +247,10 @@ mod tests {
     #[test]
     fn default_pool_surrounds_the_node_port_and_ephemeral_ranges() {
         let pool = default_ranges(&(30_000..=32_767), &(32_768..=60_999)).unwrap();
-        assert_eq!(pool, [PortRange::new(1024, 29_999), PortRange::new(61_000, 65_535)]);
+        assert_eq!(
+            pool,
+            [PortRange::new(1024, 29_999), PortRange::new(61_000, 65_535)]
+        );
         // A wide ephemeral range leaves the stretch below the NodePorts.
         let pool = default_ranges(&(30_000..=32_767), &(32_768..=65_535)).unwrap();
         assert_eq!(pool, [PortRange::new(1024, 29_999), PortRange::EMPTY]);

@@ -8,8 +8,11 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use nodeport_agent::loader::{self, Datapath, MapSizes};
+use nodeport_agent::maps::fill::PinnedMaps;
 use nodeport_agent::maps::{MapWriter as _, TableWrite, Write, bpf::BpfMaps};
-use nodeport_common::{Frontend, FrontendKey, LAYOUTS, PROTO_TCP, names};
+use nodeport_common::{
+    Frontend, FrontendKey, LAYOUTS, PROTO_TCP, ServiceStats, SourceRange, SourceRangeKey, names,
+};
 
 fn require_root() {
     // SAFETY: geteuid has no preconditions.
@@ -101,7 +104,10 @@ fn batched_writes_equal_single_writes_and_stop_where_the_map_is_full() {
     assert_eq!(stopped.error.map, names::FRONTENDS);
     let state = maps.read_state().expect("read state");
     let expected: BTreeMap<_, _> = (2..=1001).map(frontend).collect();
-    assert_eq!(state.frontends, expected, "the map holds the first 1,000 puts");
+    assert_eq!(
+        state.frontends, expected,
+        "the map holds the first 1,000 puts"
+    );
     assert_eq!(
         maps.batched_entries(),
         1000,
@@ -125,7 +131,105 @@ fn batched_writes_equal_single_writes_and_stop_where_the_map_is_full() {
         .chain(3000..3300)
         .map(frontend)
         .collect();
-    assert_eq!(state.frontends, expected, "deletes and puts applied in order");
+    assert_eq!(
+        state.frontends, expected,
+        "deletes and puts applied in order"
+    );
+}
+
+/// The fill of every map but the arrays is its exact entry count, read in
+/// batches from hash maps (a map of more entries than one batch holds
+/// included), key by key from the source-range trie, and from per-CPU
+/// maps; capacities are what `--map-size` asked for.
+#[test]
+fn fill_counts_the_entries_of_every_kind_of_map() {
+    require_root();
+    let root = Root::new();
+    let sizes = MapSizes::with(&[(names::FRONTENDS, 20_000), (names::CONNTRACK, 777)]);
+    let _dp = Datapath::load(&root.0, sizes).expect("load and pin");
+    let mut maps = BpfMaps::open(&root.0).expect("open pinned maps");
+    let mut writes: Vec<TableWrite> = (1..=9_000)
+        .map(|p| {
+            let (k, v) = frontend(p);
+            TableWrite::Frontend(Write::Put(k, v))
+        })
+        .collect();
+    writes.extend((0..5u32).map(|i| {
+        TableWrite::SourceRange(Write::Put(
+            SourceRangeKey {
+                prefix_len: 32 + 24,
+                service_id: 7,
+                addr_be: u32::from(std::net::Ipv4Addr::new(10, 0, u8::try_from(i).unwrap(), 0))
+                    .to_be(),
+            },
+            SourceRange { allowed: 1 },
+        ))
+    }));
+    maps.write_all(&writes).expect("writes fit");
+    let stats_map = aya::maps::MapData::from_pin(root.0.join(names::SERVICE_STATS))
+        .expect("open service_stats");
+    let mut stats: aya::maps::PerCpuHashMap<_, u32, ServiceStats> =
+        aya::maps::PerCpuHashMap::try_from(aya::maps::Map::PerCpuHashMap(stats_map))
+            .expect("a per-CPU hash");
+    let cpus = aya::util::nr_cpus().expect("possible CPUs");
+    for id in 1..=3 {
+        let values = aya::maps::PerCpuValues::try_from(vec![ServiceStats::default(); cpus])
+            .expect("one value per CPU");
+        stats.insert(id, values, 0).expect("insert counters");
+    }
+
+    let fill: BTreeMap<&str, (u64, u32)> = PinnedMaps::open(&root.0)
+        .expect("open pinned maps for counting")
+        .read()
+        .expect("count entries")
+        .into_iter()
+        .map(|m| (m.map, (m.entries, m.max_entries)))
+        .collect();
+    assert_eq!(fill[names::FRONTENDS], (9_000, 20_000), "{fill:?}");
+    assert_eq!(fill[names::SOURCE_RANGES].0, 5, "{fill:?}");
+    assert_eq!(fill[names::SERVICE_STATS].0, 3, "{fill:?}");
+    assert_eq!(fill[names::CONNTRACK], (0, 777), "{fill:?}");
+    for array in [names::STATS, names::CONFIG, names::TX_ARMED] {
+        assert!(
+            !fill.contains_key(array),
+            "arrays are always full: {fill:?}"
+        );
+    }
+    assert_eq!(
+        fill.len(),
+        names::ALL.len() - 3,
+        "every map but the three arrays: {fill:?}"
+    );
+}
+
+/// `--map-size` takes only the maps it can size and capacities from 1 to
+/// 2^24.
+#[test]
+fn map_sizes_parse_with_clear_errors() {
+    assert_eq!(
+        loader::parse_map_size("conntrack=1048576"),
+        Ok((names::CONNTRACK, 1 << 20))
+    );
+    assert_eq!(
+        loader::parse_map_size(" rev_nat = 10 "),
+        Ok((names::REV_NAT, 10))
+    );
+    for (bad, says) in [
+        ("conntrack", "is not NAME=ENTRIES"),
+        (
+            "stats=10",
+            "is not a map that can be sized (one of: frontends, backend_slots",
+        ),
+        ("conntrack=0", "from 1 to 16777216"),
+        ("conntrack=16777217", "from 1 to 16777216"),
+        ("conntrack=-1", "from 1 to 16777216"),
+    ] {
+        let e = loader::parse_map_size(bad).expect_err(bad).to_string();
+        assert!(e.contains(says), "{bad}: {e}");
+    }
+    let sizes = MapSizes::with(&[(names::AFFINITY, 5), (names::FRAGMENTS, 6)]);
+    assert_eq!((sizes.affinity, sizes.fragments), (5, 6));
+    assert_eq!(sizes.conntrack, MapSizes::default().conntrack);
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! End-to-end tests of the tools an operator acts on, on the namespace test
 //! cluster with real traffic: `nodeport-agent explain` predicts, from the
 //! live maps, what a packet will get, and a real packet then gets exactly
-//! that.
+//! that; the per-Service counters move by exactly the packets sent; map
+//! pressure rises as conntrack fills.
 //!
 //! Needs root. Run with `cargo xtask test`.
 
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use nodeport_tests::cluster::{CLIENT_ADDR, node_addr, pod_addr, pod_name};
 use nodeport_tests::objects::{ServiceBuilder, to_yaml};
-use nodeport_tests::{Answer, Cluster, ClusterConfig, Veths, eventually};
+use nodeport_tests::{AgentOptions, Answer, Cluster, ClusterConfig, Veths, eventually};
 use serde_json::Value;
 
 const POD_PORT: u16 = 8080;
@@ -29,10 +30,29 @@ fn cluster() -> Cluster {
     })
 }
 
+/// `nodeport-agent ARGS --bpffs <node 1's> -o json` on node 1, parsed.
+fn agent_json(c: &Cluster, args: &[&str]) -> Value {
+    let bpffs = c.node_bpffs(1).to_string_lossy().into_owned();
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--bpffs", &bpffs, "-o", "json"]);
+    let out = c.agent_cli(1, &all);
+    assert!(
+        out.status.success(),
+        "nodeport-agent {all:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "nodeport-agent {all:?} printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
 /// `explain -o json` on node 1 for a packet from `from` to `to`.
 fn explain(c: &Cluster, proto: &str, from: SocketAddr, to: SocketAddr) -> Value {
-    let out = c.agent_cli(
-        1,
+    agent_json(
+        c,
         &[
             "explain",
             "--proto",
@@ -43,23 +63,8 @@ fn explain(c: &Cluster, proto: &str, from: SocketAddr, to: SocketAddr) -> Value 
             &to.to_string(),
             "--interface",
             "eth0",
-            "--bpffs",
-            &c.node_bpffs(1).to_string_lossy(),
-            "-o",
-            "json",
         ],
-    );
-    assert!(
-        out.status.success(),
-        "explain {proto} {from} -> {to}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "explain printed no JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
+    )
 }
 
 /// The pod `node<i>-pod<k>` as `addr:port`.
@@ -80,7 +85,10 @@ fn backend_of(server: &str) -> String {
 /// is no Service's passes untouched, a Service without endpoints is
 /// rejected, as predicted.
 #[test]
-#[allow(clippy::too_many_lines, reason = "one cluster, every kind of prediction")]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one cluster, every kind of prediction"
+)]
 fn explain_predicts_what_a_real_packet_then_gets() {
     let c = cluster();
     let svc = ServiceBuilder::node_port("explained")
@@ -286,23 +294,7 @@ fn service_and_backend_counters_move_by_the_packets_sent() {
     );
 
     // `inspect services` shows the NodePort frontend's own counters.
-    let out = c.agent_cli(
-        1,
-        &[
-            "inspect",
-            "services",
-            "--bpffs",
-            &c.node_bpffs(1).to_string_lossy(),
-            "-o",
-            "json",
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "inspect: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rows: Value = serde_json::from_slice(&out.stdout).expect("inspect prints JSON");
+    let rows = agent_json(&c, &["inspect", "services"]);
     let row = rows
         .as_array()
         .and_then(|r| {
@@ -331,4 +323,105 @@ fn service_and_backend_counters_move_by_the_packets_sent() {
         "a Service without endpoints refuses"
     );
     assert_eq!(rejected(), before + 1.0, "one SYN, one reject");
+}
+
+const FILL_NODE_PORT: u16 = 31_704;
+/// The conntrack capacity the pressure test gives the agent.
+const SMALL_CONNTRACK: u32 = 8_192;
+
+/// As conntrack fills with UDP flows, `nodeport_bpf_map_pressure` of
+/// conntrack rises from near 0 to above 90% (an LRU map that overflows
+/// stays within a few per-CPU batches of full), `inspect maps` shows the
+/// same fill and the `--map-size` capacity, and going above 90% is warned
+/// once: a log line and `nodeport_map_pressure_warnings_total`.
+#[test]
+fn map_pressure_rises_as_conntrack_fills() {
+    let c = cluster();
+    let svc = ServiceBuilder::node_port("filling").udp("udp", 80, POD_PORT, FILL_NODE_PORT);
+    c.manifests().write(
+        "filling.yaml",
+        &to_yaml(&[&svc, &svc.slice("x1").pods(&[(1, 1, true)])]),
+    );
+    let agent = c.start_agent_with(
+        1,
+        &AgentOptions {
+            manifests_dir: c.manifests().dir().to_path_buf(),
+            extra_args: vec![
+                "--map-size".into(),
+                format!("conntrack={SMALL_CONNTRACK}").into(),
+            ],
+            ..Default::default()
+        },
+    );
+    agent.wait_ready();
+    eventually(Duration::from_secs(5), || {
+        c.client()
+            .udp_request(node_addr(1), FILL_NODE_PORT, None)
+            .ok()
+    })
+    .expect("the NodePort answers");
+    let sample = |name: &str| {
+        agent
+            .metric(&format!("{name}{{map=\"conntrack\"}}"))
+            .unwrap_or_else(|| panic!("{name} of conntrack is exported"))
+    };
+    let capacity = sample("nodeport_bpf_map_max_entries");
+    assert!(
+        (capacity - f64::from(SMALL_CONNTRACK)).abs() < 0.5,
+        "--map-size sized conntrack: {capacity}"
+    );
+    let before = sample("nodeport_bpf_map_pressure");
+    assert!(before < 0.1, "a few flows barely fill conntrack: {before}");
+    assert_eq!(
+        agent.metric("nodeport_map_pressure_warnings_total{map=\"conntrack\"}"),
+        None,
+        "nothing is full yet"
+    );
+
+    // A quarter more new UDP flows than conntrack holds, each from its own
+    // client port.
+    let flows = SMALL_CONNTRACK + SMALL_CONNTRACK / 4;
+    let to = SocketAddr::new(node_addr(1).into(), FILL_NODE_PORT);
+    c.client_netns().run(|| {
+        for port in 10_000..10_000 + flows {
+            let from = SocketAddr::new(CLIENT_ADDR.into(), u16::try_from(port).expect("a port"));
+            let s = std::net::UdpSocket::bind(from).unwrap_or_else(|e| panic!("bind {from}: {e}"));
+            s.send_to(b"fill", to)
+                .unwrap_or_else(|e| panic!("send from {from}: {e}"));
+        }
+    });
+    let full = eventually(Duration::from_secs(10), || {
+        let p = sample("nodeport_bpf_map_pressure");
+        (p > 0.9).then_some(p)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "conntrack pressure after {flows} flows: {}",
+            sample("nodeport_bpf_map_pressure")
+        )
+    });
+    assert!(full <= 1.0, "a share: {full}");
+
+    let maps = agent_json(&c, &["inspect", "maps"]);
+    let row = maps
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["map"] == "conntrack"))
+        .unwrap_or_else(|| panic!("conntrack in {maps}"));
+    assert_eq!(row["max_entries"], SMALL_CONNTRACK, "{row}");
+    let entries = row["entries"].as_u64().expect("entries");
+    assert!(
+        entries * 10 > u64::from(SMALL_CONNTRACK) * 9 && entries <= u64::from(SMALL_CONNTRACK),
+        "inspect maps shows conntrack above 90% full: {row}"
+    );
+
+    let warned = eventually(Duration::from_secs(15), || {
+        agent.metric("nodeport_map_pressure_warnings_total{map=\"conntrack\"}")
+    });
+    assert_eq!(warned, Some(1.0), "one crossing, one warning");
+    agent.wait_for_log("map is", Duration::from_secs(1));
+    assert!(
+        agent.log().contains("map=\"conntrack\"") || agent.log().contains("map=conntrack"),
+        "the warning names conntrack:\n{}",
+        agent.log()
+    );
 }

@@ -288,6 +288,10 @@ fn load_balancer_source_ranges_admit_clients_inside_and_drop_the_rest() {
 /// zone; once an endpoint has no hints, kube-proxy's fallback applies and
 /// every endpoint serves.
 #[test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one cluster, each zone and node case in turn"
+)]
 fn traffic_distribution_keeps_traffic_in_the_nodes_zone_or_on_the_node() {
     let c = cluster();
     let zoned_node = |i: usize, zone: &str| {

@@ -188,7 +188,9 @@ impl DesiredIndex {
     pub fn is_remote(&self, addr: Ipv4Addr) -> bool {
         self.selected_by
             .range((addr, 0)..=(addr, u16::MAX))
-            .any(|(_, by)| by.values().fold(0, |a, f| a | f) & nodeport_common::BACKEND_F_LOCAL == 0)
+            .any(|(_, by)| {
+                by.values().fold(0, |a, f| a | f) & nodeport_common::BACKEND_F_LOCAL == 0
+            })
     }
 
     /// The healthCheckNodePorts of Local-policy Services.
@@ -329,7 +331,9 @@ mod tests {
     use crate::maps::memory::MemoryMaps;
     use crate::reconcile::Reconciler;
     use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
-    use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+    use k8s_openapi::api::discovery::v1::{
+        Endpoint, EndpointConditions, EndpointPort, EndpointSlice,
+    };
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
     use nodeport_common::{Backend, Frontend};
 
@@ -441,7 +445,12 @@ mod tests {
 
     fn normalize(m: &MemoryMaps) -> Normalized {
         let state = m.read_state().unwrap();
-        let addr = |b: &Backend| (nodeport_common::addr::from_be(b.addr_be), u16::from_be(b.port_be));
+        let addr = |b: &Backend| {
+            (
+                nodeport_common::addr::from_be(b.addr_be),
+                u16::from_be(b.port_be),
+            )
+        };
         let frontends = state
             .frontends
             .iter()
@@ -452,15 +461,21 @@ mod tests {
                             service_id: f.service_id,
                             slot,
                         }];
-                        addr(&state.backends[&nodeport_common::BackendKey {
-                            backend_id: s.backend_id,
-                        }])
+                        addr(
+                            &state.backends[&nodeport_common::BackendKey {
+                                backend_id: s.backend_id,
+                            }],
+                        )
                     })
                     .collect();
                 (*k, (f.flags, f.affinity_timeout_s, slots))
             })
             .collect();
-        let backends = state.backends.values().map(|b| (addr(b), b.flags)).collect();
+        let backends = state
+            .backends
+            .values()
+            .map(|b| (addr(b), b.flags))
+            .collect();
         Normalized {
             frontends,
             backends,
@@ -517,7 +532,10 @@ mod tests {
                 let got = index.to_desired();
                 assert_eq!(got.frontends, want.frontends, "seed {seed} step {step}");
                 assert_eq!(got.draining, want.draining, "seed {seed} step {step}");
-                assert_eq!(got.health_checks, want.health_checks, "seed {seed} step {step}");
+                assert_eq!(
+                    got.health_checks, want.health_checks,
+                    "seed {seed} step {step}"
+                );
                 assert_eq!(got.conflicts, want.conflicts, "seed {seed} step {step}");
 
                 incremental

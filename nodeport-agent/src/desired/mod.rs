@@ -526,14 +526,14 @@ fn endpoints_for_port(
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{
-        ClientIPConfig, LoadBalancerIngress, LoadBalancerStatus, Service, ServicePort,
-        ServiceSpec, ServiceStatus, SessionAffinityConfig,
+        ClientIPConfig, LoadBalancerIngress, LoadBalancerStatus, Service, ServicePort, ServiceSpec,
+        ServiceStatus, SessionAffinityConfig,
     };
     use k8s_openapi::api::discovery::v1::EndpointSlice;
-    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-    use nodeport_common::{PROTO_TCP, PROTO_UDP};
     use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    use nodeport_common::{PROTO_TCP, PROTO_UDP};
 
     const NODE: &str = "node-a";
     const L: u8 = BACKEND_F_LOCAL;
@@ -608,7 +608,10 @@ mod tests {
 
     /// `web` as a LoadBalancer, its spec changed by `f`, with ingress IPs
     /// `(ip, ipMode)`.
-    fn load_balancer(f: impl FnOnce(&mut ServiceSpec), ingress: &[(&str, Option<&str>)]) -> Service {
+    fn load_balancer(
+        f: impl FnOnce(&mut ServiceSpec),
+        ingress: &[(&str, Option<&str>)],
+    ) -> Service {
         let mut svc = with_spec(web(), |s| {
             s.type_ = Some("LoadBalancer".into());
             f(s);
@@ -1355,15 +1358,21 @@ mod tests {
             }
             e
         };
-        let close = |s: Service| with_spec(s, |s| s.traffic_distribution = Some("PreferClose".into()));
+        let close =
+            |s: Service| with_spec(s, |s| s.traffic_distribution = Some("PreferClose".into()));
         let with_zone = |mut st: ClusterState, zone: &str| {
             let mut node = Node::default();
-            node.metadata.labels = Some([(crate::k8s::LABEL_ZONE.to_owned(), zone.to_owned())].into());
+            node.metadata.labels =
+                Some([(crate::k8s::LABEL_ZONE.to_owned(), zone.to_owned())].into());
             st.nodes.insert(NODE.to_owned(), node);
             st
         };
         let addrs_of = |d: &Desired, k: &FrontendKey| -> Vec<String> {
-            d.frontends[k].backends.iter().map(|b| b.addr.to_string()).collect()
+            d.frontends[k]
+                .backends
+                .iter()
+                .map(|b| b.addr.to_string())
+                .collect()
         };
         let np = frontend_key(Ipv4Addr::UNSPECIFIED, 30080, PROTO_TCP);
         let cip = frontend_key(Ipv4Addr::new(10, 96, 0, 10), 80, PROTO_TCP);
@@ -1372,7 +1381,10 @@ mod tests {
             hinted("10.244.2.5", "node-b", Some("zone-b")),
         ];
         let st = |svc: Service, eps: Vec<Endpoint>, zone: &str| {
-            with_zone(state(vec![svc], vec![slice("web", &[("", "TCP", 8080)], eps)]), zone)
+            with_zone(
+                state(vec![svc], vec![slice("web", &[("", "TCP", 8080)], eps)]),
+                zone,
+            )
         };
         let d = compute(&st(close(web()), both.clone(), "zone-a"), NODE, &[]);
         assert_eq!(addrs_of(&d, &np), ["10.244.1.5"], "this zone's endpoint");
@@ -1407,12 +1419,17 @@ mod tests {
         let d = compute(&st(close(web()), unhinted, "zone-a"), NODE, &[]);
         assert_eq!(addrs_of(&d, &np).len(), 3, "an endpoint without hints: all");
         let d = compute(
-            &state(vec![close(web())], vec![slice("web", &[("", "TCP", 8080)], both.clone())]),
+            &state(
+                vec![close(web())],
+                vec![slice("web", &[("", "TCP", 8080)], both.clone())],
+            ),
             NODE,
             &[],
         );
         assert_eq!(addrs_of(&d, &np), all, "a node without a zone: all");
-        let local = with_spec(close(web()), |s| s.external_traffic_policy = Some("Local".into()));
+        let local = with_spec(close(web()), |s| {
+            s.external_traffic_policy = Some("Local".into());
+        });
         let d = compute(&st(local, both, "zone-b"), NODE, &[]);
         assert_eq!(
             addrs_of(&d, &np),

@@ -283,7 +283,9 @@ impl BpfMaps {
         match self.source_ranges.get(&key, 0) {
             Ok(_) => Ok(true),
             Err(e) if absent(&e) => Ok(false),
-            Err(e) => Err(err(names::SOURCE_RANGES, "lookup", (service_id, addr_be))(e)),
+            Err(e) => Err(err(names::SOURCE_RANGES, "lookup", (service_id, addr_be))(
+                e,
+            )),
         }
     }
 
@@ -292,7 +294,9 @@ impl BpfMaps {
         let mut out = BTreeMap::new();
         for item in &self.service_stats {
             let (id, values) = item.map_err(err(names::SERVICE_STATS, "iterate", ()))?;
-            let sum = values.iter().fold(ServiceStats::default(), |a, v| a.plus(v));
+            let sum = values
+                .iter()
+                .fold(ServiceStats::default(), |a, v| a.plus(v));
             out.insert(id, sum);
         }
         Ok(out)
@@ -303,7 +307,9 @@ impl BpfMaps {
         let mut out = BTreeMap::new();
         for item in &self.backend_stats {
             let (id, values) = item.map_err(err(names::BACKEND_STATS, "iterate", ()))?;
-            let sum = values.iter().fold(BackendStats::default(), |a, v| a.plus(v));
+            let sum = values
+                .iter()
+                .fold(BackendStats::default(), |a, v| a.plus(v));
             out.insert(id, sum);
         }
         Ok(out)
@@ -366,15 +372,15 @@ const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 /// The `batch` member of `union bpf_attr`.
 #[repr(C)]
 #[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
+pub(super) struct BatchAttr {
+    pub(super) in_batch: u64,
+    pub(super) out_batch: u64,
+    pub(super) keys: u64,
+    pub(super) values: u64,
+    pub(super) count: u32,
+    pub(super) map_fd: u32,
+    pub(super) elem_flags: u64,
+    pub(super) flags: u64,
 }
 
 /// Puts the run of puts of table `T` that `writes` opens (at most
@@ -408,28 +414,36 @@ where
     // the rest); `keys` and `values` hold `count` entries of the map's key
     // and value sizes and outlive the call; the kernel writes back only
     // `attr.count`.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_UPDATE_BATCH,
-            &raw mut attr,
-            std::mem::size_of::<BatchAttr>(),
-        )
-    };
-    if rc == 0 {
-        (keys.len(), None)
-    } else {
-        let error = std::io::Error::last_os_error();
-        (
+    match unsafe { bpf(BPF_MAP_UPDATE_BATCH, &mut attr) } {
+        Ok(()) => (keys.len(), None),
+        Err(error) => (
             usize::try_from(attr.count).unwrap_or(0).min(keys.len()),
             Some(error),
-        )
+        ),
+    }
+}
+
+/// One `bpf(2)` call of command `cmd` with `attr`, a prefix of `union
+/// bpf_attr` (the kernel zero-fills the rest).
+///
+/// # Safety
+///
+/// Every pointer in `attr` must point to memory of the size the command
+/// reads or writes through it, alive across the call.
+pub(super) unsafe fn bpf<A>(cmd: libc::c_long, attr: &mut A) -> std::io::Result<()> {
+    // SAFETY: the caller vouches for the pointers in `attr`; its size is
+    // passed with it.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_mut(attr), size_of::<A>()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
 /// Whether a batch failed because the kernel has no batch operation for
 /// the map (`ENOTSUPP`, 524, from Linux 5.6 on; `EINVAL` before).
-fn unsupported(e: &std::io::Error) -> bool {
+pub(super) fn unsupported(e: &std::io::Error) -> bool {
     matches!(
         e.raw_os_error(),
         Some(libc::EINVAL | libc::EOPNOTSUPP | 524)
@@ -438,7 +452,10 @@ fn unsupported(e: &std::io::Error) -> bool {
 
 impl BpfMaps {
     /// Carries out one write of the `source_ranges` trie.
-    fn write_source_range(&mut self, w: Write<SourceRangeKey, SourceRange>) -> Result<(), MapError> {
+    fn write_source_range(
+        &mut self,
+        w: Write<SourceRangeKey, SourceRange>,
+    ) -> Result<(), MapError> {
         let name = SourceRanges::NAME;
         match w {
             Write::Put(k, v) => self

@@ -6,6 +6,7 @@
 //! maps; the reconciler's tests use an in-memory double.
 
 pub mod bpf;
+pub mod fill;
 #[cfg(test)]
 pub mod memory;
 

@@ -477,7 +477,11 @@ mod tests {
         assert!(o.apply(watcher::Event::InitDone));
         assert!(o.synced);
         assert_eq!(names(&o), ["default/a", "default/b"]);
-        assert_eq!(taken(&mut o), ["a", "b"], "the first list hands out everything");
+        assert_eq!(
+            taken(&mut o),
+            ["a", "b"],
+            "the first list hands out everything"
+        );
 
         assert!(o.apply(watcher::Event::Apply(svc("c", "3"))));
         assert!(!o.apply(watcher::Event::Apply(svc("c", "3"))), "unchanged");

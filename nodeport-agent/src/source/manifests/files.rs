@@ -4,13 +4,13 @@
 //! bytes did.
 
 use std::collections::BTreeMap;
-use std::hash::{BuildHasher as _, RandomState};
-use std::sync::LazyLock;
 use std::fs;
+use std::hash::{BuildHasher as _, RandomState};
 use std::io;
 use std::ops::RangeInclusive;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 use std::time::{Duration, SystemTime};
 
 use super::decode::{self, FileError, Parsed};

@@ -271,7 +271,11 @@ fn is_cidr(text: &str) -> bool {
 
 /// Checks `spec.externalIPs`, `spec.loadBalancerSourceRanges` (and its
 /// annotation) and `status.loadBalancer.ingress`, as the API server does.
-fn validate_external_addresses(errors: &mut Vec<FieldError>, service: &Service, spec: &ServiceSpec) {
+fn validate_external_addresses(
+    errors: &mut Vec<FieldError>,
+    service: &Service,
+    spec: &ServiceSpec,
+) {
     for (i, ip) in spec.external_ips.iter().flatten().enumerate() {
         let at = format!("spec.externalIPs[{i}]");
         match ip.parse::<IpAddr>() {
@@ -281,12 +285,20 @@ fn validate_external_addresses(errors: &mut Vec<FieldError>, service: &Service, 
             )),
             Ok(addr) => {
                 if let Some(why) = special_ip(addr) {
-                    errors.push(FieldError::new(at, format!("Invalid value: \"{ip}\": {why}")));
+                    errors.push(FieldError::new(
+                        at,
+                        format!("Invalid value: \"{ip}\": {why}"),
+                    ));
                 }
             }
         }
     }
-    for (i, range) in spec.load_balancer_source_ranges.iter().flatten().enumerate() {
+    for (i, range) in spec
+        .load_balancer_source_ranges
+        .iter()
+        .flatten()
+        .enumerate()
+    {
         if !is_cidr(range.trim()) {
             errors.push(FieldError::new(
                 format!("spec.loadBalancerSourceRanges[{i}]"),
@@ -952,8 +964,11 @@ mod tests {
             assert!(!message.contains(fine), "{fine} is valid: {message}");
         }
         let mut node_port = service("np", "NodePort", vec![port("", 80, "TCP", None)]);
-        node_port.spec.as_mut().expect("spec").load_balancer_source_ranges =
-            Some(vec!["10.0.0.0/8".to_owned()]);
+        node_port
+            .spec
+            .as_mut()
+            .expect("spec")
+            .load_balancer_source_ranges = Some(vec!["10.0.0.0/8".to_owned()]);
         assert!(
             errors(validate_service(&node_port, &RANGE)).contains(
                 "spec.loadBalancerSourceRanges: Forbidden: may only be used when `type` is 'LoadBalancer'"
