@@ -20,9 +20,9 @@ use nodeport_common::{
     PortRange, RevNat, SnatPool, programs,
 };
 use nodeport_tests::datapath::{
-    CLIENT, CLIENT_MAC, Datapath, Frame, NODE, NODE_MAC, OTHER_NODE_MAC, PrivateNetns, TC_ACT_OK,
-    TC_ACT_UNSPEC, TCP_ACK, TCP_PSH, TCP_SYN, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX,
-    assert_checksums, assert_partial_seed, backend, be, flow, node_port, on_own_thread,
+    CLIENT, CLIENT_MAC, Datapath, Frame, NODE, NODE_MAC, OTHER_NODE, OTHER_NODE_MAC, PrivateNetns,
+    TC_ACT_OK, TC_ACT_UNSPEC, TCP_ACK, TCP_PSH, TCP_SYN, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX,
+    assert_checksums, assert_partial_seed, backend, be, flow, icmp_error, node_port, on_own_thread,
     reassemble,
 };
 
@@ -451,6 +451,128 @@ fn remote_backend_snat_forward_and_reply() {
     });
 }
 
+/// An ICMP error from a router between the nodes about a packet SNATed to
+/// a remote backend (fragmentation needed for a TCP segment quoted whole,
+/// or quoted by its first 8 bytes; time exceeded for a UDP datagram) goes
+/// to the client as if about the client's own packet to the NodePort: from
+/// the node address, quoting client:port → node:NodePort, with every
+/// checksum (outer IPv4, ICMP, the quoted IPv4 and segment where quoted)
+/// equal to a from-scratch computation.
+#[test]
+fn icmp_errors_about_snat_flows_reach_the_client_translated() {
+    in_fixture(|f| {
+        f.service(1, NODE_PORT, PROTO_TCP, 0, &[(9, REMOTE_POD, 80, 0)]);
+        f.service(2, NODE_PORT, PROTO_UDP, 0, &[(10, REMOTE_POD, 53, 0)]);
+        let frag_needed = (3u8, 4u8, [0, 0, 0x05, 0x78]);
+        let time_exceeded = (11u8, 0u8, [0; 4]);
+        // (case, client packet, ICMP type/code/rest, bytes quoted: all or 28)
+        let cases = [
+            (
+                "TCP, fragmentation needed, whole quote",
+                Frame {
+                    payload: vec![7; 1200],
+                    ..Frame::tcp(CLIENT, 40100, NODE, NODE_PORT)
+                },
+                frag_needed,
+                None,
+            ),
+            (
+                "TCP, fragmentation needed, 8 bytes quoted",
+                Frame::tcp(CLIENT, 40101, NODE, NODE_PORT),
+                frag_needed,
+                Some(28),
+            ),
+            (
+                "UDP, time exceeded",
+                Frame::udp(CLIENT, 40102, NODE, NODE_PORT),
+                time_exceeded,
+                Some(28),
+            ),
+        ];
+        for (name, input, (icmp_type, code, rest), quote_len) in cases {
+            let (rc, sent) = f.xdp(&input.bytes());
+            assert_eq!(rc, XDP_TX, "{name}: the client's packet is forwarded");
+            let quote = &sent[14..quote_len.map_or(sent.len(), |n| 14 + n)];
+            let error = icmp_error(
+                (NODE_MAC, OTHER_NODE_MAC),
+                OTHER_NODE,
+                NODE,
+                64,
+                icmp_type,
+                code,
+                rest,
+                quote,
+            );
+            let before = f.counter_named("icmp_error_to_client");
+            let (rc, out) = f.xdp(&error);
+            assert_eq!(rc, XDP_TX, "{name}: verdict (counters: {:?})", f.stats());
+            // What the client sent, as the router saw it (one hop on).
+            let as_sent = Frame {
+                ttl: input.ttl - 1,
+                ..input.clone()
+            }
+            .bytes();
+            let want = icmp_error(
+                (CLIENT_MAC, NODE_MAC),
+                NODE,
+                CLIENT,
+                63,
+                icmp_type,
+                code,
+                rest,
+                &as_sent[14..quote_len.map_or(as_sent.len(), |n| 14 + n)],
+            );
+            assert_eq!(out, want, "{name}: the error the client gets");
+            assert_checksums(&out);
+            assert_eq!(
+                f.counter_named("icmp_error_to_client"),
+                before + 1,
+                "{name}"
+            );
+        }
+    });
+}
+
+/// An ICMP error about no flow the datapath translated, and an ICMP
+/// message that is no error, pass untouched.
+#[test]
+fn icmp_that_is_not_about_a_translated_flow_passes() {
+    in_fixture(|f| {
+        f.service(1, NODE_PORT, PROTO_TCP, 0, &[(9, REMOTE_POD, 80, 0)]);
+        // About a flow the datapath never translated, and not an error.
+        let unknown = Frame::tcp(NODE, 45_000, REMOTE_POD, 80).bytes();
+        let echo = icmp_error(
+            (NODE_MAC, CLIENT_MAC),
+            CLIENT,
+            NODE,
+            64,
+            8,
+            0,
+            [0, 1, 0, 1],
+            b"ping payload",
+        );
+        for (name, frame) in [
+            (
+                "an error about an unknown flow",
+                icmp_error(
+                    (NODE_MAC, OTHER_NODE_MAC),
+                    OTHER_NODE,
+                    NODE,
+                    64,
+                    3,
+                    4,
+                    [0, 0, 0x05, 0x78],
+                    &unknown[14..42],
+                ),
+            ),
+            ("an echo request", echo),
+        ] {
+            let (rc, out) = f.xdp(&frame);
+            assert_eq!((rc, out), (XDP_PASS, frame), "{name} passes untouched");
+        }
+    });
+}
+
 /// On a device flagged for it (veth), packets going back out of the
 /// ingress device are redirected to it instead of `XDP_TX`ed.
 #[test]
@@ -508,7 +630,12 @@ fn hold_port(f: &mut Fixture, port: u16, client: [u8; 4], closed_s_ago: Option<u
                 service_id: 1,
                 snat_addr_be: be(NODE),
                 snat_port_be: port.to_be(),
-                flags: CT_F_SNAT | if closed_s_ago.is_some() { CT_F_CLOSING } else { 0 },
+                flags: CT_F_SNAT
+                    | if closed_s_ago.is_some() {
+                        CT_F_CLOSING
+                    } else {
+                        0
+                    },
                 pad: 0,
                 last_seen_ns: now - closed_s_ago.unwrap_or(0) * 1_000_000_000,
                 backend_addr_be: be(REMOTE_POD),
@@ -552,7 +679,11 @@ fn snat_ports_rest_after_close_and_live_ones_are_never_taken() {
         let stale = hold_port(f, 5005, clients[5], Some(20));
         let (rc, out) = f.xdp(&newcomer.bytes());
         assert_eq!(rc, XDP_TX, "{:?}", f.stats());
-        assert_eq!(u16::from_be_bytes([out[34], out[35]]), 5005, "longest-rested port");
+        assert_eq!(
+            u16::from_be_bytes([out[34], out[35]]),
+            5005,
+            "longest-rested port"
+        );
         assert_checksums(&out);
         assert_eq!(counter(f, "snat_port_early_reuse"), 1, "{:?}", f.stats());
         assert!(
@@ -565,7 +696,11 @@ fn snat_ports_rest_after_close_and_live_ones_are_never_taken() {
         let second = Frame::tcp(CLIENT, 50001, NODE, NODE_PORT);
         let (rc, out) = f.xdp(&second.bytes());
         assert_eq!(rc, XDP_TX, "{:?}", f.stats());
-        assert_eq!(u16::from_be_bytes([out[34], out[35]]), 5006, "the rested port");
+        assert_eq!(
+            u16::from_be_bytes([out[34], out[35]]),
+            5006,
+            "the rested port"
+        );
         assert_eq!(counter(f, "snat_port_early_reuse"), 1, "no early reuse");
 
         // A port whose flow state vanished (conntrack evicted) is free.
@@ -609,7 +744,10 @@ fn the_same_client_tuple_gets_its_snat_port_back() {
         let other = Frame::tcp(CLIENT, 45_000, NODE, NODE_PORT);
         let (rc, out) = f.xdp(&other.bytes());
         assert_eq!(rc, XDP_TX);
-        assert_eq!(u16::from_be_bytes([out[34], out[35]]), preferred_port(&other));
+        assert_eq!(
+            u16::from_be_bytes([out[34], out[35]]),
+            preferred_port(&other)
+        );
     });
 }
 
@@ -622,8 +760,20 @@ fn the_same_client_tuple_gets_its_snat_port_back() {
 #[allow(clippy::too_many_lines, reason = "one table per path")]
 fn partial_checksums_are_completed_or_kept_as_seeds() {
     in_fixture(|f| {
-        f.service(1, NODE_PORT, PROTO_TCP, 0, &[(7, LOCAL_POD, 8080, BACKEND_F_LOCAL)]);
-        f.service(2, NODE_PORT, PROTO_UDP, 0, &[(8, LOCAL_POD, 5353, BACKEND_F_LOCAL)]);
+        f.service(
+            1,
+            NODE_PORT,
+            PROTO_TCP,
+            0,
+            &[(7, LOCAL_POD, 8080, BACKEND_F_LOCAL)],
+        );
+        f.service(
+            2,
+            NODE_PORT,
+            PROTO_UDP,
+            0,
+            &[(8, LOCAL_POD, 5353, BACKEND_F_LOCAL)],
+        );
         f.service(3, NODE_PORT + 10, PROTO_TCP, 0, &[(9, REMOTE_POD, 80, 0)]);
         f.service(4, NODE_PORT + 10, PROTO_UDP, 0, &[(10, REMOTE_POD, 53, 0)]);
         let partial = |frame: Frame| Frame {
@@ -637,8 +787,14 @@ fn partial_checksums_are_completed_or_kept_as_seeds() {
         };
         // Local backends: the frame stays an skb; the seed follows the DNAT.
         for (name, input) in [
-            ("TCP SYN", partial(Frame::tcp(CLIENT, 41000, NODE, NODE_PORT))),
-            ("TCP data", partial(payload(Frame::tcp(CLIENT, 41001, NODE, NODE_PORT)))),
+            (
+                "TCP SYN",
+                partial(Frame::tcp(CLIENT, 41000, NODE, NODE_PORT)),
+            ),
+            (
+                "TCP data",
+                partial(payload(Frame::tcp(CLIENT, 41001, NODE, NODE_PORT))),
+            ),
             ("UDP", partial(Frame::udp(CLIENT, 41002, NODE, NODE_PORT))),
         ] {
             let (rc, out) = f.xdp(&input.bytes());
@@ -655,13 +811,25 @@ fn partial_checksums_are_completed_or_kept_as_seeds() {
         // Remote backends in native mode: the frame leaves as an XDP frame,
         // so its checksum must be complete.
         for (name, input) in [
-            ("TCP SYN", partial(Frame::tcp(CLIENT, 42000, NODE, NODE_PORT + 10))),
-            ("TCP data", partial(payload(Frame::tcp(CLIENT, 42001, NODE, NODE_PORT + 10)))),
-            ("UDP", partial(Frame::udp(CLIENT, 42002, NODE, NODE_PORT + 10))),
-            ("odd-length UDP", partial(Frame {
-                payload: b"odd".to_vec(),
-                ..Frame::udp(CLIENT, 42003, NODE, NODE_PORT + 10)
-            })),
+            (
+                "TCP SYN",
+                partial(Frame::tcp(CLIENT, 42000, NODE, NODE_PORT + 10)),
+            ),
+            (
+                "TCP data",
+                partial(payload(Frame::tcp(CLIENT, 42001, NODE, NODE_PORT + 10))),
+            ),
+            (
+                "UDP",
+                partial(Frame::udp(CLIENT, 42002, NODE, NODE_PORT + 10)),
+            ),
+            (
+                "odd-length UDP",
+                partial(Frame {
+                    payload: b"odd".to_vec(),
+                    ..Frame::udp(CLIENT, 42003, NODE, NODE_PORT + 10)
+                }),
+            ),
         ] {
             let (rc, out) = f.xdp(&input.bytes());
             assert_eq!(rc, XDP_TX, "{name}: {:?}", f.stats());
@@ -678,7 +846,11 @@ fn partial_checksums_are_completed_or_kept_as_seeds() {
                 partial_checksum: false,
                 ..input.clone()
             };
-            assert_eq!(out, want.bytes(), "{name}: forwarded with a complete checksum");
+            assert_eq!(
+                out,
+                want.bytes(),
+                "{name}: forwarded with a complete checksum"
+            );
         }
         // Generic mode: every frame stays an skb, so the seed is kept.
         f.device(DEVICE_F_SKB_MODE);
@@ -736,14 +908,22 @@ fn next_hop_without_a_neighbour_is_handed_to_tc() {
         handoff.extend_from_slice(&[10, 200, 0, 13]);
         assert_eq!(&out[..16], &handoff[..], "handoff metadata");
         let out = out[16..].to_vec();
-        assert_eq!(out, want.bytes(), "SNATed, MACs left to the neighbour layer");
+        assert_eq!(
+            out,
+            want.bytes(),
+            "SNATed, MACs left to the neighbour layer"
+        );
         assert_checksums(&out);
         // A reject to a client the node has no neighbour entry for.
         f.service(2, EMPTY_PORT, PROTO_TCP, 0, &[]);
         let (rc, out) = f.xdp(&Frame::tcp([10, 200, 0, 3], 40001, NODE, EMPTY_PORT).bytes());
         assert_eq!(rc, XDP_PASS, "{:?}", f.stats());
         assert_eq!(counter(f, "forward_via_neigh"), 2);
-        assert_eq!(&out[12..16], &[10, 200, 0, 3], "the client is its own next hop");
+        assert_eq!(
+            &out[12..16],
+            &[10, 200, 0, 3],
+            "the client is its own next hop"
+        );
         let out = out[16..].to_vec();
         assert_eq!(out[47] & 0x04, 0x04, "a RST");
         assert_checksums(&out);
@@ -1018,7 +1198,10 @@ fn empty_service_rejects() {
 
         let (rc, _) = f.xdp(&Frame::tcp(CLIENT, 40004, NODE, DROP_PORT).bytes());
         assert_eq!(rc, XDP_DROP, "Local policy without local endpoints drops");
-        assert!(f.conntrack_entries().is_empty(), "rejected flows leave no state");
+        assert!(
+            f.conntrack_entries().is_empty(),
+            "rejected flows leave no state"
+        );
     });
 }
 
@@ -1038,14 +1221,22 @@ fn rejects_only_what_the_kernel_would_answer() {
             b
         };
         let dropped: Vec<(&str, Vec<u8>)> = vec![
-            ("multicast source MAC", Frame {
-                src_mac: [0x01, 0, 0x5e, 0, 0, 1],
-                ..syn(CLIENT)
-            }.bytes()),
-            ("zero source MAC", Frame {
-                src_mac: [0; 6],
-                ..syn(CLIENT)
-            }.bytes()),
+            (
+                "multicast source MAC",
+                Frame {
+                    src_mac: [0x01, 0, 0x5e, 0, 0, 1],
+                    ..syn(CLIENT)
+                }
+                .bytes(),
+            ),
+            (
+                "zero source MAC",
+                Frame {
+                    src_mac: [0; 6],
+                    ..syn(CLIENT)
+                }
+                .bytes(),
+            ),
             ("source 0.0.0.0", syn([0, 0, 0, 0]).bytes()),
             ("source 127.0.0.1", syn([127, 0, 0, 1]).bytes()),
             ("multicast source 224.0.0.1", syn([224, 0, 0, 1]).bytes()),
@@ -1053,9 +1244,15 @@ fn rejects_only_what_the_kernel_would_answer() {
             ("broadcast source", syn([255, 255, 255, 255]).bytes()),
             ("subnet broadcast source", syn([10, 200, 0, 255]).bytes()),
             ("the node's own address as source", syn(NODE).bytes()),
-            ("bad IPv4 header checksum", corrupt(syn(CLIENT).bytes(), 14 + 10)),
+            (
+                "bad IPv4 header checksum",
+                corrupt(syn(CLIENT).bytes(), 14 + 10),
+            ),
             ("bad TCP checksum", corrupt(syn(CLIENT).bytes(), 34 + 16)),
-            ("bad UDP checksum", corrupt(Frame::udp(CLIENT, 40001, NODE, EMPTY_PORT).bytes(), 34 + 6)),
+            (
+                "bad UDP checksum",
+                corrupt(Frame::udp(CLIENT, 40001, NODE, EMPTY_PORT).bytes(), 34 + 6),
+            ),
             ("UDP length beyond the segment", {
                 let mut b = Frame {
                     udp_no_checksum: true,
@@ -1083,10 +1280,13 @@ fn rejects_only_what_the_kernel_would_answer() {
         assert_eq!(rc, XDP_TX, "{:?}", f.stats());
         assert_eq!(out[47] & 0x04, 0x04, "a RST");
         assert_checksums(&out);
-        let (rc, out) = f.xdp(&Frame {
-            partial_checksum: true,
-            ..Frame::udp(CLIENT, 40003, NODE, EMPTY_PORT)
-        }.bytes());
+        let (rc, out) = f.xdp(
+            &Frame {
+                partial_checksum: true,
+                ..Frame::udp(CLIENT, 40003, NODE, EMPTY_PORT)
+            }
+            .bytes(),
+        );
         assert_eq!(rc, XDP_TX, "{:?}", f.stats());
         assert_eq!(&out[34..36], &[3, 3], "port unreachable");
         assert_checksums(&out);
@@ -1103,7 +1303,13 @@ fn rejects_only_what_the_kernel_would_answer() {
 fn fragmented_datagrams_follow_their_first_fragment() {
     const CHUNK: usize = 1480;
     in_fixture(|f| {
-        f.service(1, NODE_PORT, PROTO_UDP, 0, &[(7, LOCAL_POD, 5353, BACKEND_F_LOCAL)]);
+        f.service(
+            1,
+            NODE_PORT,
+            PROTO_UDP,
+            0,
+            &[(7, LOCAL_POD, 5353, BACKEND_F_LOCAL)],
+        );
         f.service(2, NODE_PORT + 1, PROTO_UDP, 0, &[(8, REMOTE_POD, 53, 0)]);
         let big = |sport: u16, dport: u16, ip_id: u16| Frame {
             payload: (0..3000u32).map(|i| (i % 251) as u8).collect(),
@@ -1117,7 +1323,11 @@ fn fragmented_datagrams_follow_their_first_fragment() {
             order
                 .iter()
                 .map(|&i| {
-                    let (rc, out) = if tc { f.tc(&frags[i]) } else { f.xdp(&frags[i]) };
+                    let (rc, out) = if tc {
+                        f.tc(&frags[i])
+                    } else {
+                        f.xdp(&frags[i])
+                    };
                     (i, rc, out)
                 })
                 .collect::<Vec<_>>()
@@ -1132,11 +1342,24 @@ fn fragmented_datagrams_follow_their_first_fragment() {
         };
         let outs = through(f, "to a local backend", &input, &[0, 2, 1], false);
         for (i, rc, out) in &outs {
-            assert_eq!(*rc, XDP_PASS, "local fragment {i}: verdict ({:?})", f.stats());
-            assert_eq!(out, &want.fragments(CHUNK)[*i], "local fragment {i}: DNAT bytes");
+            assert_eq!(
+                *rc,
+                XDP_PASS,
+                "local fragment {i}: verdict ({:?})",
+                f.stats()
+            );
+            assert_eq!(
+                out,
+                &want.fragments(CHUNK)[*i],
+                "local fragment {i}: DNAT bytes"
+            );
         }
         let whole = reassemble(&outs.into_iter().map(|(_, _, o)| o).collect::<Vec<_>>());
-        assert_eq!(whole, want.bytes(), "the reassembled datagram is the DNATed one");
+        assert_eq!(
+            whole,
+            want.bytes(),
+            "the reassembled datagram is the DNATed one"
+        );
         assert_checksums(&whole);
 
         // The pod's fragmented reply leaves through TC as from the NodePort.
@@ -1156,8 +1379,17 @@ fn fragmented_datagrams_follow_their_first_fragment() {
             ..reply.clone()
         };
         for (i, rc, out) in through(f, "local reply", &reply, &[0, 1, 2], true) {
-            assert_eq!(rc, TC_ACT_OK, "reply fragment {i}: verdict ({:?})", f.stats());
-            assert_eq!(out, want.fragments(CHUNK)[i], "reply fragment {i}: reverse NAT bytes");
+            assert_eq!(
+                rc,
+                TC_ACT_OK,
+                "reply fragment {i}: verdict ({:?})",
+                f.stats()
+            );
+            assert_eq!(
+                out,
+                want.fragments(CHUNK)[i],
+                "reply fragment {i}: reverse NAT bytes"
+            );
         }
 
         // Remote backend: SNAT and forward each fragment.
@@ -1175,10 +1407,21 @@ fn fragmented_datagrams_follow_their_first_fragment() {
         };
         let outs = through(f, "to a remote backend", &input, &[0, 1, 2], false);
         for (i, rc, out) in &outs {
-            assert_eq!(*rc, XDP_TX, "remote fragment {i}: verdict ({:?})", f.stats());
-            assert_eq!(out, &want.fragments(CHUNK)[*i], "remote fragment {i}: SNAT bytes");
+            assert_eq!(
+                *rc,
+                XDP_TX,
+                "remote fragment {i}: verdict ({:?})",
+                f.stats()
+            );
+            assert_eq!(
+                out,
+                &want.fragments(CHUNK)[*i],
+                "remote fragment {i}: SNAT bytes"
+            );
         }
-        assert_checksums(&reassemble(&outs.into_iter().map(|(_, _, o)| o).collect::<Vec<_>>()));
+        assert_checksums(&reassemble(
+            &outs.into_iter().map(|(_, _, o)| o).collect::<Vec<_>>(),
+        ));
 
         // The remote backend's fragmented reply goes back to the client.
         let reply = Frame {
@@ -1203,8 +1446,17 @@ fn fragmented_datagrams_follow_their_first_fragment() {
             ..reply.clone()
         };
         for (i, rc, out) in through(f, "remote reply", &reply, &[0, 2, 1], false) {
-            assert_eq!(rc, XDP_TX, "remote reply fragment {i}: verdict ({:?})", f.stats());
-            assert_eq!(out, want.fragments(CHUNK)[i], "remote reply fragment {i}: bytes");
+            assert_eq!(
+                rc,
+                XDP_TX,
+                "remote reply fragment {i}: verdict ({:?})",
+                f.stats()
+            );
+            assert_eq!(
+                out,
+                want.fragments(CHUNK)[i],
+                "remote reply fragment {i}: bytes"
+            );
         }
         assert_eq!(counter(f, "fragment_first"), 4, "{:?}", f.stats());
         assert_eq!(counter(f, "fragment_followed"), 8, "{:?}", f.stats());
@@ -1216,7 +1468,11 @@ fn fragmented_datagrams_follow_their_first_fragment() {
         assert_eq!(rc, XDP_PASS, "a later fragment without its first");
         assert_eq!(out, lost[1], "untouched");
         assert_eq!(counter(f, "pass_fragment"), before + 1);
-        assert_eq!(f.service_stats(1).packets, 3, "the unseen datagram counts nothing");
+        assert_eq!(
+            f.service_stats(1).packets,
+            3,
+            "the unseen datagram counts nothing"
+        );
     });
 }
 
@@ -1225,7 +1481,13 @@ fn fragmented_datagrams_follow_their_first_fragment() {
 #[test]
 fn service_and_backend_counters_count_packets_flows_and_drops() {
     in_fixture(|f| {
-        f.service(1, NODE_PORT, PROTO_TCP, 0, &[(7, LOCAL_POD, 8080, BACKEND_F_LOCAL)]);
+        f.service(
+            1,
+            NODE_PORT,
+            PROTO_TCP,
+            0,
+            &[(7, LOCAL_POD, 8080, BACKEND_F_LOCAL)],
+        );
         f.service(2, NODE_PORT, PROTO_UDP, 0, &[(8, REMOTE_POD, 53, 0)]);
         f.service(3, EMPTY_PORT, PROTO_TCP, 0, &[]);
         f.service(4, DROP_PORT, PROTO_TCP, FRONTEND_F_DROP_EMPTY, &[]);
@@ -1245,25 +1507,51 @@ fn service_and_backend_counters_count_packets_flows_and_drops() {
             "TCP frontend: packets, IPv4 bytes, flows"
         );
         let b = f.backend_stats(7);
-        assert_eq!((b.packets, b.bytes, b.new_flows), (3, 320, 1), "its backend");
+        assert_eq!(
+            (b.packets, b.bytes, b.new_flows),
+            (3, 320, 1),
+            "its backend"
+        );
 
         for port in [41000, 41001] {
-            assert_eq!(f.xdp(&Frame::udp(CLIENT, port, NODE, NODE_PORT).bytes()).0, XDP_TX);
+            assert_eq!(
+                f.xdp(&Frame::udp(CLIENT, port, NODE, NODE_PORT).bytes()).0,
+                XDP_TX
+            );
         }
         let udp = f.service_stats(2);
         assert_eq!((udp.packets, udp.new_flows), (2, 2), "UDP frontend");
         assert_eq!(f.backend_stats(8).packets, 2, "the remote backend");
 
-        assert_eq!(f.xdp(&Frame::tcp(CLIENT, 42000, NODE, EMPTY_PORT).bytes()).0, XDP_TX);
+        assert_eq!(
+            f.xdp(&Frame::tcp(CLIENT, 42000, NODE, EMPTY_PORT).bytes())
+                .0,
+            XDP_TX
+        );
         let empty = f.service_stats(3);
-        assert_eq!((empty.packets, empty.rejected, empty.new_flows), (1, 1, 0), "rejected");
-        assert_eq!(f.xdp(&Frame::tcp(CLIENT, 42001, NODE, DROP_PORT).bytes()).0, XDP_DROP);
+        assert_eq!(
+            (empty.packets, empty.rejected, empty.new_flows),
+            (1, 1, 0),
+            "rejected"
+        );
+        assert_eq!(
+            f.xdp(&Frame::tcp(CLIENT, 42001, NODE, DROP_PORT).bytes()).0,
+            XDP_DROP
+        );
         let dropped = f.service_stats(4);
         assert_eq!(
-            (dropped.packets, dropped.drop_no_local_backend, dropped.drop_other),
+            (
+                dropped.packets,
+                dropped.drop_no_local_backend,
+                dropped.drop_other
+            ),
             (1, 1, 0),
             "dropped for want of a local endpoint"
         );
-        assert_eq!(f.service_stats(99).packets, 0, "no counters for an unknown service");
+        assert_eq!(
+            f.service_stats(99).packets,
+            0,
+            "no counters for an unknown service"
+        );
     });
 }

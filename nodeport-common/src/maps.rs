@@ -61,27 +61,67 @@ pub mod names {
 /// an earlier agent must have to be adopted (a map of an older layout is
 /// recreated).
 pub const MAP_SIZES: [(&str, usize, usize); names::ALL.len()] = [
-    (names::NODE_ADDRS, size_of::<NodeAddrKey>(), size_of::<NodeAddr>()),
-    (names::FRONTENDS, size_of::<FrontendKey>(), size_of::<Frontend>()),
-    (names::BACKEND_SLOTS, size_of::<SlotKey>(), size_of::<Slot>()),
-    (names::BACKENDS, size_of::<BackendKey>(), size_of::<Backend>()),
+    (
+        names::NODE_ADDRS,
+        size_of::<NodeAddrKey>(),
+        size_of::<NodeAddr>(),
+    ),
+    (
+        names::FRONTENDS,
+        size_of::<FrontendKey>(),
+        size_of::<Frontend>(),
+    ),
+    (
+        names::BACKEND_SLOTS,
+        size_of::<SlotKey>(),
+        size_of::<Slot>(),
+    ),
+    (
+        names::BACKENDS,
+        size_of::<BackendKey>(),
+        size_of::<Backend>(),
+    ),
     (names::CONNTRACK, size_of::<FlowKey>(), size_of::<CtEntry>()),
     (names::REV_NAT, size_of::<FlowKey>(), size_of::<RevNat>()),
     (names::STATS, size_of::<u32>(), size_of::<u64>()),
     (names::DEVICES, size_of::<DeviceKey>(), size_of::<Device>()),
-    (names::AFFINITY, size_of::<AffinityKey>(), size_of::<Affinity>()),
-    (names::SOCK_REV, size_of::<SockRevKey>(), size_of::<SockRev>()),
+    (
+        names::AFFINITY,
+        size_of::<AffinityKey>(),
+        size_of::<Affinity>(),
+    ),
+    (
+        names::SOCK_REV,
+        size_of::<SockRevKey>(),
+        size_of::<SockRev>(),
+    ),
     (names::CONFIG, size_of::<u32>(), size_of::<crate::Config>()),
-    (names::DEVICE_TX, size_of::<DeviceKey>(), size_of::<DeviceTx>()),
+    (
+        names::DEVICE_TX,
+        size_of::<DeviceKey>(),
+        size_of::<DeviceTx>(),
+    ),
     (names::TX_ARMED, size_of::<u32>(), size_of::<TxArmed>()),
     (
         names::SOURCE_RANGES,
         size_of::<SourceRangeKey>(),
         size_of::<SourceRange>(),
     ),
-    (names::FRAGMENTS, size_of::<FragKey>(), size_of::<FragPorts>()),
-    (names::SERVICE_STATS, size_of::<u32>(), size_of::<ServiceStats>()),
-    (names::BACKEND_STATS, size_of::<u32>(), size_of::<BackendStats>()),
+    (
+        names::FRAGMENTS,
+        size_of::<FragKey>(),
+        size_of::<FragPorts>(),
+    ),
+    (
+        names::SERVICE_STATS,
+        size_of::<u32>(),
+        size_of::<ServiceStats>(),
+    ),
+    (
+        names::BACKEND_STATS,
+        size_of::<u32>(),
+        size_of::<BackendStats>(),
+    ),
 ];
 
 /// Program names (the functions in `nodeport-ebpf`).
@@ -590,9 +630,13 @@ pub mod stat {
     pub const FRAGMENT_FIRST: u32 = 29;
     /// A later fragment translated as its first fragment was.
     pub const FRAGMENT_FOLLOWED: u32 = 30;
+    /// An ICMP error (destination unreachable, fragmentation needed, time
+    /// exceeded) about a flow SNATed to a remote backend, translated and
+    /// sent on to the client as if about its own packet to the frontend.
+    pub const ICMP_ERROR_TO_CLIENT: u32 = 31;
 
     /// Number of counters.
-    pub const COUNT: u32 = 31;
+    pub const COUNT: u32 = 32;
 
     /// Human-readable names, indexed by counter.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -627,6 +671,7 @@ pub mod stat {
         "drop_source_range",
         "fragment_first",
         "fragment_followed",
+        "icmp_error_to_client",
     ];
 }
 

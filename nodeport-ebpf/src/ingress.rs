@@ -18,7 +18,7 @@ use crate::{
     error::{Error, Verdict},
     frag,
     headers::{self, Parsed},
-    l4sum,
+    icmp, l4sum,
     maps::{self, CONNTRACK, DeviceInfo, REV_NAT},
     nat::{self, Leaves, Tuple},
     packet::Packet,
@@ -35,7 +35,7 @@ fn packet(ctx: &XdpContext) -> Packet {
 pub fn try_ingress(ctx: &XdpContext) -> Result<Verdict, Error> {
     let pkt = packet(ctx);
     let Some(mut p) = headers::parse(&pkt, pkt.len())? else {
-        return Ok(Verdict::not_ours());
+        return icmp::error_to_client(ctx, &maps::device(ctx.ingress_ifindex() as u32));
     };
     frag::follow(&mut p)?;
     let device = maps::device(ctx.ingress_ifindex() as u32);

@@ -15,6 +15,7 @@
 //! - [`route`]: next hop of a frame the datapath sends, and how it is sent;
 //! - [`neigh`]: frames whose next hop has no neighbour entry, sent from TC;
 //! - [`reject`]: TCP RST / ICMP port unreachable for services without endpoints;
+//! - [`icmp`]: ICMP errors about SNATed flows, translated for their clients;
 //! - [`ingress`]: the XDP program's logic; [`egress`]: the TC program's logic;
 //! - [`tx`]: the kernel's transmit reports, counted per device;
 //! - [`error`]: how a failure becomes a verdict and a counter.
@@ -27,6 +28,7 @@ mod egress;
 mod error;
 mod frag;
 mod headers;
+mod icmp;
 mod ingress;
 mod l4sum;
 mod maps;

@@ -34,9 +34,9 @@ use etherparse::{
     EtherType, Ethernet2HeaderSlice, Icmpv4Slice, IpNumber, Ipv4Slice, TcpSlice, UdpSlice,
 };
 use nodeport_common::{
-    Backend, BackendKey, BackendStats, Config, CtEntry, Device, DeviceKey, FlowKey, Frontend, FrontendKey,
-    NODE_ADDR_F_NODEPORT, NodeAddr, NodeAddrKey, PROTO_TCP, PROTO_UDP, PortRange, RevNat,
-    ServiceStats, Slot, SlotKey, checksum, names, programs, stat,
+    Backend, BackendKey, BackendStats, Config, CtEntry, Device, DeviceKey, FlowKey, Frontend,
+    FrontendKey, NODE_ADDR_F_NODEPORT, NodeAddr, NodeAddrKey, PROTO_TCP, PROTO_UDP, PortRange,
+    RevNat, ServiceStats, Slot, SlotKey, checksum, names, programs, stat,
 };
 
 pub const XDP_DROP: u32 = 1;
@@ -338,7 +338,10 @@ impl Frame {
     /// so). Each fragment's IPv4 header checksum is checked.
     #[must_use]
     pub fn fragments(&self, chunk: usize) -> Vec<Vec<u8>> {
-        assert!(chunk.is_multiple_of(8) && chunk > 0, "fragments hold multiples of 8 bytes");
+        assert!(
+            chunk.is_multiple_of(8) && chunk > 0,
+            "fragments hold multiples of 8 bytes"
+        );
         let datagram = self.l4_bytes();
         let ihl = 20 + self.ip_options.len();
         let pieces: Vec<&[u8]> = datagram.chunks(chunk).collect();
@@ -573,6 +576,44 @@ fn pseudo_header_sum(p: &Parsed<'_>) -> u16 {
     (!sum.ones_complement()).to_be()
 }
 
+/// An Ethernet + IPv4 + ICMP error frame (`icmp_type`, `code`, the 4
+/// bytes after the checksum `rest`, e.g. the next-hop MTU of
+/// "fragmentation needed") from `saddr` to `daddr` quoting `quote` (the
+/// offending IPv4 packet or its first bytes), every checksum computed from
+/// scratch.
+#[must_use]
+#[allow(clippy::too_many_arguments, reason = "the fields of one ICMP error")]
+pub fn icmp_error(
+    macs: ([u8; 6], [u8; 6]),
+    saddr: impl Into<Ipv4Addr>,
+    daddr: impl Into<Ipv4Addr>,
+    ttl: u8,
+    icmp_type: u8,
+    code: u8,
+    rest: [u8; 4],
+    quote: &[u8],
+) -> Vec<u8> {
+    let mut icmp = vec![icmp_type, code, 0, 0];
+    icmp.extend_from_slice(&rest);
+    icmp.extend_from_slice(quote);
+    let c = checksum::compute(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
+    ip.extend_from_slice(&[0, 0, 0, 0, ttl, 1, 0, 0]);
+    ip.extend_from_slice(&saddr.into().octets());
+    ip.extend_from_slice(&daddr.into().octets());
+    let c = checksum::compute(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut f = Vec::with_capacity(14 + ip.len() + icmp.len());
+    f.extend_from_slice(&macs.0);
+    f.extend_from_slice(&macs.1);
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&icmp);
+    f
+}
+
 /// Asserts that the IPv4 header checksum and the TCP/UDP/ICMP checksum of
 /// `frame` (Ethernet first) are right, as etherparse computes them.
 pub fn assert_checksums(frame: &[u8]) {
@@ -624,7 +665,11 @@ pub fn reassemble(frames: &[Vec<u8>]) -> Vec<u8> {
     parts.sort_by_key(|p| p.0);
     let mut data = Vec::new();
     for (offset, _, _, piece) in &parts {
-        assert_eq!(*offset, data.len(), "fragments leave a gap or overlap: {frames:02x?}");
+        assert_eq!(
+            *offset,
+            data.len(),
+            "fragments leave a gap or overlap: {frames:02x?}"
+        );
         data.extend_from_slice(piece);
     }
     assert!(
@@ -1054,12 +1099,18 @@ impl Datapath {
     #[must_use]
     pub fn service_stats(&self, service_id: u32) -> ServiceStats {
         let map: PerCpuHashMap<_, u32, ServiceStats> = PerCpuHashMap::try_from(
-            self.ebpf.map(names::SERVICE_STATS).expect("a service_stats map"),
+            self.ebpf
+                .map(names::SERVICE_STATS)
+                .expect("a service_stats map"),
         )
         .expect("service_stats is a per-CPU hash map");
         map.get(&service_id, 0).map_or_else(
             |_| ServiceStats::default(),
-            |per_cpu| per_cpu.iter().fold(ServiceStats::default(), |a, s| a.plus(s)),
+            |per_cpu| {
+                per_cpu
+                    .iter()
+                    .fold(ServiceStats::default(), |a, s| a.plus(s))
+            },
         )
     }
 
@@ -1067,12 +1118,18 @@ impl Datapath {
     #[must_use]
     pub fn backend_stats(&self, backend_id: u32) -> BackendStats {
         let map: PerCpuHashMap<_, u32, BackendStats> = PerCpuHashMap::try_from(
-            self.ebpf.map(names::BACKEND_STATS).expect("a backend_stats map"),
+            self.ebpf
+                .map(names::BACKEND_STATS)
+                .expect("a backend_stats map"),
         )
         .expect("backend_stats is a per-CPU hash map");
         map.get(&backend_id, 0).map_or_else(
             |_| BackendStats::default(),
-            |per_cpu| per_cpu.iter().fold(BackendStats::default(), |a, s| a.plus(s)),
+            |per_cpu| {
+                per_cpu
+                    .iter()
+                    .fold(BackendStats::default(), |a, s| a.plus(s))
+            },
         )
     }
 

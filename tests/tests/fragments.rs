@@ -1,20 +1,30 @@
 //! End-to-end tests of what arrives in pieces: UDP datagrams larger than
 //! the path's MTU (fragmented by the client's stack, and the pod's answer
 //! fragmented by the pod's) through a NodePort to a local and to a remote
-//! backend. Real traffic on the namespace test cluster, kernel defaults on
+//! backend; and path-MTU discovery through a NodePort to a remote backend
+//! behind a smaller MTU (the router's "fragmentation needed" relayed to the
+//! client), and a remote pod's own ICMP errors. Real traffic on the namespace test cluster, kernel defaults on
 //! every veth.
 //!
 //! Needs root. Run with `cargo xtask test`.
 
 use std::time::Duration;
 
-use nodeport_tests::cluster::{CLIENT_ADDR, node_addr, pod_name};
+use nodeport_tests::cluster::{CLIENT_ADDR, node_addr, pod_addr, pod_name};
 use nodeport_tests::objects::{ServiceBuilder, to_yaml};
 use nodeport_tests::{Answer, Cluster, ClusterConfig, Veths, eventually};
 
 const POD_PORT: u16 = 8080;
 const LOCAL_NODE_PORT: u16 = 31_700;
 const REMOTE_NODE_PORT: u16 = 31_701;
+const ECHO_NODE_PORT: u16 = 31_702;
+const CLOSED_NODE_PORT: u16 = 31_703;
+/// A port the test cluster's pods do not listen on.
+const CLOSED_POD_PORT: u16 = 8999;
+/// The TCP echo port of the test cluster's pods.
+const ECHO_PORT: u16 = 9000;
+/// The MTU node 2 forwards to its pod with: less than the LAN's 1,500.
+const SMALL_MTU: u16 = 1300;
 /// Larger than two 1,500-byte frames: three fragments each way.
 const DATAGRAM: usize = 3_000;
 
@@ -96,4 +106,109 @@ fn fragmented_datagrams_are_served_by_local_and_remote_backends() {
              through the datapath: {before:?} → {after:?}"
         );
     }
+}
+
+/// Path-MTU discovery through a NodePort to a remote backend: node 2
+/// forwards to its pod with an MTU of 1,300 (a locked route MTU, so the
+/// pod itself still advertises an MSS for 1,500), so the client's full
+/// segments, SNATed by node 1, meet "fragmentation needed" at node 2.
+/// Node 2 sends that error to node 1's address; node 1's datapath must
+/// relay it to the client as about the client's own packet to the
+/// NodePort, or the transfer black-holes. A 1 MiB TCP echo completes and
+/// the relay counter moved.
+#[test]
+fn path_mtu_discovery_works_through_a_node_port_to_a_remote_backend() {
+    let c = cluster();
+    let svc = ServiceBuilder::new("default", "pmtu", "NodePort").tcp(
+        "echo",
+        80,
+        ECHO_PORT,
+        ECHO_NODE_PORT,
+    );
+    c.manifests().write(
+        "pmtu.yaml",
+        &to_yaml(&[&svc, &svc.slice("x1").pods(&[(2, 1, true)])]),
+    );
+    let pod = pod_addr(2, 1).to_string();
+    c.node(2).netns().ip(&[
+        "route",
+        "add",
+        &format!("{pod}/32"),
+        "dev",
+        "cni0",
+        "mtu",
+        "lock",
+        &SMALL_MTU.to_string(),
+    ]);
+    let agent1 = c.start_agent(1, c.manifests().dir());
+    let agent2 = c.start_agent(2, c.manifests().dir());
+    agent1.wait_ready();
+    agent2.wait_ready();
+    let node = node_addr(1);
+    eventually(Duration::from_secs(5), || {
+        c.client().tcp_request(node, ECHO_NODE_PORT).ok()
+    })
+    .expect("the NodePort answers a small request");
+    let relayed = || {
+        agent1
+            .metric("nodeport_datapath_packets_total{reason=\"icmp_error_to_client\"}")
+            .unwrap_or(0.0)
+    };
+    let before = relayed();
+    let answer = c
+        .client()
+        .with_timeout(Duration::from_secs(20))
+        .tcp_echo(node, ECHO_NODE_PORT, 1 << 20)
+        .unwrap_or_else(|e| {
+            panic!(
+                "a 1 MiB echo through node 1 to the pod behind MTU {SMALL_MTU}: {e} \
+                 (ICMP errors relayed: {})",
+                relayed() - before
+            )
+        });
+    let a = Answer::expect(Ok(answer), "the echo's greeting");
+    assert_eq!(a.server, pod_name(2, 1), "the remote pod echoed");
+    assert!(
+        relayed() > before,
+        "node 2's fragmentation-needed errors were relayed by node 1's datapath"
+    );
+}
+
+/// A remote pod's own ICMP error reaches the client translated: a UDP
+/// NodePort whose target port the pod on node 2 does not listen on gets
+/// the pod's port unreachable, sent to node 1's SNAT address; node 1's
+/// datapath relays it and the client's socket sees the refusal at once
+/// (untranslated, the client would only time out).
+#[test]
+fn a_remote_pods_port_unreachable_reaches_the_client() {
+    let c = cluster();
+    let svc = ServiceBuilder::new("default", "closed", "NodePort").udp(
+        "udp",
+        80,
+        CLOSED_POD_PORT,
+        CLOSED_NODE_PORT,
+    );
+    c.manifests().write(
+        "closed.yaml",
+        &to_yaml(&[&svc, &svc.slice("x1").pods(&[(2, 1, true)])]),
+    );
+    let agent1 = c.start_agent(1, c.manifests().dir());
+    agent1.wait_ready();
+    let relayed = || {
+        agent1
+            .metric("nodeport_datapath_packets_total{reason=\"icmp_error_to_client\"}")
+            .unwrap_or(0.0)
+    };
+    let before = relayed();
+    let e = c
+        .client()
+        .with_timeout(Duration::from_secs(3))
+        .udp_request(node_addr(1), CLOSED_NODE_PORT, None)
+        .expect_err("nothing listens on the target port");
+    assert_eq!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "the pod's port unreachable, relayed by node 1: {e}"
+    );
+    assert!(relayed() > before, "the error was relayed by the datapath");
 }
