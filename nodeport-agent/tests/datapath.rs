@@ -533,6 +533,113 @@ fn icmp_errors_about_snat_flows_reach_the_client_translated() {
     });
 }
 
+/// A local backend's own ICMP error about a client's flow (port
+/// unreachable for a UDP datagram, fragmentation needed for a TCP
+/// segment), leaving through the device at TC egress, is rewritten as
+/// about the client's packet to the NodePort: from the node address,
+/// quoting client:port → node:NodePort, checksums equal to a from-scratch
+/// computation. Once the flow is gone, an error quoting it is left alone.
+#[test]
+fn icmp_errors_of_local_backends_leave_translated() {
+    in_fixture(|f| {
+        f.service(
+            1,
+            NODE_PORT,
+            PROTO_TCP,
+            0,
+            &[(7, LOCAL_POD, 8080, BACKEND_F_LOCAL)],
+        );
+        f.service(
+            2,
+            NODE_PORT,
+            PROTO_UDP,
+            0,
+            &[(8, LOCAL_POD, 5353, BACKEND_F_LOCAL)],
+        );
+        let port_unreachable = (3u8, 3u8, [0; 4]);
+        let frag_needed = (3u8, 4u8, [0, 0, 0x05, 0x14]);
+        for (name, input, (icmp_type, code, rest)) in [
+            (
+                "UDP, port unreachable",
+                Frame::udp(CLIENT, 40200, NODE, NODE_PORT),
+                port_unreachable,
+            ),
+            (
+                "TCP, fragmentation needed",
+                Frame {
+                    tcp_flags: TCP_ACK | TCP_PSH,
+                    payload: vec![9; 1400],
+                    ..Frame::tcp(CLIENT, 40201, NODE, NODE_PORT)
+                },
+                frag_needed,
+            ),
+        ] {
+            let (rc, delivered) = f.xdp(&input.bytes());
+            assert_eq!(rc, XDP_PASS, "{name}: DNAT to the local pod");
+            // The pod quotes what it got (as Linux does, up to 576 bytes).
+            let quote = &delivered[14..delivered.len().min(14 + 548)];
+            let error = icmp_error(
+                (CLIENT_MAC, NODE_MAC),
+                LOCAL_POD,
+                CLIENT,
+                63,
+                icmp_type,
+                code,
+                rest,
+                quote,
+            );
+            let before = f.counter_named("icmp_error_to_client");
+            let (rc, out) = f.tc(&error);
+            assert_eq!(
+                rc,
+                TC_ACT_OK,
+                "{name}: TC verdict (counters: {:?})",
+                f.stats()
+            );
+            let sent = input.bytes();
+            let want = icmp_error(
+                (CLIENT_MAC, NODE_MAC),
+                NODE,
+                CLIENT,
+                63,
+                icmp_type,
+                code,
+                rest,
+                &sent[14..sent.len().min(14 + 548)],
+            );
+            assert_eq!(out, want, "{name}: the error the client gets");
+            assert_checksums(&out);
+            assert_eq!(
+                f.counter_named("icmp_error_to_client"),
+                before + 1,
+                "{name}"
+            );
+        }
+
+        // The flow ended: its conntrack entry is gone, the error stays as it is.
+        let input = Frame::udp(CLIENT, 40202, NODE, NODE_PORT);
+        let (_, delivered) = f.xdp(&input.bytes());
+        let client_flow = flow(CLIENT, 40202, NODE, NODE_PORT, PROTO_UDP);
+        f.conntrack.remove(&client_flow).expect("remove the flow");
+        let error = icmp_error(
+            (CLIENT_MAC, NODE_MAC),
+            LOCAL_POD,
+            CLIENT,
+            63,
+            3,
+            3,
+            [0; 4],
+            &delivered[14..],
+        );
+        let (rc, out) = f.tc(&error);
+        assert_eq!(
+            (rc, out),
+            (TC_ACT_UNSPEC, error),
+            "an ended flow's error passes"
+        );
+    });
+}
+
 /// An ICMP error about no flow the datapath translated, and an ICMP
 /// message that is no error, pass untouched.
 #[test]

@@ -1,5 +1,7 @@
 //! The TC egress program's logic: a reply of a local backend (pod → client)
-//! leaving through the external device gets the NodePort back as its source.
+//! leaving through the external device gets the NodePort back as its
+//! source; so does the backend's ICMP error about the client's flow
+//! (`icmp`).
 //!
 //! skbs may carry a partial checksum (offload), so the rewrites use the
 //! kernel's skb-aware checksum helpers rather than the XDP path's
@@ -12,6 +14,7 @@ use crate::{
     error::{Error, Verdict},
     frag,
     headers::{self, ETH_LEN, IPV4_MAX_LEN, Parsed, TCP_MIN_LEN, ip, l4},
+    icmp,
     maps::{CONNTRACK, REV_NAT},
     packet::Packet,
 };
@@ -35,7 +38,7 @@ pub fn try_egress(ctx: &TcContext) -> Result<Verdict, Error> {
         pkt = packet(ctx);
     }
     let Some(mut p) = headers::parse(&pkt, ctx.len() as usize)? else {
-        return Ok(Verdict::not_ours());
+        return icmp::error_to_client_tc(&pkt);
     };
     frag::follow(&mut p)?;
     let key = p.flow();

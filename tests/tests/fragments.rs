@@ -3,7 +3,7 @@
 //! fragmented by the pod's) through a NodePort to a local and to a remote
 //! backend; and path-MTU discovery through a NodePort to a remote backend
 //! behind a smaller MTU (the router's "fragmentation needed" relayed to the
-//! client), and a remote pod's own ICMP errors. Real traffic on the namespace test cluster, kernel defaults on
+//! client), and a local and a remote pod's own ICMP errors. Real traffic on the namespace test cluster, kernel defaults on
 //! every veth.
 //!
 //! Needs root. Run with `cargo xtask test`.
@@ -18,7 +18,8 @@ const POD_PORT: u16 = 8080;
 const LOCAL_NODE_PORT: u16 = 31_700;
 const REMOTE_NODE_PORT: u16 = 31_701;
 const ECHO_NODE_PORT: u16 = 31_702;
-const CLOSED_NODE_PORT: u16 = 31_703;
+const CLOSED_LOCAL_NODE_PORT: u16 = 31_703;
+const CLOSED_REMOTE_NODE_PORT: u16 = 31_704;
 /// A port the test cluster's pods do not listen on.
 const CLOSED_POD_PORT: u16 = 8999;
 /// The TCP echo port of the test cluster's pods.
@@ -174,23 +175,30 @@ fn path_mtu_discovery_works_through_a_node_port_to_a_remote_backend() {
     );
 }
 
-/// A remote pod's own ICMP error reaches the client translated: a UDP
-/// NodePort whose target port the pod on node 2 does not listen on gets
-/// the pod's port unreachable, sent to node 1's SNAT address; node 1's
-/// datapath relays it and the client's socket sees the refusal at once
-/// (untranslated, the client would only time out).
+/// A pod's own ICMP error reaches the client translated, from a local and
+/// from a remote backend: a UDP NodePort whose target port the pod does
+/// not listen on gets the pod's port unreachable. The remote pod's goes to
+/// node 1's SNAT address and node 1's XDP relays it; the local pod's
+/// leaves node 1 through TC egress, rewritten. The client's socket sees
+/// the refusal at once (untranslated, it would only time out).
 #[test]
-fn a_remote_pods_port_unreachable_reaches_the_client() {
+fn a_pods_port_unreachable_reaches_the_client() {
     let c = cluster();
-    let svc = ServiceBuilder::new("default", "closed", "NodePort").udp(
-        "udp",
-        80,
-        CLOSED_POD_PORT,
-        CLOSED_NODE_PORT,
+    let svc = |name: &str, port: u16| {
+        ServiceBuilder::new("default", name, "NodePort").udp("udp", 80, CLOSED_POD_PORT, port)
+    };
+    let (local, remote) = (
+        svc("closed-local", CLOSED_LOCAL_NODE_PORT),
+        svc("closed-remote", CLOSED_REMOTE_NODE_PORT),
     );
     c.manifests().write(
         "closed.yaml",
-        &to_yaml(&[&svc, &svc.slice("x1").pods(&[(2, 1, true)])]),
+        &to_yaml(&[
+            &local,
+            &local.slice("x1").pods(&[(1, 1, true)]),
+            &remote,
+            &remote.slice("x1").pods(&[(2, 1, true)]),
+        ]),
     );
     let agent1 = c.start_agent(1, c.manifests().dir());
     agent1.wait_ready();
@@ -199,16 +207,24 @@ fn a_remote_pods_port_unreachable_reaches_the_client() {
             .metric("nodeport_datapath_packets_total{reason=\"icmp_error_to_client\"}")
             .unwrap_or(0.0)
     };
-    let before = relayed();
-    let e = c
-        .client()
-        .with_timeout(Duration::from_secs(3))
-        .udp_request(node_addr(1), CLOSED_NODE_PORT, None)
-        .expect_err("nothing listens on the target port");
-    assert_eq!(
-        e.kind(),
-        std::io::ErrorKind::ConnectionRefused,
-        "the pod's port unreachable, relayed by node 1: {e}"
-    );
-    assert!(relayed() > before, "the error was relayed by the datapath");
+    for (port, what) in [
+        (CLOSED_LOCAL_NODE_PORT, "local"),
+        (CLOSED_REMOTE_NODE_PORT, "remote"),
+    ] {
+        let before = relayed();
+        let e = c
+            .client()
+            .with_timeout(Duration::from_secs(3))
+            .udp_request(node_addr(1), port, None)
+            .expect_err("nothing listens on the target port");
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionRefused,
+            "the {what} pod's port unreachable, translated by node 1: {e}"
+        );
+        assert!(
+            relayed() > before,
+            "the {what} pod's error was translated by the datapath"
+        );
+    }
 }
