@@ -640,6 +640,101 @@ fn icmp_errors_of_local_backends_leave_translated() {
     });
 }
 
+/// An ICMP error from the client's side about a reply it got from the
+/// NodePort goes to the flow's backend as about the backend's own reply:
+/// to a remote backend from the node's SNAT address and port (forwarded),
+/// to a local one from the client (passed to the stack), every checksum
+/// equal to a from-scratch computation.
+#[test]
+fn icmp_errors_about_replies_go_to_the_backend() {
+    in_fixture(|f| {
+        f.service(1, NODE_PORT, PROTO_UDP, 0, &[(9, REMOTE_POD, 53, 0)]);
+        f.service(
+            2,
+            NODE_PORT,
+            PROTO_TCP,
+            0,
+            &[(7, LOCAL_POD, 8080, BACKEND_F_LOCAL)],
+        );
+        for (name, input, backend_port) in [
+            (
+                "remote UDP",
+                Frame::udp(CLIENT, 40300, NODE, NODE_PORT),
+                53u16,
+            ),
+            (
+                "local TCP",
+                Frame::tcp(CLIENT, 40301, NODE, NODE_PORT),
+                8080,
+            ),
+        ] {
+            let remote = input.proto == PROTO_UDP;
+            let (_, sent) = f.xdp(&input.bytes());
+            // The backend's reply as the backend sent it, and as the client
+            // got it.
+            let (peer, peer_port) = if remote {
+                (NODE, u16::from_be_bytes([sent[34], sent[35]]))
+            } else {
+                (CLIENT, input.sport)
+            };
+            let backend_addr = if remote { REMOTE_POD } else { LOCAL_POD };
+            let reply = Frame {
+                saddr: backend_addr.into(),
+                sport: backend_port,
+                daddr: peer.into(),
+                dport: peer_port,
+                tcp_flags: TCP_SYN | TCP_ACK,
+                ttl: 63,
+                ..input.clone()
+            };
+            let got = Frame {
+                saddr: NODE.into(),
+                sport: NODE_PORT,
+                daddr: CLIENT.into(),
+                dport: input.sport,
+                ..reply.clone()
+            }
+            .bytes();
+            let error = icmp_error(
+                (NODE_MAC, CLIENT_MAC),
+                CLIENT,
+                NODE,
+                64,
+                3,
+                4,
+                [0, 0, 0x05, 0x00],
+                &got[14..],
+            );
+            let before = f.counter_named("icmp_error_to_backend");
+            let (rc, out) = f.xdp(&error);
+            let as_sent = reply.bytes();
+            let (verdict, macs, from, ttl) = if remote {
+                (XDP_TX, (OTHER_NODE_MAC, NODE_MAC), NODE, 63)
+            } else {
+                (XDP_PASS, (NODE_MAC, CLIENT_MAC), CLIENT, 64)
+            };
+            assert_eq!(rc, verdict, "{name}: verdict (counters: {:?})", f.stats());
+            let want = icmp_error(
+                macs,
+                from,
+                backend_addr,
+                ttl,
+                3,
+                4,
+                [0, 0, 0x05, 0x00],
+                &as_sent[14..],
+            );
+            assert_eq!(out, want, "{name}: the error the backend gets");
+            assert_checksums(&out);
+            assert_eq!(
+                f.counter_named("icmp_error_to_backend"),
+                before + 1,
+                "{name}"
+            );
+        }
+    });
+}
+
 /// An ICMP error about no flow the datapath translated, and an ICMP
 /// message that is no error, pass untouched.
 #[test]

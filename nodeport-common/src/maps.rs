@@ -634,9 +634,13 @@ pub mod stat {
     /// exceeded) about a flow SNATed to a remote backend, translated and
     /// sent on to the client as if about its own packet to the frontend.
     pub const ICMP_ERROR_TO_CLIENT: u32 = 31;
+    /// An ICMP error from the client's side about a reply the client got
+    /// from a frontend, translated and sent on to the flow's backend as if
+    /// about the backend's own reply.
+    pub const ICMP_ERROR_TO_BACKEND: u32 = 32;
 
     /// Number of counters.
-    pub const COUNT: u32 = 32;
+    pub const COUNT: u32 = 33;
 
     /// Human-readable names, indexed by counter.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -672,6 +676,7 @@ pub mod stat {
         "fragment_first",
         "fragment_followed",
         "icmp_error_to_client",
+        "icmp_error_to_backend",
     ];
 }
 

@@ -35,7 +35,7 @@ fn packet(ctx: &XdpContext) -> Packet {
 pub fn try_ingress(ctx: &XdpContext) -> Result<Verdict, Error> {
     let pkt = packet(ctx);
     let Some(mut p) = headers::parse(&pkt, pkt.len())? else {
-        return icmp::error_to_client(ctx, &maps::device(ctx.ingress_ifindex() as u32));
+        return icmp::translate_error(ctx, &maps::device(ctx.ingress_ifindex() as u32));
     };
     frag::follow(&mut p)?;
     let device = maps::device(ctx.ingress_ifindex() as u32);

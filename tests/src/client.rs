@@ -163,6 +163,78 @@ impl<'a> Client<'a> {
         let timeout = self.timeout;
         self.ns.run(move || ping(addr, timeout))
     }
+
+    /// Sends "fragmentation needed" (next-hop MTU `mtu`) to `addr`,
+    /// quoting a UDP datagram from `quoted_from` to `quoted_to` (its IPv4
+    /// header and UDP header, checksum none), as a host or router on the
+    /// datagram's path would.
+    pub fn send_frag_needed(
+        &self,
+        addr: Ipv4Addr,
+        mtu: u16,
+        quoted_from: SocketAddr,
+        quoted_to: SocketAddr,
+    ) -> io::Result<()> {
+        self.ns
+            .run(move || send_frag_needed(addr, mtu, quoted_from, quoted_to))
+    }
+}
+
+/// See [`Client::send_frag_needed`]; in the calling thread's network
+/// namespace.
+pub fn send_frag_needed(
+    addr: Ipv4Addr,
+    mtu: u16,
+    quoted_from: SocketAddr,
+    quoted_to: SocketAddr,
+) -> io::Result<()> {
+    let (IpAddr::V4(from), IpAddr::V4(to)) = (quoted_from.ip(), quoted_to.ip()) else {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "IPv4 only"));
+    };
+    let udp_len: u16 = 8 + 512;
+    let mut quoted = vec![0x45, 0];
+    quoted.extend_from_slice(&(20 + udp_len).to_be_bytes());
+    quoted.extend_from_slice(&[0, 0, 0x40, 0, 64, 17, 0, 0]);
+    quoted.extend_from_slice(&from.octets());
+    quoted.extend_from_slice(&to.octets());
+    let c = inet_checksum(&quoted);
+    quoted[10..12].copy_from_slice(&c.to_be_bytes());
+    quoted.extend_from_slice(&quoted_from.port().to_be_bytes());
+    quoted.extend_from_slice(&quoted_to.port().to_be_bytes());
+    quoted.extend_from_slice(&udp_len.to_be_bytes());
+    quoted.extend_from_slice(&[0, 0]);
+    let mut packet = vec![3, 4, 0, 0, 0, 0];
+    packet.extend_from_slice(&mtu.to_be_bytes());
+    packet.extend_from_slice(&quoted);
+    let sum = inet_checksum(&packet);
+    packet[2..4].copy_from_slice(&sum.to_be_bytes());
+
+    let dest = SocketAddr::new(IpAddr::V4(addr), 0);
+    // SAFETY: plain socket(2) call.
+    let fd = cvt(unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::IPPROTO_ICMP,
+        )
+    })
+    .map_err(|e| context(&e, "ICMP socket for", dest))?;
+    // SAFETY: fd was just returned by socket(2) and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let (sa, len) = sockaddr(dest);
+    // SAFETY: packet and sa are valid buffers of the given lengths.
+    cvt_size(unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            packet.as_ptr().cast(),
+            packet.len(),
+            0,
+            (&raw const sa).cast(),
+            len,
+        )
+    })
+    .map_err(|e| context(&e, "ICMP send to", dest))?;
+    Ok(())
 }
 
 fn unspecified_like(ip: IpAddr) -> IpAddr {

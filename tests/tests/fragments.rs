@@ -3,7 +3,8 @@
 //! fragmented by the pod's) through a NodePort to a local and to a remote
 //! backend; and path-MTU discovery through a NodePort to a remote backend
 //! behind a smaller MTU (the router's "fragmentation needed" relayed to the
-//! client), and a local and a remote pod's own ICMP errors. Real traffic on the namespace test cluster, kernel defaults on
+//! client), a local and a remote pod's own ICMP errors, and errors from
+//! the client's side reaching the backend. Real traffic on the namespace test cluster, kernel defaults on
 //! every veth.
 //!
 //! Needs root. Run with `cargo xtask test`.
@@ -20,6 +21,8 @@ const REMOTE_NODE_PORT: u16 = 31_701;
 const ECHO_NODE_PORT: u16 = 31_702;
 const CLOSED_LOCAL_NODE_PORT: u16 = 31_703;
 const CLOSED_REMOTE_NODE_PORT: u16 = 31_704;
+const UDP_LOCAL_NODE_PORT: u16 = 31_705;
+const UDP_REMOTE_NODE_PORT: u16 = 31_706;
 /// A port the test cluster's pods do not listen on.
 const CLOSED_POD_PORT: u16 = 8999;
 /// The TCP echo port of the test cluster's pods.
@@ -225,6 +228,87 @@ fn a_pods_port_unreachable_reaches_the_client() {
         assert!(
             relayed() > before,
             "the {what} pod's error was translated by the datapath"
+        );
+    }
+}
+
+/// The route MTU that `ip route get DST` in `ns` shows (a path-MTU
+/// exception the kernel learnt), if any.
+fn learnt_mtu(ns: &nodeport_tests::Netns, dst: std::net::Ipv4Addr) -> Option<u16> {
+    let out = ns.ip_stdout(&["route", "get", &dst.to_string()]);
+    let mut words = out.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == "mtu" {
+            return words.next().and_then(|m| m.parse().ok());
+        }
+    }
+    None
+}
+
+/// "Fragmentation needed" from the client's side about the reply it got
+/// from a NodePort reaches the flow's backend as about the backend's own
+/// reply, and the backend's kernel learns the path MTU: towards node 1's
+/// SNAT address for a remote pod, towards the client for a local one.
+#[test]
+fn an_error_from_the_clients_side_reaches_the_backend() {
+    let c = cluster();
+    let svc = |name: &str, port: u16| {
+        ServiceBuilder::new("default", name, "NodePort").udp("udp", 80, POD_PORT, port)
+    };
+    let (local, remote) = (
+        svc("udp-local", UDP_LOCAL_NODE_PORT),
+        svc("udp-remote", UDP_REMOTE_NODE_PORT),
+    );
+    c.manifests().write(
+        "udp.yaml",
+        &to_yaml(&[
+            &local,
+            &local.slice("x1").pods(&[(1, 1, true)]),
+            &remote,
+            &remote.slice("x1").pods(&[(2, 1, true)]),
+        ]),
+    );
+    let agent1 = c.start_agent(1, c.manifests().dir());
+    agent1.wait_ready();
+    let node = node_addr(1);
+    let translated = || {
+        agent1
+            .metric("nodeport_datapath_packets_total{reason=\"icmp_error_to_backend\"}")
+            .unwrap_or(0.0)
+    };
+    for (port, (pod_node, pod), peer, from_port) in [
+        (UDP_LOCAL_NODE_PORT, (1, 1), CLIENT_ADDR, 42_500u16),
+        (UDP_REMOTE_NODE_PORT, (2, 1), node, 42_501),
+    ] {
+        let what = format!("pod {}", pod_name(pod_node, pod));
+        let from = std::net::SocketAddr::new(CLIENT_ADDR.into(), from_port);
+        let answer = c.client().udp_request_from(from, node, port);
+        let a = Answer::expect(answer, &format!("UDP to the NodePort of {what}"));
+        assert_eq!(a.server, pod_name(pod_node, pod));
+        let pod_ns = c.pod(pod_node, pod).netns();
+        assert_eq!(
+            learnt_mtu(pod_ns, peer),
+            None,
+            "{what}: no path MTU learnt yet"
+        );
+        let before = translated();
+        c.client()
+            .send_frag_needed(
+                node,
+                1_280,
+                std::net::SocketAddr::new(node.into(), port),
+                from,
+            )
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let mtu = eventually(Duration::from_secs(5), || learnt_mtu(pod_ns, peer));
+        assert_eq!(
+            mtu,
+            Some(1_280),
+            "{what} learnt the path MTU towards {peer}"
+        );
+        assert!(
+            translated() > before,
+            "{what}: the datapath translated the error"
         );
     }
 }
