@@ -1,5 +1,5 @@
 //! The datapath's per-service and per-backend counters (`service_stats`,
-//! `backend_stats`) as an operator reads them: [`CounterNames`] says which
+//! one entry per service and backend) as an operator reads them: [`CounterNames`] says which
 //! Service port and which endpoint each id stands for (the reconciler keeps
 //! it as it gives out and frees ids), and [`read`] sums the counters of a
 //! Service port's frontends (NodePort, ClusterIP, external addresses) under
@@ -105,7 +105,8 @@ pub fn label(
 
 /// Reads and names the counters from the pinned maps.
 pub fn read(maps: &BpfMaps, names: &CounterNames) -> Result<Counters, MapError> {
-    Ok(label(names, &maps.service_stats()?, &maps.backend_stats()?))
+    let (services, backends) = maps.counter_sums()?;
+    Ok(label(names, &services, &backends))
 }
 
 #[cfg(test)]

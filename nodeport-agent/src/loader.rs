@@ -563,7 +563,16 @@ fn report_pinned_sizes(root: &Path, sizes: &MapSizes) {
 
 /// Removes pinned maps whose key or value size is not what this object
 /// expects (left by an agent of another version): they are created anew.
+/// Maps this datapath no longer has (`names::RETIRED`) are removed.
 fn drop_foreign_maps(root: &Path) {
+    for name in names::RETIRED {
+        if std::fs::remove_file(root.join(name)).is_ok() {
+            info!(
+                map = name,
+                "removed a map an older agent pinned that this datapath no longer has"
+            );
+        }
+    }
     for (name, key, value) in MAP_SIZES {
         let path = root.join(name);
         let Ok(map) = MapData::from_pin(&path) else {
@@ -635,7 +644,7 @@ pub fn cleanup(root: &Path) -> std::io::Result<Vec<PathBuf>> {
         }
         std::fs::remove_dir(&links)?;
     }
-    for name in names::ALL {
+    for name in names::ALL.iter().chain(&names::RETIRED) {
         let p = root.join(name);
         match std::fs::remove_file(&p) {
             Ok(()) => removed.push(p),

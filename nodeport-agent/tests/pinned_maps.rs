@@ -11,7 +11,8 @@ use nodeport_agent::loader::{self, Datapath, MapSizes};
 use nodeport_agent::maps::fill::PinnedMaps;
 use nodeport_agent::maps::{MapWriter as _, TableWrite, Write, bpf::BpfMaps};
 use nodeport_common::{
-    Frontend, FrontendKey, LAYOUTS, PROTO_TCP, ServiceStats, SourceRange, SourceRangeKey, names,
+    Frontend, FrontendKey, LAYOUTS, PROTO_TCP, ServiceStats, ServiceStatsKey, SourceRange,
+    SourceRangeKey, names,
 };
 
 fn require_root() {
@@ -168,14 +169,18 @@ fn fill_counts_the_entries_of_every_kind_of_map() {
     maps.write_all(&writes).expect("writes fit");
     let stats_map = aya::maps::MapData::from_pin(root.0.join(names::SERVICE_STATS))
         .expect("open service_stats");
-    let mut stats: aya::maps::PerCpuHashMap<_, u32, ServiceStats> =
+    let mut stats: aya::maps::PerCpuHashMap<_, ServiceStatsKey, ServiceStats> =
         aya::maps::PerCpuHashMap::try_from(aya::maps::Map::PerCpuHashMap(stats_map))
             .expect("a per-CPU hash");
     let cpus = aya::util::nr_cpus().expect("possible CPUs");
     for id in 1..=3 {
         let values = aya::maps::PerCpuValues::try_from(vec![ServiceStats::default(); cpus])
             .expect("one value per CPU");
-        stats.insert(id, values, 0).expect("insert counters");
+        let key = ServiceStatsKey {
+            service_id: id,
+            backend_id: 0,
+        };
+        stats.insert(key, values, 0).expect("insert counters");
     }
 
     let fill: BTreeMap<&str, (u64, u32)> = PinnedMaps::open(&root.0)

@@ -33,10 +33,13 @@ pub mod names {
     pub const SOURCE_RANGES: &str = "source_ranges";
     pub const FRAGMENTS: &str = "fragments";
     pub const SERVICE_STATS: &str = "service_stats";
-    pub const BACKEND_STATS: &str = "backend_stats";
+
+    /// Maps of older datapaths that this one no longer has: removed when
+    /// found pinned (at load and by `cleanup`).
+    pub const RETIRED: [&str; 1] = ["backend_stats"];
 
     /// Every map, in the order the agent creates and pins them.
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 16] = [
         NODE_ADDRS,
         FRONTENDS,
         BACKEND_SLOTS,
@@ -53,7 +56,6 @@ pub mod names {
         SOURCE_RANGES,
         FRAGMENTS,
         SERVICE_STATS,
-        BACKEND_STATS,
     ];
 }
 
@@ -114,13 +116,8 @@ pub const MAP_SIZES: [(&str, usize, usize); names::ALL.len()] = [
     ),
     (
         names::SERVICE_STATS,
-        size_of::<u32>(),
+        size_of::<ServiceStatsKey>(),
         size_of::<ServiceStats>(),
-    ),
-    (
-        names::BACKEND_STATS,
-        size_of::<u32>(),
-        size_of::<BackendStats>(),
     ),
 ];
 
@@ -167,8 +164,9 @@ pub mod capacity {
     pub const SOCK_REV: u32 = 65_536;
     pub const SOURCE_RANGES: u32 = 16_384;
     pub const FRAGMENTS: u32 = 8_192;
-    pub const SERVICE_STATS: u32 = 65_536;
-    pub const BACKEND_STATS: u32 = 262_144;
+    /// One entry per (service, backend) pair in use, and one per service
+    /// for what reached no backend.
+    pub const SERVICE_STATS: u32 = 262_144;
 }
 
 /// Key of the node-address map: an IPv4 address that serves `NodePorts`.
@@ -415,8 +413,19 @@ pub struct FragPorts {
     pub dport_be: u16,
 }
 
-/// Per-CPU counters of one service frontend (key: its service id), for the
-/// packets the datapath received for it (client → service).
+/// Key of `service_stats`: a service and the backend its packets went to
+/// (0: none, a packet rejected, dropped or passed before a backend was
+/// chosen). One lookup per packet counts both: a service's counters are the
+/// sum over its entries, a backend's the sum over the entries naming it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceStatsKey {
+    pub service_id: u32,
+    pub backend_id: u32,
+}
+
+/// Per-CPU counters of one service and backend ([`ServiceStatsKey`]), for
+/// the packets the datapath received for the service (client → service).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ServiceStats {
@@ -454,8 +463,8 @@ impl ServiceStats {
     }
 }
 
-/// Per-CPU counters of one backend (key: its backend id): the packets the
-/// datapath sent to it.
+/// What was sent to one backend: the sum of the `service_stats` entries
+/// naming it (not a map value).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BackendStats {
@@ -465,7 +474,17 @@ pub struct BackendStats {
 }
 
 impl BackendStats {
-    /// Field-wise sum (of two CPUs' values).
+    /// What a `service_stats` entry counts of its backend.
+    #[must_use]
+    pub const fn of(s: &ServiceStats) -> Self {
+        Self {
+            packets: s.packets,
+            bytes: s.bytes,
+            new_flows: s.new_flows,
+        }
+    }
+
+    /// Field-wise sum.
     #[must_use]
     pub const fn plus(&self, o: &Self) -> Self {
         Self {
@@ -727,7 +746,8 @@ const _: () = {
     assert!(size_of::<FragPorts>() == 4);
     assert!(size_of::<ServiceStats>() == 64);
     assert!(offset_of!(ServiceStats, drop_other) == 56);
-    assert!(size_of::<BackendStats>() == 24);
+    assert!(size_of::<ServiceStatsKey>() == 8);
+    assert!(offset_of!(ServiceStatsKey, backend_id) == 4);
 };
 
 /// A struct's name, size and `(field, offset)` list.
@@ -872,9 +892,9 @@ pub const LAYOUTS: &[Layout] = &[
         ],
     ),
     (
-        "BackendStats",
-        size_of::<BackendStats>(),
-        &[("packets", 0), ("bytes", 8), ("new_flows", 16)],
+        "ServiceStatsKey",
+        size_of::<ServiceStatsKey>(),
+        &[("service_id", 0), ("backend_id", 4)],
     ),
 ];
 
@@ -910,5 +930,5 @@ mod pod {
     unsafe impl aya::Pod for super::FragKey {}
     unsafe impl aya::Pod for super::FragPorts {}
     unsafe impl aya::Pod for super::ServiceStats {}
-    unsafe impl aya::Pod for super::BackendStats {}
+    unsafe impl aya::Pod for super::ServiceStatsKey {}
 }

@@ -1,17 +1,18 @@
-//! Per-service-frontend and per-backend counters (`service_stats`,
-//! `backend_stats`): what each frontend received and what became of it,
-//! what each backend was sent. Per CPU; the agent sums them.
+//! Per-service-frontend and per-backend counters (`service_stats`): what
+//! each frontend received, what became of it and which backend it went
+//! to, in one entry per (service, backend) pair. Per CPU; the agent sums
+//! them by service and by backend.
 //!
-//! Both bumps are global functions taking only numbers: the verifier checks
-//! each once on its own, and a call adds nothing to the states of the
+//! The bump is a global function taking only numbers: the verifier checks
+//! it once on its own, and the call adds nothing to the states of the
 //! program around it.
 
 use aya_ebpf::bindings::BPF_NOEXIST;
-use nodeport_common::{BackendStats, CONFIG_F_NO_SERVICE_COUNTERS, ServiceStats};
+use nodeport_common::{CONFIG_F_NO_SERVICE_COUNTERS, ServiceStats, ServiceStatsKey};
 
-use crate::maps::{BACKEND_STATS, CONFIG, SERVICE_STATS};
+use crate::maps::{CONFIG, SERVICE_STATS};
 
-/// What became of a frontend's packet, as [`nodeport_count_service`] takes it.
+/// What became of a frontend's packet, as [`nodeport_count`] takes it.
 pub mod outcome {
     /// Translated, delivered or passed on as the Service says.
     pub const SERVED: u32 = 0;
@@ -36,44 +37,63 @@ fn off() -> bool {
         .is_some_and(|c| unsafe { (*c).flags } & CONFIG_F_NO_SERVICE_COUNTERS != 0)
 }
 
-/// This CPU's counters of service `service_id`, made on first use.
-#[inline(always)]
-fn service_entry(service_id: u32) -> Option<*mut ServiceStats> {
-    if let Some(s) = SERVICE_STATS.get_ptr_mut(service_id) {
-        return Some(s);
-    }
-    let _ = SERVICE_STATS.insert(
-        service_id,
-        ServiceStats {
-            packets: 0,
-            bytes: 0,
-            new_flows: 0,
-            rejected: 0,
-            drop_no_local_backend: 0,
-            drop_source_range: 0,
-            drop_snat_exhausted: 0,
-            drop_other: 0,
-        },
-        u64::from(BPF_NOEXIST),
-    );
-    SERVICE_STATS.get_ptr_mut(service_id)
+/// The first value of a new entry. Read-only data rather than a local, so
+/// that the call's stack stays small beside the program's (the verifier
+/// limits the stack of a call chain to 512 bytes).
+static ZERO: ServiceStats = ServiceStats {
+    packets: 0,
+    bytes: 0,
+    new_flows: 0,
+    rejected: 0,
+    drop_no_local_backend: 0,
+    drop_source_range: 0,
+    drop_snat_exhausted: 0,
+    drop_other: 0,
+};
+
+/// What became of a frontend's packet beyond its outcome: the backend it
+/// was sent to (0: none) and whether it opened its flow (0 or 1). Filled
+/// on the way through the service, counted once at the end.
+#[derive(Clone, Copy, Default)]
+pub struct Sent {
+    pub backend_id: u32,
+    pub new_flow: u32,
 }
 
 /// Counts one packet of `len` bytes that reached the frontend of service
-/// `service_id`, and its `outcome`. Returns 0.
+/// `service_id`, its `outcome`, and where it was `sent`: one lookup (made
+/// on first use) of this CPU's counters of the service and backend.
+/// Returns 0.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn nodeport_count_service(service_id: u32, len: u32, outcome: u32) -> u32 {
+pub extern "C" fn nodeport_count(
+    service_id: u32,
+    backend_id: u32,
+    len: u32,
+    outcome: u32,
+    new_flow: u32,
+) -> u32 {
     if off() {
         return 0;
     }
-    let Some(s) = service_entry(service_id) else {
-        return 0;
+    let key = ServiceStatsKey {
+        service_id,
+        backend_id,
+    };
+    let s = if let Some(s) = SERVICE_STATS.get_ptr_mut(key) {
+        s
+    } else {
+        let _ = SERVICE_STATS.insert(key, &ZERO, u64::from(BPF_NOEXIST));
+        let Some(s) = SERVICE_STATS.get_ptr_mut(key) else {
+            return 0;
+        };
+        s
     };
     // SAFETY: this CPU's value of a per-CPU map entry.
     unsafe {
         (*s).packets += 1;
         (*s).bytes += u64::from(len);
+        (*s).new_flows += u64::from(new_flow);
         match outcome {
             outcome::SERVED => {}
             outcome::REJECTED => (*s).rejected += 1,
@@ -82,48 +102,6 @@ pub extern "C" fn nodeport_count_service(service_id: u32, len: u32, outcome: u32
             outcome::DROP_SNAT_EXHAUSTED => (*s).drop_snat_exhausted += 1,
             _ => (*s).drop_other += 1,
         }
-    }
-    0
-}
-
-/// Counts one packet of `len` bytes of service `service_id` sent to backend
-/// `backend_id`; `new_flow` (0 or 1): the packet opened its flow, which
-/// counts for the service too. Returns 0.
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub extern "C" fn nodeport_count_backend(
-    service_id: u32,
-    backend_id: u32,
-    len: u32,
-    new_flow: u32,
-) -> u32 {
-    if off() {
-        return 0;
-    }
-    if BACKEND_STATS.get_ptr_mut(backend_id).is_none() {
-        let _ = BACKEND_STATS.insert(
-            backend_id,
-            BackendStats {
-                packets: 0,
-                bytes: 0,
-                new_flows: 0,
-            },
-            u64::from(BPF_NOEXIST),
-        );
-    }
-    if let Some(s) = BACKEND_STATS.get_ptr_mut(backend_id) {
-        // SAFETY: this CPU's value of a per-CPU map entry.
-        unsafe {
-            (*s).packets += 1;
-            (*s).bytes += u64::from(len);
-            (*s).new_flows += u64::from(new_flow);
-        }
-    }
-    if new_flow != 0
-        && let Some(s) = service_entry(service_id)
-    {
-        // SAFETY: as above.
-        unsafe { (*s).new_flows += 1 };
     }
     0
 }

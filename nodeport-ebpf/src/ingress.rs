@@ -14,7 +14,7 @@ use nodeport_common::{
 };
 
 use crate::{
-    counters::{nodeport_count_backend, nodeport_count_service, outcome},
+    counters::{Sent, nodeport_count, outcome},
     error::{Error, Verdict},
     frag,
     headers::{self, Parsed},
@@ -78,13 +78,20 @@ pub fn try_ingress(ctx: &XdpContext) -> Result<Verdict, Error> {
         return Ok(Verdict::not_ours());
     };
     frag::remember(&p);
-    let verdict = service(ctx, &p, &flow, &fe, to_node, &device);
+    let mut sent = Sent::default();
+    let verdict = service(ctx, &p, &flow, &fe, to_node, &device, &mut sent);
     let outcome = match &verdict {
         Ok(v) if v.stat == stat::REJECT_NO_BACKEND => outcome::REJECTED,
         Ok(_) => outcome::SERVED,
         Err(e) => e.service_outcome(),
     };
-    nodeport_count_service(fe.service_id, u32::from(p.ip_len), outcome);
+    nodeport_count(
+        fe.service_id,
+        sent.backend_id,
+        u32::from(p.ip_len),
+        outcome,
+        sent.new_flow,
+    );
     verdict
 }
 
@@ -97,6 +104,7 @@ fn service(
     fe: &Frontend,
     to_node: bool,
     device: &DeviceInfo,
+    sent: &mut Sent,
 ) -> Result<Verdict, Error> {
     // `loadBalancerSourceRanges`, on every packet: a change of the ranges
     // applies to established flows too.
@@ -129,6 +137,7 @@ fn service(
                     (*ct).flags |= CT_F_CLOSING;
                 }
             }
+            sent.backend_id = entry.backend_id;
             return translate(ctx, p, flow, &backend, &entry, false, device);
         }
     }
@@ -171,6 +180,8 @@ fn service(
     CONNTRACK
         .insert(flow, entry, u64::from(BPF_ANY))
         .map_err(|_| Error::MapUpdate)?;
+    sent.backend_id = entry.backend_id;
+    sent.new_flow = 1;
     translate(ctx, p, flow, &backend, &entry, true, device)
 }
 
@@ -186,12 +197,6 @@ fn translate(
     new_flow: bool,
     device: &DeviceInfo,
 ) -> Result<Verdict, Error> {
-    nodeport_count_backend(
-        entry.service_id,
-        entry.backend_id,
-        u32::from(p.ip_len),
-        u32::from(new_flow),
-    );
     if entry.flags & CT_F_SNAT == 0 {
         // Reply key as the backend's answer will carry it at TC egress.
         let rev_key = FlowKey {

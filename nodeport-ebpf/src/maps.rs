@@ -7,10 +7,10 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use nodeport_common::{
-    Affinity, AffinityKey, Backend, BackendKey, BackendStats, Config, CtEntry,
+    Affinity, AffinityKey, Backend, BackendKey, Config, CtEntry,
     DEVICE_F_REDIRECT_TX, DEVICE_F_SKB_MODE, Device, DeviceKey, DeviceTx, FlowKey, FragKey,
     FragPorts, Frontend, FrontendKey, NodeAddr, NodeAddrKey, PortRange, RevNat,
-    SOURCE_RANGE_SERVICE_BITS, ServiceStats, Slot, SlotKey, SnatPool, SockRev, SockRevKey,
+    SOURCE_RANGE_SERVICE_BITS, ServiceStats, ServiceStatsKey, Slot, SlotKey, SnatPool, SockRev, SockRevKey,
     SourceRange, SourceRangeData, TxArmed, capacity, stat,
 };
 
@@ -87,23 +87,15 @@ pub static SOURCE_RANGES: LpmTrie<
 pub static FRAGMENTS: LruHashMap<FragKey, FragPorts, { capacity::FRAGMENTS as usize }> =
     LruHashMap::new();
 
-/// Per service frontend (key: service id), per CPU: what it received.
-/// Entries are made on a frontend's first packet (not preallocated: memory
-/// follows what is served) and removed by the agent with the service id.
+/// Per service frontend and the backend its packets went to (key: both
+/// ids; backend 0: none), per CPU: what it received. Entries are made on
+/// the first such packet (not preallocated: memory follows what is served)
+/// and removed by the agent with either id.
 #[btf_map(name = "service_stats")]
 pub static SERVICE_STATS: PerCpuHashMap<
-    u32,
+    ServiceStatsKey,
     ServiceStats,
     { capacity::SERVICE_STATS as usize },
-    { BPF_F_NO_PREALLOC as usize },
-> = PerCpuHashMap::new();
-
-/// Per backend (key: backend id), per CPU: what was sent to it.
-#[btf_map(name = "backend_stats")]
-pub static BACKEND_STATS: PerCpuHashMap<
-    u32,
-    BackendStats,
-    { capacity::BACKEND_STATS as usize },
     { BPF_F_NO_PREALLOC as usize },
 > = PerCpuHashMap::new();
 

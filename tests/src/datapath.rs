@@ -36,7 +36,7 @@ use etherparse::{
 use nodeport_common::{
     Backend, BackendKey, BackendStats, Config, CtEntry, Device, DeviceKey, FlowKey, Frontend,
     FrontendKey, NODE_ADDR_F_NODEPORT, NodeAddr, NodeAddrKey, PROTO_TCP, PROTO_UDP, PortRange,
-    RevNat, ServiceStats, Slot, SlotKey, checksum, names, programs, stat,
+    RevNat, ServiceStats, ServiceStatsKey, Slot, SlotKey, checksum, names, programs, stat,
 };
 
 pub const XDP_DROP: u32 = 1;
@@ -1094,43 +1094,47 @@ impl Datapath {
             .collect()
     }
 
-    /// The counters of service `service_id`, summed over CPUs (zero when
-    /// the datapath made none).
+    /// Every `service_stats` entry, summed over CPUs.
     #[must_use]
-    pub fn service_stats(&self, service_id: u32) -> ServiceStats {
-        let map: PerCpuHashMap<_, u32, ServiceStats> = PerCpuHashMap::try_from(
+    pub fn counter_entries(&self) -> Vec<(ServiceStatsKey, ServiceStats)> {
+        let map: PerCpuHashMap<_, ServiceStatsKey, ServiceStats> = PerCpuHashMap::try_from(
             self.ebpf
                 .map(names::SERVICE_STATS)
                 .expect("a service_stats map"),
         )
         .expect("service_stats is a per-CPU hash map");
-        map.get(&service_id, 0).map_or_else(
-            |_| ServiceStats::default(),
-            |per_cpu| {
-                per_cpu
-                    .iter()
-                    .fold(ServiceStats::default(), |a, s| a.plus(s))
-            },
-        )
+        map.iter()
+            .map(|r| {
+                let (k, per_cpu) = r.expect("a service_stats entry");
+                (
+                    k,
+                    per_cpu
+                        .iter()
+                        .fold(ServiceStats::default(), |a, s| a.plus(s)),
+                )
+            })
+            .collect()
     }
 
-    /// The counters of backend `backend_id`, summed over CPUs.
+    /// The counters of service `service_id`: its entries (one per backend
+    /// and one for none) summed (zero when the datapath made none).
+    #[must_use]
+    pub fn service_stats(&self, service_id: u32) -> ServiceStats {
+        self.counter_entries()
+            .iter()
+            .filter(|(k, _)| k.service_id == service_id)
+            .fold(ServiceStats::default(), |a, (_, s)| a.plus(s))
+    }
+
+    /// The counters of backend `backend_id`: the entries naming it summed.
     #[must_use]
     pub fn backend_stats(&self, backend_id: u32) -> BackendStats {
-        let map: PerCpuHashMap<_, u32, BackendStats> = PerCpuHashMap::try_from(
-            self.ebpf
-                .map(names::BACKEND_STATS)
-                .expect("a backend_stats map"),
-        )
-        .expect("backend_stats is a per-CPU hash map");
-        map.get(&backend_id, 0).map_or_else(
-            |_| BackendStats::default(),
-            |per_cpu| {
-                per_cpu
-                    .iter()
-                    .fold(BackendStats::default(), |a, s| a.plus(s))
-            },
-        )
+        self.counter_entries()
+            .iter()
+            .filter(|(k, _)| k.backend_id == backend_id)
+            .fold(BackendStats::default(), |a, (_, s)| {
+                a.plus(&BackendStats::of(s))
+            })
     }
 
     /// Every conntrack entry.

@@ -12,8 +12,8 @@ use aya::maps::{
 };
 use nodeport_common::{
     Affinity, AffinityKey, Backend, BackendKey, BackendStats, Config, CtEntry, Device, DeviceKey,
-    DeviceTx, FlowKey, Frontend, FrontendKey, NodeAddr, NodeAddrKey, RevNat, ServiceStats, Slot,
-    SlotKey, SourceRange, SourceRangeData, SourceRangeKey, names, stat,
+    DeviceTx, FlowKey, Frontend, FrontendKey, NodeAddr, NodeAddrKey, RevNat, ServiceStats,
+    ServiceStatsKey, Slot, SlotKey, SourceRange, SourceRangeData, SourceRangeKey, names, stat,
 };
 
 use super::{
@@ -69,6 +69,9 @@ fn remove_present<K: aya::Pod + std::fmt::Debug, V: aya::Pod>(
     }
 }
 
+/// Counters by service id and by backend id ([`BpfMaps::counter_sums`]).
+pub type CounterSums = (BTreeMap<u32, ServiceStats>, BTreeMap<u32, BackendStats>);
+
 /// The pinned maps of one node's datapath.
 pub struct BpfMaps {
     node_addrs: HashMap<MapData, NodeAddrKey, NodeAddr>,
@@ -83,8 +86,7 @@ pub struct BpfMaps {
     config: Array<MapData, Config>,
     device_tx: PerCpuHashMap<MapData, DeviceKey, DeviceTx>,
     source_ranges: LpmTrie<MapData, SourceRangeData, SourceRange>,
-    service_stats: PerCpuHashMap<MapData, u32, ServiceStats>,
-    backend_stats: PerCpuHashMap<MapData, u32, BackendStats>,
+    service_stats: PerCpuHashMap<MapData, ServiceStatsKey, ServiceStats>,
     /// Whether the kernel takes runs of puts in one `BPF_MAP_UPDATE_BATCH`
     /// (Linux 5.6 and later); cleared the first time it does not.
     batch_puts: bool,
@@ -109,7 +111,6 @@ impl BpfMaps {
             device_tx: open_map(root, names::DEVICE_TX)?,
             source_ranges: open_map(root, names::SOURCE_RANGES)?,
             service_stats: open_map(root, names::SERVICE_STATS)?,
-            backend_stats: open_map(root, names::BACKEND_STATS)?,
             batch_puts: true,
             batched: 0,
         })
@@ -289,30 +290,30 @@ impl BpfMaps {
         }
     }
 
-    /// Every service frontend's counters (by service id), summed over CPUs.
-    pub fn service_stats(&self) -> Result<BTreeMap<u32, ServiceStats>, MapError> {
-        let mut out = BTreeMap::new();
+    /// Every service frontend's counters (by service id) and every
+    /// backend's (by backend id), summed over CPUs and over the
+    /// `service_stats` entries of each.
+    pub fn counter_sums(&self) -> Result<CounterSums, MapError> {
+        let mut services: BTreeMap<u32, ServiceStats> = BTreeMap::new();
+        let mut backends: BTreeMap<u32, BackendStats> = BTreeMap::new();
         for item in &self.service_stats {
-            let (id, values) = item.map_err(err(names::SERVICE_STATS, "iterate", ()))?;
+            let (key, values) = item.map_err(err(names::SERVICE_STATS, "iterate", ()))?;
             let sum = values
                 .iter()
                 .fold(ServiceStats::default(), |a, v| a.plus(v));
-            out.insert(id, sum);
+            let s = services.entry(key.service_id).or_default();
+            *s = s.plus(&sum);
+            if key.backend_id != 0 {
+                let b = backends.entry(key.backend_id).or_default();
+                *b = b.plus(&BackendStats::of(&sum));
+            }
         }
-        Ok(out)
+        Ok((services, backends))
     }
 
-    /// Every backend's counters (by backend id), summed over CPUs.
-    pub fn backend_stats(&self) -> Result<BTreeMap<u32, BackendStats>, MapError> {
-        let mut out = BTreeMap::new();
-        for item in &self.backend_stats {
-            let (id, values) = item.map_err(err(names::BACKEND_STATS, "iterate", ()))?;
-            let sum = values
-                .iter()
-                .fold(BackendStats::default(), |a, v| a.plus(v));
-            out.insert(id, sum);
-        }
-        Ok(out)
+    /// Every service frontend's counters (by service id), summed over CPUs.
+    pub fn service_stats(&self) -> Result<BTreeMap<u32, ServiceStats>, MapError> {
+        Ok(self.counter_sums()?.0)
     }
 
     /// The counters summed over CPUs, by name.
@@ -613,15 +614,17 @@ impl MapWriter for BpfMaps {
         service_ids: &BTreeSet<u32>,
         backend_ids: &BTreeSet<u32>,
     ) -> Result<(), MapError> {
-        for id in service_ids {
-            match self.service_stats.remove(id) {
-                Err(e) if !absent(&e) => return Err(err(names::SERVICE_STATS, "delete", id)(e)),
-                _ => {}
-            }
-        }
-        for id in backend_ids {
-            match self.backend_stats.remove(id) {
-                Err(e) if !absent(&e) => return Err(err(names::BACKEND_STATS, "delete", id)(e)),
+        let gone: Vec<ServiceStatsKey> = self
+            .service_stats
+            .keys()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(err(names::SERVICE_STATS, "iterate", ()))?
+            .into_iter()
+            .filter(|k| service_ids.contains(&k.service_id) || backend_ids.contains(&k.backend_id))
+            .collect();
+        for key in gone {
+            match self.service_stats.remove(&key) {
+                Err(e) if !absent(&e) => return Err(err(names::SERVICE_STATS, "delete", key)(e)),
                 _ => {}
             }
         }
@@ -629,16 +632,17 @@ impl MapWriter for BpfMaps {
     }
 
     fn counter_ids(&self) -> Result<(BTreeSet<u32>, BTreeSet<u32>), MapError> {
-        let services = self
+        let keys: Vec<ServiceStatsKey> = self
             .service_stats
             .keys()
             .collect::<Result<_, _>>()
             .map_err(err(names::SERVICE_STATS, "iterate", ()))?;
-        let backends = self
-            .backend_stats
-            .keys()
-            .collect::<Result<_, _>>()
-            .map_err(err(names::BACKEND_STATS, "iterate", ()))?;
+        let services = keys.iter().map(|k| k.service_id).collect();
+        let backends = keys
+            .iter()
+            .map(|k| k.backend_id)
+            .filter(|&b| b != 0)
+            .collect();
         Ok((services, backends))
     }
 }

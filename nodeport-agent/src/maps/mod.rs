@@ -273,8 +273,9 @@ pub trait MapWriter {
     ) -> Result<usize, MapError>;
     /// Reads the current service maps.
     fn read_state(&self) -> Result<MapState, MapError>;
-    /// Deletes the per-service and per-backend counters (`service_stats`,
-    /// `backend_stats`) of ids that no longer name anything, so that an id
+    /// Deletes the per-service and per-backend counters (the
+    /// `service_stats` entries naming them) of ids that no longer name
+    /// anything, so that an id
     /// given out again starts from zero and memory follows what is served.
     fn forget_counters(
         &mut self,
