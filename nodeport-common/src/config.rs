@@ -88,7 +88,7 @@ pub struct Config {
 }
 
 /// The datapath keeps no per-service and per-backend counters
-/// (`service_stats`, `backend_stats`): for nodes where their cost or their
+/// (`service_stats`): for nodes where their cost or their
 /// memory is not wanted, and for measuring that cost.
 pub const CONFIG_F_NO_SERVICE_COUNTERS: u32 = 1;
 
