@@ -73,6 +73,25 @@ impl Fixture {
         f
     }
 
+    /// The NodePort's TCP service (id 1) with one local backend (id 7,
+    /// port 8080) and its UDP service (id 2) with one (id 8, port 5353).
+    fn local_tcp_and_udp(&mut self) {
+        self.service(
+            1,
+            NODE_PORT,
+            PROTO_TCP,
+            0,
+            &[(7, LOCAL_POD, 8080, BACKEND_F_LOCAL)],
+        );
+        self.service(
+            2,
+            NODE_PORT,
+            PROTO_UDP,
+            0,
+            &[(8, LOCAL_POD, 5353, BACKEND_F_LOCAL)],
+        );
+    }
+
     /// Describes np0 to the datapath: its MAC and `flags`.
     fn device(&mut self, flags: u32) {
         self.dp.device(NODE_MAC, flags).expect("device");
@@ -241,20 +260,7 @@ fn packets_that_are_not_ours_pass_untouched() {
 #[test]
 fn local_backend_dnat_and_reply() {
     in_fixture(|f| {
-        f.service(
-            1,
-            NODE_PORT,
-            PROTO_TCP,
-            0,
-            &[(7, LOCAL_POD, 8080, BACKEND_F_LOCAL)],
-        );
-        f.service(
-            2,
-            NODE_PORT,
-            PROTO_UDP,
-            0,
-            &[(8, LOCAL_POD, 5353, BACKEND_F_LOCAL)],
-        );
+        f.local_tcp_and_udp();
         let cases = vec![
             (
                 "TCP SYN",
@@ -542,20 +548,7 @@ fn icmp_errors_about_snat_flows_reach_the_client_translated() {
 #[test]
 fn icmp_errors_of_local_backends_leave_translated() {
     in_fixture(|f| {
-        f.service(
-            1,
-            NODE_PORT,
-            PROTO_TCP,
-            0,
-            &[(7, LOCAL_POD, 8080, BACKEND_F_LOCAL)],
-        );
-        f.service(
-            2,
-            NODE_PORT,
-            PROTO_UDP,
-            0,
-            &[(8, LOCAL_POD, 5353, BACKEND_F_LOCAL)],
-        );
+        f.local_tcp_and_udp();
         let port_unreachable = (3u8, 3u8, [0; 4]);
         let frag_needed = (3u8, 4u8, [0, 0, 0x05, 0x14]);
         for (name, input, (icmp_type, code, rest)) in [
@@ -962,20 +955,7 @@ fn the_same_client_tuple_gets_its_snat_port_back() {
 #[allow(clippy::too_many_lines, reason = "one table per path")]
 fn partial_checksums_are_completed_or_kept_as_seeds() {
     in_fixture(|f| {
-        f.service(
-            1,
-            NODE_PORT,
-            PROTO_TCP,
-            0,
-            &[(7, LOCAL_POD, 8080, BACKEND_F_LOCAL)],
-        );
-        f.service(
-            2,
-            NODE_PORT,
-            PROTO_UDP,
-            0,
-            &[(8, LOCAL_POD, 5353, BACKEND_F_LOCAL)],
-        );
+        f.local_tcp_and_udp();
         f.service(3, NODE_PORT + 10, PROTO_TCP, 0, &[(9, REMOTE_POD, 80, 0)]);
         f.service(4, NODE_PORT + 10, PROTO_UDP, 0, &[(10, REMOTE_POD, 53, 0)]);
         let partial = |frame: Frame| Frame {

@@ -50,27 +50,7 @@ fn cluster() -> Cluster {
 #[test]
 fn fragmented_datagrams_are_served_by_local_and_remote_backends() {
     let c = cluster();
-    let local = ServiceBuilder::new("default", "frag-local", "NodePort").udp(
-        "udp",
-        80,
-        POD_PORT,
-        LOCAL_NODE_PORT,
-    );
-    let remote = ServiceBuilder::new("default", "frag-remote", "NodePort").udp(
-        "udp",
-        80,
-        POD_PORT,
-        REMOTE_NODE_PORT,
-    );
-    c.manifests().write(
-        "fragments.yaml",
-        &to_yaml(&[
-            &local,
-            &local.slice("x1").pods(&[(1, 1, true)]),
-            &remote,
-            &remote.slice("x1").pods(&[(2, 1, true)]),
-        ]),
-    );
+    local_and_remote_udp(&c, "frag", POD_PORT, (LOCAL_NODE_PORT, REMOTE_NODE_PORT));
     let agent1 = c.start_agent(1, c.manifests().dir());
     let agent2 = c.start_agent(2, c.manifests().dir());
     agent1.wait_ready();
@@ -153,11 +133,7 @@ fn path_mtu_discovery_works_through_a_node_port_to_a_remote_backend() {
         c.client().tcp_request(node, ECHO_NODE_PORT).ok()
     })
     .expect("the NodePort answers a small request");
-    let relayed = || {
-        agent1
-            .metric("nodeport_datapath_packets_total{reason=\"icmp_error_to_client\"}")
-            .unwrap_or(0.0)
-    };
+    let relayed = || datapath_count(&agent1, "icmp_error_to_client");
     let before = relayed();
     let answer = c
         .client()
@@ -178,6 +154,35 @@ fn path_mtu_discovery_works_through_a_node_port_to_a_remote_backend() {
     );
 }
 
+/// Writes two UDP NodePort Services with target port `target`:
+/// `NAME-local` on `ports.0` (its endpoint the pod on node 1) and
+/// `NAME-remote` on `ports.1` (the pod on node 2).
+fn local_and_remote_udp(c: &Cluster, name: &str, target: u16, ports: (u16, u16)) {
+    let svc = |side: &str, port: u16| {
+        ServiceBuilder::new("default", &format!("{name}-{side}"), "NodePort")
+            .udp("udp", 80, target, port)
+    };
+    let (local, remote) = (svc("local", ports.0), svc("remote", ports.1));
+    c.manifests().write(
+        &format!("{name}.yaml"),
+        &to_yaml(&[
+            &local,
+            &local.slice("x1").pods(&[(1, 1, true)]),
+            &remote,
+            &remote.slice("x1").pods(&[(2, 1, true)]),
+        ]),
+    );
+}
+
+/// The datapath's packets counted for `reason` on `agent`'s node.
+fn datapath_count(agent: &nodeport_tests::Agent<'_>, reason: &str) -> f64 {
+    agent
+        .metric(&format!(
+            "nodeport_datapath_packets_total{{reason=\"{reason}\"}}"
+        ))
+        .unwrap_or(0.0)
+}
+
 /// A pod's own ICMP error reaches the client translated, from a local and
 /// from a remote backend: a UDP NodePort whose target port the pod does
 /// not listen on gets the pod's port unreachable. The remote pod's goes to
@@ -187,29 +192,15 @@ fn path_mtu_discovery_works_through_a_node_port_to_a_remote_backend() {
 #[test]
 fn a_pods_port_unreachable_reaches_the_client() {
     let c = cluster();
-    let svc = |name: &str, port: u16| {
-        ServiceBuilder::new("default", name, "NodePort").udp("udp", 80, CLOSED_POD_PORT, port)
-    };
-    let (local, remote) = (
-        svc("closed-local", CLOSED_LOCAL_NODE_PORT),
-        svc("closed-remote", CLOSED_REMOTE_NODE_PORT),
-    );
-    c.manifests().write(
-        "closed.yaml",
-        &to_yaml(&[
-            &local,
-            &local.slice("x1").pods(&[(1, 1, true)]),
-            &remote,
-            &remote.slice("x1").pods(&[(2, 1, true)]),
-        ]),
+    local_and_remote_udp(
+        &c,
+        "closed",
+        CLOSED_POD_PORT,
+        (CLOSED_LOCAL_NODE_PORT, CLOSED_REMOTE_NODE_PORT),
     );
     let agent1 = c.start_agent(1, c.manifests().dir());
     agent1.wait_ready();
-    let relayed = || {
-        agent1
-            .metric("nodeport_datapath_packets_total{reason=\"icmp_error_to_client\"}")
-            .unwrap_or(0.0)
-    };
+    let relayed = || datapath_count(&agent1, "icmp_error_to_client");
     for (port, what) in [
         (CLOSED_LOCAL_NODE_PORT, "local"),
         (CLOSED_REMOTE_NODE_PORT, "remote"),
@@ -252,30 +243,16 @@ fn learnt_mtu(ns: &nodeport_tests::Netns, dst: std::net::Ipv4Addr) -> Option<u16
 #[test]
 fn an_error_from_the_clients_side_reaches_the_backend() {
     let c = cluster();
-    let svc = |name: &str, port: u16| {
-        ServiceBuilder::new("default", name, "NodePort").udp("udp", 80, POD_PORT, port)
-    };
-    let (local, remote) = (
-        svc("udp-local", UDP_LOCAL_NODE_PORT),
-        svc("udp-remote", UDP_REMOTE_NODE_PORT),
-    );
-    c.manifests().write(
-        "udp.yaml",
-        &to_yaml(&[
-            &local,
-            &local.slice("x1").pods(&[(1, 1, true)]),
-            &remote,
-            &remote.slice("x1").pods(&[(2, 1, true)]),
-        ]),
+    local_and_remote_udp(
+        &c,
+        "udp",
+        POD_PORT,
+        (UDP_LOCAL_NODE_PORT, UDP_REMOTE_NODE_PORT),
     );
     let agent1 = c.start_agent(1, c.manifests().dir());
     agent1.wait_ready();
     let node = node_addr(1);
-    let translated = || {
-        agent1
-            .metric("nodeport_datapath_packets_total{reason=\"icmp_error_to_backend\"}")
-            .unwrap_or(0.0)
-    };
+    let translated = || datapath_count(&agent1, "icmp_error_to_backend");
     for (port, (pod_node, pod), peer, from_port) in [
         (UDP_LOCAL_NODE_PORT, (1, 1), CLIENT_ADDR, 42_500u16),
         (UDP_REMOTE_NODE_PORT, (2, 1), node, 42_501),
