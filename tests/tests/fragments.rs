@@ -33,12 +33,16 @@ const SMALL_MTU: u16 = 1300;
 const DATAGRAM: usize = 3_000;
 
 fn cluster() -> Cluster {
+    cluster_on(Veths::KernelDefaults)
+}
+
+fn cluster_on(veths: Veths) -> Cluster {
     Cluster::with_config(ClusterConfig {
         nodes: 2,
         pods_per_node: 1,
         pod_tcp_ports: vec![POD_PORT],
         pod_udp_ports: vec![POD_PORT],
-        veths: Veths::KernelDefaults,
+        veths,
         ..ClusterConfig::default()
     })
 }
@@ -99,10 +103,21 @@ fn fragmented_datagrams_are_served_by_local_and_remote_backends() {
 /// Node 2 sends that error to node 1's address; node 1's datapath must
 /// relay it to the client as about the client's own packet to the
 /// NodePort, or the transfer black-holes. A 1 MiB TCP echo completes and
-/// the relay counter moved.
+/// the relay counter moved. On kernel-default veths (generic XDP).
 #[test]
 fn path_mtu_discovery_works_through_a_node_port_to_a_remote_backend() {
-    let c = cluster();
+    path_mtu_discovery_on(&cluster(), "generic");
+}
+
+/// The same on veths with LAN-side GRO, where node 1's XDP runs natively
+/// and relays the error with `XDP_TX`.
+#[test]
+fn path_mtu_discovery_works_through_a_node_port_to_a_remote_backend_native() {
+    path_mtu_discovery_on(&cluster_on(Veths::LanGro), "native");
+}
+
+/// `mode`: the XDP mode node 1's agent must have chosen for its device.
+fn path_mtu_discovery_on(c: &Cluster, mode: &str) {
     let svc = ServiceBuilder::new("default", "pmtu", "NodePort").tcp(
         "echo",
         80,
@@ -133,6 +148,13 @@ fn path_mtu_discovery_works_through_a_node_port_to_a_remote_backend() {
         c.client().tcp_request(node, ECHO_NODE_PORT).ok()
     })
     .expect("the NodePort answers a small request");
+    assert_eq!(
+        agent1.metric(&format!(
+            "nodeport_xdp_mode{{device=\"eth0\",mode=\"{mode}\"}}"
+        )),
+        Some(1.0),
+        "node 1 serves in {mode} XDP"
+    );
     let relayed = || datapath_count(&agent1, "icmp_error_to_client");
     let before = relayed();
     let answer = c
