@@ -728,8 +728,10 @@ fn icmp_errors_about_replies_go_to_the_backend() {
     });
 }
 
-/// An ICMP error about no flow the datapath translated, and an ICMP
-/// message that is no error, pass untouched.
+/// An ICMP error about no flow the datapath translated, an ICMP message
+/// that is no error, and errors about a translated flow that are another
+/// host's, quote a later fragment or are shorter than their quote pass
+/// untouched.
 #[test]
 fn icmp_that_is_not_about_a_translated_flow_passes() {
     in_fixture(|f| {
@@ -765,6 +767,46 @@ fn icmp_that_is_not_about_a_translated_flow_passes() {
             let (rc, out) = f.xdp(&frame);
             assert_eq!((rc, out), (XDP_PASS, frame), "{name} passes untouched");
         }
+
+        // About a translated flow, but wrong: to another host's MAC, quoting
+        // a later fragment, or with a datagram shorter than its quote.
+        let (_, sent) = f.xdp(&Frame::tcp(CLIENT, 40400, NODE, NODE_PORT).bytes());
+        let about = |quote: &[u8]| {
+            icmp_error(
+                (NODE_MAC, OTHER_NODE_MAC),
+                OTHER_NODE,
+                NODE,
+                64,
+                3,
+                4,
+                [0, 0, 0x05, 0x78],
+                quote,
+            )
+        };
+        let mut other_host = about(&sent[14..]);
+        other_host[0..6].copy_from_slice(&CLIENT_MAC);
+        let mut later_fragment = sent[14..].to_vec();
+        later_fragment[6..8].copy_from_slice(&0x0010u16.to_be_bytes());
+        let later_fragment = about(&later_fragment);
+        let mut short = about(&sent[14..42]);
+        short[16..18].copy_from_slice(&50u16.to_be_bytes());
+        for (name, frame) in [
+            ("to another host's MAC", other_host),
+            ("quoting a later fragment", later_fragment),
+            ("shorter than its quote", short),
+        ] {
+            let (rc, out) = f.xdp(&frame);
+            assert_eq!(
+                (rc, out),
+                (XDP_PASS, frame),
+                "an error {name} passes untouched"
+            );
+        }
+        assert_eq!(
+            f.counter_named("icmp_error_to_client"),
+            0,
+            "none translated"
+        );
     });
 }
 

@@ -3,7 +3,7 @@
 //! pinned maps (their contents survive); `cleanup` removes every pin. And
 //! the BTF of the built object agrees with `nodeport_common`'s layouts.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -205,6 +205,63 @@ fn fill_counts_the_entries_of_every_kind_of_map() {
         names::ALL.len() - 3,
         "every map but the three arrays: {fill:?}"
     );
+}
+
+/// Forgetting a freed backend's counters keeps the sums of the services
+/// that counted towards it (its entries move to each service's
+/// no-backend entry); forgetting a service deletes all of its entries.
+#[test]
+fn forgetting_a_backend_keeps_its_services_sums() {
+    require_root();
+    let root = Root::new();
+    let _dp = Datapath::load(&root.0, MapSizes::default()).expect("load and pin");
+    let mut maps = BpfMaps::open(&root.0).expect("open pinned maps");
+    let stats_map = aya::maps::MapData::from_pin(root.0.join(names::SERVICE_STATS))
+        .expect("open service_stats");
+    let mut stats: aya::maps::PerCpuHashMap<_, ServiceStatsKey, ServiceStats> =
+        aya::maps::PerCpuHashMap::try_from(aya::maps::Map::PerCpuHashMap(stats_map))
+            .expect("a per-CPU hash");
+    let cpus = aya::util::nr_cpus().expect("possible CPUs");
+    for (service_id, backend_id, packets, rejected) in [(7, 3, 5, 0), (7, 0, 1, 1), (8, 3, 4, 0)] {
+        let value = ServiceStats {
+            packets,
+            bytes: packets * 100,
+            new_flows: 1,
+            rejected,
+            ..ServiceStats::default()
+        };
+        let values = aya::maps::PerCpuValues::try_from(vec![value; cpus]).expect("per CPU");
+        let key = ServiceStatsKey {
+            service_id,
+            backend_id,
+        };
+        stats.insert(key, values, 0).expect("insert counters");
+    }
+    let (before, backends) = maps.counter_sums().expect("sums");
+    assert_eq!(
+        backends[&3].packets,
+        9 * cpus as u64,
+        "backend 3 counts both services"
+    );
+
+    maps.forget_counters(&BTreeSet::new(), &BTreeSet::from([3]))
+        .expect("forget backend 3");
+    let (services, backends) = maps.counter_sums().expect("sums");
+    assert_eq!(services, before, "the services' sums are kept");
+    assert!(
+        !backends.contains_key(&3),
+        "backend 3 has no counters: {backends:?}"
+    );
+    assert_eq!(
+        maps.counter_ids().expect("ids"),
+        (BTreeSet::from([7, 8]), BTreeSet::new())
+    );
+
+    maps.forget_counters(&BTreeSet::from([7]), &BTreeSet::new())
+        .expect("forget service 7");
+    let (services, _) = maps.counter_sums().expect("sums");
+    assert_eq!(services.keys().copied().collect::<Vec<_>>(), [8]);
+    assert_eq!(services[&8], before[&8]);
 }
 
 /// `--map-size` takes only the maps it can size and capacities from 1 to

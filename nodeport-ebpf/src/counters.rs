@@ -83,6 +83,10 @@ pub extern "C" fn nodeport_count(
     let s = if let Some(s) = SERVICE_STATS.get_ptr_mut(key) {
         s
     } else {
+        #[allow(
+            clippy::needless_borrows_for_generic_args,
+            reason = "by value, the 64-byte value would be copied to the stack"
+        )]
         let _ = SERVICE_STATS.insert(key, &ZERO, u64::from(BPF_NOEXIST));
         let Some(s) = SERVICE_STATS.get_ptr_mut(key) else {
             return 0;

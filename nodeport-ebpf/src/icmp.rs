@@ -122,7 +122,20 @@ fn parse(pkt: &Packet) -> Result<Option<Quote>, Error> {
         return Ok(None);
     };
     let proto = quoted[ip::PROTO];
-    if quoted[0] != 0x45 || (proto != PROTO_TCP && proto != PROTO_UDP) {
+    let quoted_frag = u16::from_be_bytes([quoted[ip::FRAG_OFF], quoted[ip::FRAG_OFF + 1]]);
+    // A quoted later fragment has no ports where they are read.
+    if quoted[0] != 0x45
+        || (proto != PROTO_TCP && proto != PROTO_UDP)
+        || quoted_frag & ip::OFFSET != 0
+    {
+        return Ok(None);
+    }
+    // The datagram holds what is read of it (not trailing frame bytes).
+    let tot_len = usize::from(u16::from_be_bytes([
+        outer[ip::TOT_LEN],
+        outer[ip::TOT_LEN + 1],
+    ]));
+    if tot_len < QUOTED_L4 + UDP_LEN - OUTER || tot_len + ETH_LEN > pkt.len() {
         return Ok(None);
     }
     if word32(&outer, ip::DADDR) != word32(&quoted, ip::SADDR) {
@@ -143,9 +156,16 @@ fn parse(pkt: &Packet) -> Result<Option<Quote>, Error> {
 /// take (not IPv4, not TCP/UDP) is not ours.
 #[inline(always)]
 pub fn translate_error(ctx: &XdpContext, device: &DeviceInfo) -> Result<Verdict, Error> {
-    let Some(q) = parse(&packet(ctx))? else {
+    let pkt = packet(ctx);
+    let Some(q) = parse(&pkt)? else {
         return Ok(Verdict::not_ours());
     };
+    if let Some(mac) = device.mac()
+        && pkt.read::<[u8; 6]>(0)? != mac
+    {
+        // Another host's frame: never translate or send it (as `ingress`).
+        return Ok(Verdict::new(xdp_action::XDP_PASS, stat::PASS_OTHER_HOST));
+    }
     let key = q.reply();
     // SAFETY: the values are copied out at once.
     let (new, stat) = if let Some(rev) = REV_NAT.get_ptr(key).map(|r| unsafe { *r }) {
@@ -303,8 +323,18 @@ fn rewrite(pkt: &Packet, q: &Quote, new: &Rewrite, ttl_step: u8) -> Result<(), E
     } else {
         QUOTED_L4 + l4::UDP_CHECK
     };
+    // Within the error's datagram, not trailing frame bytes; a zero UDP
+    // checksum means none (a zero TCP checksum is a checksum).
+    let tot_len = usize::from(u16::from_be_bytes([
+        outer[ip::TOT_LEN],
+        outer[ip::TOT_LEN + 1],
+    ]));
+    // (The packet read comes first: with the length comparison first, the
+    // compiler drops the read's own bounds check as implied, and the
+    // verifier cannot follow that.)
     if let Ok(old) = pkt.read::<u16>(l4_check_at)
-        && old != 0
+        && l4_check_at + 2 <= ETH_LEN + tot_len
+        && (old != 0 || quoted[ip::PROTO] == PROTO_TCP)
     {
         let mut c = checksum::replace4(old, sent_from, new.sent_from);
         c = checksum::replace4(c, sent_to, new.sent_to);

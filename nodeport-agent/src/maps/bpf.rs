@@ -311,6 +311,42 @@ impl BpfMaps {
         Ok((services, backends))
     }
 
+    /// Adds the per-CPU counters of `key` to those of its service's
+    /// no-backend entry (made if missing). A packet the datapath counts in
+    /// that entry between the read and the write is lost; nothing counted
+    /// before is.
+    fn fold_into_service(&mut self, key: ServiceStatsKey) -> Result<(), MapError> {
+        let moved = match self.service_stats.get(&key, 0) {
+            Ok(v) => v,
+            Err(e) if absent(&e) => return Ok(()),
+            Err(e) => return Err(err(names::SERVICE_STATS, "lookup", key)(e)),
+        };
+        let into = ServiceStatsKey {
+            service_id: key.service_id,
+            backend_id: 0,
+        };
+        let sums: Vec<ServiceStats> = match self.service_stats.get(&into, 0) {
+            Ok(base) => base
+                .iter()
+                .zip(moved.iter())
+                .map(|(a, b)| a.plus(b))
+                .collect(),
+            Err(e) if absent(&e) => moved.iter().copied().collect(),
+            Err(e) => return Err(err(names::SERVICE_STATS, "lookup", into)(e)),
+        };
+        let values = PerCpuValues::try_from(sums).map_err(|e| MapError {
+            map: names::SERVICE_STATS,
+            op: "update",
+            key: format!("{into:?}"),
+            source: Box::new(e),
+        })?;
+        self.service_stats.insert(into, values, 0).map_err(err(
+            names::SERVICE_STATS,
+            "update",
+            into,
+        ))
+    }
+
     /// Every service frontend's counters (by service id), summed over CPUs.
     pub fn service_stats(&self) -> Result<BTreeMap<u32, ServiceStats>, MapError> {
         Ok(self.counter_sums()?.0)
@@ -623,6 +659,11 @@ impl MapWriter for BpfMaps {
             .filter(|k| service_ids.contains(&k.service_id) || backend_ids.contains(&k.backend_id))
             .collect();
         for key in gone {
+            if key.backend_id != 0 && !service_ids.contains(&key.service_id) {
+                // The service stays: what it counted towards the backend
+                // moves to its no-backend entry, so its sums never go back.
+                self.fold_into_service(key)?;
+            }
             match self.service_stats.remove(&key) {
                 Err(e) if !absent(&e) => return Err(err(names::SERVICE_STATS, "delete", key)(e)),
                 _ => {}

@@ -71,8 +71,11 @@ fn err(
 const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 
-/// Entries one batch lookup carries.
-const CHUNK: u32 = 4096;
+/// Entries one batch lookup carries at most.
+const CHUNK: usize = 4096;
+/// Bytes of keys and values one batch copies at most (per-CPU values grow
+/// with the CPUs).
+const BATCH_BYTES: usize = 1 << 20;
 
 /// The key members of `union bpf_attr` for `BPF_MAP_GET_NEXT_KEY`.
 #[repr(C)]
@@ -139,6 +142,9 @@ impl Pinned {
             match self.count_batched() {
                 Ok(n) => return Ok(n),
                 Err(e) if unsupported(&e) => self.batch.store(false, Ordering::Relaxed),
+                // A bucket holds more entries than one batch: count this
+                // walk key by key.
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {}
                 Err(e) => return Err(err(self.name, "lookup batch", e)),
             }
         }
@@ -149,7 +155,7 @@ impl Pinned {
     /// Counts in batches: each call returns up to [`CHUNK`] entries and a
     /// token for the next; `ENOENT` ends the walk.
     fn count_batched(&self) -> std::io::Result<u64> {
-        let chunk = CHUNK as usize;
+        let chunk = (BATCH_BYTES / (self.key_size + self.value_size).max(1)).clamp(64, CHUNK);
         let mut keys = vec![0u8; self.key_size * chunk];
         let mut values = vec![0u8; self.value_size * chunk];
         // The hash maps' token is a bucket index (4 bytes); a key's room is
@@ -165,7 +171,7 @@ impl Pinned {
                 out_batch: token_out.as_mut_ptr() as u64,
                 keys: keys.as_mut_ptr() as u64,
                 values: values.as_mut_ptr() as u64,
-                count: CHUNK,
+                count: u32::try_from(chunk).unwrap_or(64),
                 map_fd: self.fd(),
                 ..BatchAttr::default()
             };
@@ -185,8 +191,11 @@ impl Pinned {
         }
     }
 
-    /// Counts key by key.
+    /// Counts key by key. A key deleted under the walk makes the kernel
+    /// start over from the first key, so the walk stops at twice the
+    /// capacity and reports the capacity.
     fn count_keys(&self) -> std::io::Result<u64> {
+        let bound = 2 * u64::from(self.max_entries);
         let mut key = vec![0u8; self.key_size];
         let mut next = vec![0u8; self.key_size];
         let mut total = 0u64;
@@ -206,6 +215,9 @@ impl Pinned {
                 Err(e) => return Err(e),
             }
             total += 1;
+            if total >= bound {
+                return Ok(u64::from(self.max_entries));
+            }
             std::mem::swap(&mut key, &mut next);
             first = false;
         }
