@@ -138,6 +138,21 @@ fn batched_writes_equal_single_writes_and_stop_where_the_map_is_full() {
     );
 }
 
+/// Writes `service_stats` entries as the datapath makes them: each value
+/// on every CPU.
+fn put_counters(root: &Root, entries: &[(ServiceStatsKey, ServiceStats)]) {
+    let data = aya::maps::MapData::from_pin(root.0.join(names::SERVICE_STATS))
+        .expect("open service_stats");
+    let mut stats: aya::maps::PerCpuHashMap<_, ServiceStatsKey, ServiceStats> =
+        aya::maps::PerCpuHashMap::try_from(aya::maps::Map::PerCpuHashMap(data))
+            .expect("a per-CPU hash");
+    let cpus = aya::util::nr_cpus().expect("possible CPUs");
+    for &(key, value) in entries {
+        let values = aya::maps::PerCpuValues::try_from(vec![value; cpus]).expect("per CPU");
+        stats.insert(key, values, 0).expect("insert counters");
+    }
+}
+
 /// The fill of every map but the arrays is its exact entry count, read in
 /// batches from hash maps (a map of more entries than one batch holds
 /// included), key by key from the source-range trie, and from per-CPU
@@ -167,21 +182,14 @@ fn fill_counts_the_entries_of_every_kind_of_map() {
         ))
     }));
     maps.write_all(&writes).expect("writes fit");
-    let stats_map = aya::maps::MapData::from_pin(root.0.join(names::SERVICE_STATS))
-        .expect("open service_stats");
-    let mut stats: aya::maps::PerCpuHashMap<_, ServiceStatsKey, ServiceStats> =
-        aya::maps::PerCpuHashMap::try_from(aya::maps::Map::PerCpuHashMap(stats_map))
-            .expect("a per-CPU hash");
-    let cpus = aya::util::nr_cpus().expect("possible CPUs");
-    for id in 1..=3 {
-        let values = aya::maps::PerCpuValues::try_from(vec![ServiceStats::default(); cpus])
-            .expect("one value per CPU");
-        let key = ServiceStatsKey {
-            service_id: id,
-            backend_id: 0,
-        };
-        stats.insert(key, values, 0).expect("insert counters");
-    }
+    let none = |service_id| ServiceStatsKey {
+        service_id,
+        backend_id: 0,
+    };
+    put_counters(
+        &root,
+        &[1, 2, 3].map(|id| (none(id), ServiceStats::default())),
+    );
 
     let fill: BTreeMap<&str, (u64, u32)> = PinnedMaps::open(&root.0)
         .expect("open pinned maps for counting")
@@ -216,13 +224,11 @@ fn forgetting_a_backend_keeps_its_services_sums() {
     let root = Root::new();
     let _dp = Datapath::load(&root.0, MapSizes::default()).expect("load and pin");
     let mut maps = BpfMaps::open(&root.0).expect("open pinned maps");
-    let stats_map = aya::maps::MapData::from_pin(root.0.join(names::SERVICE_STATS))
-        .expect("open service_stats");
-    let mut stats: aya::maps::PerCpuHashMap<_, ServiceStatsKey, ServiceStats> =
-        aya::maps::PerCpuHashMap::try_from(aya::maps::Map::PerCpuHashMap(stats_map))
-            .expect("a per-CPU hash");
-    let cpus = aya::util::nr_cpus().expect("possible CPUs");
-    for (service_id, backend_id, packets, rejected) in [(7, 3, 5, 0), (7, 0, 1, 1), (8, 3, 4, 0)] {
+    let entry = |service_id, backend_id, packets, rejected| {
+        let key = ServiceStatsKey {
+            service_id,
+            backend_id,
+        };
         let value = ServiceStats {
             packets,
             bytes: packets * 100,
@@ -230,13 +236,13 @@ fn forgetting_a_backend_keeps_its_services_sums() {
             rejected,
             ..ServiceStats::default()
         };
-        let values = aya::maps::PerCpuValues::try_from(vec![value; cpus]).expect("per CPU");
-        let key = ServiceStatsKey {
-            service_id,
-            backend_id,
-        };
-        stats.insert(key, values, 0).expect("insert counters");
-    }
+        (key, value)
+    };
+    put_counters(
+        &root,
+        &[entry(7, 3, 5, 0), entry(7, 0, 1, 1), entry(8, 3, 4, 0)],
+    );
+    let cpus = aya::util::nr_cpus().expect("possible CPUs");
     let (before, backends) = maps.counter_sums().expect("sums");
     assert_eq!(
         backends[&3].packets,

@@ -210,17 +210,7 @@ pub fn send_frag_needed(
     packet[2..4].copy_from_slice(&sum.to_be_bytes());
 
     let dest = SocketAddr::new(IpAddr::V4(addr), 0);
-    // SAFETY: plain socket(2) call.
-    let fd = cvt(unsafe {
-        libc::socket(
-            libc::AF_INET,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::IPPROTO_ICMP,
-        )
-    })
-    .map_err(|e| context(&e, "ICMP socket for", dest))?;
-    // SAFETY: fd was just returned by socket(2) and is owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let fd = icmp_socket().map_err(|e| context(&e, "ICMP socket for", dest))?;
     let (sa, len) = sockaddr(dest);
     // SAFETY: packet and sa are valid buffers of the given lengths.
     cvt_size(unsafe {
@@ -491,9 +481,8 @@ pub fn udp_echo(to: SocketAddr, len: usize, timeout: Duration) -> io::Result<Str
     Ok(String::from_utf8_lossy(&buf[..nl]).into_owned())
 }
 
-/// See [`Client::ping`]: ICMP echo over a raw socket.
-pub fn ping(addr: Ipv4Addr, timeout: Duration) -> io::Result<Duration> {
-    let to = SocketAddr::new(IpAddr::V4(addr), 0);
+/// A raw ICMP socket (the kernel adds the IPv4 header to what is sent).
+fn icmp_socket() -> io::Result<OwnedFd> {
     // SAFETY: plain socket(2) call.
     let fd = cvt(unsafe {
         libc::socket(
@@ -501,10 +490,15 @@ pub fn ping(addr: Ipv4Addr, timeout: Duration) -> io::Result<Duration> {
             libc::SOCK_RAW | libc::SOCK_CLOEXEC,
             libc::IPPROTO_ICMP,
         )
-    })
-    .map_err(|e| context(&e, "ping socket for", to))?;
+    })?;
     // SAFETY: fd was just returned by socket(2) and is owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// See [`Client::ping`]: ICMP echo over a raw socket.
+pub fn ping(addr: Ipv4Addr, timeout: Duration) -> io::Result<Duration> {
+    let to = SocketAddr::new(IpAddr::V4(addr), 0);
+    let fd = icmp_socket().map_err(|e| context(&e, "ping socket for", to))?;
     // Only receive from addr.
     let (sa, len) = sockaddr(to);
     // SAFETY: sa is a valid sockaddr of length len.
