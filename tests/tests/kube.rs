@@ -176,7 +176,7 @@ fn api_changes_apply_within_a_second() {
         &other,
         &other.slice("x1").pods(&[(1, 2, true)]),
     ]));
-    let _agents = agents(&c, &api);
+    let agents = agents(&c, &api);
     let other_ok = || {
         for node in [1, 2] {
             assert_eq!(tcp(&c, node, 31084).server, pod_name(1, 2));
@@ -184,9 +184,14 @@ fn api_changes_apply_within_a_second() {
     };
     other_ok();
 
+    // Applied means every agent has written the change: a probe of a few
+    // requests can pass on a node whose agent has not yet (each picks the
+    // remaining pod half the time).
+    let writes: Vec<f64> = agents.iter().map(Agent::map_writes).collect();
     api.apply_yaml(&svc.slice("x1").pods(&[(1, 1, true)]).yaml());
     let took = within(Duration::from_secs(1), "removed endpoint unused", || {
-        (0..10).all(|i| server_of(&c, 1 + i % 2, 31083) == Some(pod_name(1, 1)))
+        agents.iter().zip(&writes).all(|(a, w)| a.map_writes() > *w)
+            && (0..10).all(|i| server_of(&c, 1 + i % 2, 31083) == Some(pod_name(1, 1)))
     });
     eprintln!("endpoint removal through the API applied in {took:?}");
     for i in 0..20 {
