@@ -11,8 +11,8 @@ use nodeport_agent::loader::{self, Datapath, MapSizes};
 use nodeport_agent::maps::fill::PinnedMaps;
 use nodeport_agent::maps::{MapWriter as _, TableWrite, Write, bpf::BpfMaps};
 use nodeport_common::{
-    Frontend, FrontendKey, LAYOUTS, PROTO_TCP, ServiceStats, ServiceStatsKey, SourceRange,
-    SourceRangeKey, names,
+    CtEntry, FlowKey, Frontend, FrontendKey, LAYOUTS, PROTO_TCP, RevNat, ServiceStats,
+    ServiceStatsKey, SourceRange, SourceRangeKey, names,
 };
 
 fn require_root() {
@@ -212,6 +212,76 @@ fn fill_counts_the_entries_of_every_kind_of_map() {
         fill.len(),
         names::ALL.len() - 3,
         "every map but the three arrays: {fill:?}"
+    );
+}
+
+/// Walks read every entry of maps larger than one batch: the conntrack and
+/// reverse-NAT entries the flow purges and the SNAT pool figures see are
+/// exactly those in the maps.
+#[test]
+fn walks_read_every_entry_of_maps_larger_than_a_batch() {
+    require_root();
+    let root = Root::new();
+    let sizes = MapSizes::with(&[(names::CONNTRACK, 20_000), (names::REV_NAT, 20_000)]);
+    let _dp = Datapath::load(&root.0, sizes).expect("load and pin");
+    let open = |name: &str| {
+        let data = aya::maps::MapData::from_pin(root.0.join(name)).expect("open pinned map");
+        aya::maps::Map::LruHashMap(data)
+    };
+    let mut conntrack: aya::maps::HashMap<_, FlowKey, CtEntry> =
+        aya::maps::HashMap::try_from(open(names::CONNTRACK)).expect("conntrack is a hash");
+    let mut rev_nat: aya::maps::HashMap<_, FlowKey, RevNat> =
+        aya::maps::HashMap::try_from(open(names::REV_NAT)).expect("rev_nat is a hash");
+    let flow = |i: u32| FlowKey {
+        saddr_be: (0x0a00_0000 | i).to_be(),
+        daddr_be: 0xc0a8_0101_u32.to_be(),
+        sport_be: u16::try_from(i % 60_000 + 1).unwrap().to_be(),
+        dport_be: 30_080u16.to_be(),
+        proto: nodeport_common::PROTO_UDP,
+        pad: [0; 3],
+    };
+    let mut want_ct = BTreeMap::new();
+    let mut want_rev = BTreeMap::new();
+    for i in 0..9_000u32 {
+        let ct = CtEntry {
+            backend_id: i % 7 + 1,
+            service_id: i % 3 + 1,
+            snat_addr_be: 0,
+            snat_port_be: 0,
+            flags: 0,
+            pad: 0,
+            last_seen_ns: u64::from(i),
+            backend_addr_be: 0x0a01_0001_u32.to_be(),
+            backend_port_be: 8080u16.to_be(),
+            pad2: 0,
+        };
+        conntrack.insert(flow(i), ct, 0).expect("insert conntrack");
+        want_ct.insert(flow(i), ct);
+        let rev = RevNat {
+            saddr_be: 0xc0a8_0101_u32.to_be(),
+            daddr_be: (0x0a00_0000 | i).to_be(),
+            sport_be: 30_080u16.to_be(),
+            dport_be: flow(i).sport_be,
+        };
+        rev_nat
+            .insert(flow(i + 100_000), rev, 0)
+            .expect("insert rev_nat");
+        want_rev.insert(flow(i + 100_000), rev);
+    }
+
+    let maps = BpfMaps::open(&root.0).expect("open pinned maps");
+    let got_ct: BTreeMap<FlowKey, CtEntry> = maps
+        .conntrack()
+        .expect("walk conntrack")
+        .into_iter()
+        .collect();
+    assert_eq!(got_ct.len(), 9_000, "every conntrack entry, each once");
+    assert!(got_ct == want_ct, "conntrack read back as written");
+    let got_rev: Vec<(FlowKey, RevNat)> = maps.rev_nat().expect("walk rev_nat");
+    assert_eq!(got_rev.len(), 9_000, "every reverse-NAT entry, each once");
+    assert!(
+        got_rev.into_iter().collect::<BTreeMap<_, _>>() == want_rev,
+        "rev_nat read back as written"
     );
 }
 

@@ -18,7 +18,7 @@ use nodeport_common::{
 
 use super::{
     Backends, Frontends, MapError, MapState, MapWriter, NodeAddrs, Slots, SourceRanges, Stopped,
-    Table, TableWrite, Write,
+    Table, TableWrite, Write, walk,
 };
 
 fn err(
@@ -207,20 +207,14 @@ impl BpfMaps {
         Ok(())
     }
 
-    /// Every conntrack entry.
+    /// Every conntrack entry (read in batches).
     pub fn conntrack(&self) -> Result<Vec<(FlowKey, CtEntry)>, MapError> {
-        self.conntrack
-            .iter()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(err(names::CONNTRACK, "iterate", ()))
+        walk::entries(&self.conntrack, names::CONNTRACK)
     }
 
-    /// Every reverse-NAT entry.
+    /// Every reverse-NAT entry (read in batches).
     pub fn rev_nat(&self) -> Result<Vec<(FlowKey, RevNat)>, MapError> {
-        self.rev_nat
-            .iter()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(err(names::REV_NAT, "iterate", ()))
+        walk::entries(&self.rev_nat, names::REV_NAT)
     }
 
     /// Looks one entry up, for `explain`: `Ok(None)` when absent.
@@ -581,10 +575,8 @@ impl MapWriter for BpfMaps {
             .collect();
         self.remove_flows(&doomed)?;
         // ClientIP affinity to a purged backend ends with it.
-        let stuck: Vec<AffinityKey> = self
-            .affinity
-            .iter()
-            .filter_map(Result::ok)
+        let stuck: Vec<AffinityKey> = walk::entries(&self.affinity, names::AFFINITY)?
+            .into_iter()
             .filter(|(_, a)| backend_ids.contains(&a.backend_id))
             .map(|(k, _)| k)
             .collect();
@@ -616,26 +608,18 @@ impl MapWriter for BpfMaps {
 
     fn read_state(&self) -> Result<MapState, MapError> {
         Ok(MapState {
-            node_addrs: self
-                .node_addrs
-                .iter()
-                .collect::<Result<_, _>>()
-                .map_err(err(names::NODE_ADDRS, "iterate", ()))?,
-            frontends: self
-                .frontends
-                .iter()
-                .collect::<Result<_, _>>()
-                .map_err(err(names::FRONTENDS, "iterate", ()))?,
-            slots: self.slots.iter().collect::<Result<_, _>>().map_err(err(
-                names::BACKEND_SLOTS,
-                "iterate",
-                (),
-            ))?,
-            backends: self.backends.iter().collect::<Result<_, _>>().map_err(err(
-                names::BACKENDS,
-                "iterate",
-                (),
-            ))?,
+            node_addrs: walk::entries(&self.node_addrs, names::NODE_ADDRS)?
+                .into_iter()
+                .collect(),
+            frontends: walk::entries(&self.frontends, names::FRONTENDS)?
+                .into_iter()
+                .collect(),
+            slots: walk::entries(&self.slots, names::BACKEND_SLOTS)?
+                .into_iter()
+                .collect(),
+            backends: walk::entries(&self.backends, names::BACKENDS)?
+                .into_iter()
+                .collect(),
             source_ranges: self
                 .source_ranges
                 .iter()

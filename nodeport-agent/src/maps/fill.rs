@@ -13,7 +13,8 @@ use nodeport_common::names;
 use serde::Serialize;
 
 use super::MapError;
-use super::bpf::{BatchAttr, bpf, unsupported};
+use super::bpf::bpf;
+use super::walk::{BatchError, chunk_for, lookup_batches};
 
 /// One map's fill.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -67,15 +68,8 @@ fn err(
     }
 }
 
-/// `BPF_MAP_GET_NEXT_KEY` and `BPF_MAP_LOOKUP_BATCH` of `<linux/bpf.h>`.
+/// `BPF_MAP_GET_NEXT_KEY` of `<linux/bpf.h>`.
 const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-
-/// Entries one batch lookup carries at most.
-const CHUNK: usize = 4096;
-/// Bytes of keys and values one batch copies at most (per-CPU values grow
-/// with the CPUs).
-const BATCH_BYTES: usize = 1 << 20;
 
 /// The key members of `union bpf_attr` for `BPF_MAP_GET_NEXT_KEY`.
 #[repr(C)]
@@ -141,54 +135,36 @@ impl Pinned {
         if self.batch.load(Ordering::Relaxed) {
             match self.count_batched() {
                 Ok(n) => return Ok(n),
-                Err(e) if unsupported(&e) => self.batch.store(false, Ordering::Relaxed),
+                Err(BatchError::Unsupported) => self.batch.store(false, Ordering::Relaxed),
                 // A bucket holds more entries than one batch: count this
                 // walk key by key.
-                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {}
-                Err(e) => return Err(err(self.name, "lookup batch", e)),
+                Err(BatchError::BucketTooLarge) => {}
+                Err(BatchError::Failed(e)) => return Err(err(self.name, "lookup batch", e)),
             }
         }
         self.count_keys()
             .map_err(|e| err(self.name, "get next key", e))
     }
 
-    /// Counts in batches: each call returns up to [`CHUNK`] entries and a
-    /// token for the next; `ENOENT` ends the walk.
-    fn count_batched(&self) -> std::io::Result<u64> {
-        let chunk = (BATCH_BYTES / (self.key_size + self.value_size).max(1)).clamp(64, CHUNK);
+    /// Counts in batches.
+    fn count_batched(&self) -> Result<u64, BatchError> {
+        let chunk = chunk_for(self.key_size + self.value_size);
         let mut keys = vec![0u8; self.key_size * chunk];
         let mut values = vec![0u8; self.value_size * chunk];
-        // The hash maps' token is a bucket index (4 bytes); a key's room is
-        // left for other map types.
-        let token_size = self.key_size.max(8);
-        let mut token_in = vec![0u8; token_size];
-        let mut token_out = vec![0u8; token_size];
         let mut total = 0u64;
-        let mut first = true;
-        loop {
-            let mut attr = BatchAttr {
-                in_batch: if first { 0 } else { token_in.as_ptr() as u64 },
-                out_batch: token_out.as_mut_ptr() as u64,
-                keys: keys.as_mut_ptr() as u64,
-                values: values.as_mut_ptr() as u64,
-                count: u32::try_from(chunk).unwrap_or(64),
-                map_fd: self.fd(),
-                ..BatchAttr::default()
-            };
-            // SAFETY: `attr` is a valid `bpf_attr` prefix; `keys` and
-            // `values` have room for `count` entries of the map's key and
-            // (per-CPU) value sizes and the tokens for one key, all alive
-            // across the call.
-            match unsafe { bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) } {
-                Ok(()) => total += u64::from(attr.count),
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                    return Ok(total + u64::from(attr.count));
-                }
-                Err(e) => return Err(e),
-            }
-            std::mem::swap(&mut token_in, &mut token_out);
-            first = false;
-        }
+        // SAFETY: `keys` and `values` have room for `chunk` entries of the
+        // map's key and (per-CPU) value sizes and outlive the call.
+        unsafe {
+            lookup_batches(
+                self.fd(),
+                self.key_size,
+                keys.as_mut_ptr(),
+                values.as_mut_ptr(),
+                chunk,
+                |n| total += n as u64,
+            )
+        }?;
+        Ok(total)
     }
 
     /// Counts key by key. A key deleted under the walk makes the kernel

@@ -9,6 +9,7 @@ pub mod bpf;
 pub mod fill;
 #[cfg(test)]
 pub mod memory;
+mod walk;
 
 use std::collections::{BTreeMap, BTreeSet};
 
