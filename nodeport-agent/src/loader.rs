@@ -16,10 +16,10 @@ use std::path::{Path, PathBuf};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::MapData,
+    maps::{MapData, ProgramArray},
     programs::{
-        CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType, TracePoint,
-        Xdp, XdpMode,
+        CgroupAttachMode, CgroupSockAddr, LinkOrder, ProgramFd, SchedClassifier, TcAttachType,
+        TracePoint, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
         tc::TcAttachOptions,
         xdp::XdpLink,
@@ -66,6 +66,15 @@ pub enum LoadError {
     },
     #[error("program {name} is missing from the object")]
     MissingProgram { name: &'static str },
+    #[error("map {name} is missing from the object")]
+    MissingMap { name: &'static str },
+    #[error("map {map}, index {index}: {source}")]
+    ProgramArray {
+        map: &'static str,
+        index: u32,
+        #[source]
+        source: aya::maps::MapError,
+    },
     #[error("attaching {what} to {iface}: {source}")]
     Attach {
         what: &'static str,
@@ -219,6 +228,8 @@ where
 trait LoadProgram {
     fn is_loaded(&self) -> bool;
     fn load_it(&mut self) -> Result<(), aya::programs::ProgramError>;
+    /// A descriptor of the loaded program of its own.
+    fn program_fd(&self) -> Result<ProgramFd, aya::programs::ProgramError>;
 }
 
 macro_rules! load_program {
@@ -229,6 +240,9 @@ macro_rules! load_program {
             }
             fn load_it(&mut self) -> Result<(), aya::programs::ProgramError> {
                 self.load()
+            }
+            fn program_fd(&self) -> Result<ProgramFd, aya::programs::ProgramError> {
+                self.fd()?.try_clone().map_err(aya::programs::ProgramError::from)
             }
         }
     )*};
@@ -340,6 +354,50 @@ impl Datapath {
         })
     }
 
+    /// Loads programs `entries` (index, name) and puts them at their index
+    /// in the program array `map`, which the programs serving IPv4 headers
+    /// with options tail-call into (`programs::WITH_OPTIONS`). The arrays
+    /// are pinned: they keep their programs while no agent runs, and a new
+    /// agent's programs replace an older agent's.
+    fn fill_program_array<T: LoadProgram>(
+        &mut self,
+        map: &'static str,
+        entries: &[(u32, &'static str)],
+    ) -> Result<(), LoadError>
+    where
+        for<'a> &'a mut T:
+            TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+    {
+        let mut fds = Vec::new();
+        for &(index, name) in entries {
+            let prog: &mut T = loaded(&mut self.ebpf, name)?;
+            let fd = prog
+                .program_fd()
+                .map_err(|source| LoadError::Program { name, source })?;
+            fds.push((index, fd));
+        }
+        let array = self
+            .ebpf
+            .map_mut(map)
+            .ok_or(LoadError::MissingMap { name: map })?;
+        let mut array =
+            ProgramArray::try_from(array).map_err(|source| LoadError::ProgramArray {
+                map,
+                index: 0,
+                source,
+            })?;
+        for (index, fd) in &fds {
+            array
+                .set(*index, fd, 0)
+                .map_err(|source| LoadError::ProgramArray {
+                    map,
+                    index: *index,
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
     fn link_path(&self, kind: &str, iface: &str) -> PathBuf {
         self.root.join("links").join(format!("{kind}-{iface}"))
     }
@@ -360,6 +418,13 @@ impl Datapath {
             iface: iface.to_string(),
             source,
         };
+        // Options are set aside (index IHL), the packet served (index 0),
+        // and the options put back (`XDP_RESTORE`).
+        let mut strip = vec![(0, programs::XDP_INGRESS)];
+        strip.extend(programs::WITH_OPTIONS.iter().map(|e| (e.0, e.1)));
+        let restore: Vec<_> = programs::WITH_OPTIONS.iter().map(|e| (e.0, e.2)).collect();
+        self.fill_program_array::<Xdp>(names::XDP_RESTORE, &restore)?;
+        self.fill_program_array::<Xdp>(names::XDP_OPTIONS, &strip)?;
         let prog: &mut Xdp = loaded(&mut self.ebpf, programs::XDP_INGRESS)?;
         let attached_now = crate::devices::ifindex(iface)
             .ok()
@@ -419,6 +484,8 @@ impl Datapath {
     /// Attaches the TC egress program (replies of local backends) to
     /// `iface` (tcx), adopting a pinned link as [`Self::attach_xdp`] does.
     pub fn attach_tc_egress(&mut self, iface: &str) -> Result<(), LoadError> {
+        let copies: Vec<_> = programs::WITH_OPTIONS.iter().map(|e| (e.0, e.3)).collect();
+        self.fill_program_array::<SchedClassifier>(names::TC_OPTIONS, &copies)?;
         self.attach_tc(
             iface,
             programs::TC_EGRESS,

@@ -200,9 +200,33 @@ fn packets_that_are_not_ours_pass_untouched() {
             ("truncated IPv4", full[..14 + 12].to_vec()),
             ("truncated TCP", full[..14 + 20 + 10].to_vec()),
             (
-                "IP options (not served)",
+                "IP options with a loose source route",
                 Frame {
-                    ip_options: vec![1, 1, 1, 0],
+                    ip_options: vec![1, 131, 7, 4, 10, 0, 0, 1],
+                    ..Frame::tcp(CLIENT, 40000, NODE, NODE_PORT)
+                }
+                .bytes(),
+            ),
+            (
+                "IP options with a strict source route",
+                Frame {
+                    ip_options: vec![137, 7, 4, 10, 0, 0, 1, 0],
+                    ..Frame::tcp(CLIENT, 40000, NODE, NODE_PORT)
+                }
+                .bytes(),
+            ),
+            (
+                "IP option longer than the header",
+                Frame {
+                    ip_options: vec![1, 68, 12, 5],
+                    ..Frame::tcp(CLIENT, 40000, NODE, NODE_PORT)
+                }
+                .bytes(),
+            ),
+            (
+                "IP option of length 1",
+                Frame {
+                    ip_options: vec![7, 1, 0, 0],
                     ..Frame::tcp(CLIENT, 40000, NODE, NODE_PORT)
                 }
                 .bytes(),
@@ -453,6 +477,139 @@ fn remote_backend_snat_forward_and_reply() {
             f.rev_nat_entries().len(),
             2,
             "one reverse entry per SNATed flow"
+        );
+    });
+}
+
+/// IPv4 headers with options (record route, timestamps, router alert; IHL
+/// 6 to 15) are served on every path, their options kept: DNAT to a local
+/// backend and its reply at TC egress, SNAT to a remote backend and its
+/// reply; every checksum equals a from-scratch computation.
+#[test]
+#[allow(clippy::too_many_lines, reason = "one walk through every path")]
+fn ip_options_are_served_and_kept_on_every_path() {
+    in_fixture(|f| {
+        f.local_tcp_and_udp();
+        let remote_port = 31004;
+        f.service(3, remote_port, PROTO_TCP, 0, &[(9, REMOTE_POD, 80, 0)]);
+        let record_route = vec![7, 11, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let mut timestamps = vec![68, 40, 5, 0];
+        timestamps.resize(40, 0);
+        let router_alert = vec![148, 4, 0, 0];
+        let cases = vec![
+            (
+                "TCP, record route",
+                Frame {
+                    ip_options: record_route.clone(),
+                    ..Frame::tcp(CLIENT, 41000, NODE, NODE_PORT)
+                },
+                8080u16,
+            ),
+            (
+                "UDP, 40 bytes of timestamps",
+                Frame {
+                    ip_options: timestamps.clone(),
+                    ..Frame::udp(CLIENT, 41001, NODE, NODE_PORT)
+                },
+                5353,
+            ),
+            (
+                "TCP with payload, router alert",
+                Frame {
+                    ip_options: router_alert.clone(),
+                    tcp_flags: TCP_ACK | TCP_PSH,
+                    payload: b"hello".to_vec(),
+                    ..Frame::tcp(CLIENT, 41002, NODE, NODE_PORT)
+                },
+                8080,
+            ),
+        ];
+        for (name, input, target) in cases {
+            let (rc, out) = f.xdp(&input.bytes());
+            assert_eq!(rc, XDP_PASS, "{name}: verdict (counters: {:?})", f.stats());
+            let want = Frame {
+                daddr: LOCAL_POD.into(),
+                dport: target,
+                ..input.clone()
+            };
+            assert_eq!(out, want.bytes(), "{name}: DNAT output, options kept");
+            assert_checksums(&out);
+
+            // The pod's reply echoes the options (as Linux does).
+            let reply = Frame {
+                saddr: LOCAL_POD.into(),
+                sport: target,
+                daddr: input.saddr,
+                dport: input.sport,
+                src_mac: NODE_MAC,
+                dst_mac: CLIENT_MAC,
+                tcp_flags: TCP_SYN | TCP_ACK,
+                ..input.clone()
+            };
+            let (rc, out) = f.tc(&reply.bytes());
+            assert_eq!(rc, TC_ACT_OK, "{name}: TC verdict");
+            let want = Frame {
+                saddr: NODE.into(),
+                sport: NODE_PORT,
+                ..reply
+            };
+            assert_eq!(out, want.bytes(), "{name}: reverse NAT output");
+            assert_checksums(&out);
+        }
+
+        let input = Frame {
+            ip_options: record_route,
+            ..Frame::tcp(CLIENT, 41003, NODE, remote_port)
+        };
+        let snat_port = preferred_port(&input);
+        let (rc, out) = f.xdp(&input.bytes());
+        assert_eq!(rc, XDP_TX, "remote: verdict (counters: {:?})", f.stats());
+        let want = Frame {
+            src_mac: NODE_MAC,
+            dst_mac: OTHER_NODE_MAC,
+            saddr: NODE.into(),
+            sport: snat_port,
+            daddr: REMOTE_POD.into(),
+            dport: 80,
+            ttl: input.ttl - 1,
+            ..input.clone()
+        };
+        assert_eq!(out, want.bytes(), "remote: forwarded frame, options kept");
+        assert_checksums(&out);
+        let reply = Frame {
+            src_mac: OTHER_NODE_MAC,
+            dst_mac: NODE_MAC,
+            saddr: REMOTE_POD.into(),
+            sport: 80,
+            daddr: NODE.into(),
+            dport: snat_port,
+            ttl: 63,
+            tcp_flags: TCP_SYN | TCP_ACK,
+            ip_options: timestamps,
+            ..input.clone()
+        };
+        let (rc, out) = f.xdp(&reply.bytes());
+        assert_eq!(rc, XDP_TX, "remote: reply verdict");
+        let want = Frame {
+            src_mac: NODE_MAC,
+            dst_mac: CLIENT_MAC,
+            saddr: NODE.into(),
+            sport: remote_port,
+            daddr: CLIENT.into(),
+            dport: input.sport,
+            ttl: 62,
+            ..reply
+        };
+        assert_eq!(
+            out,
+            want.bytes(),
+            "remote: reply to the client, options kept"
+        );
+        assert_checksums(&out);
+        let stats = f.stats();
+        assert!(
+            !stats.iter().any(|(n, _)| *n == "pass_ip_options"),
+            "every packet with options was served: {stats:?}"
         );
     });
 }

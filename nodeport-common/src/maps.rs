@@ -33,13 +33,22 @@ pub mod names {
     pub const SOURCE_RANGES: &str = "source_ranges";
     pub const FRAGMENTS: &str = "fragments";
     pub const SERVICE_STATS: &str = "service_stats";
+    /// The programs that serve IPv4 headers with options, by header length
+    /// in 32-bit words (IHL 6 to 15): one tail-call target each for XDP
+    /// ingress and for TC egress.
+    pub const XDP_OPTIONS: &str = "xdp_options";
+    pub const TC_OPTIONS: &str = "tc_options";
+    /// The XDP programs that put set-aside options back, by IHL.
+    pub const XDP_RESTORE: &str = "xdp_restore";
+    /// Options set aside while a packet is served (per CPU).
+    pub const OPTIONS_STASH: &str = "options_stash";
 
     /// Maps of older datapaths that this one no longer has: removed when
     /// found pinned (at load and by `cleanup`).
     pub const RETIRED: [&str; 1] = ["backend_stats"];
 
     /// Every map, in the order the agent creates and pins them.
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 20] = [
         NODE_ADDRS,
         FRONTENDS,
         BACKEND_SLOTS,
@@ -56,6 +65,10 @@ pub mod names {
         SOURCE_RANGES,
         FRAGMENTS,
         SERVICE_STATS,
+        XDP_OPTIONS,
+        TC_OPTIONS,
+        XDP_RESTORE,
+        OPTIONS_STASH,
     ];
 }
 
@@ -119,6 +132,14 @@ pub const MAP_SIZES: [(&str, usize, usize); names::ALL.len()] = [
         size_of::<ServiceStatsKey>(),
         size_of::<ServiceStats>(),
     ),
+    (names::XDP_OPTIONS, size_of::<u32>(), size_of::<u32>()),
+    (names::TC_OPTIONS, size_of::<u32>(), size_of::<u32>()),
+    (names::XDP_RESTORE, size_of::<u32>(), size_of::<u32>()),
+    (
+        names::OPTIONS_STASH,
+        size_of::<u32>(),
+        size_of::<OptionsStash>(),
+    ),
 ];
 
 /// Program names (the functions in `nodeport-ebpf`).
@@ -148,6 +169,75 @@ pub mod programs {
         (TP_XDP_DEVMAP_XMIT, "xdp_devmap_xmit"),
         (TP_XDP_EXCEPTION, "xdp_exception"),
         (TP_XDP_REDIRECT_ERR, "xdp_redirect_err"),
+    ];
+    /// `(IHL, XDP program, XDP program, TC program)` for IPv4 headers of
+    /// IHL 32-bit words (options included), by index IHL: [`XDP_INGRESS`]
+    /// tail-calls the first in `names::XDP_OPTIONS` (it sets the options
+    /// aside and calls [`XDP_INGRESS`] back at index 0), which tail-calls
+    /// the second in `names::XDP_RESTORE` (it puts them back);
+    /// [`TC_EGRESS`] tail-calls the third in `names::TC_OPTIONS` (a copy
+    /// of itself for that header length).
+    pub const WITH_OPTIONS: [(u32, &str, &str, &str); 10] = [
+        (
+            6,
+            "nodeport_xdp_strip_ihl6",
+            "nodeport_xdp_restore_ihl6",
+            "nodeport_tc_egress_ihl6",
+        ),
+        (
+            7,
+            "nodeport_xdp_strip_ihl7",
+            "nodeport_xdp_restore_ihl7",
+            "nodeport_tc_egress_ihl7",
+        ),
+        (
+            8,
+            "nodeport_xdp_strip_ihl8",
+            "nodeport_xdp_restore_ihl8",
+            "nodeport_tc_egress_ihl8",
+        ),
+        (
+            9,
+            "nodeport_xdp_strip_ihl9",
+            "nodeport_xdp_restore_ihl9",
+            "nodeport_tc_egress_ihl9",
+        ),
+        (
+            10,
+            "nodeport_xdp_strip_ihl10",
+            "nodeport_xdp_restore_ihl10",
+            "nodeport_tc_egress_ihl10",
+        ),
+        (
+            11,
+            "nodeport_xdp_strip_ihl11",
+            "nodeport_xdp_restore_ihl11",
+            "nodeport_tc_egress_ihl11",
+        ),
+        (
+            12,
+            "nodeport_xdp_strip_ihl12",
+            "nodeport_xdp_restore_ihl12",
+            "nodeport_tc_egress_ihl12",
+        ),
+        (
+            13,
+            "nodeport_xdp_strip_ihl13",
+            "nodeport_xdp_restore_ihl13",
+            "nodeport_tc_egress_ihl13",
+        ),
+        (
+            14,
+            "nodeport_xdp_strip_ihl14",
+            "nodeport_xdp_restore_ihl14",
+            "nodeport_tc_egress_ihl14",
+        ),
+        (
+            15,
+            "nodeport_xdp_strip_ihl15",
+            "nodeport_xdp_restore_ihl15",
+            "nodeport_tc_egress_ihl15",
+        ),
     ];
 }
 
@@ -239,6 +329,20 @@ pub struct DeviceTx {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TxArmed {
     pub ifindex: u32,
+}
+
+/// The options of an IPv4 header the XDP program set aside while it serves
+/// the packet with a 20-byte header (per CPU, one packet at a time; see
+/// `options` in the datapath): how many bytes, the verdict to return once
+/// they are back in place, and the bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OptionsStash {
+    /// Bytes of options set aside (0: none).
+    pub len: u32,
+    /// The XDP verdict of the packet, kept while the options are restored.
+    pub verdict: u32,
+    pub bytes: [u8; 40],
 }
 
 /// Key of the frontend map. `addr_be == 0` is a `NodePort` on any node address;
@@ -606,7 +710,9 @@ pub mod stat {
     pub const DROP_ADJUST: u32 = 14;
     /// A reject (RST / ICMP) could not be formed from this packet.
     pub const DROP_REJECT_UNSUPPORTED: u32 = 15;
-    /// IPv4 header with options: passed untouched.
+    /// IPv4 header with options that are not served (a source route,
+    /// malformed options), or a kernel where the programs serving options
+    /// could not be reached: passed untouched.
     pub const PASS_IP_OPTIONS: u32 = 16;
     /// A socket's destination translated from a frontend to a backend.
     pub const SOCK_TRANSLATED: u32 = 17;
@@ -714,6 +820,9 @@ const _: () = {
     assert!(offset_of!(Device, addr_be) == 12);
     assert!(size_of::<DeviceTx>() == 16);
     assert!(size_of::<TxArmed>() == 4);
+    assert!(size_of::<OptionsStash>() == 48);
+    assert!(offset_of!(OptionsStash, verdict) == 4);
+    assert!(offset_of!(OptionsStash, bytes) == 8);
     assert!(size_of::<FrontendKey>() == 8);
     assert!(offset_of!(FrontendKey, port_be) == 4);
     assert!(offset_of!(FrontendKey, proto) == 6);
@@ -776,6 +885,11 @@ pub const LAYOUTS: &[Layout] = &[
         &[("sent", 0), ("failed", 8)],
     ),
     ("TxArmed", size_of::<TxArmed>(), &[("ifindex", 0)]),
+    (
+        "OptionsStash",
+        size_of::<OptionsStash>(),
+        &[("len", 0), ("verdict", 4), ("bytes", 8)],
+    ),
     (
         "FrontendKey",
         size_of::<FrontendKey>(),
@@ -914,6 +1028,7 @@ mod pod {
     unsafe impl aya::Pod for super::Device {}
     unsafe impl aya::Pod for super::DeviceTx {}
     unsafe impl aya::Pod for super::TxArmed {}
+    unsafe impl aya::Pod for super::OptionsStash {}
     unsafe impl aya::Pod for super::FrontendKey {}
     unsafe impl aya::Pod for super::Frontend {}
     unsafe impl aya::Pod for super::SlotKey {}

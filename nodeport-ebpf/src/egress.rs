@@ -13,9 +13,10 @@ use nodeport_common::{CT_F_SNAT, PROTO_UDP, RevNat, stat};
 use crate::{
     error::{Error, Verdict},
     frag,
-    headers::{self, ETH_LEN, IPV4_MAX_LEN, Parsed, TCP_MIN_LEN, ip, l4},
+    headers::{self, ETH_LEN, IPV4_MAX_LEN, IPV4_MIN_LEN, Parsed, TCP_MIN_LEN, ip, l4},
     icmp,
     maps::{CONNTRACK, REV_NAT},
+    options,
     packet::Packet,
 };
 
@@ -30,16 +31,25 @@ fn packet(ctx: &TcContext) -> Packet {
     Packet::new(ctx.data(), ctx.data_end())
 }
 
-pub fn try_egress(ctx: &TcContext) -> Result<Verdict, Error> {
+/// The program's logic for IPv4 headers of `IP_HDR` bytes (`options`).
+#[inline(always)]
+pub fn try_egress<const IP_HDR: usize>(ctx: &TcContext) -> Result<Verdict, Error> {
     let mut pkt = packet(ctx);
     if (pkt.len() as u32) < PULL_LEN && ctx.len() > pkt.len() as u32 {
         // Headers may sit in paged data; make them linear (best effort).
         let _ = ctx.pull_data(PULL_LEN.min(ctx.len()));
         pkt = packet(ctx);
     }
-    let Some(mut p) = headers::parse(&pkt, ctx.len() as usize)? else {
+    let Some(mut p) = headers::parse::<IP_HDR>(&pkt, ctx.len() as usize)? else {
+        if IP_HDR != IPV4_MIN_LEN {
+            // Only TCP and UDP reach the copies for options.
+            return Ok(Verdict::not_ours());
+        }
         return icmp::error_to_client_tc(&pkt);
     };
+    if !options::tc_served::<IP_HDR>(ctx) {
+        return Err(Error::IpOptions);
+    }
     frag::follow(&mut p)?;
     let key = p.flow();
     // SAFETY: the value is copied out at once.

@@ -103,7 +103,9 @@ pub enum Error {
     /// A later fragment whose first fragment was not seen: the stack gets
     /// it untouched.
     Fragment,
-    /// An IPv4 header with options: not served, passed untouched.
+    /// An IPv4 header this program does not serve: of another length (the
+    /// entry points hand it to the copy for its length, `options`), or
+    /// with a source route or malformed options (passed untouched).
     IpOptions,
     /// A frontend's slot or backend vanished (an update is in progress).
     BackendMissing,

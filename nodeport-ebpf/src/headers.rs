@@ -1,8 +1,9 @@
 //! Header layouts and the parser that turns a frame into the fields the
 //! datapath works with. Anything it does not serve (not IPv4, other
-//! protocols) is reported as `None` and passed untouched, as are IPv4
-//! headers with options (an error, counted). A fragment is parsed as what it
-//! is: the first one with its ports, a later one without (see `frag`).
+//! protocols) is reported as `None` and passed untouched. An IPv4 header
+//! with options is parsed by the copy of the program for its length
+//! (`options`). A fragment is parsed as what it is: the first one with its
+//! ports, a later one without (see `frag`).
 
 use nodeport_common::{FlowKey, PROTO_TCP, PROTO_UDP};
 
@@ -123,7 +124,7 @@ impl Parsed {
     /// host order (of a fragment: the part it carries).
     #[inline(always)]
     pub fn l4_len(&self) -> u16 {
-        self.ip_len - IPV4_MIN_LEN as u16
+        self.ip_len - (self.l4 - self.l3) as u16
     }
 
     /// A fragment of a datagram (first or later).
@@ -144,12 +145,14 @@ impl Parsed {
 /// outside the linear window). `Ok(None)`: a packet the datapath does not
 /// serve.
 ///
-/// IPv4 headers with options are not served (passed untouched, as Katran
-/// does): fixed offsets keep every bounds check a constant the verifier can
-/// follow. (A variable L4 offset, tried, makes the verifier's state search
-/// over the whole program exceed its limit.)
+/// `IP_HDR` is the IPv4 header length this copy of the program serves:
+/// every offset behind it is a constant the verifier can follow. (A
+/// variable L4 offset, tried, makes the verifier's state search over the
+/// whole program exceed its limit.) A TCP or UDP packet whose header has
+/// another length is `Error::IpOptions`: the programs' entry points hand
+/// it to the copy for its length (`options`).
 #[inline(always)]
-pub fn parse(pkt: &Packet, frame_len: usize) -> Result<Option<Parsed>, Error> {
+pub fn parse<const IP_HDR: usize>(pkt: &Packet, frame_len: usize) -> Result<Option<Parsed>, Error> {
     // One check covers Ethernet and the fixed IPv4 header.
     pkt.ptr_at::<[u8; ETH_LEN + IPV4_MIN_LEN]>(0)?;
     let ethertype = u16::from_be(pkt.read::<u16>(12)?);
@@ -161,19 +164,19 @@ pub fn parse(pkt: &Packet, frame_len: usize) -> Result<Option<Parsed>, Error> {
     if vihl >> 4 != 4 {
         return Ok(None);
     }
-    if vihl & 0x0f != 5 {
-        return if vihl & 0x0f < 5 {
-            Err(Error::Truncated)
-        } else {
-            Err(Error::IpOptions)
-        };
-    }
-    let ihl = IPV4_MIN_LEN;
-    let l4 = l3 + ihl;
     let proto: u8 = pkt.read(l3 + ip::PROTO)?;
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return Ok(None);
     }
+    let ihl = usize::from(vihl & 0x0f) * 4;
+    if ihl < IPV4_MIN_LEN {
+        return Err(Error::Truncated);
+    }
+    if ihl != IP_HDR {
+        return Err(Error::IpOptions);
+    }
+    let ihl = IP_HDR;
+    let l4 = l3 + ihl;
     let frag_field = u16::from_be(pkt.read::<u16>(l3 + ip::FRAG_OFF)?);
     let frag = if frag_field & ip::MF_AND_OFFSET == 0 {
         frag::NONE

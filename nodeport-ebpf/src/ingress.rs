@@ -17,7 +17,7 @@ use crate::{
     counters::{Sent, nodeport_count, outcome},
     error::{Error, Verdict},
     frag,
-    headers::{self, Parsed},
+    headers::{self, IPV4_MIN_LEN, Parsed},
     icmp, l4sum,
     maps::{self, CONNTRACK, DeviceInfo, REV_NAT},
     nat::{self, Leaves, Tuple},
@@ -32,9 +32,12 @@ fn packet(ctx: &XdpContext) -> Packet {
     Packet::new(ctx.data(), ctx.data_end())
 }
 
+/// The program's logic. A TCP or UDP packet whose IPv4 header has options
+/// is `Error::IpOptions`: the entry point sets them aside and runs this
+/// again (`options`).
 pub fn try_ingress(ctx: &XdpContext) -> Result<Verdict, Error> {
     let pkt = packet(ctx);
-    let Some(mut p) = headers::parse(&pkt, pkt.len())? else {
+    let Some(mut p) = headers::parse::<IPV4_MIN_LEN>(&pkt, pkt.len())? else {
         return icmp::translate_error(ctx, &maps::device(ctx.ingress_ifindex() as u32));
     };
     frag::follow(&mut p)?;

@@ -14,7 +14,7 @@ use nodeport_common::{PROTO_UDP, checksum};
 
 use crate::{
     error::Error,
-    headers::{ETH_LEN, IPV4_MIN_LEN, Parsed},
+    headers::{ETH_LEN, IPV4_MAX_LEN, Parsed},
     packet::Packet,
 };
 
@@ -23,8 +23,9 @@ use crate::{
 /// equals the seed is taken as partial without summing.
 pub const MAX_SUM_LEN: u16 = 4096;
 
-/// Offset of the L4 header: the datapath serves 20-byte IPv4 headers only.
-const L4: usize = ETH_LEN + IPV4_MIN_LEN;
+/// The farthest the L4 header lies in a frame: behind the longest IPv4
+/// header.
+const MAX_L4: usize = ETH_LEN + IPV4_MAX_LEN;
 /// `bpf_csum_diff` sums at most this many bytes per call.
 const CHUNK: usize = 512;
 /// Returned by [`nodeport_l4_sum`] when the segment is not in the frame.
@@ -60,7 +61,7 @@ pub fn classify(ctx: &XdpContext, pkt: &Packet, p: &Parsed) -> Result<Field, Err
     if l4_len > MAX_SUM_LEN {
         return Ok(Field::Partial { segment_sum: None });
     }
-    let sum = segment_sum(ctx, l4_len)?;
+    let sum = segment_sum(ctx, p.l4, l4_len)?;
     if checksum::fold(checksum::add32(sum, pseudo)) == 0xffff {
         // The rare complete checksum that equals the seed.
         return Ok(Field::Complete);
@@ -88,43 +89,44 @@ pub fn verify(ctx: &XdpContext, pkt: &Packet, p: &Parsed) -> Result<Option<bool>
     if l4_len > MAX_SUM_LEN {
         return Ok(None);
     }
-    let sum = segment_sum(ctx, l4_len)?;
+    let sum = segment_sum(ctx, p.l4, l4_len)?;
     Ok((checksum::fold(checksum::add32(sum, pseudo)) == 0xffff).then_some(false))
 }
 
 /// The one's-complement sum (memory order, 32 bits) of the `len` bytes of
-/// the L4 segment.
+/// the L4 segment at offset `l4`.
 #[inline(always)]
-pub fn segment_sum(ctx: &XdpContext, len: u16) -> Result<u32, Error> {
-    let r = nodeport_l4_sum(ctx.ctx, u32::from(len));
+pub fn segment_sum(ctx: &XdpContext, l4: usize, len: u16) -> Result<u32, Error> {
+    let r = nodeport_l4_sum(ctx.ctx, l4 as u32, u32::from(len));
     if r == SUM_ERROR {
         return Err(Error::Truncated);
     }
     Ok(r as u32)
 }
 
-/// Sums `len` bytes of the frame from the L4 header on. A global function:
-/// the verifier checks it once on its own rather than on every path of the
-/// program that reaches it. Returns [`SUM_ERROR`] when the bytes are not
-/// all in the frame or `len` exceeds [`MAX_SUM_LEN`].
+/// Sums `len` bytes of the frame from the L4 header at `l4` on. A global
+/// function: the verifier checks it once on its own rather than on every
+/// path of the program that reaches it. Returns [`SUM_ERROR`] when the
+/// bytes are not all in the frame, `l4` lies beyond the longest IPv4 header
+/// or `len` exceeds [`MAX_SUM_LEN`].
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn nodeport_l4_sum(ctx: *mut xdp_md, len: u32) -> u64 {
+pub extern "C" fn nodeport_l4_sum(ctx: *mut xdp_md, l4: u32, len: u32) -> u64 {
     // SAFETY: the kernel passes a valid context; its data fields are read.
     let pkt = unsafe { Packet::new((*ctx).data as usize, (*ctx).data_end as usize) };
-    match sum_bytes(&pkt, len as usize) {
+    match sum_bytes(&pkt, l4 as usize, len as usize) {
         Ok(s) => u64::from(s),
         Err(_) => SUM_ERROR,
     }
 }
 
 #[inline(always)]
-fn sum_bytes(pkt: &Packet, len: usize) -> Result<u32, Error> {
-    if len > MAX_SUM_LEN as usize {
+fn sum_bytes(pkt: &Packet, l4: usize, len: usize) -> Result<u32, Error> {
+    if len > MAX_SUM_LEN as usize || l4 > MAX_L4 {
         return Err(Error::Truncated);
     }
     let mut sum = 0u32;
-    let mut at = L4;
+    let mut at = l4;
     let mut left = len;
     for _ in 0..(MAX_SUM_LEN as usize / CHUNK) {
         if left < CHUNK {
@@ -158,7 +160,11 @@ fn sum_bytes(pkt: &Packet, len: usize) -> Result<u32, Error> {
         left -= 2;
     }
     if left == 1 {
-        let b: u8 = pkt.read(at)?;
+        // Read with the byte before it (the L4 header lies behind the IPv4
+        // header, so `at > 0`): LLVM turns a one-byte bounds check at a
+        // variable offset into `ptr >= end`, which the verifier does not
+        // take as proof of one readable byte.
+        let [_, b]: [u8; 2] = pkt.read(at - 1)?;
         sum = checksum::add32(sum, u32::from(u16::from_ne_bytes([b, 0])));
     }
     Ok(sum)

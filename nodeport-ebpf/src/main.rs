@@ -16,6 +16,8 @@
 //! - [`neigh`]: frames whose next hop has no neighbour entry, sent from TC;
 //! - [`reject`]: TCP RST / ICMP port unreachable for services without endpoints;
 //! - [`icmp`]: ICMP errors about SNATed flows, translated for their clients;
+//! - [`options`]: IPv4 headers with options: set aside and put back around
+//!   the XDP program, a copy of the TC program per header length;
 //! - [`ingress`]: the XDP program's logic; [`egress`]: the TC program's logic;
 //! - [`tx`]: the kernel's transmit reports, counted per device;
 //! - [`error`]: how a failure becomes a verdict and a counter.
@@ -34,6 +36,7 @@ mod l4sum;
 mod maps;
 mod nat;
 mod neigh;
+mod options;
 mod packet;
 mod reject;
 mod route;
@@ -46,6 +49,8 @@ use aya_ebpf::{
     macros::{cgroup_sock_addr, classifier, tracepoint, xdp},
     programs::{SockAddrContext, TcContext, TracePointContext, XdpContext},
 };
+use error::Error;
+use headers::IPV4_MIN_LEN;
 
 /// XDP ingress: NodePort frontends, conntrack, DNAT/SNAT and replies of
 /// backends on other nodes.
@@ -55,10 +60,21 @@ use aya_ebpf::{
     reason = "the program macro fixes the signature"
 )]
 pub fn nodeport_xdp(ctx: XdpContext) -> u32 {
-    match ingress::try_ingress(&ctx) {
+    // Options set aside by the program for the header's length, which
+    // then ran this one (`options`).
+    let stashed = options::take_stashed();
+    let verdict = match ingress::try_ingress(&ctx) {
         Ok(v) => v.finish(),
+        Err(Error::IpOptions) if stashed == 0 => {
+            options::to_xdp_strip(&ctx);
+            Error::IpOptions.finish_xdp()
+        }
         Err(e) => e.finish_xdp(),
+    };
+    if stashed != 0 {
+        options::to_xdp_restore(&ctx, stashed, verdict);
     }
+    verdict
 }
 
 /// TC egress: translates replies of local backends back to the NodePort.
@@ -68,10 +84,64 @@ pub fn nodeport_xdp(ctx: XdpContext) -> u32 {
     reason = "the program macro fixes the signature"
 )]
 pub fn nodeport_tc_egress(ctx: TcContext) -> i32 {
-    match egress::try_egress(&ctx) {
+    match egress::try_egress::<IPV4_MIN_LEN>(&ctx) {
         Ok(v) => v.finish_tc(),
+        Err(Error::IpOptions) => {
+            options::to_tc_copy(&ctx);
+            Error::IpOptions.finish_tc()
+        }
         Err(e) => e.finish_tc(),
     }
+}
+
+/// The programs for IPv4 headers of IHL 6 to 15 (`options`): the XDP
+/// programs that set their options aside and put them back around the XDP
+/// program, and the TC egress program's copy for each length.
+macro_rules! with_options {
+    ($($ihl:literal => $strip:ident, $restore:ident, $tc:ident;)*) => {$(
+        #[xdp]
+        #[allow(
+            clippy::needless_pass_by_value,
+            reason = "the program macro fixes the signature"
+        )]
+        pub fn $strip(ctx: XdpContext) -> u32 {
+            options::strip::<{ $ihl * 4 - IPV4_MIN_LEN }>(&ctx)
+        }
+
+        #[xdp]
+        #[allow(
+            clippy::needless_pass_by_value,
+            reason = "the program macro fixes the signature"
+        )]
+        pub fn $restore(ctx: XdpContext) -> u32 {
+            options::restore::<{ $ihl * 4 - IPV4_MIN_LEN }>(&ctx)
+        }
+
+        #[classifier]
+        #[allow(
+            clippy::needless_pass_by_value,
+            reason = "the program macro fixes the signature"
+        )]
+        pub fn $tc(ctx: TcContext) -> i32 {
+            match egress::try_egress::<{ $ihl * 4 }>(&ctx) {
+                Ok(v) => v.finish_tc(),
+                Err(e) => e.finish_tc(),
+            }
+        }
+    )*};
+}
+
+with_options! {
+    6 => nodeport_xdp_strip_ihl6, nodeport_xdp_restore_ihl6, nodeport_tc_egress_ihl6;
+    7 => nodeport_xdp_strip_ihl7, nodeport_xdp_restore_ihl7, nodeport_tc_egress_ihl7;
+    8 => nodeport_xdp_strip_ihl8, nodeport_xdp_restore_ihl8, nodeport_tc_egress_ihl8;
+    9 => nodeport_xdp_strip_ihl9, nodeport_xdp_restore_ihl9, nodeport_tc_egress_ihl9;
+    10 => nodeport_xdp_strip_ihl10, nodeport_xdp_restore_ihl10, nodeport_tc_egress_ihl10;
+    11 => nodeport_xdp_strip_ihl11, nodeport_xdp_restore_ihl11, nodeport_tc_egress_ihl11;
+    12 => nodeport_xdp_strip_ihl12, nodeport_xdp_restore_ihl12, nodeport_tc_egress_ihl12;
+    13 => nodeport_xdp_strip_ihl13, nodeport_xdp_restore_ihl13, nodeport_tc_egress_ihl13;
+    14 => nodeport_xdp_strip_ihl14, nodeport_xdp_restore_ihl14, nodeport_tc_egress_ihl14;
+    15 => nodeport_xdp_strip_ihl15, nodeport_xdp_restore_ihl15, nodeport_tc_egress_ihl15;
 }
 
 /// TC ingress: frames the XDP program handed over for neighbour resolution

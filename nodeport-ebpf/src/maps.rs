@@ -3,15 +3,18 @@
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
+    btf_maps::{
+        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray,
+        lpm_trie::Key,
+    },
     macros::btf_map,
 };
 use nodeport_common::{
-    Affinity, AffinityKey, Backend, BackendKey, Config, CtEntry,
-    DEVICE_F_REDIRECT_TX, DEVICE_F_SKB_MODE, Device, DeviceKey, DeviceTx, FlowKey, FragKey,
-    FragPorts, Frontend, FrontendKey, NodeAddr, NodeAddrKey, PortRange, RevNat,
-    SOURCE_RANGE_SERVICE_BITS, ServiceStats, ServiceStatsKey, Slot, SlotKey, SnatPool, SockRev, SockRevKey,
-    SourceRange, SourceRangeData, TxArmed, capacity, stat,
+    Affinity, AffinityKey, Backend, BackendKey, Config, CtEntry, DEVICE_F_REDIRECT_TX,
+    DEVICE_F_SKB_MODE, Device, DeviceKey, DeviceTx, FlowKey, FragKey, FragPorts, Frontend,
+    FrontendKey, NodeAddr, NodeAddrKey, OptionsStash, PortRange, RevNat, SOURCE_RANGE_SERVICE_BITS,
+    ServiceStats, ServiceStatsKey, Slot, SlotKey, SnatPool, SockRev, SockRevKey, SourceRange,
+    SourceRangeData, TxArmed, capacity, stat,
 };
 
 /// Node addresses that serve NodePorts.
@@ -98,6 +101,24 @@ pub static SERVICE_STATS: PerCpuHashMap<
     { capacity::SERVICE_STATS as usize },
     { BPF_F_NO_PREALLOC as usize },
 > = PerCpuHashMap::new();
+
+/// Index 0: the XDP ingress program; IHL: the program setting aside the
+/// options of IPv4 headers of that length before it (`options`).
+#[btf_map(name = "xdp_options")]
+pub static XDP_OPTIONS: ProgramArray<16> = ProgramArray::new();
+
+/// IHL → the XDP program putting set-aside options of that header length
+/// back (`options`).
+#[btf_map(name = "xdp_restore")]
+pub static XDP_RESTORE: ProgramArray<16> = ProgramArray::new();
+
+/// Options set aside while the packet is served, per CPU (`options`).
+#[btf_map(name = "options_stash")]
+pub static OPTIONS_STASH: PerCpuArray<OptionsStash, 1> = PerCpuArray::new();
+
+/// IHL → the TC egress program serving IPv4 headers of that length.
+#[btf_map(name = "tc_options")]
+pub static TC_OPTIONS: ProgramArray<16> = ProgramArray::new();
 
 /// Bumps one counter.
 #[inline(always)]

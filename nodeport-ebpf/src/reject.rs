@@ -36,6 +36,7 @@ const ICMP_PORT_UNREACH: u8 = 3;
 /// The quoted part of the offending datagram: its IP header and 8 bytes.
 const QUOTE_LEN: usize = IPV4_MIN_LEN + 8;
 
+#[inline(always)]
 pub fn reject(ctx: &XdpContext, p: &Parsed, device: &DeviceInfo) -> Result<Verdict, Error> {
     // Only whole datagrams with plain 20-byte IP headers are answered
     // (the answer is built in place over those offsets); anything else is

@@ -146,6 +146,23 @@ impl<'a> Client<'a> {
         self.ns.run(move || udp_echo(to, len, timeout))
     }
 
+    /// [`Client::tcp_request`] and [`Client::udp_request`] with IPv4
+    /// options (`IP_OPTIONS`) on every packet the client sends: TCP or UDP
+    /// by `udp`.
+    pub fn request_with_ip_options(
+        &self,
+        addr: Ipv4Addr,
+        port: u16,
+        udp: bool,
+        options: &[u8],
+    ) -> io::Result<String> {
+        let to = SocketAddr::new(IpAddr::V4(addr), port);
+        let timeout = self.timeout;
+        let options = options.to_vec();
+        self.ns
+            .run(move || request_with_ip_options(to, udp, &options, timeout))
+    }
+
     /// [`Client::udp_request`] from a given local address and port.
     pub fn udp_request_from(
         &self,
@@ -443,6 +460,82 @@ pub fn udp_request(to: SocketAddr, local: SocketAddr, timeout: Duration) -> io::
     Ok(String::from_utf8_lossy(&buf[..n])
         .trim_end_matches(['\n', '\r'])
         .to_owned())
+}
+
+/// See [`Client::request_with_ip_options`]; in the calling thread's
+/// network namespace.
+pub fn request_with_ip_options(
+    to: SocketAddr,
+    udp: bool,
+    options: &[u8],
+    timeout: Duration,
+) -> io::Result<String> {
+    let kind = if udp {
+        libc::SOCK_DGRAM
+    } else {
+        libc::SOCK_STREAM
+    };
+    // SAFETY: plain socket(2) call.
+    let fd = cvt(unsafe { libc::socket(libc::AF_INET, kind | libc::SOCK_CLOEXEC, 0) })
+        .map_err(|e| context(&e, "socket for", to))?;
+    // SAFETY: fd was just returned by socket(2) and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let set = |level, name, value: *const libc::c_void, len: usize| {
+        // SAFETY: `value` points to `len` readable bytes.
+        cvt(unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                level,
+                name,
+                value,
+                libc::socklen_t::try_from(len).unwrap_or(0),
+            )
+        })
+    };
+    set(
+        libc::IPPROTO_IP,
+        libc::IP_OPTIONS,
+        options.as_ptr().cast(),
+        options.len(),
+    )
+    .map_err(|e| context(&e, "IP_OPTIONS for", to))?;
+    let tv = libc::timeval {
+        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(5),
+        tv_usec: 0,
+    };
+    for name in [libc::SO_SNDTIMEO, libc::SO_RCVTIMEO] {
+        set(
+            libc::SOL_SOCKET,
+            name,
+            (&raw const tv).cast(),
+            size_of::<libc::timeval>(),
+        )
+        .map_err(|e| context(&e, "socket timeouts for", to))?;
+    }
+    let (sa, len) = sockaddr(to);
+    // SAFETY: sa is a valid sockaddr of length len.
+    cvt(unsafe { libc::connect(fd.as_raw_fd(), (&raw const sa).cast(), len) })
+        .map_err(|e| context(&e, "connect", to))?;
+    let mut buf = [0u8; 2048];
+    let n = if udp {
+        let socket = UdpSocket::from(fd);
+        socket
+            .send(b"hello\n")
+            .map_err(|e| context(&e, "udp send to", to))?;
+        socket
+            .recv(&mut buf)
+            .map_err(|e| context(&e, "udp recv from", to))?
+    } else {
+        let mut stream = TcpStream::from(fd);
+        let n = stream
+            .read(&mut buf)
+            .map_err(|e| context(&e, "tcp read from", to))?;
+        let mut rest = [0u8; 512];
+        while matches!(stream.read(&mut rest), Ok(n) if n > 0) {}
+        n
+    };
+    let text = String::from_utf8_lossy(&buf[..n]);
+    Ok(text.lines().next().unwrap_or_default().to_owned())
 }
 
 /// See [`Client::udp_echo`]; in the calling thread's network namespace.

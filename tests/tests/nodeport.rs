@@ -278,6 +278,57 @@ fn remote_backend_is_reached_with_snat_and_local_keeps_client_ip_on(c: &Cluster)
     }
 }
 
+/// Packets with IPv4 options (record route on TCP, timestamps on UDP; the
+/// client's kernel puts them on every packet, the pods' kernels echo them)
+/// are served through the NodePort: to the local pod with the client's
+/// address kept, to the remote pod with SNAT, in generic and native XDP.
+/// Passed to the nodes' stacks they would be refused: nothing listens on
+/// the nodePort there.
+#[test]
+fn packets_with_ip_options_are_served_locally_and_remotely() {
+    packets_with_ip_options_are_served_on(&cluster_on(Veths::KernelDefaults));
+}
+
+/// As [`packets_with_ip_options_are_served_locally_and_remotely`], in native XDP.
+#[test]
+fn packets_with_ip_options_are_served_locally_and_remotely_native_xdp() {
+    packets_with_ip_options_are_served_on(&cluster_on(Veths::LanGro));
+}
+
+fn packets_with_ip_options_are_served_on(c: &Cluster) {
+    c.manifests().write(
+        "options.yaml",
+        &service(
+            "options",
+            &[
+                ("tcp", "TCP", 80, POD_PORT, 31085),
+                ("udp", "UDP", 80, POD_PORT, 31085),
+            ],
+            &[(1, 1, true)],
+        ),
+    );
+    let _agents = agents(c);
+    let record_route = [7, 11, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let timestamps = [68, 12, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    for (node, peer) in [(1, CLIENT_ADDR), (2, node_addr(2))] {
+        for (udp, options) in [(false, &record_route), (true, &timestamps)] {
+            let what = format!(
+                "{} with IP options via node{node}",
+                if udp { "UDP" } else { "TCP" }
+            );
+            let line = c
+                .client()
+                .request_with_ip_options(node_addr(node), 31085, udp, options)
+                .unwrap_or_else(|e| panic!("{what}: {e}\n{}", datapath_state(c)));
+            let a: Answer = line
+                .parse()
+                .unwrap_or_else(|e| panic!("{what}: {e}: {line:?}"));
+            assert_eq!(a.server, pod_name(1, 1), "{what}");
+            assert_eq!(a.peer.ip(), peer, "{what}: the address the pod saw");
+        }
+    }
+}
+
 /// (c) The multi-port example: each nodePort reaches its own targetPort.
 #[test]
 fn multi_port_service_reaches_each_target_port() {

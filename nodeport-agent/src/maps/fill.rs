@@ -2,7 +2,8 @@
 //! Counted with `BPF_MAP_LOOKUP_BATCH` (a few system calls for a map of a
 //! million entries), or key by key where the kernel has no batch
 //! operation for the map (the source-range trie, kernels before 5.6).
-//! Arrays are left out: every index of an array always exists.
+//! Arrays (program arrays included) are left out: every index of an array
+//! always exists.
 
 use std::os::fd::{AsFd as _, AsRawFd as _};
 use std::path::Path;
@@ -90,7 +91,7 @@ impl PinnedMaps {
             let data = MapData::from_pin(root.join(name)).map_err(|e| err(name, "open", e))?;
             let info = data.info().map_err(|e| err(name, "info", e))?;
             let per_cpu = match info.map_type().map_err(|e| err(name, "info", e))? {
-                MapType::Array | MapType::PerCpuArray => continue,
+                MapType::Array | MapType::PerCpuArray | MapType::ProgramArray => continue,
                 MapType::PerCpuHash | MapType::LruPerCpuHash => true,
                 _ => false,
             };
