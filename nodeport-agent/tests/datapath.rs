@@ -611,6 +611,11 @@ fn ip_options_are_served_and_kept_on_every_path() {
             !stats.iter().any(|(n, _)| *n == "pass_ip_options"),
             "every packet with options was served: {stats:?}"
         );
+        assert_eq!(
+            f.counter_named("ip_options_served"),
+            5,
+            "each XDP frame with options (three local, one remote and its reply): {stats:?}"
+        );
     });
 }
 

@@ -763,9 +763,12 @@ pub mod stat {
     /// from a frontend, translated and sent on to the flow's backend as if
     /// about the backend's own reply.
     pub const ICMP_ERROR_TO_BACKEND: u32 = 32;
+    /// A packet whose IPv4 header has options, set aside while it is
+    /// served and put back after (`options` in the datapath).
+    pub const IP_OPTIONS_SERVED: u32 = 33;
 
     /// Number of counters.
-    pub const COUNT: u32 = 33;
+    pub const COUNT: u32 = 34;
 
     /// Human-readable names, indexed by counter.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -802,6 +805,7 @@ pub mod stat {
         "fragment_followed",
         "icmp_error_to_client",
         "icmp_error_to_backend",
+        "ip_options_served",
     ];
 }
 

@@ -29,12 +29,12 @@ use aya_ebpf::{
     helpers::bpf_xdp_adjust_head,
     programs::{TcContext, XdpContext},
 };
-use nodeport_common::{OptionsStash, checksum};
+use nodeport_common::{OptionsStash, checksum, stat};
 
 use crate::{
     error::Error,
     headers::{ETH_LEN, ETH_P_IP, IPV4_MAX_LEN, IPV4_MIN_LEN, ip},
-    maps::{OPTIONS_STASH, TC_OPTIONS, XDP_OPTIONS, XDP_RESTORE},
+    maps::{OPTIONS_STASH, TC_OPTIONS, XDP_OPTIONS, XDP_RESTORE, count},
     packet::Packet,
 };
 
@@ -241,6 +241,7 @@ fn try_strip<const OPT: usize>(ctx: &XdpContext) -> Result<(), Error> {
         return Err(Error::Adjust);
     }
     stash.len = OPT as u32;
+    count(stat::IP_OPTIONS_SERVED);
     Ok(())
 }
 

@@ -182,7 +182,10 @@ impl<'c> Agent<'c> {
         let mut cmd = match &options.capabilities {
             None => setup.ns.command(&binary),
             Some(caps) => {
-                let keep: Vec<String> = caps.iter().map(|c| format!("+{}", c.to_lowercase())).collect();
+                let keep: Vec<String> = caps
+                    .iter()
+                    .map(|c| format!("+{}", c.to_lowercase()))
+                    .collect();
                 let mut cmd = setup.ns.command("setpriv");
                 cmd.arg("--bounding-set")
                     .arg(format!("-all,{}", keep.join(",")))
@@ -413,6 +416,16 @@ impl<'c> Agent<'c> {
             );
             thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The datapath's counter `reason` on this node
+    /// (`nodeport_datapath_packets_total{reason}`), 0 when absent.
+    #[must_use]
+    pub fn datapath_count(&self, reason: &str) -> f64 {
+        self.metric(&format!(
+            "nodeport_datapath_packets_total{{reason=\"{reason}\"}}"
+        ))
+        .unwrap_or(0.0)
     }
 
     /// Map entries the agent has written and deleted so far

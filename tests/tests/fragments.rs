@@ -155,7 +155,7 @@ fn path_mtu_discovery_on(c: &Cluster, mode: &str) {
         Some(1.0),
         "node 1 serves in {mode} XDP"
     );
-    let relayed = || datapath_count(&agent1, "icmp_error_to_client");
+    let relayed = || agent1.datapath_count("icmp_error_to_client");
     let before = relayed();
     let answer = c
         .client()
@@ -196,15 +196,6 @@ fn local_and_remote_udp(c: &Cluster, name: &str, target: u16, ports: (u16, u16))
     );
 }
 
-/// The datapath's packets counted for `reason` on `agent`'s node.
-fn datapath_count(agent: &nodeport_tests::Agent<'_>, reason: &str) -> f64 {
-    agent
-        .metric(&format!(
-            "nodeport_datapath_packets_total{{reason=\"{reason}\"}}"
-        ))
-        .unwrap_or(0.0)
-}
-
 /// A pod's own ICMP error reaches the client translated, from a local and
 /// from a remote backend: a UDP NodePort whose target port the pod does
 /// not listen on gets the pod's port unreachable. The remote pod's goes to
@@ -222,7 +213,7 @@ fn a_pods_port_unreachable_reaches_the_client() {
     );
     let agent1 = c.start_agent(1, c.manifests().dir());
     agent1.wait_ready();
-    let relayed = || datapath_count(&agent1, "icmp_error_to_client");
+    let relayed = || agent1.datapath_count("icmp_error_to_client");
     for (port, what) in [
         (CLOSED_LOCAL_NODE_PORT, "local"),
         (CLOSED_REMOTE_NODE_PORT, "remote"),
@@ -274,7 +265,7 @@ fn an_error_from_the_clients_side_reaches_the_backend() {
     let agent1 = c.start_agent(1, c.manifests().dir());
     agent1.wait_ready();
     let node = node_addr(1);
-    let translated = || datapath_count(&agent1, "icmp_error_to_backend");
+    let translated = || agent1.datapath_count("icmp_error_to_backend");
     for (port, (pod_node, pod), peer, from_port) in [
         (UDP_LOCAL_NODE_PORT, (1, 1), CLIENT_ADDR, 42_500u16),
         (UDP_REMOTE_NODE_PORT, (2, 1), node, 42_501),

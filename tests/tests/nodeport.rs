@@ -307,7 +307,14 @@ fn packets_with_ip_options_are_served_on(c: &Cluster) {
             &[(1, 1, true)],
         ),
     );
-    let _agents = agents(c);
+    let agents = agents(c);
+    let served = || {
+        agents
+            .iter()
+            .map(|a| a.datapath_count("ip_options_served"))
+            .sum::<f64>()
+    };
+    let before = served();
     let record_route = [7, 11, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0];
     let timestamps = [68, 12, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0];
     for (node, peer) in [(1, CLIENT_ADDR), (2, node_addr(2))] {
@@ -327,6 +334,14 @@ fn packets_with_ip_options_are_served_on(c: &Cluster) {
             assert_eq!(a.peer.ip(), peer, "{what}: the address the pod saw");
         }
     }
+    // Every packet of the client's carried options, and so did the pods'
+    // replies on their way back through node 2 (the remote pod's, SNATed).
+    assert!(
+        served() - before >= 8.0,
+        "the packets went through the options path: {} of them\n{}",
+        served() - before,
+        datapath_state(c)
+    );
 }
 
 /// (c) The multi-port example: each nodePort reaches its own targetPort.
