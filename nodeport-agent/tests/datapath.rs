@@ -17,7 +17,7 @@ use nodeport_agent::loader;
 use nodeport_common::{
     BACKEND_F_LOCAL, BackendKey, CT_F_CLOSING, CT_F_SNAT, Config, CtEntry, DEVICE_F_REDIRECT_TX,
     DEVICE_F_SKB_MODE, FRONTEND_F_AFFINITY, FRONTEND_F_DROP_EMPTY, FlowKey, PROTO_TCP, PROTO_UDP,
-    PortRange, RevNat, SnatPool, programs,
+    PortRange, RevNat, ServiceStatsKey, ServiceStatsSlot, SnatPool, programs,
 };
 use nodeport_tests::datapath::{
     CLIENT, CLIENT_MAC, Datapath, Frame, NODE, NODE_MAC, OTHER_NODE, OTHER_NODE_MAC, PrivateNetns,
@@ -1864,6 +1864,60 @@ fn fragmented_datagrams_follow_their_first_fragment() {
 
 /// Per-service and per-backend counters move by exactly the packets sent,
 /// with their outcome.
+/// Two (service, backend) keys that share a cache slot take it from each
+/// other on every switch: each moves the other's counters to the
+/// `service_stats` hash, and no packet is lost or counted twice.
+#[test]
+fn counters_stay_exact_when_two_keys_share_a_cache_slot() {
+    let first = ServiceStatsKey {
+        service_id: 1,
+        backend_id: 7,
+    };
+    let other = (2..1_000_000)
+        .map(|service_id| ServiceStatsKey {
+            service_id,
+            backend_id: 9,
+        })
+        .find(|k| ServiceStatsSlot::index(k) == ServiceStatsSlot::index(&first))
+        .expect("a service id whose key shares the slot of (1, 7)");
+    in_fixture(|f| {
+        f.service(
+            first.service_id,
+            NODE_PORT,
+            PROTO_TCP,
+            0,
+            &[(7, LOCAL_POD, 8080, BACKEND_F_LOCAL)],
+        );
+        f.service(
+            other.service_id,
+            EMPTY_PORT,
+            PROTO_TCP,
+            0,
+            &[(9, LOCAL_POD, 8081, BACKEND_F_LOCAL)],
+        );
+        for round in 0..5u16 {
+            for port in [NODE_PORT, EMPTY_PORT] {
+                let frame = Frame::tcp(CLIENT, 40_000 + round, NODE, port);
+                assert_eq!(
+                    f.xdp(&frame.bytes()).0,
+                    XDP_PASS,
+                    "round {round}, port {port}"
+                );
+            }
+        }
+        let hashed = f.hashed_counter_keys();
+        assert!(
+            hashed.contains(&first) && hashed.contains(&other),
+            "each key moved the other's counters to service_stats: {hashed:?}"
+        );
+        for (key, backend) in [(first, 7), (other, 9)] {
+            let s = f.service_stats(key.service_id);
+            assert_eq!((s.packets, s.new_flows, s.bytes), (5, 5, 5 * 40), "{key:?}");
+            assert_eq!(f.backend_stats(backend).packets, 5, "backend {backend}");
+        }
+    });
+}
+
 #[test]
 fn service_and_backend_counters_count_packets_flows_and_drops() {
     in_fixture(|f| {

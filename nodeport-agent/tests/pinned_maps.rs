@@ -12,7 +12,7 @@ use nodeport_agent::maps::fill::PinnedMaps;
 use nodeport_agent::maps::{MapWriter as _, TableWrite, Write, bpf::BpfMaps};
 use nodeport_common::{
     CtEntry, FlowKey, Frontend, FrontendKey, LAYOUTS, PROTO_TCP, RevNat, ServiceStats,
-    ServiceStatsKey, SourceRange, SourceRangeKey, names,
+    ServiceStatsKey, ServiceStatsSlot, SourceRange, SourceRangeKey, names,
 };
 
 fn require_root() {
@@ -153,6 +153,23 @@ fn put_counters(root: &Root, entries: &[(ServiceStatsKey, ServiceStats)]) {
     }
 }
 
+/// Writes `entries` into their `svc_stats_cache` slots, on every CPU.
+fn put_cached(root: &Root, entries: &[(ServiceStatsKey, ServiceStats)]) {
+    let data = aya::maps::MapData::from_pin(root.0.join(names::SERVICE_STATS_CACHE))
+        .expect("open svc_stats_cache");
+    let mut cache: aya::maps::PerCpuArray<_, ServiceStatsSlot> =
+        aya::maps::PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data))
+            .expect("a per-CPU array");
+    let cpus = aya::util::nr_cpus().expect("possible CPUs");
+    for &(key, stats) in entries {
+        let slot = ServiceStatsSlot { key, stats };
+        let values = aya::maps::PerCpuValues::try_from(vec![slot; cpus]).expect("per CPU");
+        cache
+            .set(ServiceStatsSlot::index(&key), values, 0)
+            .expect("write a cache slot");
+    }
+}
+
 /// The fill of every map but the arrays is its exact entry count, read in
 /// batches from hash maps (a map of more entries than one batch holds
 /// included), key by key from the source-range trie, and from per-CPU
@@ -210,6 +227,7 @@ fn fill_counts_the_entries_of_every_kind_of_map() {
         names::XDP_RESTORE,
         names::TC_OPTIONS,
         names::OPTIONS_STASH,
+        names::SERVICE_STATS_CACHE,
     ];
     for array in arrays {
         assert!(
@@ -295,8 +313,9 @@ fn walks_read_every_entry_of_maps_larger_than_a_batch() {
 }
 
 /// Forgetting a freed backend's counters keeps the sums of the services
-/// that counted towards it (its entries move to each service's
-/// no-backend entry); forgetting a service deletes all of its entries.
+/// that counted towards it (its entries and cache slots move to each
+/// service's no-backend entry); forgetting a service deletes all of its
+/// entries and empties its slots; other slots are kept.
 #[test]
 fn forgetting_a_backend_keeps_its_services_sums() {
     require_root();
@@ -321,12 +340,28 @@ fn forgetting_a_backend_keeps_its_services_sums() {
         &root,
         &[entry(7, 3, 5, 0), entry(7, 0, 1, 1), entry(8, 3, 4, 0)],
     );
+    let slot_keys = [entry(7, 3, 2, 0), entry(9, 4, 6, 0)];
+    assert_ne!(
+        ServiceStatsSlot::index(&slot_keys[0].0),
+        ServiceStatsSlot::index(&slot_keys[1].0)
+    );
+    put_cached(&root, &slot_keys);
     let cpus = aya::util::nr_cpus().expect("possible CPUs");
     let (before, backends) = maps.counter_sums().expect("sums");
     assert_eq!(
         backends[&3].packets,
-        9 * cpus as u64,
-        "backend 3 counts both services"
+        11 * cpus as u64,
+        "backend 3 counts both services, in the hash and in the cache"
+    );
+    assert_eq!(
+        before[&7].packets,
+        8 * cpus as u64,
+        "service 7: hash and cache"
+    );
+    assert_eq!(
+        before[&9].packets,
+        6 * cpus as u64,
+        "service 9: the cache only"
     );
 
     maps.forget_counters(&BTreeSet::new(), &BTreeSet::from([3]))
@@ -339,14 +374,15 @@ fn forgetting_a_backend_keeps_its_services_sums() {
     );
     assert_eq!(
         maps.counter_ids().expect("ids"),
-        (BTreeSet::from([7, 8]), BTreeSet::new())
+        (BTreeSet::from([7, 8, 9]), BTreeSet::from([4]))
     );
 
-    maps.forget_counters(&BTreeSet::from([7]), &BTreeSet::new())
-        .expect("forget service 7");
-    let (services, _) = maps.counter_sums().expect("sums");
+    maps.forget_counters(&BTreeSet::from([7, 9]), &BTreeSet::new())
+        .expect("forget services 7 and 9");
+    let (services, backends) = maps.counter_sums().expect("sums");
     assert_eq!(services.keys().copied().collect::<Vec<_>>(), [8]);
     assert_eq!(services[&8], before[&8]);
+    assert!(backends.is_empty(), "{backends:?}");
 }
 
 /// `--map-size` takes only the maps it can size and capacities from 1 to

@@ -33,6 +33,9 @@ pub mod names {
     pub const SOURCE_RANGES: &str = "source_ranges";
     pub const FRAGMENTS: &str = "fragments";
     pub const SERVICE_STATS: &str = "service_stats";
+    /// This CPU's recent `service_stats` entries, where the packets of an
+    /// established flow are counted (per CPU, direct-mapped).
+    pub const SERVICE_STATS_CACHE: &str = "svc_stats_cache";
     /// The programs that serve IPv4 headers with options, by header length
     /// in 32-bit words (IHL 6 to 15): one tail-call target each for XDP
     /// ingress and for TC egress.
@@ -48,7 +51,7 @@ pub mod names {
     pub const RETIRED: [&str; 1] = ["backend_stats"];
 
     /// Every map, in the order the agent creates and pins them.
-    pub const ALL: [&str; 20] = [
+    pub const ALL: [&str; 21] = [
         NODE_ADDRS,
         FRONTENDS,
         BACKEND_SLOTS,
@@ -65,6 +68,7 @@ pub mod names {
         SOURCE_RANGES,
         FRAGMENTS,
         SERVICE_STATS,
+        SERVICE_STATS_CACHE,
         XDP_OPTIONS,
         TC_OPTIONS,
         XDP_RESTORE,
@@ -131,6 +135,11 @@ pub const MAP_SIZES: [(&str, usize, usize); names::ALL.len()] = [
         names::SERVICE_STATS,
         size_of::<ServiceStatsKey>(),
         size_of::<ServiceStats>(),
+    ),
+    (
+        names::SERVICE_STATS_CACHE,
+        size_of::<u32>(),
+        size_of::<ServiceStatsSlot>(),
     ),
     (names::XDP_OPTIONS, size_of::<u32>(), size_of::<u32>()),
     (names::TC_OPTIONS, size_of::<u32>(), size_of::<u32>()),
@@ -567,6 +576,34 @@ impl ServiceStats {
     }
 }
 
+/// One entry of `svc_stats_cache`: counters of the [`ServiceStatsKey`]
+/// `key` not yet added to its `service_stats` entry. Each CPU has its own
+/// array of these, indexed by [`ServiceStatsSlot::index`]: a packet whose
+/// key is in its slot is counted there (an array lookup, no hash); a key
+/// that finds another one in its slot moves that one's counters to
+/// `service_stats` and takes the slot. A key of zeros is an empty slot
+/// (service ids start at 1). A service's counters are the sum over its
+/// `service_stats` entries and the slots holding its keys, on every CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceStatsSlot {
+    pub key: ServiceStatsKey,
+    pub stats: ServiceStats,
+}
+
+impl ServiceStatsSlot {
+    /// Number of slots per CPU (a power of two).
+    pub const SLOTS: u32 = 4096;
+
+    /// The slot of `key`: the top bits of a multiplicative hash of it.
+    #[inline(always)]
+    #[must_use]
+    pub const fn index(key: &ServiceStatsKey) -> u32 {
+        let h = key.service_id.wrapping_mul(0x9E37_79B1) ^ key.backend_id.wrapping_mul(0x85EB_CA6B);
+        h.wrapping_mul(0x2545_F491) >> (32 - Self::SLOTS.trailing_zeros())
+    }
+}
+
 /// What was sent to one backend: the sum of the `service_stats` entries
 /// naming it (not a map value).
 #[repr(C)]
@@ -861,6 +898,9 @@ const _: () = {
     assert!(offset_of!(ServiceStats, drop_other) == 56);
     assert!(size_of::<ServiceStatsKey>() == 8);
     assert!(offset_of!(ServiceStatsKey, backend_id) == 4);
+    assert!(size_of::<ServiceStatsSlot>() == 72);
+    assert!(offset_of!(ServiceStatsSlot, stats) == 8);
+    assert!(ServiceStatsSlot::SLOTS.is_power_of_two());
 };
 
 /// A struct's name, size and `(field, offset)` list.
@@ -1014,6 +1054,11 @@ pub const LAYOUTS: &[Layout] = &[
         size_of::<ServiceStatsKey>(),
         &[("service_id", 0), ("backend_id", 4)],
     ),
+    (
+        "ServiceStatsSlot",
+        size_of::<ServiceStatsSlot>(),
+        &[("key", 0), ("stats", 8)],
+    ),
 ];
 
 #[cfg(feature = "user")]
@@ -1050,4 +1095,5 @@ mod pod {
     unsafe impl aya::Pod for super::FragPorts {}
     unsafe impl aya::Pod for super::ServiceStats {}
     unsafe impl aya::Pod for super::ServiceStatsKey {}
+    unsafe impl aya::Pod for super::ServiceStatsSlot {}
 }

@@ -3,14 +3,22 @@
 //! to, in one entry per (service, backend) pair. Per CPU; the agent sums
 //! them by service and by backend.
 //!
+//! A packet is counted in this CPU's slot of its key in `svc_stats_cache`
+//! (an array lookup): the packets of an established flow keep finding
+//! their key there. A key that finds another in its slot moves that one's
+//! counters to its `service_stats` entry (a hash lookup) and takes the
+//! slot; the agent sums both maps.
+//!
 //! The bump is a global function taking only numbers: the verifier checks
 //! it once on its own, and the call adds nothing to the states of the
 //! program around it.
 
 use aya_ebpf::bindings::BPF_NOEXIST;
-use nodeport_common::{CONFIG_F_NO_SERVICE_COUNTERS, ServiceStats, ServiceStatsKey};
+use nodeport_common::{
+    CONFIG_F_NO_SERVICE_COUNTERS, ServiceStats, ServiceStatsKey, ServiceStatsSlot,
+};
 
-use crate::maps::{CONFIG, SERVICE_STATS};
+use crate::maps::{CONFIG, SERVICE_STATS, SERVICE_STATS_CACHE};
 
 /// What became of a frontend's packet, as [`nodeport_count`] takes it.
 pub mod outcome {
@@ -61,9 +69,9 @@ pub struct Sent {
 }
 
 /// Counts one packet of `len` bytes that reached the frontend of service
-/// `service_id`, its `outcome`, and where it was `sent`: one lookup (made
-/// on first use) of this CPU's counters of the service and backend.
-/// Returns 0.
+/// `service_id`, its `outcome`, and where it was `sent`: in this CPU's
+/// cache slot of the (service, backend) key, after moving what the slot
+/// held for another key to `service_stats`. Returns 0.
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn nodeport_count(
@@ -80,21 +88,19 @@ pub extern "C" fn nodeport_count(
         service_id,
         backend_id,
     };
-    let s = if let Some(s) = SERVICE_STATS.get_ptr_mut(key) {
-        s
-    } else {
-        #[allow(
-            clippy::needless_borrows_for_generic_args,
-            reason = "by value, the 64-byte value would be copied to the stack"
-        )]
-        let _ = SERVICE_STATS.insert(key, &ZERO, u64::from(BPF_NOEXIST));
-        let Some(s) = SERVICE_STATS.get_ptr_mut(key) else {
-            return 0;
-        };
-        s
+    let Some(slot) = SERVICE_STATS_CACHE.get_ptr_mut(ServiceStatsSlot::index(&key)) else {
+        return 0;
     };
-    // SAFETY: this CPU's value of a per-CPU map entry.
+    // SAFETY: this CPU's value of a per-CPU array entry.
     unsafe {
+        if (*slot).key != key {
+            if (*slot).key.service_id != 0 {
+                flush(&(*slot).key, &(*slot).stats);
+            }
+            (*slot).key = key;
+            (*slot).stats = ZERO;
+        }
+        let s = &raw mut (*slot).stats;
         (*s).packets += 1;
         (*s).bytes += u64::from(len);
         (*s).new_flows += u64::from(new_flow);
@@ -108,4 +114,34 @@ pub extern "C" fn nodeport_count(
         }
     }
     0
+}
+
+/// Adds `stats` to this CPU's `service_stats` entry of `key` (made if
+/// missing). A full map loses them: the agent's pressure check reports it.
+#[inline(always)]
+fn flush(key: &ServiceStatsKey, stats: &ServiceStats) {
+    let s = if let Some(s) = SERVICE_STATS.get_ptr_mut(*key) {
+        s
+    } else {
+        #[allow(
+            clippy::needless_borrows_for_generic_args,
+            reason = "by value, the 64-byte value would be copied to the stack"
+        )]
+        let _ = SERVICE_STATS.insert(*key, &ZERO, u64::from(BPF_NOEXIST));
+        let Some(s) = SERVICE_STATS.get_ptr_mut(*key) else {
+            return;
+        };
+        s
+    };
+    // SAFETY: this CPU's value of a per-CPU map entry.
+    unsafe {
+        (*s).packets += stats.packets;
+        (*s).bytes += stats.bytes;
+        (*s).new_flows += stats.new_flows;
+        (*s).rejected += stats.rejected;
+        (*s).drop_no_local_backend += stats.drop_no_local_backend;
+        (*s).drop_source_range += stats.drop_source_range;
+        (*s).drop_snat_exhausted += stats.drop_snat_exhausted;
+        (*s).drop_other += stats.drop_other;
+    }
 }

@@ -13,8 +13,8 @@ use nodeport_common::{
     Affinity, AffinityKey, Backend, BackendKey, Config, CtEntry, DEVICE_F_REDIRECT_TX,
     DEVICE_F_SKB_MODE, Device, DeviceKey, DeviceTx, FlowKey, FragKey, FragPorts, Frontend,
     FrontendKey, NodeAddr, NodeAddrKey, OptionsStash, PortRange, RevNat, SOURCE_RANGE_SERVICE_BITS,
-    ServiceStats, ServiceStatsKey, Slot, SlotKey, SnatPool, SockRev, SockRevKey, SourceRange,
-    SourceRangeData, TxArmed, capacity, stat,
+    ServiceStats, ServiceStatsKey, ServiceStatsSlot, Slot, SlotKey, SnatPool, SockRev, SockRevKey,
+    SourceRange, SourceRangeData, TxArmed, capacity, stat,
 };
 
 /// Node addresses that serve NodePorts.
@@ -101,6 +101,15 @@ pub static SERVICE_STATS: PerCpuHashMap<
     { capacity::SERVICE_STATS as usize },
     { BPF_F_NO_PREALLOC as usize },
 > = PerCpuHashMap::new();
+
+/// This CPU's recent `service_stats` entries (`ServiceStatsSlot`): the
+/// packets of established flows are counted here without a hash lookup.
+/// Fixed size: the slot of a key is computed with its size.
+#[btf_map(name = "svc_stats_cache")]
+pub static SERVICE_STATS_CACHE: PerCpuArray<
+    ServiceStatsSlot,
+    { ServiceStatsSlot::SLOTS as usize },
+> = PerCpuArray::new();
 
 /// Index 0: the XDP ingress program; IHL: the program setting aside the
 /// options of IPv4 headers of that length before it (`options`).

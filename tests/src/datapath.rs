@@ -36,7 +36,8 @@ use etherparse::{
 use nodeport_common::{
     Backend, BackendKey, BackendStats, Config, CtEntry, Device, DeviceKey, FlowKey, Frontend,
     FrontendKey, NODE_ADDR_F_NODEPORT, NodeAddr, NodeAddrKey, PROTO_TCP, PROTO_UDP, PortRange,
-    RevNat, ServiceStats, ServiceStatsKey, Slot, SlotKey, checksum, names, programs, stat,
+    RevNat, ServiceStats, ServiceStatsKey, ServiceStatsSlot, Slot, SlotKey, checksum, names,
+    programs, stat,
 };
 
 pub const XDP_DROP: u32 = 1;
@@ -1141,7 +1142,8 @@ impl Datapath {
             .collect()
     }
 
-    /// Every `service_stats` entry, summed over CPUs.
+    /// Every counted (service, backend) key, summed over CPUs: its
+    /// `service_stats` entry and the `svc_stats_cache` slots holding it.
     #[must_use]
     pub fn counter_entries(&self) -> Vec<(ServiceStatsKey, ServiceStats)> {
         let map: PerCpuHashMap<_, ServiceStatsKey, ServiceStats> = PerCpuHashMap::try_from(
@@ -1150,16 +1152,40 @@ impl Datapath {
                 .expect("a service_stats map"),
         )
         .expect("service_stats is a per-CPU hash map");
-        map.iter()
-            .map(|r| {
-                let (k, per_cpu) = r.expect("a service_stats entry");
-                (
-                    k,
-                    per_cpu
-                        .iter()
-                        .fold(ServiceStats::default(), |a, s| a.plus(s)),
-                )
-            })
+        let mut out: std::collections::BTreeMap<ServiceStatsKey, ServiceStats> =
+            std::collections::BTreeMap::new();
+        for r in &map {
+            let (k, per_cpu) = r.expect("a service_stats entry");
+            let e = out.entry(k).or_default();
+            *e = per_cpu.iter().fold(*e, |a, s| a.plus(s));
+        }
+        let cache: PerCpuArray<_, ServiceStatsSlot> = PerCpuArray::try_from(
+            self.ebpf
+                .map(names::SERVICE_STATS_CACHE)
+                .expect("a svc_stats_cache map"),
+        )
+        .expect("svc_stats_cache is a per-CPU array");
+        for index in 0..ServiceStatsSlot::SLOTS {
+            let slots = cache.get(&index, 0).expect("a svc_stats_cache slot");
+            for slot in slots.iter().filter(|s| s.key.service_id != 0) {
+                let e = out.entry(slot.key).or_default();
+                *e = e.plus(&slot.stats);
+            }
+        }
+        out.into_iter().collect()
+    }
+
+    /// The keys of the `service_stats` hash (those a cache slot moved there).
+    #[must_use]
+    pub fn hashed_counter_keys(&self) -> Vec<ServiceStatsKey> {
+        let map: PerCpuHashMap<_, ServiceStatsKey, ServiceStats> = PerCpuHashMap::try_from(
+            self.ebpf
+                .map(names::SERVICE_STATS)
+                .expect("a service_stats map"),
+        )
+        .expect("service_stats is a per-CPU hash map");
+        map.keys()
+            .map(|k| k.expect("a service_stats key"))
             .collect()
     }
 

@@ -13,7 +13,8 @@ use aya::maps::{
 use nodeport_common::{
     Affinity, AffinityKey, Backend, BackendKey, BackendStats, Config, CtEntry, Device, DeviceKey,
     DeviceTx, FlowKey, Frontend, FrontendKey, NodeAddr, NodeAddrKey, RevNat, ServiceStats,
-    ServiceStatsKey, Slot, SlotKey, SourceRange, SourceRangeData, SourceRangeKey, names, stat,
+    ServiceStatsKey, ServiceStatsSlot, Slot, SlotKey, SourceRange, SourceRangeData, SourceRangeKey,
+    names, stat,
 };
 
 use super::{
@@ -87,6 +88,7 @@ pub struct BpfMaps {
     device_tx: PerCpuHashMap<MapData, DeviceKey, DeviceTx>,
     source_ranges: LpmTrie<MapData, SourceRangeData, SourceRange>,
     service_stats: PerCpuHashMap<MapData, ServiceStatsKey, ServiceStats>,
+    service_stats_cache: PerCpuArray<MapData, ServiceStatsSlot>,
     /// Whether the kernel takes runs of puts in one `BPF_MAP_UPDATE_BATCH`
     /// (Linux 5.6 and later); cleared the first time it does not.
     batch_puts: bool,
@@ -111,6 +113,7 @@ impl BpfMaps {
             device_tx: open_map(root, names::DEVICE_TX)?,
             source_ranges: open_map(root, names::SOURCE_RANGES)?,
             service_stats: open_map(root, names::SERVICE_STATS)?,
+            service_stats_cache: open_map(root, names::SERVICE_STATS_CACHE)?,
             batch_puts: true,
             batched: 0,
         })
@@ -284,17 +287,47 @@ impl BpfMaps {
         }
     }
 
+    /// Every counted (service, backend) key's counters, summed over CPUs:
+    /// its `service_stats` entry and the cache slots holding it.
+    pub fn counter_entries(&self) -> Result<BTreeMap<ServiceStatsKey, ServiceStats>, MapError> {
+        let mut out: BTreeMap<ServiceStatsKey, ServiceStats> = BTreeMap::new();
+        for item in &self.service_stats {
+            let (key, values) = item.map_err(err(names::SERVICE_STATS, "iterate", ()))?;
+            let e = out.entry(key).or_default();
+            *e = values.iter().fold(*e, |a, v| a.plus(v));
+        }
+        for (_, slots) in self.cache_slots()? {
+            for slot in slots.iter().filter(|s| s.key.service_id != 0) {
+                let e = out.entry(slot.key).or_default();
+                *e = e.plus(&slot.stats);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every slot of `svc_stats_cache` that some CPU uses, with its values.
+    fn cache_slots(&self) -> Result<Vec<(u32, PerCpuValues<ServiceStatsSlot>)>, MapError> {
+        let mut out = Vec::new();
+        for index in 0..ServiceStatsSlot::SLOTS {
+            let values = self.service_stats_cache.get(&index, 0).map_err(err(
+                names::SERVICE_STATS_CACHE,
+                "lookup",
+                index,
+            ))?;
+            if values.iter().any(|s| s.key.service_id != 0) {
+                out.push((index, values));
+            }
+        }
+        Ok(out)
+    }
+
     /// Every service frontend's counters (by service id) and every
     /// backend's (by backend id), summed over CPUs and over the
-    /// `service_stats` entries of each.
+    /// `service_stats` entries and cache slots of each.
     pub fn counter_sums(&self) -> Result<CounterSums, MapError> {
         let mut services: BTreeMap<u32, ServiceStats> = BTreeMap::new();
         let mut backends: BTreeMap<u32, BackendStats> = BTreeMap::new();
-        for item in &self.service_stats {
-            let (key, values) = item.map_err(err(names::SERVICE_STATS, "iterate", ()))?;
-            let sum = values
-                .iter()
-                .fold(ServiceStats::default(), |a, v| a.plus(v));
+        for (key, sum) in self.counter_entries()? {
             let s = services.entry(key.service_id).or_default();
             *s = s.plus(&sum);
             if key.backend_id != 0 {
@@ -315,8 +348,15 @@ impl BpfMaps {
             Err(e) if absent(&e) => return Ok(()),
             Err(e) => return Err(err(names::SERVICE_STATS, "lookup", key)(e)),
         };
+        let moved: Vec<ServiceStats> = moved.iter().copied().collect();
+        self.add_to_service(key.service_id, &moved)
+    }
+
+    /// Adds per-CPU counters `moved` to service `service_id`'s no-backend
+    /// `service_stats` entry (made if missing), as [`Self::fold_into_service`].
+    fn add_to_service(&mut self, service_id: u32, moved: &[ServiceStats]) -> Result<(), MapError> {
         let into = ServiceStatsKey {
-            service_id: key.service_id,
+            service_id,
             backend_id: 0,
         };
         let sums: Vec<ServiceStats> = match self.service_stats.get(&into, 0) {
@@ -325,7 +365,7 @@ impl BpfMaps {
                 .zip(moved.iter())
                 .map(|(a, b)| a.plus(b))
                 .collect(),
-            Err(e) if absent(&e) => moved.iter().copied().collect(),
+            Err(e) if absent(&e) => moved.to_vec(),
             Err(e) => return Err(err(names::SERVICE_STATS, "lookup", into)(e)),
         };
         let values = PerCpuValues::try_from(sums).map_err(|e| MapError {
@@ -339,6 +379,58 @@ impl BpfMaps {
             "update",
             into,
         ))
+    }
+
+    /// Empties the cache slots of keys naming a removed service or backend
+    /// on every CPU; what a slot counted for a removed backend of a
+    /// service that stays moves to that service's no-backend entry. A slot
+    /// index is rewritten whole (all CPUs): a packet another CPU counts in
+    /// it between the read and the write is lost; nothing counted before is.
+    fn forget_cached(
+        &mut self,
+        service_ids: &BTreeSet<u32>,
+        backend_ids: &BTreeSet<u32>,
+    ) -> Result<(), MapError> {
+        let gone = |k: &ServiceStatsKey| {
+            k.service_id != 0
+                && (service_ids.contains(&k.service_id) || backend_ids.contains(&k.backend_id))
+        };
+        let mut moved: BTreeMap<u32, Vec<ServiceStats>> = BTreeMap::new();
+        for (index, values) in self.cache_slots()? {
+            if !values.iter().any(|s| gone(&s.key)) {
+                continue;
+            }
+            let cpus = values.iter().count();
+            let mut kept = Vec::with_capacity(cpus);
+            for (cpu, slot) in values.iter().enumerate() {
+                if !gone(&slot.key) {
+                    kept.push(*slot);
+                    continue;
+                }
+                if !service_ids.contains(&slot.key.service_id) {
+                    let per_cpu = moved
+                        .entry(slot.key.service_id)
+                        .or_insert_with(|| vec![ServiceStats::default(); cpus]);
+                    per_cpu[cpu] = per_cpu[cpu].plus(&slot.stats);
+                }
+                kept.push(ServiceStatsSlot::default());
+            }
+            let values = PerCpuValues::try_from(kept).map_err(|e| MapError {
+                map: names::SERVICE_STATS_CACHE,
+                op: "update",
+                key: format!("{index}"),
+                source: Box::new(e),
+            })?;
+            self.service_stats_cache.set(index, values, 0).map_err(err(
+                names::SERVICE_STATS_CACHE,
+                "update",
+                index,
+            ))?;
+        }
+        for (service_id, per_cpu) in moved {
+            self.add_to_service(service_id, &per_cpu)?;
+        }
+        Ok(())
     }
 
     /// Every service frontend's counters (by service id), summed over CPUs.
@@ -634,6 +726,7 @@ impl MapWriter for BpfMaps {
         service_ids: &BTreeSet<u32>,
         backend_ids: &BTreeSet<u32>,
     ) -> Result<(), MapError> {
+        self.forget_cached(service_ids, backend_ids)?;
         let gone: Vec<ServiceStatsKey> = self
             .service_stats
             .keys()
@@ -657,11 +750,7 @@ impl MapWriter for BpfMaps {
     }
 
     fn counter_ids(&self) -> Result<(BTreeSet<u32>, BTreeSet<u32>), MapError> {
-        let keys: Vec<ServiceStatsKey> = self
-            .service_stats
-            .keys()
-            .collect::<Result<_, _>>()
-            .map_err(err(names::SERVICE_STATS, "iterate", ()))?;
+        let keys: Vec<ServiceStatsKey> = self.counter_entries()?.into_keys().collect();
         let services = keys.iter().map(|k| k.service_id).collect();
         let backends = keys
             .iter()

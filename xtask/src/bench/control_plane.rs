@@ -140,7 +140,8 @@ impl Drop for PinnedMaps {
 /// This process's resident set (the pipeline's objects, desired state and
 /// map views, as the agent holds them), `VmRSS` of `/proc/self/status`.
 fn resident_kib() -> Result<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))

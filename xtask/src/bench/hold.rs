@@ -140,7 +140,10 @@ impl Worker {
     }
 
     fn send(&mut self, command: &str) -> Result<()> {
-        let stdin = self.stdin.as_mut().context("the worker's stdin is closed")?;
+        let stdin = self
+            .stdin
+            .as_mut()
+            .context("the worker's stdin is closed")?;
         writeln!(stdin, "{command}")
             .and_then(|()| stdin.flush())
             .context("writing to the hold worker")

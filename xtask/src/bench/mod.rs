@@ -92,6 +92,7 @@ fn full_plan() -> Plan {
             runs: 5,
             calls: 20_000,
             cpu: bench_cpu(),
+            counter_pairs: 21,
         },
         e2e: e2e::Config {
             sizes: vec![1, 1_000, 10_000],
@@ -158,6 +159,7 @@ fn quick_plan() -> Plan {
             runs: 3,
             calls: 200,
             cpu: bench_cpu(),
+            counter_pairs: 3,
         },
         e2e: quick_e2e_config(),
         control_sizes: vec![20],

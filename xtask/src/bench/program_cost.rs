@@ -156,6 +156,24 @@ pub struct Config {
     pub calls: usize,
     /// The CPU everything runs on.
     pub cpu: usize,
+    /// Alternating counted / uncounted runs of the established local flow
+    /// per size, for the counters' cost ([`CounterCost`]).
+    pub counter_pairs: usize,
+}
+
+/// What the per-service and per-backend counters add to an established
+/// flow at one size: `pairs` back-to-back repeat runs of the same frame
+/// with the counters on and off (alternating which goes first), so that
+/// both halves of a pair see the same machine.
+#[derive(Clone, Debug)]
+pub struct CounterCost {
+    pub services: usize,
+    /// Median of the pairs' differences (on − off), ns per packet.
+    pub added_ns: f64,
+    /// Quartiles of those differences.
+    pub q1_ns: f64,
+    pub q3_ns: f64,
+    pub pairs: usize,
 }
 
 /// One figure: a case at a size.
@@ -191,6 +209,8 @@ pub struct ProgramCost {
     /// New flows to one remote backend that got an SNAT port before the
     /// first was dropped for want of one.
     pub snat_ports_per_backend: usize,
+    /// The counters' cost, by size.
+    pub counter_cost: Vec<CounterCost>,
 }
 
 impl ProgramCost {
@@ -544,6 +564,42 @@ fn one_run(b: &mut Bench, f: &Frames, config: &Config) -> Result<RunFigures> {
     Ok(r)
 }
 
+/// Alternating runs of the established local flow with the counters on
+/// and off ([`CounterCost`]).
+fn counter_cost(
+    b: &mut Bench,
+    f: &Frames,
+    config: &Config,
+    services: usize,
+) -> Result<CounterCost> {
+    let xdp = programs::XDP_INGRESS;
+    let mut diffs = Vec::with_capacity(config.counter_pairs);
+    for i in 0..config.counter_pairs {
+        let mut on = 0.0;
+        let mut off = 0.0;
+        for counted in [i % 2 == 0, i % 2 != 0] {
+            let flags = if counted {
+                0
+            } else {
+                nodeport_common::CONFIG_F_NO_SERVICE_COUNTERS
+            };
+            b.dp.config_flags(flags)?;
+            let ns = b.repeat_ns(xdp, &f.est_local, config.repeat, XDP_PASS)?;
+            if counted { on = ns } else { off = ns }
+        }
+        diffs.push(on - off);
+    }
+    b.dp.config_flags(0)?;
+    let at = |q: f64| stats::quantile(&diffs, q).unwrap_or(f64::NAN);
+    Ok(CounterCost {
+        services,
+        added_ns: at(0.5),
+        q1_ns: at(0.25),
+        q3_ns: at(0.75),
+        pairs: diffs.len(),
+    })
+}
+
 /// Ports of the default SNAT pool per (node address, backend, protocol).
 pub fn snat_pool_size() -> usize {
     nodeport_common::SnatPool::of(&nodeport_common::Config::default()).size() as usize
@@ -588,6 +644,7 @@ fn run_here(object: &[u8], config: Config) -> Result<ProgramCost> {
     sizes.sort_unstable();
     let mut cells = Vec::new();
     let mut baselines = Vec::new();
+    let mut counter_costs = Vec::new();
     for &n in &sizes {
         let t = Instant::now();
         b.fill_to(n)?;
@@ -598,6 +655,12 @@ fn run_here(object: &[u8], config: Config) -> Result<ProgramCost> {
         let runs: Vec<RunFigures> = (0..config.runs)
             .map(|_| one_run(&mut b, &f, &config))
             .collect::<Result<_>>()?;
+        let cc = counter_cost(&mut b, &f, &config, n)?;
+        eprintln!(
+            "bench:   service counters add {:+.1} ns (quartiles {:+.1} .. {:+.1}, {} pairs)",
+            cc.added_ns, cc.q1_ns, cc.q3_ns, cc.pairs
+        );
+        counter_costs.push(cc);
         let med = |v: Vec<f64>| stats::median(&v).unwrap_or(f64::NAN);
         let base_repeat = med(runs.iter().map(|r| r.base_repeat).collect());
         let base_single = med(runs.iter().map(|r| r.base_single).collect());
@@ -634,6 +697,7 @@ fn run_here(object: &[u8], config: Config) -> Result<ProgramCost> {
         baselines,
         config,
         snat_ports_per_backend,
+        counter_cost: counter_costs,
     })
 }
 
@@ -663,6 +727,7 @@ mod tests {
                 runs: 3,
                 calls: 200,
                 cpu: 0,
+                counter_pairs: 3,
             },
         )
         .expect("program-cost run");
@@ -674,5 +739,8 @@ mod tests {
         }
         assert!(r.baselines[0].repeat_ns.is_finite());
         assert!((1..=snat_pool_size()).contains(&r.snat_ports_per_backend));
+        assert_eq!(r.counter_cost.len(), 1);
+        assert_eq!(r.counter_cost[0].pairs, 3);
+        assert!(r.counter_cost[0].added_ns.is_finite());
     }
 }

@@ -148,14 +148,9 @@ pub fn goals(r: &Report) -> Vec<Goal> {
         });
     }
     let counters = pc.and_then(|pc| {
-        pc.config
-            .sizes
+        pc.counter_cost
             .iter()
-            .filter_map(|&n| {
-                let on = pc.cell(Case::EstablishedLocal, n)?.ns;
-                let off = pc.cell(Case::EstablishedLocalUncounted, n)?.ns;
-                Some((on - off, n))
-            })
+            .map(|c| (c.added_ns, c.services))
             .max_by(|a, b| a.0.total_cmp(&b.0))
     });
     let name = "Per-service and per-backend counters add < 10 ns to an established flow";
@@ -250,7 +245,8 @@ pub fn goals(r: &Report) -> Vec<Goal> {
         measured: "not measured".into(),
         met: None,
     };
-    let name = "10k Services × 10 endpoints parsed, validated and programmed cold in < 1 s".to_string();
+    let name =
+        "10k Services × 10 endpoints parsed, validated and programmed cold in < 1 s".to_string();
     out.push(match cp(10_000) {
         Some(row) => Goal {
             name,
@@ -282,7 +278,9 @@ pub fn goals(r: &Report) -> Vec<Goal> {
     }
     for (n, label, limit) in [(10_000, "10k", 100.0), (50_000, "50k", 400.0)] {
         let sources: [(&str, RowFigure); 2] = [
-            ("Kubernetes source: the pipeline alone", |r| r.pipeline_rss_kib),
+            ("Kubernetes source: the pipeline alone", |r| {
+                r.pipeline_rss_kib
+            }),
             ("manifests source and pipeline", |r| r.rss_kib),
         ];
         for (source, kib) in sources {
@@ -375,6 +373,22 @@ fn program_table(pc: &ProgramCost) -> String {
             "single"
         };
         let _ = writeln!(s, " {method} |");
+    }
+    if !pc.counter_cost.is_empty() {
+        s.push_str("| added by the service counters (paired runs) |");
+        for &n in &sizes {
+            match pc.counter_cost.iter().find(|c| c.services == n) {
+                Some(c) => {
+                    let _ = write!(
+                        s,
+                        " {:+.1} ns ({:+.1} .. {:+.1}) |",
+                        c.added_ns, c.q1_ns, c.q3_ns
+                    );
+                }
+                None => s.push_str(" – |"),
+            }
+        }
+        s.push_str(" paired |\n");
     }
     s
 }
@@ -1087,6 +1101,12 @@ otherwise quiet table. A single-call duration includes the kernel's timer overhe
 the trivial program timed the same way has too: the cost shown is single(case) − \
 single(trivial) + repeat(trivial). The table below checks that estimate against the repeat \
 figure where both exist.
+- **paired** — what the per-service and per-backend counters add: {pairs} pairs of repeat \
+runs of the established local flow, one with the counters on and one with them off \
+(`CONFIG_F_NO_SERVICE_COUNTERS`), back to back on the same loaded program, alternating which \
+goes first; the median of the pairs' differences, quartiles in brackets. Taking the \
+difference within each pair keeps the machine's drift out of it, which two separate medians \
+of the rows above do not.
 - Each figure is the median of {runs} runs. Every call's verdict is checked, and so are the \
 program's own per-path counters: a figure is the cost of the path it is named after.
 - Every call sends one of a few flows, so their map entries stay in the CPU's caches: a flat \
@@ -1097,6 +1117,7 @@ program fares when many flows compete for the caches.",
         repeat = thousands(f64::from(c.repeat)),
         calls = int(c.calls),
         runs = c.runs,
+        pairs = c.counter_pairs,
     )
 }
 

@@ -243,11 +243,11 @@ fn concurrent(
     let at_target = (held.held() >= target)
         .then(|| delta(before, read_drops(cluster, mode)))
         .flatten();
-    let opened = opened.and_then(|()| {
-        held.open_more(config.max_flows, HOLD_CONNECT_TIMEOUT, deadline)
-    });
+    let opened =
+        opened.and_then(|()| held.open_more(config.max_flows, HOLD_CONNECT_TIMEOUT, deadline));
     if let Err(e) = &opened {
-        held.first_failure.get_or_insert_with(|| format!("the client failed: {e:#}"));
+        held.first_failure
+            .get_or_insert_with(|| format!("the client failed: {e:#}"));
     }
     let acknowledged = held.acknowledged(HOLD_ACK_WAIT).unwrap_or_else(|e| {
         eprintln!("bench:   acknowledgements not read: {e:#}");

@@ -215,7 +215,6 @@ pub enum Close {
     ClientReset,
 }
 
-
 /// One request on a new connection: connect, send, read the response, end
 /// the connection as `close` says. In the calling thread's namespace.
 pub fn request(to: SocketAddr, close: Close) -> io::Result<()> {
