@@ -11,6 +11,7 @@
 //! The transmit tracepoints (`device_tx` counters) are attached for as
 //! long as the agent runs; they are diagnostics, not part of the datapath.
 
+use std::collections::BTreeSet;
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
 
@@ -204,6 +205,8 @@ pub fn parse_map_size(s: &str) -> Result<(&'static str, u32), MapSizeError> {
 pub struct Datapath {
     ebpf: Ebpf,
     root: PathBuf,
+    /// The program arrays filled since the load (once each, not per device).
+    filled_arrays: BTreeSet<&'static str>,
 }
 
 /// Program `name` of the object as a `T`, loaded into the kernel.
@@ -351,14 +354,31 @@ impl Datapath {
         Ok(Self {
             ebpf,
             root: root.to_path_buf(),
+            filled_arrays: BTreeSet::new(),
         })
     }
 
+    /// Fills every program array that `caller` tail-calls into
+    /// (`programs::PROGRAM_ARRAYS`, the programs serving IPv4 headers with
+    /// options), once per load; its entries are `T` programs.
+    fn fill_program_arrays<T: LoadProgram>(&mut self, caller: &str) -> Result<(), LoadError>
+    where
+        for<'a> &'a mut T:
+            TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+    {
+        for (map, c, entries) in programs::PROGRAM_ARRAYS {
+            if c == caller && !self.filled_arrays.contains(map) {
+                self.fill_program_array::<T>(map, entries)?;
+                self.filled_arrays.insert(map);
+            }
+        }
+        Ok(())
+    }
+
     /// Loads programs `entries` (index, name) and puts them at their index
-    /// in the program array `map`, which the programs serving IPv4 headers
-    /// with options tail-call into (`programs::WITH_OPTIONS`). The arrays
-    /// are pinned: they keep their programs while no agent runs, and a new
-    /// agent's programs replace an older agent's.
+    /// in the program array `map`. The arrays are pinned: they keep their
+    /// programs while no agent runs, and a new agent's programs replace an
+    /// older agent's.
     fn fill_program_array<T: LoadProgram>(
         &mut self,
         map: &'static str,
@@ -420,11 +440,7 @@ impl Datapath {
         };
         // Options are set aside (index IHL), the packet served (index 0),
         // and the options put back (`XDP_RESTORE`).
-        let mut strip = vec![(0, programs::XDP_INGRESS)];
-        strip.extend(programs::WITH_OPTIONS.iter().map(|e| (e.0, e.1)));
-        let restore: Vec<_> = programs::WITH_OPTIONS.iter().map(|e| (e.0, e.2)).collect();
-        self.fill_program_array::<Xdp>(names::XDP_RESTORE, &restore)?;
-        self.fill_program_array::<Xdp>(names::XDP_OPTIONS, &strip)?;
+        self.fill_program_arrays::<Xdp>(programs::XDP_INGRESS)?;
         let prog: &mut Xdp = loaded(&mut self.ebpf, programs::XDP_INGRESS)?;
         let attached_now = crate::devices::ifindex(iface)
             .ok()
@@ -484,8 +500,7 @@ impl Datapath {
     /// Attaches the TC egress program (replies of local backends) to
     /// `iface` (tcx), adopting a pinned link as [`Self::attach_xdp`] does.
     pub fn attach_tc_egress(&mut self, iface: &str) -> Result<(), LoadError> {
-        let copies: Vec<_> = programs::WITH_OPTIONS.iter().map(|e| (e.0, e.3)).collect();
-        self.fill_program_array::<SchedClassifier>(names::TC_OPTIONS, &copies)?;
+        self.fill_program_arrays::<SchedClassifier>(programs::TC_EGRESS)?;
         self.attach_tc(
             iface,
             programs::TC_EGRESS,

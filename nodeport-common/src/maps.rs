@@ -179,74 +179,61 @@ pub mod programs {
         (TP_XDP_EXCEPTION, "xdp_exception"),
         (TP_XDP_REDIRECT_ERR, "xdp_redirect_err"),
     ];
-    /// `(IHL, XDP program, XDP program, TC program)` for IPv4 headers of
-    /// IHL 32-bit words (options included), by index IHL: [`XDP_INGRESS`]
-    /// tail-calls the first in `names::XDP_OPTIONS` (it sets the options
-    /// aside and calls [`XDP_INGRESS`] back at index 0), which tail-calls
-    /// the second in `names::XDP_RESTORE` (it puts them back);
-    /// [`TC_EGRESS`] tail-calls the third in `names::TC_OPTIONS` (a copy
-    /// of itself for that header length).
-    pub const WITH_OPTIONS: [(u32, &str, &str, &str); 10] = [
-        (
-            6,
-            "nodeport_xdp_strip_ihl6",
-            "nodeport_xdp_restore_ihl6",
-            "nodeport_tc_egress_ihl6",
-        ),
-        (
-            7,
-            "nodeport_xdp_strip_ihl7",
-            "nodeport_xdp_restore_ihl7",
-            "nodeport_tc_egress_ihl7",
-        ),
-        (
-            8,
-            "nodeport_xdp_strip_ihl8",
-            "nodeport_xdp_restore_ihl8",
-            "nodeport_tc_egress_ihl8",
-        ),
-        (
-            9,
-            "nodeport_xdp_strip_ihl9",
-            "nodeport_xdp_restore_ihl9",
-            "nodeport_tc_egress_ihl9",
-        ),
-        (
-            10,
-            "nodeport_xdp_strip_ihl10",
-            "nodeport_xdp_restore_ihl10",
-            "nodeport_tc_egress_ihl10",
-        ),
-        (
-            11,
-            "nodeport_xdp_strip_ihl11",
-            "nodeport_xdp_restore_ihl11",
-            "nodeport_tc_egress_ihl11",
-        ),
-        (
-            12,
-            "nodeport_xdp_strip_ihl12",
-            "nodeport_xdp_restore_ihl12",
-            "nodeport_tc_egress_ihl12",
-        ),
-        (
-            13,
-            "nodeport_xdp_strip_ihl13",
-            "nodeport_xdp_restore_ihl13",
-            "nodeport_tc_egress_ihl13",
-        ),
-        (
-            14,
-            "nodeport_xdp_strip_ihl14",
-            "nodeport_xdp_restore_ihl14",
-            "nodeport_tc_egress_ihl14",
-        ),
-        (
-            15,
-            "nodeport_xdp_strip_ihl15",
-            "nodeport_xdp_restore_ihl15",
-            "nodeport_tc_egress_ihl15",
-        ),
+    /// `(index, program name)` entries of a program array.
+    pub type ProgramsByIndex = [(u32, &'static str)];
+    /// The programs of the `xdp_options` array, by index: 0 is
+    /// [`XDP_INGRESS`] itself, IHL (6 to 15) the program that sets aside
+    /// the options of an IPv4 header of IHL 32-bit words and calls
+    /// [`XDP_INGRESS`] back at index 0.
+    pub const XDP_STRIP: [(u32, &str); 11] = [
+        (0, XDP_INGRESS),
+        (6, "nodeport_xdp_strip_ihl6"),
+        (7, "nodeport_xdp_strip_ihl7"),
+        (8, "nodeport_xdp_strip_ihl8"),
+        (9, "nodeport_xdp_strip_ihl9"),
+        (10, "nodeport_xdp_strip_ihl10"),
+        (11, "nodeport_xdp_strip_ihl11"),
+        (12, "nodeport_xdp_strip_ihl12"),
+        (13, "nodeport_xdp_strip_ihl13"),
+        (14, "nodeport_xdp_strip_ihl14"),
+        (15, "nodeport_xdp_strip_ihl15"),
+    ];
+    /// The programs of the `xdp_restore` array, by IHL: they put the
+    /// options set aside back and return the verdict.
+    pub const XDP_RESTORE: [(u32, &str); 10] = [
+        (6, "nodeport_xdp_restore_ihl6"),
+        (7, "nodeport_xdp_restore_ihl7"),
+        (8, "nodeport_xdp_restore_ihl8"),
+        (9, "nodeport_xdp_restore_ihl9"),
+        (10, "nodeport_xdp_restore_ihl10"),
+        (11, "nodeport_xdp_restore_ihl11"),
+        (12, "nodeport_xdp_restore_ihl12"),
+        (13, "nodeport_xdp_restore_ihl13"),
+        (14, "nodeport_xdp_restore_ihl14"),
+        (15, "nodeport_xdp_restore_ihl15"),
+    ];
+    /// The programs of the `tc_options` array, by IHL: copies of
+    /// [`TC_EGRESS`] for IPv4 headers of that length.
+    pub const TC_EGRESS_OPTIONS: [(u32, &str); 10] = [
+        (6, "nodeport_tc_egress_ihl6"),
+        (7, "nodeport_tc_egress_ihl7"),
+        (8, "nodeport_tc_egress_ihl8"),
+        (9, "nodeport_tc_egress_ihl9"),
+        (10, "nodeport_tc_egress_ihl10"),
+        (11, "nodeport_tc_egress_ihl11"),
+        (12, "nodeport_tc_egress_ihl12"),
+        (13, "nodeport_tc_egress_ihl13"),
+        (14, "nodeport_tc_egress_ihl14"),
+        (15, "nodeport_tc_egress_ihl15"),
+    ];
+    /// Every program array, the program that tail-calls into it (its
+    /// entries are programs of the same kind) and its entries, in the
+    /// order they are filled: an array is filled before the programs that
+    /// call into it run.
+    pub const PROGRAM_ARRAYS: [(&str, &str, &ProgramsByIndex); 3] = [
+        (super::names::XDP_RESTORE, XDP_INGRESS, &XDP_RESTORE),
+        (super::names::XDP_OPTIONS, XDP_INGRESS, &XDP_STRIP),
+        (super::names::TC_OPTIONS, TC_EGRESS, &TC_EGRESS_OPTIONS),
     ];
 }
 

@@ -840,38 +840,25 @@ fn take_hash<K: Pod, V: Pod>(ebpf: &mut Ebpf, name: &str) -> Result<HashMap<MapD
     HashMap::try_from(map).context(|| format!("map {name}"))
 }
 
-/// `(main program, program array, [(index, program)])`.
-type ProgramArrayFill = (&'static str, &'static str, Vec<(u32, &'static str)>);
-
-/// The program arrays of the programs serving IPv4 headers with options.
-fn option_programs() -> [ProgramArrayFill; 3] {
-    let of = |pick: fn(&(u32, &'static str, &'static str, &'static str)) -> &'static str| {
-        programs::WITH_OPTIONS
-            .iter()
-            .map(|e| (e.0, pick(e)))
-            .collect::<Vec<_>>()
-    };
-    let mut strip = vec![(0, programs::XDP_INGRESS)];
-    strip.extend(of(|e| e.1));
-    [
-        (programs::XDP_INGRESS, names::XDP_OPTIONS, strip),
-        (programs::XDP_INGRESS, names::XDP_RESTORE, of(|e| e.2)),
-        (programs::TC_EGRESS, names::TC_OPTIONS, of(|e| e.3)),
-    ]
-}
-
 /// Loads program `name` (XDP, TC or tracepoint) into the kernel; returns a
 /// descriptor of it.
 fn load_program(ebpf: &mut Ebpf, name: &str) -> Result<aya::programs::ProgramFd, Error> {
     // A program loaded already (the XDP program is its own tail-call
     // target) is taken as it is.
+    macro_rules! load_once {
+        ($p:expr) => {
+            (|| -> Result<aya::programs::ProgramFd, aya::programs::ProgramError> {
+                if $p.fd().is_err() {
+                    $p.load()?;
+                }
+                Ok($p.fd()?.try_clone()?)
+            })()
+        };
+    }
     let fd = match ebpf.program_mut(name) {
-        Some(Program::Xdp(p)) => { if p.fd().is_err() { p.load() } else { Ok(()) } }
-            .and_then(|()| Ok(p.fd()?.try_clone()?)),
-        Some(Program::SchedClassifier(p)) => { if p.fd().is_err() { p.load() } else { Ok(()) } }
-            .and_then(|()| Ok(p.fd()?.try_clone()?)),
-        Some(Program::TracePoint(p)) => { if p.fd().is_err() { p.load() } else { Ok(()) } }
-            .and_then(|()| Ok(p.fd()?.try_clone()?)),
+        Some(Program::Xdp(p)) => load_once!(p),
+        Some(Program::SchedClassifier(p)) => load_once!(p),
+        Some(Program::TracePoint(p)) => load_once!(p),
         Some(_) => {
             return Err(Error::msg(format!(
                 "{name}: not an XDP, TC or tracepoint program"
@@ -904,11 +891,11 @@ impl Datapath {
         }
         // IPv4 headers with options, as the agent sets them up (the
         // program arrays the main programs tail-call into).
-        for (main, map, entries) in option_programs() {
-            if !programs.contains(&main) {
+        for (map, caller, entries) in programs::PROGRAM_ARRAYS {
+            if !programs.contains(&caller) {
                 continue;
             }
-            for (index, name) in entries {
+            for &(index, name) in entries {
                 let fd = load_program(&mut ebpf, name)?;
                 let array = ebpf
                     .map_mut(map)
