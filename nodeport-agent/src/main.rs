@@ -5,6 +5,9 @@ use anyhow::Result;
 use clap::Parser as _;
 use nodeport_agent::{cli, inspect, loader, run};
 
+#[global_allocator]
+static ALLOCATOR: nodeport_agent::memory::Allocator = nodeport_agent::memory::Allocator;
+
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -72,8 +72,9 @@ impl Pipeline {
     pub fn replace_state(&mut self, state: &ClusterState) {
         let changed = self.store.replace(state);
         for key in &changed.services {
+            let key = self.store.service_key(key);
             self.index
-                .update_service(&self.store, key, &mut self.pending);
+                .update_service(&self.store, &key, &mut self.pending);
         }
         self.changed_slices.extend(changed.slices);
     }
@@ -81,8 +82,9 @@ impl Pipeline {
     /// Service `key` was added, changed (`Some`) or deleted (`None`).
     pub fn set_service(&mut self, key: &ObjectKey, svc: Option<&Service>) {
         if self.store.set_service(key, svc) {
+            let key = self.store.service_key(key);
             self.index
-                .update_service(&self.store, key, &mut self.pending);
+                .update_service(&self.store, &key, &mut self.pending);
         }
     }
 
@@ -93,8 +95,9 @@ impl Pipeline {
             return;
         }
         for svc in &touched {
+            let svc = self.store.service_key(svc);
             self.index
-                .update_service(&self.store, svc, &mut self.pending);
+                .update_service(&self.store, &svc, &mut self.pending);
         }
         self.changed_slices.push(key.clone());
     }
@@ -141,6 +144,12 @@ impl Pipeline {
             slices: std::mem::take(&mut self.changed_slices),
             remote_changed,
         })
+    }
+
+    /// Deletes the counters of the ids freed since the last call (see
+    /// [`Reconciler::forget_freed_counters`]).
+    pub fn forget_freed_counters(&mut self, w: &mut dyn MapWriter) -> Result<bool, ReconcileError> {
+        self.reconciler.forget_freed_counters(w)
     }
 
     /// Keeps the set of remote backend addresses up to date for the

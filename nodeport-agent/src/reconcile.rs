@@ -426,9 +426,10 @@ impl Reconciler {
         Ok(report)
     }
 
-    /// Names the counters of the frontends and backends `plan` touched, and
-    /// deletes those of the ones that went (with `full`, of every id that
-    /// names nothing).
+    /// Names the counters of the frontends and backends `plan` touched and
+    /// notes the ids that went, whose counters
+    /// [`Reconciler::forget_freed_counters`] deletes (with `full`, at once,
+    /// and those of every id that names nothing).
     fn name_counters(
         &mut self,
         plan: &Plan,
@@ -485,14 +486,28 @@ impl Reconciler {
                 .extend(b.into_iter().filter(|id| !held(*id)));
             self.names.retain(|id| services.contains(&id), held);
         }
-        if !self.pending_forget.0.is_empty() || !self.pending_forget.1.is_empty() {
-            let (s, b) = &self.pending_forget;
-            let object = || format!("counters of removed service ids {s:?} and backend ids {b:?}");
-            w.forget_counters(s, b).map_err(err(object))?;
-            self.pending_forget.0.clear();
-            self.pending_forget.1.clear();
+        if full {
+            self.forget_freed_counters(w)?;
         }
         Ok(())
+    }
+
+    /// Deletes the counters of the ids freed since the last call (a full
+    /// apply does it too); returns whether there were any. Not part of an
+    /// incremental apply: it reads the whole per-CPU cache of the counters
+    /// (a few milliseconds), and a freed id's counters can wait, since ids
+    /// are not handed out again soon after they were freed. The agent's
+    /// loop calls it once a second.
+    pub fn forget_freed_counters(&mut self, w: &mut dyn MapWriter) -> Result<bool, ReconcileError> {
+        if self.pending_forget.0.is_empty() && self.pending_forget.1.is_empty() {
+            return Ok(false);
+        }
+        let (s, b) = &self.pending_forget;
+        let object = || format!("counters of removed service ids {s:?} and backend ids {b:?}");
+        w.forget_counters(s, b).map_err(err(object))?;
+        self.pending_forget.0.clear();
+        self.pending_forget.1.clear();
+        Ok(true)
     }
 
     /// Carries out the writes of one table in order, keeping the view of
@@ -1401,6 +1416,54 @@ mod tests {
         m.counters.1.insert(998);
         run(&mut r, &d, &mut m);
         assert!(!m.counters.0.contains(&999) && !m.counters.1.contains(&998));
+    }
+
+    #[test]
+    fn an_incremental_apply_leaves_freed_ids_counters_to_forget_freed_counters() {
+        let mut m = MemoryMaps::new();
+        let mut r = Reconciler::default();
+        run(
+            &mut r,
+            &web_and_api(&[be(1, 5), be(2, 5)], &[be(2, 9)]),
+            &mut m,
+        );
+        let gone = r
+            .backend_id(be(2, 5).addr, be(2, 5).port)
+            .expect("web's second backend");
+        let kept = r
+            .backend_id(be(1, 5).addr, be(1, 5).port)
+            .expect("web's first backend");
+        m.counters = (
+            r.state().frontends.values().map(|f| f.service_id).collect(),
+            r.state().backends.keys().map(|k| k.backend_id).collect(),
+        );
+        let services = m.counters.0.clone();
+
+        // web loses its second backend in an incremental apply.
+        let d = web_and_api(&[be(1, 5)], &[be(2, 9)]);
+        let delta = Delta {
+            frontends: BTreeSet::from([np(30080), cip(10, 80)]),
+            backends: BTreeSet::from([(be(2, 5).addr, be(2, 5).port)]),
+            node_addrs: false,
+            services: BTreeSet::new(),
+        };
+        r.apply_delta(&FullView::new(&d), &delta, &mut m)
+            .expect("incremental apply");
+        assert_eq!(r.backend_id(be(2, 5).addr, be(2, 5).port), None);
+        assert!(
+            m.counters.1.contains(&gone),
+            "the apply itself leaves the counters: {:?}",
+            m.counters
+        );
+
+        assert!(r.forget_freed_counters(&mut m).expect("forget"));
+        assert!(!m.counters.1.contains(&gone), "{:?}", m.counters);
+        assert!(m.counters.1.contains(&kept), "{:?}", m.counters);
+        assert_eq!(m.counters.0, services, "every service stays");
+        assert!(
+            !r.forget_freed_counters(&mut m).expect("forget"),
+            "nothing is left to forget"
+        );
     }
 
     #[test]

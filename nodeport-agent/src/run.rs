@@ -47,6 +47,8 @@ const NEIGHBOUR_REFRESH: Duration = Duration::from_secs(30);
 const DEVICE_CHECK: Duration = Duration::from_secs(1);
 /// How often the agent's memory is read.
 const MEMORY_CHECK: Duration = Duration::from_secs(10);
+/// How often the counters of freed ids are deleted.
+const FORGET_COUNTERS: Duration = Duration::from_secs(1);
 /// How often the maps' fill is counted for the pressure warning.
 const PRESSURE_CHECK: Duration = Duration::from_secs(5);
 
@@ -333,6 +335,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         pinned,
         pressure: crate::pressure::Watch::default(),
         last_pressure_check: None,
+        last_counters_forgotten: Instant::now(),
         trim_after_apply: false,
     };
     while !stop.load(Ordering::Relaxed) {
@@ -394,6 +397,7 @@ struct Sync {
     pinned: PinnedMaps,
     pressure: crate::pressure::Watch,
     last_pressure_check: Option<Instant>,
+    last_counters_forgotten: Instant,
     /// A large delivery was taken: free memory goes back to the kernel
     /// once it is written.
     trim_after_apply: bool,
@@ -480,6 +484,12 @@ impl Sync {
             self.last_memory_check = Some(Instant::now());
             if let Some(reading) = self.memory.check() {
                 self.metrics.set_memory(&reading);
+            }
+        }
+        if self.last_counters_forgotten.elapsed() >= FORGET_COUNTERS {
+            self.last_counters_forgotten = Instant::now();
+            if let Err(e) = self.pipeline.forget_freed_counters(&mut self.maps) {
+                warn!(error = %e, "deleting the counters of removed services and backends failed; retrying");
             }
         }
         if self

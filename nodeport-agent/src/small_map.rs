@@ -19,11 +19,11 @@ impl<K, V> Default for SmallMap<K, V> {
 }
 
 impl<K: Ord, V> SmallMap<K, V> {
-    /// Room for one more entry: exactly one for the first (most of these
-    /// maps never hold a second, and a vector's first growth would make
-    /// room for four), the vector's own growth after that.
+    /// Room for one more entry: exactly one more up to four entries (most
+    /// of these maps hold one or two, and a vector's first growth would
+    /// make room for four), the vector's own growth after that.
     fn make_room(&mut self) {
-        if self.entries.capacity() == 0 {
+        if self.entries.len() == self.entries.capacity() && self.entries.len() < 4 {
             self.entries.reserve_exact(1);
         }
     }

@@ -61,6 +61,19 @@ pub struct ClusterState {
     pub nodes: BTreeMap<String, Node>,
 }
 
+/// `key` with names of the store's own: the key `map` holds when it has
+/// one, else a copy. A key kept for as long as its object lives is not
+/// shared with the object a source delivered: that one was allocated where
+/// the source decodes (another thread, so another allocator arena), and
+/// one small allocation kept from each decoded object would keep most of
+/// the pages they took resident after the objects are gone.
+fn own_key<V>(map: &BTreeMap<ObjectKey, V>, key: &ObjectKey) -> ObjectKey {
+    map.get_key_value(key).map_or_else(
+        || ObjectKey::new(&key.namespace, &key.name),
+        |(k, _)| k.clone(),
+    )
+}
+
 /// What [`Store::replace`] changed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Changed {
@@ -158,6 +171,16 @@ impl Store {
         self.slices.iter().map(|(k, v)| (k, v.as_ref()))
     }
 
+    /// The key of Service `key` as the store holds it (its names shared
+    /// with every index that keeps them), or `key` itself when the store
+    /// has no such Service.
+    #[must_use]
+    pub fn service_key(&self, key: &ObjectKey) -> ObjectKey {
+        self.services
+            .get_key_value(key)
+            .map_or_else(|| key.clone(), |(k, _)| k.clone())
+    }
+
     /// Sets (or with `None` removes) Service `key`; returns whether it
     /// changed.
     pub fn set_service(&mut self, key: &ObjectKey, svc: Option<&Service>) -> bool {
@@ -165,7 +188,8 @@ impl Store {
         match (model, self.services.get(key)) {
             (Some(m), Some(old)) if **old == m => false,
             (Some(m), _) => {
-                self.services.insert(key.clone(), Arc::new(m));
+                let key = own_key(&self.services, key);
+                self.services.insert(key, Arc::new(m));
                 true
             }
             (None, Some(_)) => {
@@ -181,6 +205,7 @@ impl Store {
     /// to now).
     pub fn set_slice(&mut self, key: &ObjectKey, slice: Option<&EndpointSlice>) -> Vec<ObjectKey> {
         let model = slice.map(|s| SliceModel::from_slice(s, &self.node_name));
+        let key = &own_key(&self.slices, key);
         let old = self.slices.get(key).cloned();
         if let (Some(m), Some(o)) = (&model, &old)
             && **o == *m

@@ -89,6 +89,8 @@ pub struct BpfMaps {
     source_ranges: LpmTrie<MapData, SourceRangeData, SourceRange>,
     service_stats: PerCpuHashMap<MapData, ServiceStatsKey, ServiceStats>,
     service_stats_cache: PerCpuArray<MapData, ServiceStatsSlot>,
+    /// Possible CPUs: the per-CPU maps' values have one copy each.
+    cpus: usize,
     /// Whether the kernel takes runs of puts in one `BPF_MAP_UPDATE_BATCH`
     /// (Linux 5.6 and later); cleared the first time it does not.
     batch_puts: bool,
@@ -114,6 +116,12 @@ impl BpfMaps {
             source_ranges: open_map(root, names::SOURCE_RANGES)?,
             service_stats: open_map(root, names::SERVICE_STATS)?,
             service_stats_cache: open_map(root, names::SERVICE_STATS_CACHE)?,
+            cpus: aya::util::nr_cpus().map_err(|(_, e)| MapError {
+                map: names::SERVICE_STATS_CACHE,
+                op: "count cpus",
+                key: String::from("-"),
+                source: Box::new(e),
+            })?,
             batch_puts: true,
             batched: 0,
         })
@@ -305,20 +313,17 @@ impl BpfMaps {
         Ok(out)
     }
 
-    /// Every slot of `svc_stats_cache` that some CPU uses, with its values.
-    fn cache_slots(&self) -> Result<Vec<(u32, PerCpuValues<ServiceStatsSlot>)>, MapError> {
-        let mut out = Vec::new();
-        for index in 0..ServiceStatsSlot::SLOTS {
-            let values = self.service_stats_cache.get(&index, 0).map_err(err(
-                names::SERVICE_STATS_CACHE,
-                "lookup",
-                index,
-            ))?;
-            if values.iter().any(|s| s.key.service_id != 0) {
-                out.push((index, values));
-            }
-        }
-        Ok(out)
+    /// Every slot of `svc_stats_cache` that some CPU uses, with its values
+    /// (one batched read of the whole array: an endpoint change that frees
+    /// an id reads it).
+    fn cache_slots(&self) -> Result<Vec<(u32, Vec<ServiceStatsSlot>)>, MapError> {
+        let mut slots = walk::per_cpu_array(
+            &self.service_stats_cache,
+            names::SERVICE_STATS_CACHE,
+            self.cpus,
+        )?;
+        slots.retain(|(_, values)| values.iter().any(|s| s.key.service_id != 0));
+        Ok(slots)
     }
 
     /// Every service frontend's counters (by service id) and every
@@ -400,7 +405,7 @@ impl BpfMaps {
             if !values.iter().any(|s| gone(&s.key)) {
                 continue;
             }
-            let cpus = values.iter().count();
+            let cpus = values.len();
             let mut kept = Vec::with_capacity(cpus);
             for (cpu, slot) in values.iter().enumerate() {
                 if !gone(&slot.key) {

@@ -2,12 +2,12 @@
 //! a few system calls for a map of a million entries, where walking key by
 //! key costs two per entry (next key, then lookup). Kernels without batch
 //! lookups for a map (before 5.6, the LPM trie) are walked key by key.
-//! The flow purges, the SNAT pool figures and the map fill counts read
-//! through here.
+//! The flow purges, the SNAT pool figures, the map fill counts and the
+//! service counters' per-CPU cache read through here.
 
 use std::os::fd::{AsFd as _, AsRawFd as _};
 
-use aya::maps::{HashMap, IterableMap as _, MapData};
+use aya::maps::{HashMap, IterableMap as _, MapData, PerCpuArray};
 
 use super::MapError;
 use super::bpf::{BatchAttr, bpf, unsupported};
@@ -145,6 +145,67 @@ pub(super) fn entries<K: aya::Pod, V: aya::Pod>(
                 key: String::from("-"),
                 source: Box::new(source),
             }),
+        Err(BatchError::Failed(source)) => Err(MapError {
+            map: name,
+            op: "lookup batch",
+            key: String::from("-"),
+            source: Box::new(source),
+        }),
+    }
+}
+
+/// Every index of per-CPU array `map` (named `name` in errors) with its
+/// value on each possible CPU, `cpus` of them, in batches where the kernel
+/// has them (one system call for the service counters' cache, where index
+/// by index costs one per slot).
+pub(super) fn per_cpu_array<V: aya::Pod>(
+    map: &PerCpuArray<MapData, V>,
+    name: &'static str,
+    cpus: usize,
+) -> Result<Vec<(u32, Vec<V>)>, MapError> {
+    let fd = u32::try_from(map.map().fd().as_fd().as_raw_fd()).unwrap_or(u32::MAX);
+    // The kernel copies each CPU's value 8-byte aligned.
+    let stride = size_of::<V>().next_multiple_of(8);
+    let entry = stride * cpus;
+    let chunk = chunk_for(size_of::<u32>() + entry);
+    let mut keys = vec![0u32; chunk];
+    // u64 words: the value buffer is 8-byte aligned, as the kernel expects.
+    let mut values = vec![0u64; chunk * entry / 8];
+    let (indexes, vp) = (keys.as_mut_ptr(), values.as_mut_ptr().cast::<u8>());
+    let kp = indexes.cast::<u8>();
+    let mut out = Vec::new();
+    // SAFETY: `keys` has room for `chunk` u32 indexes and `values` for
+    // `chunk` per-CPU values of `cpus` strided copies each; `each` reads
+    // the `n <= chunk` entries a batch filled, each value with an
+    // unaligned read of a `Pod` type inside the buffer.
+    let batched = unsafe {
+        lookup_batches(fd, size_of::<u32>(), kp, vp, chunk, |n| {
+            for i in 0..n {
+                let index = indexes.add(i).read();
+                let per_cpu = (0..cpus)
+                    .map(|c| vp.add(i * entry + c * stride).cast::<V>().read_unaligned())
+                    .collect();
+                out.push((index, per_cpu));
+            }
+        })
+    };
+    match batched {
+        Ok(()) => Ok(out),
+        Err(BatchError::Unsupported | BatchError::BucketTooLarge) => {
+            let len = map.map().info().map_or(0, |i| i.max_entries());
+            (0..len)
+                .map(|index| {
+                    map.get(&index, 0)
+                        .map(|v| (index, v.iter().copied().collect()))
+                        .map_err(|source| MapError {
+                            map: name,
+                            op: "lookup",
+                            key: index.to_string(),
+                            source: Box::new(source),
+                        })
+                })
+                .collect()
+        }
         Err(BatchError::Failed(source)) => Err(MapError {
             map: name,
             op: "lookup batch",

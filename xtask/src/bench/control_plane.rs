@@ -149,6 +149,12 @@ fn resident_kib() -> Result<u64> {
         .context("no VmRSS in /proc/self/status")
 }
 
+/// Live heap of this process (KiB), as the example's counting allocator
+/// sees it.
+fn live_heap_kib() -> u64 {
+    u64::try_from(super::heap::live_bytes() / 1024).unwrap_or(u64::MAX)
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -228,7 +234,10 @@ pub fn run_size(
     let t = Instant::now();
     let applied = pipeline.apply(&mut pinned.maps).context("cold apply")?;
     let apply = t.elapsed();
-    let report = applied.report;
+    // Only the report is kept: the slices' keys (for the programming
+    // latency) go now, as in the agent's loop.
+    let nodeport_agent::pipeline::Applied { report, slices, .. } = applied;
+    drop(slices);
     let written = pinned.maps.read_state().context("reading the maps back")?;
     let (frontends, _, _) = pipeline.served();
     ensure!(
@@ -246,6 +255,7 @@ pub fn run_size(
     // scan's peak (the agent trims the same way after a large delivery).
     nodeport_agent::memory::release_free();
     let rss_kib = resident_kib()?;
+    let heap_kib = live_heap_kib();
 
     // Single endpoint changes: a new address for one endpoint of a random
     // Service, timed from the changed EndpointSlice reaching the pipeline
@@ -292,6 +302,7 @@ pub fn run_size(
     drop(source);
     nodeport_agent::memory::release_free();
     let pipeline_rss_kib = resident_kib()?;
+    let pipeline_heap_kib = live_heap_kib();
     let change_ms = stats::millis(&samples);
     let mut sorted_writes = writes.clone();
     sorted_writes.sort_unstable();
@@ -303,6 +314,8 @@ pub fn run_size(
         backends,
         rss_kib,
         pipeline_rss_kib,
+        heap_kib,
+        pipeline_heap_kib,
         slots,
         map_writes: report.puts,
         parse_ms: ms(parse),

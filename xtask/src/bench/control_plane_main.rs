@@ -7,6 +7,10 @@
 //! ```
 
 mod control_plane;
+mod heap;
+
+#[global_allocator]
+static ALLOCATOR: heap::Counting = heap::Counting;
 #[allow(
     dead_code,
     reason = "shared with xtask; this binary uses only part of the helpers"

@@ -10,6 +10,12 @@
 mod control_plane;
 mod counters;
 mod e2e;
+#[cfg(test)]
+#[allow(
+    dead_code,
+    reason = "the example's global allocator; the tests compile control_plane.rs, which reads only the count"
+)]
+mod heap;
 mod hold;
 mod kube_proxy;
 mod machine;

@@ -773,12 +773,12 @@ fn per_write_us(r: &super::results::ControlPlaneRow) -> f64 {
 
 fn control_table(c: &ControlPlaneResults) -> String {
     let mut s = String::from(
-        "| Services × endpoints | frontends / backends / slots | parse + validate manifests | compute | apply (map writes, µs per write) | cold total | one change p50 | p99 | max (changes timed) | RSS: manifests source + pipeline | RSS: pipeline alone |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| Services × endpoints | frontends / backends / slots | parse + validate manifests | compute | apply (map writes, µs per write) | cold total | one change p50 | p99 | max (changes timed) | RSS (live heap): manifests source + pipeline | RSS (live heap): pipeline alone |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in &c.rows {
         let _ = writeln!(
             s,
-            "| {} × {} | {} / {} / {} | {} ms | {} ms | {} ms ({}, {} µs) | **{} ms** | {} ms | **{} ms** | {} ms ({}) | {:.1} MiB | {:.1} MiB |",
+            "| {} × {} | {} / {} / {} | {} ms | {} ms | {} ms ({}, {} µs) | **{} ms** | {} ms | **{} ms** | {} ms ({}) | {:.1} MiB ({:.1}) | {:.1} MiB ({:.1}) |",
             size_label(r.services),
             r.endpoints_per_service,
             int(r.frontends),
@@ -795,7 +795,9 @@ fn control_table(c: &ControlPlaneResults) -> String {
             f2(r.change_max_ms),
             r.change_samples,
             mib(r.rss_kib),
-            mib(r.pipeline_rss_kib)
+            mib(r.heap_kib),
+            mib(r.pipeline_rss_kib),
+            mib(r.pipeline_heap_kib)
         );
     }
     for (n, why) in &c.skipped {

@@ -25,6 +25,12 @@ pub struct ControlPlaneRow {
     /// keeps each object's resourceVersion only).
     #[serde(default)]
     pub pipeline_rss_kib: u64,
+    /// Bytes allocated and not freed at the same two points (KiB): what
+    /// is live, beside what the allocator holds resident.
+    #[serde(default)]
+    pub heap_kib: u64,
+    #[serde(default)]
+    pub pipeline_heap_kib: u64,
     /// Map writes (puts) of the cold apply.
     pub map_writes: usize,
     /// Manifests directory → validated objects (`ManifestsSource::scan_changes`).
