@@ -295,3 +295,62 @@ impl Store {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::ServiceSpec;
+
+    fn service(cluster_ip: &str) -> Service {
+        Service {
+            spec: Some(ServiceSpec {
+                cluster_ip: Some(cluster_ip.to_owned()),
+                ..ServiceSpec::default()
+            }),
+            ..Service::default()
+        }
+    }
+
+    fn shares(a: &ObjectKey, b: &ObjectKey) -> bool {
+        Arc::ptr_eq(&a.namespace, &b.namespace) || Arc::ptr_eq(&a.name, &b.name)
+    }
+
+    /// The keys the store keeps (and hands to the indexes) are its own
+    /// copies, never the caller's: those come from the source's decoded
+    /// objects.
+    #[test]
+    fn kept_keys_are_the_stores_own() {
+        let mut store = Store::new("node1");
+        let key = ObjectKey::new("default", "web");
+        assert!(store.set_service(&key, Some(&service("10.96.0.10"))));
+        let kept = store.service_key(&key);
+        assert_eq!(kept, key);
+        assert!(!shares(&kept, &key), "the store copies a new key");
+
+        // An update keeps the key the store has.
+        let again = ObjectKey::new("default", "web");
+        assert!(store.set_service(&again, Some(&service("10.96.0.11"))));
+        let after = store.service_key(&again);
+        assert!(Arc::ptr_eq(&after.name, &kept.name) && !shares(&after, &again));
+
+        // A slice's key, and the Service key it touches, are the store's too.
+        let mut slice = EndpointSlice {
+            address_type: "IPv4".to_owned(),
+            ..EndpointSlice::default()
+        };
+        slice.metadata.labels = Some(BTreeMap::from([(
+            crate::k8s::LABEL_SERVICE_NAME.to_owned(),
+            "web".to_owned(),
+        )]));
+        let slice_key = ObjectKey::new("default", "web-abc");
+        let touched = store.set_slice(&slice_key, Some(&slice));
+        assert_eq!(touched, vec![key.clone()]);
+        assert!(!shares(&touched[0], &slice_key));
+        let (stored, _) = store
+            .slices
+            .get_key_value(&slice_key)
+            .expect("the slice is kept");
+        assert!(!shares(stored, &slice_key));
+        assert_eq!(store.slices_of(&key).count(), 1);
+    }
+}
