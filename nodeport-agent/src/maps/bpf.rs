@@ -117,7 +117,7 @@ impl BpfMaps {
             service_stats: open_map(root, names::SERVICE_STATS)?,
             service_stats_cache: open_map(root, names::SERVICE_STATS_CACHE)?,
             cpus: aya::util::nr_cpus().map_err(|(_, e)| MapError {
-                map: names::SERVICE_STATS_CACHE,
+                map: "-",
                 op: "count cpus",
                 key: String::from("-"),
                 source: Box::new(e),
@@ -153,14 +153,8 @@ impl BpfMaps {
         if self.device_tx.get(&key, 0).is_ok() {
             return Ok(());
         }
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| MapError {
-            map: names::DEVICE_TX,
-            op: "update",
-            key: format!("{key:?}"),
-            source: Box::new(e),
-        })?;
         let values =
-            PerCpuValues::try_from(vec![DeviceTx::default(); cpus]).map_err(|e| MapError {
+            PerCpuValues::try_from(vec![DeviceTx::default(); self.cpus]).map_err(|e| MapError {
                 map: names::DEVICE_TX,
                 op: "update",
                 key: format!("{key:?}"),

@@ -191,21 +191,18 @@ pub(super) fn per_cpu_array<V: aya::Pod>(
     };
     match batched {
         Ok(()) => Ok(out),
-        Err(BatchError::Unsupported | BatchError::BucketTooLarge) => {
-            let len = map.map().info().map_or(0, |i| i.max_entries());
-            (0..len)
-                .map(|index| {
-                    map.get(&index, 0)
-                        .map(|v| (index, v.iter().copied().collect()))
-                        .map_err(|source| MapError {
-                            map: name,
-                            op: "lookup",
-                            key: index.to_string(),
-                            source: Box::new(source),
-                        })
-                })
-                .collect()
-        }
+        Err(BatchError::Unsupported | BatchError::BucketTooLarge) => (0..map.len())
+            .map(|index| {
+                map.get(&index, 0)
+                    .map(|v| (index, v.iter().copied().collect()))
+                    .map_err(|source| MapError {
+                        map: name,
+                        op: "lookup",
+                        key: index.to_string(),
+                        source: Box::new(source),
+                    })
+            })
+            .collect(),
         Err(BatchError::Failed(source)) => Err(MapError {
             map: name,
             op: "lookup batch",
